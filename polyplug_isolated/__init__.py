@@ -1,0 +1,65 @@
+"""polyplug_isolated: polyplug native bundles, each in its own worker process.
+
+A plugin that segfaults, aborts, leaks or hangs becomes an exception in the
+host, never a dead host. Public names only; the code lives in private modules.
+"""
+
+from ._bundle import Bundle, BundleState, ContractInfo
+from ._config import RestartPolicy, RuntimeConfig
+from ._contract import AbiErrorCode, GuestContract, PayloadTooLarge
+from ._ids import bundle_id, fnv1a64, guest_contract_id
+from ._loader import BundleSource, IsolatedLoader
+from ._manifest import ManifestData, parse_manifest
+from ._runtime import GuestContractHandle, ReloadPhase, ReloadPhaseType, Runtime
+from .errors import (
+    BundleUnavailable,
+    CallError,
+    CallTimeout,
+    InitFailed,
+    InitSymbolMissing,
+    LoaderError,
+    ManifestError,
+    ManifestMissingFile,
+    PluginCallError,
+    PolyplugIsolatedError,
+    ProtocolError,
+    StaleHandle,
+    UnsupportedBundleSource,
+    WorkerCrashed,
+)
+
+__all__ = [
+    "AbiErrorCode",
+    "Bundle",
+    "BundleSource",
+    "BundleState",
+    "BundleUnavailable",
+    "CallError",
+    "CallTimeout",
+    "ContractInfo",
+    "GuestContract",
+    "GuestContractHandle",
+    "InitFailed",
+    "InitSymbolMissing",
+    "IsolatedLoader",
+    "LoaderError",
+    "ManifestData",
+    "ManifestError",
+    "ManifestMissingFile",
+    "PayloadTooLarge",
+    "PluginCallError",
+    "PolyplugIsolatedError",
+    "ProtocolError",
+    "ReloadPhase",
+    "ReloadPhaseType",
+    "RestartPolicy",
+    "Runtime",
+    "RuntimeConfig",
+    "StaleHandle",
+    "UnsupportedBundleSource",
+    "WorkerCrashed",
+    "bundle_id",
+    "fnv1a64",
+    "guest_contract_id",
+    "parse_manifest",
+]

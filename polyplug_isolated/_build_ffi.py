@@ -1,0 +1,121 @@
+"""cffi API-mode builders for the two halves of the C hot path.
+
+Run by setuptools at install time (``cffi_modules`` in setup.py). The cdefs
+take every constant from the C headers (``#define X ...``), so the protocol
+numbers are written down once, in C.
+"""
+
+from pathlib import Path
+
+from cffi import FFI
+
+ROOT = Path(__file__).resolve().parent.parent
+HOST_DIR = ROOT / "polyplug_isolated"
+WORKER_DIR = ROOT / "worker"
+CFLAGS = ["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter"]
+
+
+def _relative(path: Path) -> str:
+    # setuptools wants source paths relative to setup.py.
+    return str(path.relative_to(ROOT))
+
+
+host_ffi = FFI()
+host_ffi.cdef(
+    """
+    #define PP_PROTOCOL_VERSION ...
+    #define PP_ERR_CAP ...
+    #define PP_WAIT_AUTO ...
+    #define PP_WAIT_SPIN ...
+    #define PP_WAIT_BLOCK ...
+    #define PP_CONN_READY ...
+    #define PP_CONN_DRAINING ...
+    #define PP_CONN_DEAD ...
+    #define PP_CALL_OK ...
+    #define PP_CALL_PLUGIN_ERROR ...
+    #define PP_CALL_UNAVAILABLE ...
+    #define PP_CALL_DEAD ...
+    #define PP_CALL_TIMEOUT ...
+    #define PP_CALL_PROTOCOL ...
+    #define PP_CALL_TOO_LARGE ...
+    #define PP_CALL_REFUSED ...
+
+    typedef struct pp_conn pp_conn;
+    typedef struct pp_result {
+        uint32_t err_code;
+        uint32_t err_len;
+        char err_msg[1024];
+    } pp_result;
+
+    size_t pp_segment_bytes(uint32_t nslots, uint64_t payload_cap);
+    pp_conn *pp_conn_create(int fd, uint32_t nslots, uint64_t payload_cap, int wait_mode, uint64_t spin_ns);
+    void pp_conn_destroy(pp_conn *c);
+    int64_t pp_conn_inflight(pp_conn *c);
+    uint32_t pp_conn_state(pp_conn *c);
+    void pp_conn_set_draining(pp_conn *c);
+    int pp_conn_wait_drained(pp_conn *c, double timeout_s);
+    void pp_conn_mark_dead(pp_conn *c);
+    int pp_call(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *args, size_t args_len,
+                uint8_t *out, size_t out_size, double timeout_s, pp_result *res);
+    """
+)
+host_ffi.set_source(
+    "polyplug_isolated._channel_ffi",
+    '#include "channel.h"\n#include "_channel.h"\n',
+    sources=[_relative(HOST_DIR / "_channel.c")],
+    include_dirs=[_relative(HOST_DIR), _relative(WORKER_DIR)],
+    extra_compile_args=CFLAGS,
+    libraries=["pthread"],
+)
+
+worker_ffi = FFI()
+worker_ffi.cdef(
+    """
+    #define PPW_LOAD_OK ...
+    #define PPW_LOAD_DLOPEN ...
+    #define PPW_LOAD_NO_ABI_VERSION ...
+    #define PPW_LOAD_ABI_MISMATCH ...
+    #define PPW_LOAD_NO_INIT ...
+    #define PPW_LOAD_INIT_FAILED ...
+    #define PP_PROTOCOL_VERSION ...
+
+    typedef struct ppw_load_result {
+        int kind;
+        uint32_t found;
+        uint32_t code;
+        uint32_t message_len;
+        char message[1024];
+    } ppw_load_result;
+
+    typedef struct ppw_registration_info {
+        uint64_t contract_id;
+        uint32_t major, minor, patch;
+        uint32_t function_count;
+        const char *contract_name;
+        size_t contract_name_len;
+        const char *plugin_name;
+        size_t plugin_name_len;
+        uint32_t plugin_major, plugin_minor, plugin_patch;
+    } ppw_registration_info;
+
+    void ppw_set_control_fd(int fd);
+    int ppw_send_frame(const uint8_t *payload, size_t len);
+    void ppw_load(const char *library, uint64_t bundle_id, const uint8_t *bundle_dir, size_t bundle_dir_len,
+                  ppw_load_result *result);
+    uint32_t ppw_registration_count(void);
+    int ppw_registration(uint32_t index, ppw_registration_info *info);
+    void ppw_unload(void);
+    int ppw_attach(int fd);
+    int ppw_serve(int wait_mode, uint64_t spin_ns);
+    void ppw_stop(void);
+    int ppw_start_watchdog(int fd);
+    """
+)
+worker_ffi.set_source(
+    "polyplug_isolated.worker._serve_ffi",
+    '#include "channel.h"\n#include "worker.h"\n',
+    sources=[_relative(WORKER_DIR / "serve.c"), _relative(WORKER_DIR / "host_api.c")],
+    include_dirs=[_relative(WORKER_DIR)],
+    extra_compile_args=CFLAGS,
+    libraries=["dl", "pthread"],
+)

@@ -1,0 +1,68 @@
+"""Runtime configuration: one frozen value per runtime, no module-level state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+WAITS = ("auto", "spin", "block")
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """How a crashed bundle comes back: at most ``max_restarts``, ``backoff`` seconds apart.
+
+    ``max_restarts=0`` (the default) leaves a crashed bundle down.
+    """
+
+    max_restarts: int = 0
+    backoff: float = 0.05
+
+    def __post_init__(self):
+        if self.max_restarts < 0 or self.backoff < 0:
+            raise ValueError("RestartPolicy: max_restarts and backoff must not be negative")
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Every knob of a Runtime, with its default.
+
+    Attributes:
+        call_timeout: default per-call timeout in seconds; None waits forever
+            (a crash still ends the call).
+        drain_timeout: how long unload/reload let calls in flight finish before
+            killing the worker.
+        load_timeout: how long a worker may take to dlopen and run polyplug_init.
+        close_grace: how long a worker may take to exit before SIGTERM, then SIGKILL.
+        wait: "auto" spins for ``spin_ns`` then sleeps; "spin" only spins; "block"
+            only sleeps (both host and worker side).
+        spin_ns: the spin window of "auto".
+        slots: concurrent calls per worker.
+        payload_capacity: bytes per call slot for args + out (args rounded up to 8).
+    """
+
+    call_timeout: float | None = None
+    drain_timeout: float = 10.0
+    load_timeout: float = 10.0
+    close_grace: float = 5.0
+    wait: str = "auto"
+    spin_ns: int = 50_000
+    slots: int = 64
+    payload_capacity: int = 64 * 1024
+    restart: RestartPolicy = RestartPolicy()
+
+    def __post_init__(self):
+        if self.wait not in WAITS:
+            raise ValueError(f"wait must be one of {WAITS}, not {self.wait!r}")
+        if not 1 <= self.slots <= 4096:
+            raise ValueError(f"slots must be between 1 and 4096, not {self.slots}")
+        if not 8 <= self.payload_capacity <= 1 << 30:
+            raise ValueError(
+                f"payload_capacity must be between 8 bytes and 1 GiB, not {self.payload_capacity}"
+            )
+        for name in ("drain_timeout", "load_timeout", "close_grace"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if self.call_timeout is not None and self.call_timeout <= 0:
+            raise ValueError("call_timeout must be positive or None")
+        if self.spin_ns < 0:
+            raise ValueError("spin_ns must not be negative")

@@ -1,0 +1,225 @@
+"""GuestContract: raw native dispatch into a bundle's worker, bytes in, bytes out.
+
+A contract follows its bundle across reloads: it routes each call to the
+bundle's current worker and re-binds when that worker changes. A call
+refused because its worker started draining for a reload was never sent, so
+it is retried on the new worker: a reload loses no call.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import TYPE_CHECKING
+
+from ._channel import ChannelFailure
+from ._channel_ffi import lib
+from .errors import (
+    BundleUnavailable,
+    CallError,
+    CallTimeout,
+    PluginCallError,
+    ProtocolError,
+    WorkerCrashed,
+)
+
+if TYPE_CHECKING:
+    from ._bundle import Bundle
+    from ._config import RuntimeConfig
+    from ._proxy import WorkerProxy
+
+_DEFAULT = object()
+
+
+class AbiErrorCode(enum.IntEnum):
+    """polyplug's AbiError codes; a plugin may answer any u32 (256+ are its own)."""
+
+    OK = 0
+    GENERIC = 1
+    BUFFER_TOO_SMALL = 2
+    PANIC = 3
+    NOT_FOUND = 4
+    STALE_HANDLE = 5
+    FUNCTION_NOT_AVAILABLE = 6
+    DUPLICATE_PROVIDER = 7
+    INVALID_POINTER = 8
+    REENTRANT_CALL = 9
+    HOST_CONTRACT_NOT_FOUND = 100
+    HOST_CONTRACT_VERSION_MISMATCH = 101
+    HOST_CONTRACT_CALL_FAILED = 102
+
+
+def code_name(code: int) -> str:
+    try:
+        return AbiErrorCode(code).name
+    except ValueError:
+        return "plugin-defined" if code >= 256 else "unknown"
+
+
+class PayloadTooLarge(CallError, ValueError):
+    """args plus out_size exceed what one call slot carries."""
+
+
+class GuestContract:
+    """A contract of a loaded bundle, called by function index."""
+
+    def __init__(self, bundle: Bundle, contract_id: int, config: RuntimeConfig):
+        self._bundle = bundle
+        self._config = config
+        self.contract_id = contract_id
+        self.name = ""
+        self.version: tuple[int, int, int] = (0, 0, 0)
+        self.function_count = 0
+        self._proxy: WorkerProxy | None = None
+        self._index = 0
+        self._bind(bundle.proxy)
+
+    @property
+    def bundle(self) -> Bundle:
+        return self._bundle
+
+    def _bind(self, proxy: WorkerProxy | None) -> None:
+        if proxy is None:
+            raise self._unavailable()
+        for contract in proxy.contracts:
+            if contract["contract_id"] == self.contract_id:
+                break
+        else:
+            raise BundleUnavailable(
+                f"bundle {self._bundle.name!r} no longer provides contract 0x{self.contract_id:016X} "
+                "after a reload; find it again",
+                bundle=self._bundle.name,
+            )
+        self.name = contract["name"]
+        self.version = tuple(contract["version"])
+        self.function_count = contract["function_count"]
+        self._index = contract["index"]
+        self._proxy = proxy
+
+    def call(
+        self,
+        fn_index: int,
+        args: bytes | bytearray | memoryview,
+        out_size: int,
+        *,
+        timeout: float | None = _DEFAULT,
+    ) -> bytes:
+        """Calls ``functions[fn_index](instance, args, out, &err)`` in the worker.
+
+        ``args`` is copied to the worker and passed as a pointer (NULL when empty);
+        ``out`` points at ``out_size`` zeroed bytes, which come back.
+
+        Raises:
+            PluginCallError: the plugin answered a non-Ok AbiError (FunctionNotAvailable
+                for an index past the contract's function_count).
+            WorkerCrashed, CallTimeout, BundleUnavailable, ProtocolError, PayloadTooLarge.
+        """
+        if timeout is _DEFAULT:
+            timeout = self._config.call_timeout
+        if type(args) is not bytes:
+            args = _as_bytes_view(args)
+        if type(out_size) is not int or out_size < 0:
+            raise ValueError(f"out_size must be a non-negative int, not {out_size!r}")
+        while True:
+            proxy = self._bundle.proxy
+            if proxy is not self._proxy:
+                self._bind(proxy)
+            if type(fn_index) is not int or not 0 <= fn_index < self.function_count:
+                raise self._no_such_function(fn_index)
+            try:
+                return proxy.channel.call(self._index, fn_index, args, out_size, timeout)
+            except ChannelFailure as failure:
+                if failure.status == lib.PP_CALL_UNAVAILABLE and self._bundle.proxy not in (None, proxy):
+                    continue  # a reload switched workers under us; this call was never sent
+                raise self._error(failure, proxy, fn_index, timeout) from None
+
+    def _where(self, fn_index: int) -> str:
+        return f"bundle {self._bundle.name!r}: {self.name}@{self.version[0]} function {fn_index}"
+
+    def _unavailable(self) -> BundleUnavailable:
+        bundle = self._bundle
+        state = bundle.state.name
+        if bundle.crash is not None and bundle.crash.death is not None:
+            death = bundle.crash.death
+            why = (
+                f"its worker {death.description} and it was not restarted; "
+                "reload it (Runtime.reload_bundle) or allow restarts with RestartPolicy"
+            )
+        else:
+            why = "it is being unloaded or was unloaded; load it again to call it"
+        return BundleUnavailable(f"bundle {bundle.name!r} is {state}: {why}", bundle=bundle.name)
+
+    def _no_such_function(self, fn_index: object) -> PluginCallError:
+        return PluginCallError(
+            f"{self._where(fn_index)}: no such function (FunctionNotAvailable): the contract has "
+            f"{self.function_count} functions, indices 0..{self.function_count - 1}",
+            code=AbiErrorCode.FUNCTION_NOT_AVAILABLE,
+            plugin_message="function index out of range",
+            bundle=self._bundle.name,
+            function=fn_index,
+        )
+
+    def _error(
+        self, failure: ChannelFailure, proxy: WorkerProxy, fn_index: int, timeout: float | None
+    ) -> Exception:
+        where = self._where(fn_index)
+        names = {"bundle": self._bundle.name, "function": fn_index}
+        status = failure.status
+        if status == lib.PP_CALL_PLUGIN_ERROR:
+            return PluginCallError(
+                f"{where} failed with AbiError code {failure.code} ({code_name(failure.code)}): "
+                f"{failure.message or '(no message)'}",
+                code=failure.code,
+                plugin_message=failure.message,
+                **names,
+            )
+        if status == lib.PP_CALL_UNAVAILABLE:
+            return self._unavailable()
+        if status == lib.PP_CALL_DEAD:
+            return _crashed(where, proxy, names)
+        if status == lib.PP_CALL_TIMEOUT:
+            proxy.kill(f"killed after a call to {self.name} function {fn_index} timed out ({timeout:g} s)")
+            return CallTimeout(
+                f"{where}: no answer within {timeout:g} s; the worker (pid {proxy.pid}) was killed "
+                "because its slot can never be trusted again",
+                **names,
+            )
+        if status == lib.PP_CALL_TOO_LARGE:
+            return PayloadTooLarge(
+                f"{where}: args and out_size need more than the {proxy.channel.payload_cap}-byte call "
+                "slot; pass less or raise Runtime(payload_capacity=...)",
+                **names,
+            )
+        proxy.kill(f"broke the shared-memory protocol (status {status}): {failure.message}")
+        return ProtocolError(
+            f"{where}: the worker (pid {proxy.pid}) broke the shared-memory protocol "
+            f"({failure.message or f'status {status}'}) and was killed",
+            bundle=self._bundle.name,
+        )
+
+    def __repr__(self) -> str:
+        return f"<GuestContract {self.name}@{self.version[0]} of bundle {self._bundle.name!r}>"
+
+
+def _as_bytes_view(args: object) -> memoryview:
+    try:
+        view = memoryview(args)
+    except TypeError:
+        raise TypeError(f"args must be bytes, bytearray or memoryview, not {type(args).__name__}") from None
+    if not view.c_contiguous:
+        raise ValueError("args must be a C-contiguous buffer")
+    return view.cast("B")
+
+
+def _crashed(where: str, proxy: WorkerProxy, names: dict) -> WorkerCrashed:
+    death = proxy.death
+    if death is None:  # pragma: no cover - mark_dead always follows the death record
+        return WorkerCrashed(f"{where}: the worker died", **names)
+    cause = f" ({death.kill_reason})" if death.kill_reason else ""
+    return WorkerCrashed(
+        f"{where}: the worker (pid {proxy.pid}) {death.description}{cause} during the call; "
+        f"its outcome is unknown. Last output:\n{death.output_tail or '(none)'}",
+        signal=death.signal,
+        exitcode=death.exitcode,
+        stderr_tail=death.output_tail,
+        **names,
+    )

@@ -1,0 +1,189 @@
+"""manifest.toml of a native bundle: parse, validate, pick this platform's library.
+
+Follows what polyplug 0.1.3 accepts (ABI.md, POLYPLUG_V1_SPEC.md §E), with two
+deliberate differences: ``version`` is checked before the library is touched
+(0.1.3 checks it after init has run), and the library path is confined to the
+bundle directory here, in the host, before any process starts.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._ids import bundle_id as expected_bundle_id
+from .errors import InitFailed, ManifestError, ManifestMissingFile
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+NATIVE_LOADER = "native"
+_VERSION = re.compile(r"^\d+\.\d+(\.\d+)?$")
+_PROVIDES = re.compile(r"^(?P<name>[^@\s]+)(@(?P<version>\d+(\.\d+){0,2}))?$")
+_OS_NAMES = {"linux": "linux", "darwin": "macos", "win32": "windows"}
+_ARCH_NAMES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
+
+
+@dataclass(frozen=True)
+class ManifestData:
+    """A validated manifest: ``file`` is the library for this platform, inside ``path``."""
+
+    id: int
+    name: str
+    version: str
+    loader: str
+    provides: tuple[str, ...]
+    file: Path
+    path: Path
+    function_count: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def version_major(self) -> str:
+        """The major used in ``[function_count]`` keys ("0" when there is no version)."""
+        return self.version.split(".", 1)[0] if "." in self.version else "0"
+
+
+def platform_key() -> str:
+    """This machine as a ``[file]`` key, e.g. ``linux.x86_64``."""
+    os_name = _OS_NAMES.get(sys.platform, sys.platform)
+    machine = platform.machine().lower()
+    return f"{os_name}.{_ARCH_NAMES.get(machine, machine)}"
+
+
+def bundle_directory(path: str | os.PathLike[str]) -> Path:
+    """The bundle directory for ``path``; a file path means its directory, as in polyplug."""
+    path = Path(os.fsdecode(path))
+    return path.parent if path.is_file() else path
+
+
+def parse_manifest(path: str | os.PathLike[str]) -> ManifestData:
+    """Reads and validates ``<path>/manifest.toml``.
+
+    Raises:
+        ManifestError: missing or malformed manifest, a wrong type, a bad value.
+        ManifestMissingFile: no library for this platform.
+        InitFailed: ``id`` missing or 0 (the seed loader's error for that case).
+    """
+    directory = bundle_directory(path)
+    manifest_path = directory / "manifest.toml"
+    where = str(directory)
+    try:
+        raw = tomllib.loads(manifest_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ManifestError(
+            f"bundle at {where}: no manifest.toml in that directory; a polyplug bundle is a "
+            "directory holding manifest.toml beside its library",
+            bundle=where,
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"bundle at {where}: cannot read {manifest_path}: {exc}", bundle=where) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ManifestError(
+            f"bundle at {where}: {manifest_path} is not valid TOML: {exc}", bundle=where
+        ) from exc
+    return _validate(raw, directory, manifest_path)
+
+
+def _validate(raw: dict[str, Any], directory: Path, manifest_path: Path) -> ManifestData:
+    def fail(message: str, error: type[ManifestError] | type[ManifestMissingFile] = ManifestError):
+        return error(f"bundle {bundle!r}: {manifest_path}: {message}", bundle=bundle)
+
+    bundle = str(directory)
+    name = raw.get("name")
+    if not isinstance(name, str) or not name:
+        raise fail("`name` is required and must be a non-empty string")
+    bundle = name
+
+    loader = raw.get("loader")
+    if loader is None:
+        raise fail('missing field `loader`: add `loader = "native"` (`runtime = ...` is not read)')
+    if not isinstance(loader, str) or not loader:
+        raise fail('`loader` must be a non-empty string such as "native"')
+    if loader != NATIVE_LOADER:
+        raise fail(f"declares loader {loader!r}, but polyplug_isolated only runs {NATIVE_LOADER!r} bundles")
+
+    declared_id = raw.get("id", 0)
+    if isinstance(declared_id, bool) or not isinstance(declared_id, int):
+        raise fail(f"`id` must be an integer, not {type(declared_id).__name__}")
+    if declared_id == 0:
+        raise InitFailed(f"bundle {name!r}: manifest.id is required but was 0 or missing", bundle=name)
+    if not 0 < declared_id < 1 << 64:
+        raise fail(f"`id` {declared_id} is not an unsigned 64-bit integer")
+    expected = expected_bundle_id(name)
+    if declared_id != expected:
+        raise fail(
+            f"tampered with bundle_id: expected=0x{expected:016X} (fnv1a64 of the name), "
+            f"found=0x{declared_id:016X}"
+        )
+
+    version = raw.get("version", "")
+    if not isinstance(version, str):
+        raise fail('`version` must be a string such as "1.0.0"')
+    if version and not _VERSION.match(version):
+        raise fail(f"invalid version {version!r}: use major.minor or major.minor.patch, digits only")
+
+    provides = raw.get("provides", [])
+    if not isinstance(provides, list) or not all(isinstance(p, str) for p in provides):
+        raise fail("`provides` must be an array of strings")
+    for entry in provides:
+        if not _PROVIDES.match(entry):
+            raise fail(f"provides entry {entry!r} is not `name` or `name@version`")
+
+    function_count = raw.get("function_count", {})
+    if not isinstance(function_count, dict):
+        raise fail('`function_count` must be a table of "contract@major" = count')
+    for key, count in function_count.items():
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count < 1 << 32:
+            raise fail(f"function_count[{key!r}] must be an unsigned 32-bit integer, not {count!r}")
+
+    data = ManifestData(
+        id=declared_id,
+        name=name,
+        version=version,
+        loader=loader,
+        provides=tuple(provides),
+        file=_library_path(raw.get("file"), directory, fail),
+        path=directory,
+        function_count=dict(function_count),
+    )
+    for entry in provides:
+        key = f"{entry.split('@', 1)[0]}@{data.version_major}"
+        if key not in function_count:
+            raise fail(f"provides {entry!r} but [function_count] has no key {key!r}: add `{key!r} = <count>`")
+    return data
+
+
+def _library_path(spec: Any, directory: Path, fail) -> Path:
+    key = platform_key()
+    if isinstance(spec, dict):
+        os_name, arch = key.split(".")
+        per_os = spec.get(os_name, {})
+        relative = per_os.get(arch) if isinstance(per_os, dict) else None
+        if relative is None:
+            available = sorted(
+                f"{o}.{a}" for o, archs in spec.items() if isinstance(archs, dict) for a in archs
+            )
+            raise fail(f"no file entry for platform {key}, available: {available}", ManifestMissingFile)
+    else:
+        relative = spec
+    if relative is None or relative == "":
+        raise fail(
+            '`file` is empty or missing: name the library, e.g. [file] linux.x86_64 = "libx.so"',
+            ManifestMissingFile,
+        )
+    if not isinstance(relative, str):
+        raise fail('`file` must be a string or a [file] table of os.arch = "path"')
+    root = directory.resolve()
+    library = (root / relative).resolve()
+    if not library.is_relative_to(root):
+        raise fail(
+            f"artifact {relative!r} resolves outside the bundle directory (path traversal or symlink escape)"
+        )
+    return library

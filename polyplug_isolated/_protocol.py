@@ -1,0 +1,101 @@
+"""The control plane between host and worker: framed msgpack on a socketpair.
+
+Each frame is a 4-byte big-endian length, then one msgpack map whose ``t`` key
+names it. The shared-memory layout lives in ``worker/channel.h``; its version
+(``PP_PROTOCOL_VERSION``) is sent in ``load`` and checked by the worker.
+
+::
+
+    host                                     worker
+     |  spawn: python -m polyplug_isolated.worker --control-fd C --segment-fd S
+     |--- load {protocol, library, bundle_id, bundle_dir, wait, spin_ns} --->|
+     |                                          attach segment, dlopen, init
+     |<-- ready {abi_version, contracts: [...]}  |  or  error {kind, ...} ---|
+     |<-- log {level, target, message} (any time, from the plugin) ----------|
+     |--- unload ------------------------------------------------------------>|
+     |                                     stop serving, dlclose
+     |<-- closed ------------------------------------------------------------|
+     |                                          exit 0
+     EOF on the socket, either way, means the other side is gone.
+
+A frame from the worker is untrusted: its length is capped (MAX_FRAME) and
+every field is checked where it is used.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import msgpack
+
+from ._channel_ffi import lib as _channel
+
+PROTOCOL_VERSION = _channel.PP_PROTOCOL_VERSION
+MAX_FRAME = 1 << 20
+_PREFIX = struct.Struct(">I")
+
+LOAD = "load"
+UNLOAD = "unload"
+READY = "ready"
+ERROR = "error"
+LOG = "log"
+CLOSED = "closed"
+
+# Values of an ``error`` frame's ``kind``.
+DLOPEN = "dlopen"
+NO_ABI_VERSION = "no_abi_version"
+ABI_MISMATCH = "abi_mismatch"
+NO_INIT = "no_init"
+INIT_ERROR = "init_error"
+ATTACH = "attach"
+BAD_REQUEST = "bad_request"
+
+
+class FrameError(ValueError):
+    """A frame that cannot be what the peer meant: too long, not msgpack, not a map."""
+
+
+def encode(kind: str, **fields: Any) -> bytes:
+    """The msgpack payload of a frame (without its length prefix)."""
+    return msgpack.packb({"t": kind, **fields}, use_bin_type=True)
+
+
+def frame(kind: str, **fields: Any) -> bytes:
+    """A whole frame: length prefix and payload."""
+    payload = encode(kind, **fields)
+    return _PREFIX.pack(len(payload)) + payload
+
+
+def decode(payload: bytes) -> dict[str, Any]:
+    """One frame's payload as a dict with a string ``t``; FrameError otherwise."""
+    try:
+        message = msgpack.unpackb(payload, raw=False, strict_map_key=True)
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise FrameError(f"not a msgpack frame: {exc}") from exc
+    if not isinstance(message, dict) or not isinstance(message.get("t"), str):
+        raise FrameError("a control frame must be a map with a string 't'")
+    return message
+
+
+class FrameReader:
+    """Splits a byte stream into frames; fed by whoever reads the socket."""
+
+    def __init__(self, max_frame: int = MAX_FRAME):
+        self._buffer = bytearray()
+        self._max = max_frame
+
+    def feed(self, data: bytes) -> list[dict[str, Any]]:
+        """Adds bytes, returns the frames they complete. Raises FrameError."""
+        self._buffer += data
+        frames = []
+        while len(self._buffer) >= _PREFIX.size:
+            (length,) = _PREFIX.unpack_from(self._buffer)
+            if length > self._max:
+                raise FrameError(f"frame of {length} bytes exceeds the {self._max}-byte limit")
+            end = _PREFIX.size + length
+            if len(self._buffer) < end:
+                break
+            frames.append(decode(bytes(self._buffer[_PREFIX.size : end])))
+            del self._buffer[:end]
+        return frames

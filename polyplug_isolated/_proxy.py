@@ -1,0 +1,324 @@
+"""WorkerProxy: the host's handle on one worker process serving one bundle.
+
+It starts the worker (segment, socket, process, handshake — acquired inside an
+ExitStack and handed over only once the bundle is up), turns the worker's
+load errors into the seed loader's errors, shuts it down by draining first,
+and records how it died when it dies. Its monitor callbacks run on the
+runtime's monitor thread and never block.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import logging
+import os
+import signal
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from . import _protocol as proto
+from ._channel import WAIT_MODES, Channel
+from ._config import RuntimeConfig
+from ._manifest import ManifestData
+from ._monitor import Monitor
+from ._process import WorkerProcess, describe_exit
+from .errors import InitFailed, InitSymbolMissing, LoaderError
+
+_LOG_LEVELS = {1: logging.ERROR, 2: logging.WARNING, 3: logging.INFO, 4: logging.DEBUG, 5: logging.DEBUG}
+_logger = logging.getLogger("polyplug_isolated")
+
+
+@dataclass(frozen=True)
+class Death:
+    """How a worker ended when nobody asked it to."""
+
+    signal: signal.Signals | None
+    exitcode: int | None
+    description: str
+    output_tail: str
+    kill_reason: str | None
+
+
+class WorkerProxy:
+    """One worker process for one loaded bundle."""
+
+    def __init__(
+        self,
+        manifest: ManifestData,
+        config: RuntimeConfig,
+        monitor: Monitor,
+        on_death: Callable[[WorkerProxy], None],
+    ):
+        self.manifest = manifest
+        self._config = config
+        self._monitor = monitor
+        self._on_death = on_death
+        self._bundle_log = logging.getLogger(f"polyplug_isolated.bundle.{manifest.name}")
+        self._handshake: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
+        self._send_lock = threading.Lock()
+        self._control: socket.socket | None = None
+        self._closed = threading.Event()
+        self._leaving = False
+        self.contracts: list[dict[str, Any]] = []
+        self.death: Death | None = None
+        self.process: WorkerProcess | None = None
+        self.channel: Channel | None = None
+
+    # ---- start ----------------------------------------------------------
+
+    def start(self) -> None:
+        """Starts the worker and loads the bundle in it; raises LoaderError, leaving nothing."""
+        config = self._config
+        with contextlib.ExitStack() as undo:
+            channel = Channel(config.slots, config.payload_capacity, config.wait, config.spin_ns)
+            undo.callback(channel.close_fd)
+            control, worker_end = socket.socketpair()
+            undo.callback(self._close_control)
+            self._control = control
+            with worker_end:
+                self.process = WorkerProcess(worker_end.fileno(), channel.fd)
+            undo.callback(self._discard)
+            channel.close_fd()
+            self.channel = channel
+            # Sent before the monitor owns the socket's reading side.
+            control.sendall(
+                proto.frame(
+                    proto.LOAD,
+                    protocol=proto.PROTOCOL_VERSION,
+                    library=str(self.manifest.file),
+                    bundle_id=self.manifest.id,
+                    bundle_dir=os.fsencode(self.manifest.path),
+                    wait=WAIT_MODES[config.wait],
+                    spin_ns=config.spin_ns,
+                )
+            )
+            self._monitor.watch(self, control, self.process)
+            try:
+                reply = self._handshake.result(timeout=config.load_timeout)
+            except concurrent.futures.TimeoutError:
+                raise InitFailed(
+                    f"bundle {self.manifest.name!r}: loading {self.manifest.file} did not finish within "
+                    f"{config.load_timeout:g} s (polyplug_init hangs?); the worker was killed. "
+                    "Fix the plugin or raise Runtime(load_timeout=...)",
+                    bundle=self.manifest.name,
+                ) from None
+            self._accept(reply)
+            undo.pop_all()
+
+    def _accept(self, reply: dict[str, Any]) -> None:
+        name, library = self.manifest.name, self.manifest.file
+        kind = reply.get("t")
+        if kind == proto.READY:
+            self.contracts = _checked_contracts(reply, self.manifest)
+            return
+        if kind == "exited":
+            raise InitFailed(
+                f"bundle {name!r}: the worker {reply['description']} while loading {library} "
+                f"(a crash in polyplug_init?); last output:\n{reply['tail'] or '(none)'}",
+                bundle=name,
+            )
+        if kind != proto.ERROR:
+            raise InitFailed(
+                f"bundle {name!r}: the worker broke the load handshake: {reply!r:.300}", bundle=name
+            )
+        raise _load_error(reply, self.manifest)
+
+    # ---- calls ------------------------------------------------------------
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and not self.process.exited.is_set()
+
+    def kill(self, reason: str) -> None:
+        """Kills the worker now (a hang, a protocol breach); the monitor reports the death."""
+        if self.process:
+            self.process.kill(reason)
+
+    # ---- shutdown -----------------------------------------------------------
+
+    def shutdown(self, drain_timeout: float) -> bool:
+        """Drains calls in flight, then has the worker dlclose and exit.
+
+        Returns False when the drain timed out and the worker had to be killed.
+        """
+        assert self.channel is not None and self.process is not None
+        self.channel.start_draining()
+        drained = self.channel.wait_drained(drain_timeout)
+        self._leaving = True
+        if not drained:
+            _logger.warning(
+                "bundle %r: calls still in flight after drain_timeout=%gs; killing the worker",
+                self.manifest.name,
+                drain_timeout,
+            )
+            self.process.kill(f"killed after the {drain_timeout:g} s drain timeout")
+        else:
+            self._send(proto.frame(proto.UNLOAD))
+        self._await_exit()
+        return drained
+
+    def _await_exit(self) -> None:
+        """Waits for the exit; escalates to SIGTERM, then SIGKILL, each after the grace period."""
+        process, grace = self.process, self._config.close_grace
+        for escalation in (signal.SIGTERM, signal.SIGKILL):
+            if process.exited.wait(grace):
+                return
+            _logger.warning(
+                "bundle %r: worker %d did not exit within %gs; sending %s",
+                self.manifest.name,
+                process.pid,
+                grace,
+                escalation.name,
+            )
+            process.signal(escalation)
+        process.exited.wait()
+
+    def _discard(self) -> None:
+        """Undo for a failed start: the worker must be gone before the error is raised."""
+        self._leaving = True
+        self.process.kill("its load failed")
+        self.process.exited.wait()
+
+    def _send(self, data: bytes) -> None:
+        with self._send_lock:
+            if self._control is not None:
+                with contextlib.suppress(OSError):
+                    self._control.sendall(data)
+
+    def _close_control(self) -> None:
+        with self._send_lock:
+            if self._control is not None:
+                self._control.close()
+                self._control = None
+
+    # ---- monitor callbacks (monitor thread) -------------------------------
+
+    def on_frame(self, message: dict[str, Any]) -> None:
+        kind = message["t"]
+        if kind == proto.LOG:
+            self._log_record(message)
+        elif kind in (proto.READY, proto.ERROR) and not self._handshake.done():
+            self._handshake.set_result(message)
+        elif kind == proto.CLOSED:
+            self._closed.set()
+        else:
+            self.kill(f"sent an unexpected {kind!r} control frame")
+
+    def on_output(self, line: str) -> None:
+        self._bundle_log.info("worker output: %s", line)
+
+    def on_control_lost(self, reason: str) -> None:
+        if not self._leaving:
+            self.kill(reason)
+
+    def on_exit(self, returncode: int) -> None:
+        self._close_control()
+        sig, code, description = describe_exit(returncode)
+        process = self.process
+        if not self._handshake.done():
+            self._handshake.set_result({"t": "exited", "description": description, "tail": process.tail()})
+            return
+        # A kill only explains a death it caused: a worker that segfaulted and
+        # was then SIGKILLed for hanging up its socket died of the SIGSEGV.
+        killed_by_us = sig == signal.SIGKILL and process.kill_reason is not None
+        self.death = Death(
+            sig, code, description, process.tail(), process.kill_reason if killed_by_us else None
+        )
+        self.channel.mark_dead()  # wakes any caller still waiting on this worker
+        if not self._leaving:
+            self._on_death(self)
+        elif returncode != 0 and not killed_by_us:
+            _logger.warning(
+                "bundle %r: worker %d %s while unloading", self.manifest.name, process.pid, description
+            )
+
+    def _log_record(self, message: dict[str, Any]) -> None:
+        level = message.get("level")
+        target = _text(message.get("target"))
+        text = _text(message.get("message"))
+        self._bundle_log.log(_LOG_LEVELS.get(level, logging.ERROR), "[%s] %s", target, text)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value if isinstance(value, str) else ""
+
+
+def _load_error(reply: dict[str, Any], manifest: ManifestData) -> LoaderError:
+    name, library = manifest.name, manifest.file
+    kind, message = reply.get("kind"), _text(reply.get("message"))
+    if kind == proto.DLOPEN:
+        return InitFailed(
+            f"bundle {name!r}: failed to load plugin library at {library}: {message}", bundle=name
+        )
+    if kind == proto.NO_ABI_VERSION:
+        return InitFailed(
+            f"bundle {name!r}: missing symbol 'polyplug_abi_version' in bundle '{library}': "
+            "a polyplug v1 bundle must export `uint32_t polyplug_abi_version(void)` returning 1",
+            bundle=name,
+        )
+    if kind == proto.ABI_MISMATCH:
+        return InitFailed(
+            f"bundle {name!r}: ABI version mismatch in {library}: expected=1, found={reply.get('found')}; "
+            "rebuild the bundle against polyplug ABI v1",
+            bundle=name,
+        )
+    if kind == proto.NO_INIT:
+        return InitSymbolMissing(
+            f"bundle {name!r}: init symbol missing in {library}: expected an exported "
+            "`AbiError polyplug_init(const HostApi*, const BundleInitContext*)`",
+            bundle=name,
+        )
+    if kind == proto.INIT_ERROR:
+        why = message or f"init returned error code {reply.get('code')}"
+        return InitFailed(f"bundle {name!r}: polyplug_init failed: {why}", bundle=name)
+    return InitFailed(f"bundle {name!r}: the worker could not start: {message or kind}", bundle=name)
+
+
+def _checked_contracts(reply: dict[str, Any], manifest: ManifestData) -> list[dict[str, Any]]:
+    """The ready frame's contracts, shape-checked (the worker is untrusted) and
+    held against the manifest's [function_count]."""
+    contracts = reply.get("contracts")
+    if not isinstance(contracts, list) or not all(_well_formed(c, i) for i, c in enumerate(contracts)):
+        raise InitFailed(
+            f"bundle {manifest.name!r}: the worker sent a malformed ready frame", bundle=manifest.name
+        )
+    for contract in contracts:
+        key = f"{contract['name'].split('@', 1)[0]}@{contract['version'][0]}"
+        expected = manifest.function_count.get(key)
+        if expected is not None and expected != contract["function_count"]:
+            raise InitFailed(
+                f"bundle {manifest.name!r}: function count mismatch for contract `{key}`: "
+                f"expected={expected} (manifest.toml [function_count]), found={contract['function_count']} "
+                "(registered by the library); fix the manifest or rebuild the library",
+                bundle=manifest.name,
+            )
+    return contracts
+
+
+def _well_formed(contract: Any, index: int) -> bool:
+    def u32(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 32
+
+    return (
+        isinstance(contract, dict)
+        and contract.get("index") == index
+        and isinstance(contract.get("contract_id"), int)
+        and 0 <= contract["contract_id"] < 1 << 64
+        and isinstance(contract.get("name"), str)
+        and isinstance(contract.get("plugin"), str)
+        and u32(contract.get("function_count"))
+        and all(
+            isinstance(contract.get(key), list) and len(contract[key]) == 3 and all(map(u32, contract[key]))
+            for key in ("version", "plugin_version")
+        )
+    )

@@ -1,0 +1,311 @@
+"""Runtime: the host facade — registry of bundles and contracts, load/reload/unload.
+
+Method names follow polyplug's own Python host (``polyplug.Runtime``) so a
+polyplug host can switch to isolation by changing an import.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from ._bundle import Bundle, BundleState
+from ._config import RestartPolicy, RuntimeConfig
+from ._contract import GuestContract
+from ._manifest import ManifestData, parse_manifest
+from ._monitor import Monitor
+from ._proxy import WorkerProxy
+from .errors import InitFailed, LoaderError, StaleHandle
+
+_logger = logging.getLogger("polyplug_isolated")
+NOT_FOUND = 0xFFFFFFFF
+
+
+class GuestContractHandle(NamedTuple):
+    """Names a registered contract; ``index == 0xFFFFFFFF`` means not found."""
+
+    index: int
+    generation: int
+
+    @property
+    def found(self) -> bool:
+        return self.index != NOT_FOUND
+
+
+class ReloadPhaseType(enum.IntEnum):
+    PREPARING = 0
+    RELOADED = 1
+    FAILED = 2
+    UNLOADING = 3
+
+
+@dataclass(frozen=True)
+class ReloadPhase:
+    """What ``on_reload`` receives, as polyplug's ReloadPhase."""
+
+    type: ReloadPhaseType
+    bundle_id: int
+    bundle_name: str
+    reason: str = ""
+
+
+@dataclass
+class _Slot:
+    """A registry entry: one contract of one bundle; vacated on unload (generation bumped)."""
+
+    contract_id: int
+    major: int
+    bundle: Bundle | None
+    generation: int = 0
+
+
+class Runtime:
+    """Loads bundles into isolated workers and hands out their contracts.
+
+    Use as a context manager, or call :meth:`close`: it unloads every bundle.
+    """
+
+    def __init__(
+        self,
+        on_reload: Callable[[ReloadPhase], None] | None = None,
+        call_timeout: float | None = None,
+        drain_timeout: float = 10.0,
+        restart: RestartPolicy | None = None,
+        wait: str = "auto",
+        slots: int = 64,
+        **options: Any,
+    ):
+        self.config = RuntimeConfig(
+            call_timeout=call_timeout,
+            drain_timeout=drain_timeout,
+            restart=restart or RestartPolicy(),
+            wait=wait,
+            slots=slots,
+            **options,
+        )
+        self._on_reload = on_reload
+        self._lock = threading.RLock()
+        self._bundles: dict[int, Bundle] = {}
+        self._slots: list[_Slot] = []
+        self._monitor = Monitor()
+        self._closed = False
+
+    # ---- context ------------------------------------------------------------
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Unloads every bundle (draining each) and stops the monitor. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            bundles = list(self._bundles.values())
+        for bundle in bundles:
+            self._unload(bundle)
+        self._monitor.close()
+
+    # ---- load / reload / unload -----------------------------------------
+
+    def load_bundle(self, path: str | os.PathLike[str]) -> Bundle:
+        """Loads the bundle at ``path`` into a new worker and publishes its contracts.
+
+        Loading a bundle that is already loaded replaces its worker (as a reload).
+
+        Raises:
+            LoaderError: a subclass saying what failed; nothing is left behind.
+        """
+        return self.load_manifest(parse_manifest(path))
+
+    def load_manifest(self, manifest: ManifestData) -> Bundle:
+        """Loads an already parsed manifest (what IsolatedLoader.load does)."""
+        self._check_open()
+        with self._lock:
+            existing = self._bundles.get(manifest.id)
+        if existing is not None:
+            return self.reload_manifest(manifest)
+        bundle = Bundle(manifest)
+        proxy = self._start_worker(bundle, manifest)
+        with self._lock:
+            bundle.proxy = proxy
+            self._publish(bundle, proxy)
+            self._bundles[bundle.id] = bundle
+            bundle.move(BundleState.READY)
+        return bundle
+
+    def reload_bundle(self, path: str | os.PathLike[str]) -> Bundle:
+        """Starts a new worker for the bundle at ``path`` while the old one serves, then switches.
+
+        On failure the old worker keeps serving, ``on_reload`` gets a Failed phase,
+        and the LoaderError is raised. No call is lost either way.
+        """
+        return self.reload_manifest(parse_manifest(path))
+
+    def reload_manifest(self, manifest: ManifestData) -> Bundle:
+        self._check_open()
+        with self._lock:
+            bundle = self._bundles.get(manifest.id)
+        if bundle is None:
+            return self.load_manifest(manifest)
+        self._report(ReloadPhaseType.PREPARING, bundle)
+        try:
+            proxy = self._start_worker(bundle, manifest)
+        except LoaderError as exc:
+            self._report(ReloadPhaseType.FAILED, bundle, str(exc))
+            raise
+        with self._lock:
+            old = bundle.proxy
+            self._unpublish(bundle)
+            bundle.manifest, bundle.version, bundle.path = manifest, manifest.version, manifest.path
+            bundle.proxy = proxy
+            bundle.crash = None
+            self._publish(bundle, proxy)
+            if bundle.state is BundleState.CRASHED:
+                bundle.move(BundleState.RESTARTING)
+                bundle.move(BundleState.READY)
+        self._report(ReloadPhaseType.RELOADED, bundle)
+        if old is not None and old.alive:
+            old.shutdown(self.config.drain_timeout)
+        return bundle
+
+    def unload_bundle(self, bundle_id: int) -> None:
+        """Drains the bundle's calls in flight, then its worker dlcloses and exits.
+
+        New calls fail at once with BundleUnavailable; handles go stale.
+        """
+        with self._lock:
+            bundle = self._bundles.get(bundle_id)
+        if bundle is None:
+            raise LoaderError(f"no bundle with id {bundle_id} is loaded in this runtime", bundle=None)
+        self._unload(bundle)
+
+    def _unload(self, bundle: Bundle) -> None:
+        self._report(ReloadPhaseType.UNLOADING, bundle)
+        with self._lock:
+            if bundle.state is BundleState.UNLOADED or self._bundles.get(bundle.id) is not bundle:
+                return
+            bundle.move(BundleState.DRAINING)
+            self._unpublish(bundle)
+            proxy = bundle.proxy
+        if proxy is not None and proxy.alive:
+            proxy.shutdown(self.config.drain_timeout)
+        with self._lock:
+            bundle.proxy = None
+            del self._bundles[bundle.id]
+            bundle.move(BundleState.UNLOADED)
+
+    def _start_worker(self, bundle: Bundle, manifest: ManifestData) -> WorkerProxy:
+        try:
+            os.fsencode(manifest.path).decode("utf-8")
+        except UnicodeDecodeError:
+            raise InitFailed(
+                f"bundle {manifest.name!r}: bundle path is not valid UTF-8: {manifest.path!s}; "
+                "polyplug passes the bundle directory to polyplug_init as UTF-8: rename the directory",
+                bundle=manifest.name,
+            ) from None
+        if not manifest.file.is_file():
+            raise InitFailed(
+                f"bundle {manifest.name!r}: failed to load plugin library at {manifest.file}: no such file; "
+                "build the library or fix [file] in manifest.toml",
+                bundle=manifest.name,
+            )
+        proxy = WorkerProxy(manifest, self.config, self._monitor, lambda dead: self._on_death(bundle, dead))
+        proxy.start()
+        return proxy
+
+    def _on_death(self, bundle: Bundle, proxy: WorkerProxy) -> None:
+        """Monitor thread: the bundle's current worker died unasked."""
+        with self._lock:
+            if bundle.proxy is not proxy:
+                return
+            bundle.proxy = None
+            bundle.crash = proxy
+            bundle.move(BundleState.CRASHED)
+        death = proxy.death
+        _logger.error(
+            "bundle %r: worker %d %s", bundle.name, proxy.pid, death.description if death else "died"
+        )
+
+    # ---- registry ------------------------------------------------------------
+
+    def _publish(self, bundle: Bundle, proxy: WorkerProxy) -> None:
+        for contract in proxy.contracts:
+            vacant = next((s for s in self._slots if s.bundle is None), None)
+            if vacant is None:
+                vacant = _Slot(0, 0, None)
+                self._slots.append(vacant)
+            vacant.contract_id = contract["contract_id"]
+            vacant.major = contract["version"][0]
+            vacant.bundle = bundle
+
+    def _unpublish(self, bundle: Bundle) -> None:
+        for slot in self._slots:
+            if slot.bundle is bundle:
+                slot.bundle = None
+                slot.generation += 1
+
+    def find_guest_contract(self, contract_id: int, min_version: int = 0) -> GuestContractHandle:
+        """The first provider of ``contract_id`` whose major is at least ``min_version``."""
+        with self._lock:
+            for index, slot in enumerate(self._slots):
+                if slot.bundle is not None and slot.contract_id == contract_id and slot.major >= min_version:
+                    return GuestContractHandle(index, slot.generation)
+        return GuestContractHandle(NOT_FOUND, 0)
+
+    def find_all_by_contract(self, contract_id: int, min_version: int = 0) -> list[GuestContractHandle]:
+        """Every provider of ``contract_id`` (major >= ``min_version``), in registration order."""
+        with self._lock:
+            return [
+                GuestContractHandle(index, slot.generation)
+                for index, slot in enumerate(self._slots)
+                if slot.bundle is not None and slot.contract_id == contract_id and slot.major >= min_version
+            ]
+
+    def resolve_guest_contract(self, handle: GuestContractHandle) -> GuestContract:
+        """The callable contract a handle names.
+
+        Raises:
+            StaleHandle: the handle was never found, or its bundle was unloaded.
+        """
+        with self._lock:
+            slot = self._slots[handle.index] if 0 <= handle.index < len(self._slots) else None
+            if slot is None or slot.bundle is None or slot.generation != handle.generation:
+                raise StaleHandle(
+                    f"stale plugin handle: index={handle.index} generation={handle.generation} refers to a "
+                    "vacated or recycled slot (its bundle was unloaded); call find_guest_contract again"
+                )
+            return GuestContract(slot.bundle, slot.contract_id, self.config)
+
+    @property
+    def bundles(self) -> list[Bundle]:
+        """The loaded bundles."""
+        with self._lock:
+            return list(self._bundles.values())
+
+    def live_worker_count(self) -> int:
+        """How many worker processes of this runtime are running."""
+        with self._lock:
+            return sum(1 for b in self._bundles.values() if b.proxy is not None and b.proxy.alive)
+
+    # ---- helpers -------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LoaderError("this Runtime is closed; create a new one", bundle=None)
+
+    def _report(self, phase: ReloadPhaseType, bundle: Bundle, reason: str = "") -> None:
+        if self._on_reload is None:
+            return
+        try:
+            self._on_reload(ReloadPhase(phase, bundle.id, bundle.name, reason))
+        except Exception:
+            _logger.exception("on_reload callback raised for bundle %r (ignored)", bundle.name)

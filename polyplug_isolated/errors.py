@@ -1,0 +1,113 @@
+"""Every error polyplug_isolated raises, named for whose fault it is.
+
+::
+
+    PolyplugIsolatedError
+    ├── LoaderError                 a load/reload/unload failed (.bundle)
+    │   ├── ManifestError           malformed or invalid manifest.toml / api.toml
+    │   ├── ManifestMissingFile     no library file for this platform
+    │   ├── UnsupportedBundleSource code/bytes source given to the native loader
+    │   ├── InitSymbolMissing       no polyplug_init export
+    │   └── InitFailed              dlopen error, ABI mismatch, init error/crash/timeout, ...
+    ├── CallError                   a call failed (.bundle, .function)
+    │   ├── PluginCallError         the plugin answered with a non-Ok AbiError (.code, .message)
+    │   ├── WorkerCrashed           the worker died (.signal or .exitcode, .stderr_tail)
+    │   ├── CallTimeout             no answer in time; the worker was killed (also a TimeoutError)
+    │   ├── BundleUnavailable       draining, unloaded, or crashed and not restarted
+    │   └── StaleHandle             the handle's generation is gone
+    └── ProtocolError               the worker broke the shared-memory or control protocol
+
+Messages say what happened, to which bundle, and what to do about it.
+"""
+
+from __future__ import annotations
+
+import signal
+
+
+class PolyplugIsolatedError(Exception):
+    """Base of every error this package raises."""
+
+
+class LoaderError(PolyplugIsolatedError):
+    """Loading, reloading or unloading a bundle failed; nothing was left behind."""
+
+    def __init__(self, message: str, *, bundle: str | None = None):
+        super().__init__(message)
+        self.bundle = bundle
+
+
+class ManifestError(LoaderError):
+    """manifest.toml (or api.toml) is missing, malformed or invalid."""
+
+
+class ManifestMissingFile(LoaderError):
+    """The manifest names no library file for this platform."""
+
+
+class UnsupportedBundleSource(LoaderError):
+    """The native loader only loads bundles from a directory."""
+
+
+class InitSymbolMissing(LoaderError):
+    """The library has no ``polyplug_init`` export."""
+
+
+class InitFailed(LoaderError):
+    """The worker could not bring the bundle up (see the message for why)."""
+
+
+class CallError(PolyplugIsolatedError):
+    """A call into a bundle failed."""
+
+    def __init__(self, message: str, *, bundle: str | None = None, function: int | None = None):
+        super().__init__(message)
+        self.bundle = bundle
+        self.function = function
+
+
+class PluginCallError(CallError):
+    """The plugin ran and answered with a non-Ok ``AbiError``."""
+
+    def __init__(self, message: str, *, code: int, plugin_message: str, **where):
+        super().__init__(message, **where)
+        self.code = code
+        self.message = plugin_message
+
+
+class WorkerCrashed(CallError):
+    """The worker process died; the outcome of calls in flight is unknown (at-most-once)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        signal: signal.Signals | None = None,
+        exitcode: int | None = None,
+        stderr_tail: str = "",
+        **where,
+    ):
+        super().__init__(message, **where)
+        self.signal = signal
+        self.exitcode = exitcode
+        self.stderr_tail = stderr_tail
+
+
+class CallTimeout(CallError, TimeoutError):
+    """No answer before the deadline; the worker was killed (its slot cannot be trusted)."""
+
+
+class BundleUnavailable(CallError):
+    """The bundle is draining, unloaded, or crashed and not restarted."""
+
+
+class StaleHandle(CallError):
+    """The handle's bundle was unloaded: find the contract again."""
+
+
+class ProtocolError(PolyplugIsolatedError):
+    """The worker broke the shared-memory or control protocol and was killed."""
+
+    def __init__(self, message: str, *, bundle: str | None = None):
+        super().__init__(message)
+        self.bundle = bundle

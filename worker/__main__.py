@@ -1,0 +1,132 @@
+"""The worker program: hosts one bundle in its own process.
+
+Started by the host as ``python -m polyplug_isolated.worker --control-fd C
+--segment-fd S``; refuses to run without that handshake. Python only drives
+the control plane here: loading, reporting, unloading. Calls are served by
+the C loop in serve.c on its own thread, without the GIL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import faulthandler
+import os
+import signal
+import socket
+import sys
+import threading
+
+from polyplug_isolated.worker._serve_ffi import ffi, lib
+
+from polyplug_isolated import _protocol as proto
+
+_LOAD_ERRORS = {
+    lib.PPW_LOAD_DLOPEN: proto.DLOPEN,
+    lib.PPW_LOAD_NO_ABI_VERSION: proto.NO_ABI_VERSION,
+    lib.PPW_LOAD_ABI_MISMATCH: proto.ABI_MISMATCH,
+    lib.PPW_LOAD_NO_INIT: proto.NO_INIT,
+    lib.PPW_LOAD_INIT_FAILED: proto.INIT_ERROR,
+}
+
+
+def _send(kind: str, **fields) -> None:
+    payload = proto.encode(kind, **fields)
+    if lib.ppw_send_frame(payload, len(payload)) != 0:
+        os._exit(0)  # the host is gone; nobody is left to answer
+
+
+def _frames(sock: socket.socket):
+    reader = proto.FrameReader()
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            return
+        yield from reader.feed(data)
+
+
+def _text(pointer, length: int) -> str:
+    return ffi.unpack(pointer, length).decode("utf-8", "replace") if length else ""
+
+
+def _registrations() -> list[dict]:
+    info = ffi.new("ppw_registration_info *")
+    contracts = []
+    for index in range(lib.ppw_registration_count()):
+        lib.ppw_registration(index, info)
+        contracts.append(
+            {
+                "index": index,
+                "contract_id": info.contract_id,
+                "name": _text(info.contract_name, info.contract_name_len),
+                "plugin": _text(info.plugin_name, info.plugin_name_len),
+                "version": [info.major, info.minor, info.patch],
+                "plugin_version": [info.plugin_major, info.plugin_minor, info.plugin_patch],
+                "function_count": info.function_count,
+            }
+        )
+    return contracts
+
+
+def _load(request: dict, segment_fd: int) -> bool:
+    if request.get("t") != proto.LOAD or request.get("protocol") != lib.PP_PROTOCOL_VERSION:
+        _send(
+            proto.ERROR,
+            kind=proto.BAD_REQUEST,
+            message=f"expected a load frame for protocol {lib.PP_PROTOCOL_VERSION}, got {request!r:.200}",
+        )
+        return False
+    attached = lib.ppw_attach(segment_fd)
+    os.close(segment_fd)
+    if attached != 0:
+        _send(
+            proto.ERROR, kind=proto.ATTACH, message="the shared-memory segment is not one this worker speaks"
+        )
+        return False
+    result = ffi.new("ppw_load_result *")
+    bundle_dir = request["bundle_dir"]
+    lib.ppw_load(request["library"].encode(), request["bundle_id"], bundle_dir, len(bundle_dir), result)
+    if result.kind != lib.PPW_LOAD_OK:
+        _send(
+            proto.ERROR,
+            kind=_LOAD_ERRORS[result.kind],
+            code=result.code,
+            found=result.found,
+            message=_text(result.message, result.message_len),
+        )
+        return False
+    _send(proto.READY, abi_version=1, contracts=_registrations())
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="polyplug_isolated.worker", description=__doc__)
+    parser.add_argument("--control-fd", type=int, required=True)
+    parser.add_argument("--segment-fd", type=int, required=True)
+    args = parser.parse_args(argv)
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the host
+    faulthandler.enable()
+    lib.ppw_start_watchdog(args.control_fd)
+    lib.ppw_set_control_fd(args.control_fd)
+    sock = socket.socket(fileno=args.control_fd)
+
+    frames = _frames(sock)
+    request = next(frames, None)
+    if request is None or not _load(request, args.segment_fd):
+        return 0
+    server = threading.Thread(
+        target=lib.ppw_serve, args=(request["wait"], request["spin_ns"]), name="serve", daemon=True
+    )
+    server.start()
+    for message in frames:
+        if message["t"] == proto.UNLOAD:
+            lib.ppw_stop()
+            server.join()
+            lib.ppw_unload()
+            _send(proto.CLOSED)
+            return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

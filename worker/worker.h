@@ -1,0 +1,57 @@
+/* The worker's C API, as exposed to the worker's Python control loop. */
+#ifndef PPW_WORKER_H
+#define PPW_WORKER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Outcome of ppw_load. */
+#define PPW_LOAD_OK 0
+#define PPW_LOAD_DLOPEN 1          /* dlopen failed; message = dlerror() */
+#define PPW_LOAD_NO_ABI_VERSION 2  /* no polyplug_abi_version export */
+#define PPW_LOAD_ABI_MISMATCH 3    /* found = what it returned */
+#define PPW_LOAD_NO_INIT 4         /* no polyplug_init export */
+#define PPW_LOAD_INIT_FAILED 5     /* code + message = what init returned */
+
+typedef struct ppw_load_result {
+    int kind;
+    uint32_t found;
+    uint32_t code;
+    uint32_t message_len;
+    char message[1024];
+} ppw_load_result;
+
+typedef struct ppw_registration_info {
+    uint64_t contract_id;
+    uint32_t major, minor, patch;
+    uint32_t function_count;
+    const char *contract_name;
+    size_t contract_name_len;
+    const char *plugin_name;
+    size_t plugin_name_len;
+    uint32_t plugin_major, plugin_minor, plugin_patch;
+} ppw_registration_info;
+
+/* host_api.c: the bundle */
+void ppw_set_control_fd(int fd);
+int ppw_send_frame(const uint8_t *payload, size_t len);
+void ppw_load(const char *library, uint64_t bundle_id, const uint8_t *bundle_dir, size_t bundle_dir_len,
+              ppw_load_result *result);
+uint32_t ppw_registration_count(void);
+int ppw_registration(uint32_t index, ppw_registration_info *info);
+void ppw_unload(void);
+
+/* host_api.c, for serve.c: runs functions[function] of a registered contract.
+ * Returns NULL when the plugin ran (err holds its answer), or why the request
+ * was refused. */
+struct AbiError;
+const char *ppw_invoke(uint32_t contract, uint32_t function, const void *args, void *out,
+                       struct AbiError *err);
+
+/* serve.c: the data plane */
+int ppw_attach(int fd);
+int ppw_serve(int wait_mode, uint64_t spin_ns);
+void ppw_stop(void);
+int ppw_start_watchdog(int fd);
+
+#endif

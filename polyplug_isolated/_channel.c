@@ -222,7 +222,7 @@ static int await_answer(pp_conn *c, pp_slot *s, uint64_t seq, uint64_t deadline)
             if (now >= spin_until)
                 break;
         }
-        pp_cpu_relax();
+        pp_spin_step(i);
     }
     for (;;) {
         atomic_store(&s->host_waiting, 1);

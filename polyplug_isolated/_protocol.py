@@ -56,14 +56,14 @@ class FrameError(ValueError):
     """A frame that cannot be what the peer meant: too long, not msgpack, not a map."""
 
 
-def encode(kind: str, **fields: Any) -> bytes:
+def encode(tag: str, /, **fields: Any) -> bytes:
     """The msgpack payload of a frame (without its length prefix)."""
-    return msgpack.packb({"t": kind, **fields}, use_bin_type=True)
+    return msgpack.packb({"t": tag, **fields}, use_bin_type=True)
 
 
-def frame(kind: str, **fields: Any) -> bytes:
+def frame(tag: str, /, **fields: Any) -> bytes:
     """A whole frame: length prefix and payload."""
-    payload = encode(kind, **fields)
+    payload = encode(tag, **fields)
     return _PREFIX.pack(len(payload)) + payload
 
 

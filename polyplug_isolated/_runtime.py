@@ -164,7 +164,6 @@ class Runtime:
             raise
         with self._lock:
             old = bundle.proxy
-            self._unpublish(bundle)
             bundle.manifest, bundle.version, bundle.path = manifest, manifest.version, manifest.path
             bundle.proxy = proxy
             bundle.crash = None
@@ -238,7 +237,22 @@ class Runtime:
     # ---- registry ------------------------------------------------------------
 
     def _publish(self, bundle: Bundle, proxy: WorkerProxy) -> None:
-        for contract in proxy.contracts:
+        """Points the registry at ``proxy``'s contracts.
+
+        A contract the bundle already provided keeps its slot and generation, so
+        handles minted before a reload stay valid (as in polyplug); a contract
+        it no longer provides is vacated; a new one takes a free slot.
+        """
+        fresh = {contract["contract_id"]: contract for contract in proxy.contracts}
+        for slot in self._slots:
+            if slot.bundle is bundle:
+                contract = fresh.pop(slot.contract_id, None)
+                if contract is None:
+                    slot.bundle = None
+                    slot.generation += 1
+                else:
+                    slot.major = contract["version"][0]
+        for contract in fresh.values():
             vacant = next((s for s in self._slots if s.bundle is None), None)
             if vacant is None:
                 vacant = _Slot(0, 0, None)

@@ -29,8 +29,8 @@ _LOAD_ERRORS = {
 }
 
 
-def _send(kind: str, **fields) -> None:
-    payload = proto.encode(kind, **fields)
+def _send(tag: str, /, **fields) -> None:
+    payload = proto.encode(tag, **fields)
     if lib.ppw_send_frame(payload, len(payload)) != 0:
         os._exit(0)  # the host is gone; nobody is left to answer
 

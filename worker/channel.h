@@ -31,6 +31,7 @@
 #ifndef PP_CHANNEL_H
 #define PP_CHANNEL_H
 
+#include <sched.h>
 #include <semaphore.h>
 #include <stdalign.h>
 #include <stdatomic.h>
@@ -137,9 +138,18 @@ static inline int pp_sem_wait_until(sem_t *sem, uint64_t deadline_ns)
     return sem_clockwait(sem, CLOCK_MONOTONIC, &ts) == 0;
 }
 
-/* Busy-wait hint: lets the sibling hyperthread run and saves power. */
-static inline void pp_cpu_relax(void)
+/* One step of a busy wait. The first PP_PAUSE_SPINS steps only hint the
+ * CPU (the peer is running on another core and answers within ~1 us); after
+ * that each step yields the core, because when the scheduler has put both
+ * processes on one core, spinning only delays the peer we wait for. */
+#define PP_PAUSE_SPINS 512u
+
+static inline void pp_spin_step(unsigned i)
 {
+    if (i >= PP_PAUSE_SPINS) {
+        sched_yield();
+        return;
+    }
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
 #elif defined(__aarch64__)

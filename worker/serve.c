@@ -103,7 +103,7 @@ static int await_request(pp_header *h, pp_ring_entry *e, uint64_t ticket, int wa
             return 1;
         if ((i & 127) == 0 && pp_now_ns() >= spin_until)
             break;
-        pp_cpu_relax();
+        pp_spin_step(i);
     }
     for (;;) {
         atomic_store(&h->worker_sleeping, 1);

@@ -1,0 +1,83 @@
+"""Unload drains: calls in flight finish, new calls are refused, then the worker exits 0."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from conftest import SLOW, as_u32, u32, wait_until
+
+from polyplug_isolated import BundleState, BundleUnavailable, Runtime, WorkerCrashed
+
+
+def slow_contract(rt, bundle_dir):
+    rt.load_bundle(bundle_dir("slow"))
+    return rt.resolve_guest_contract(rt.find_guest_contract(SLOW, 1))
+
+
+def test_unload_lets_calls_in_flight_finish_and_refuses_new_ones(rt, bundle_dir):
+    slow = slow_contract(rt, bundle_dir)
+    bundle = slow.bundle
+    worker = bundle.proxy.process
+    results: dict[int, object] = {}
+
+    def call(ms: int):
+        try:
+            results[ms] = as_u32(slow.call(0, u32(ms), 4))
+        except Exception as exc:
+            results[ms] = exc
+
+    in_flight = [threading.Thread(target=call, args=(ms,)) for ms in (101, 102, 103, 104)]
+    for thread in in_flight:
+        thread.start()
+    wait_until(lambda: bundle.inflight == 4)
+
+    def late_call():
+        wait_until(lambda: bundle.state is BundleState.DRAINING)
+        call(1)
+
+    late = threading.Thread(target=late_call)
+    late.start()
+    rt.unload_bundle(bundle.id)
+    for thread in [*in_flight, late]:
+        thread.join(10)
+
+    assert {ms: results[ms] for ms in (101, 102, 103, 104)} == {101: 101, 102: 102, 103: 103, 104: 104}
+    assert isinstance(results[1], BundleUnavailable)
+    assert worker.returncode == 0
+    assert bundle.state is BundleState.UNLOADED
+
+
+def test_a_drain_past_the_timeout_kills_the_worker_and_says_so(bundle_dir):
+    with Runtime(drain_timeout=0.3) as rt:
+        slow = slow_contract(rt, bundle_dir)
+        outcome: list[BaseException] = []
+
+        def stuck_call():
+            try:
+                slow.call(0, u32(60_000), 4)
+            except WorkerCrashed as exc:
+                outcome.append(exc)
+
+        caller = threading.Thread(target=stuck_call)
+        caller.start()
+        wait_until(lambda: slow.bundle.inflight == 1)
+        rt.unload_bundle(slow.bundle.id)
+        caller.join(10)
+        assert slow.bundle.state is BundleState.UNLOADED
+        [crash] = outcome
+        assert "drain timeout" in str(crash)
+
+
+def test_calls_on_a_draining_bundle_fail_at_once(rt, bundle_dir):
+    slow = slow_contract(rt, bundle_dir)
+    blocker = threading.Thread(target=slow.call, args=(0, u32(300), 4))
+    blocker.start()
+    wait_until(lambda: slow.bundle.inflight == 1)
+    unloader = threading.Thread(target=rt.unload_bundle, args=(slow.bundle.id,))
+    unloader.start()
+    wait_until(lambda: slow.bundle.state is BundleState.DRAINING)
+    with pytest.raises(BundleUnavailable, match="DRAINING"):
+        slow.call(1, u32(1), 4)
+    blocker.join(10)
+    unloader.join(10)

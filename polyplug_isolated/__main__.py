@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 
@@ -16,6 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from ._demo import run_demo
 
+        logging.basicConfig(format="  [log] %(name)s: %(message)s", level=logging.WARNING)
         return run_demo()
     return 2
 

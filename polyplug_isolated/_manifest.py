@@ -25,8 +25,8 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 NATIVE_LOADER = "native"
-_VERSION = re.compile(r"^\d+\.\d+(\.\d+)?$")
-_PROVIDES = re.compile(r"^(?P<name>[^@\s]+)(@(?P<version>\d+(\.\d+){0,2}))?$")
+# ASCII digits only, matched whole (``$`` would admit a trailing newline).
+_PROVIDES = re.compile(r"(?P<name>[^@\s]+)(@(?P<version>[0-9]+(\.[0-9]+){0,2}))?")
 _OS_NAMES = {"linux": "linux", "darwin": "macos", "win32": "windows"}
 _ARCH_NAMES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
 
@@ -59,7 +59,7 @@ def platform_key() -> str:
 
 def bundle_directory(path: str | os.PathLike[str]) -> Path:
     """The bundle directory for ``path``; a file path means its directory, as in polyplug."""
-    path = Path(os.fsdecode(path))
+    path = Path(os.fsdecode(path)).absolute()
     return path.parent if path.is_file() else path
 
 
@@ -126,14 +126,15 @@ def _validate(raw: dict[str, Any], directory: Path, manifest_path: Path) -> Mani
     version = raw.get("version", "")
     if not isinstance(version, str):
         raise fail('`version` must be a string such as "1.0.0"')
-    if version and not _VERSION.match(version):
-        raise fail(f"invalid version {version!r}: use major.minor or major.minor.patch, digits only")
+    if version and not _is_version(version):
+        raise fail(f"invalid version {version!r}: use major.minor or major.minor.patch, each below 2**32")
 
     provides = raw.get("provides", [])
     if not isinstance(provides, list) or not all(isinstance(p, str) for p in provides):
         raise fail("`provides` must be an array of strings")
     for entry in provides:
-        if not _PROVIDES.match(entry):
+        match = _PROVIDES.fullmatch(entry)
+        if not match or (match["version"] and not _is_version(match["version"], parts=(1, 2, 3))):
             raise fail(f"provides entry {entry!r} is not `name` or `name@version`")
 
     function_count = raw.get("function_count", {})
@@ -158,6 +159,16 @@ def _validate(raw: dict[str, Any], directory: Path, manifest_path: Path) -> Mani
         if key not in function_count:
             raise fail(f"provides {entry!r} but [function_count] has no key {key!r}: add `{key!r} = <count>`")
     return data
+
+
+def _is_version(text: str, parts: tuple[int, ...] = (2, 3)) -> bool:
+    """major.minor[.patch] (or the given part counts), ASCII digits, each a u32 as in polyplug's Version."""
+    numbers = text.split(".")
+    return (
+        len(numbers) in parts
+        and all(n.isascii() and n.isdigit() for n in numbers)
+        and all(int(n) < 1 << 32 for n in numbers)
+    )
 
 
 def _library_path(spec: Any, directory: Path, fail) -> Path:

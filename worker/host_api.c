@@ -22,6 +22,7 @@
 
 typedef struct registration {
     GuestContractInterface iface; /* our copy: the plugin's may be a stack local */
+    GuestContractInstance instance; /* what raw calls pass, made at load (see ppw_load) */
     char *contract_name;
     size_t contract_name_len;
     char *plugin_name;
@@ -171,6 +172,7 @@ static void cb_register_guest_contract(const HostApi *self, const PluginDescript
     g_regs = grown;
     registration *r = &g_regs[g_nregs];
     r->iface = *iface;
+    r->instance = (GuestContractInstance){NULL, iface->contract_id};
     r->contract_name = copy_view(desc->contract_name, &r->contract_name_len);
     StringView no_name = {NULL, 0};
     r->plugin_name = copy_view(desc->name.ptr ? desc->name : no_name, &r->plugin_name_len);
@@ -426,7 +428,14 @@ void ppw_load(const char *library, uint64_t bundle_id, const uint8_t *bundle_dir
         result->kind = PPW_LOAD_INIT_FAILED;
         result->code = err.code;
         set_message(result, (const char *)err.message.ptr, err.message.len);
+        return;
     }
+    /* Raw calls go through one instance per contract, created the way a
+     * polyplug generated caller creates its own (create_guest_instance with
+     * NULL args): stateless guests hand back {NULL, id}, stateful ones get
+     * the state their functions expect. Destroyed before dlclose. */
+    for (uint32_t i = 0; i < g_nregs; i++)
+        cb_create_guest_instance(&g_host_api, &g_regs[i].iface, NULL, &g_regs[i].instance);
 }
 
 uint32_t ppw_registration_count(void) { return g_nregs; }
@@ -464,14 +473,17 @@ const char *ppw_invoke(uint32_t contract, uint32_t function, const void *args, v
     }
     NativeFn fn;
     *(const void **)&fn = iface->dispatch.native.functions[function];
-    GuestContractInstance null_instance = {NULL, iface->contract_id};
-    fn(null_instance, args, out, err);
+    fn(g_regs[contract].instance, args, out, err);
     return NULL;
 }
 
-/* No calls are in flight (the host drained them): unmap the plugin. */
+/* No calls are in flight (the host drained them): destroy the instances,
+ * then unmap the plugin. */
 void ppw_unload(void)
 {
+    for (uint32_t i = 0; i < g_nregs; i++)
+        cb_destroy_guest_instance(&g_host_api, &g_regs[i].iface, g_regs[i].instance);
+    g_nregs = 0;
     if (g_library)
         dlclose(g_library);
     g_library = NULL;

@@ -25,6 +25,7 @@ host_ffi.cdef(
     """
     #define PP_PROTOCOL_VERSION ...
     #define PP_ERR_CAP ...
+    #define PP_MAX_SLOTS ...
     #define PP_WAIT_AUTO ...
     #define PP_WAIT_SPIN ...
     #define PP_WAIT_BLOCK ...
@@ -44,19 +45,27 @@ host_ffi.cdef(
     typedef struct pp_result {
         uint32_t err_code;
         uint32_t err_len;
+        uint32_t done_count;
         char err_msg[1024];
     } pp_result;
 
-    size_t pp_segment_bytes(uint32_t nslots, uint64_t payload_cap);
-    pp_conn *pp_conn_create(int fd, uint32_t nslots, uint64_t payload_cap, int wait_mode, uint64_t spin_ns);
+    size_t pp_segment_bytes(uint32_t nslots, uint64_t payload_cap, uint64_t arena_cap);
+    pp_conn *pp_conn_create(int fd, uint32_t nslots, uint64_t payload_cap, uint64_t arena_cap, int wait_mode,
+                            uint64_t spin_ns);
     void pp_conn_destroy(pp_conn *c);
     int64_t pp_conn_inflight(pp_conn *c);
-    uint32_t pp_conn_state(pp_conn *c);
+    uint64_t pp_conn_calls(pp_conn *c);
+    uint64_t pp_conn_failures(pp_conn *c);
     void pp_conn_set_draining(pp_conn *c);
     int pp_conn_wait_drained(pp_conn *c, double timeout_s);
     void pp_conn_mark_dead(pp_conn *c);
+    pp_result *pp_last_result(void);
     int pp_call(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *args, size_t args_len,
-                uint8_t *out, size_t out_size, double timeout_s, pp_result *res);
+                uint8_t *out, size_t out_size, double timeout_s);
+    int64_t pp_call_small(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *args,
+                          size_t args_len, size_t out_size, double timeout_s);
+    int pp_call_batch(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *args, size_t args_len,
+                      size_t count, uint8_t *out, size_t out_size, double timeout_s);
     """
 )
 host_ffi.set_source(

@@ -1,11 +1,11 @@
 /*
- * Host side of the data plane: submit a call into a worker's segment and wait
- * for its answer, in one C call that runs without the GIL.
+ * Host side of the data plane: submit calls into a worker's segment and wait
+ * for the answers, in one C call that runs without the GIL.
  *
  * The segment layout and the hand-off protocol are in worker/channel.h. This
  * file adds the host-private connection state that a hostile worker cannot
- * touch: the free-slot list, the per-slot sequence numbers, the in-flight
- * count used to drain, and the DEAD flag the liveness monitor raises.
+ * touch: the ticket counter, the free-slot bitmap, the in-flight count used
+ * to drain, the arena lock, and the DEAD flag the liveness monitor raises.
  */
 #define _GNU_SOURCE
 #include "channel.h"
@@ -19,10 +19,10 @@
 
 #include "_channel.h"
 
-/* Longest single sleep on a semaphore that lives in shared memory: a worker
- * may scribble over it, so every blocked waiter re-checks the host-private
- * state at least this often. */
+/* Longest single sleep on anything a worker can write to (its semaphores):
+ * every blocked waiter re-checks the host-private state this often. */
 #define SLICE_NS 50000000ull
+#define BITMAP_WORDS (PP_MAX_SLOTS / 64)
 
 struct pp_conn {
     uint8_t *base;
@@ -30,21 +30,29 @@ struct pp_conn {
     pp_header *hdr;
     uint32_t nslots;
     uint64_t payload_cap;
+    uint64_t arena_cap;
     int wait_mode;
     uint64_t spin_ns;
-    _Atomic uint32_t state;
+    alignas(PP_CACHE_LINE) _Atomic uint64_t tickets;
+    alignas(PP_CACHE_LINE) _Atomic uint64_t free_slots[BITMAP_WORDS];
+    _Atomic uint32_t slot_waiters;
+    sem_t slot_freed;
+    alignas(PP_CACHE_LINE) _Atomic uint32_t state;
     _Atomic int64_t inflight;
-    sem_t drained;          /* posted when the last call leaves a non-READY conn */
-    sem_t free_slots;       /* counts the entries of free_stack */
-    pthread_mutex_t free_lock;
-    uint32_t free_top;
-    uint32_t *free_stack;
-    uint64_t *slot_seq;     /* last sequence number issued per slot */
+    sem_t drained; /* posted when the last call leaves a non-READY conn */
+    pthread_mutex_t arena_lock;
+    _Atomic uint64_t calls;
+    _Atomic uint64_t failures;
 };
 
-size_t pp_segment_bytes(uint32_t nslots, uint64_t payload_cap)
+/* Why the calling thread's last call failed (read by Python on failure only). */
+static _Thread_local pp_result last_result;
+
+pp_result *pp_last_result(void) { return &last_result; }
+
+size_t pp_segment_bytes(uint32_t nslots, uint64_t payload_cap, uint64_t arena_cap)
 {
-    return pp_segment_size(nslots, payload_cap);
+    return pp_segment_size(nslots, payload_cap, arena_cap);
 }
 
 static void init_segment(pp_conn *c)
@@ -55,73 +63,65 @@ static void init_segment(pp_conn *c)
     h->protocol_version = PP_PROTOCOL_VERSION;
     h->nslots = c->nslots;
     h->payload_cap = c->payload_cap;
-    h->slot_stride = pp_slot_stride(c->payload_cap);
+    h->arena_cap = c->arena_cap;
     sem_init(&h->request_sem, 1, 0);
-    for (uint32_t i = 0; i < c->nslots; i++) {
-        pp_slot *s = pp_slot_at(c->base, c->nslots, c->payload_cap, i);
-        memset(s, 0, sizeof *s);
-        sem_init(&s->response_sem, 1, 0);
-    }
+    for (uint32_t i = 0; i < c->nslots; i++)
+        sem_init(&pp_slot_at(c->base, c->nslots, c->payload_cap, i)->response_sem, 1, 0);
 }
 
-pp_conn *pp_conn_create(int fd, uint32_t nslots, uint64_t payload_cap, int wait_mode, uint64_t spin_ns)
+pp_conn *pp_conn_create(int fd, uint32_t nslots, uint64_t payload_cap, uint64_t arena_cap, int wait_mode,
+                        uint64_t spin_ns)
 {
-    if (nslots == 0 || payload_cap == 0) {
+    if (nslots == 0 || nslots > PP_MAX_SLOTS || payload_cap > UINT32_MAX || arena_cap > UINT32_MAX) {
         errno = EINVAL;
         return NULL;
     }
-    size_t size = pp_segment_size(nslots, payload_cap);
+    size_t size = pp_segment_size(nslots, payload_cap, arena_cap);
     if (ftruncate(fd, (off_t)size) != 0)
         return NULL;
     void *base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (base == MAP_FAILED)
         return NULL;
-    pp_conn *c = calloc(1, sizeof *c);
-    uint32_t *stack = calloc(nslots, sizeof *stack);
-    uint64_t *seqs = calloc(nslots, sizeof *seqs);
-    if (!c || !stack || !seqs) {
-        free(c);
-        free(stack);
-        free(seqs);
+    pp_conn *c;
+    if (posix_memalign((void **)&c, PP_CACHE_LINE, sizeof *c) != 0) {
         munmap(base, size);
         errno = ENOMEM;
         return NULL;
     }
+    memset(c, 0, sizeof *c);
     c->base = base;
     c->size = size;
     c->hdr = base;
     c->nslots = nslots;
     c->payload_cap = payload_cap;
+    c->arena_cap = arena_cap;
     c->wait_mode = wait_mode;
     c->spin_ns = spin_ns;
-    c->free_stack = stack;
-    c->slot_seq = seqs;
     for (uint32_t i = 0; i < nslots; i++)
-        stack[i] = nslots - 1 - i;
-    c->free_top = nslots;
-    sem_init(&c->free_slots, 0, nslots);
+        c->free_slots[i / 64] |= 1ull << (i % 64);
+    sem_init(&c->slot_freed, 0, 0);
     sem_init(&c->drained, 0, 0);
-    pthread_mutex_init(&c->free_lock, NULL);
+    pthread_mutex_init(&c->arena_lock, NULL);
     init_segment(c);
     return c;
 }
 
-/* Only called by the cdata finaliser, i.e. when no thread can be inside
- * pp_call any more: every caller holds a reference to the conn. */
+/* Only called by the cdata finaliser, i.e. when no thread can be inside a
+ * call any more: every caller holds a reference to the conn. */
 void pp_conn_destroy(pp_conn *c)
 {
     munmap(c->base, c->size);
-    sem_destroy(&c->free_slots);
+    sem_destroy(&c->slot_freed);
     sem_destroy(&c->drained);
-    pthread_mutex_destroy(&c->free_lock);
-    free(c->free_stack);
-    free(c->slot_seq);
+    pthread_mutex_destroy(&c->arena_lock);
     free(c);
 }
 
 int64_t pp_conn_inflight(pp_conn *c) { return atomic_load(&c->inflight); }
 
-uint32_t pp_conn_state(pp_conn *c) { return atomic_load(&c->state); }
+uint64_t pp_conn_calls(pp_conn *c) { return atomic_load(&c->calls); }
+
+uint64_t pp_conn_failures(pp_conn *c) { return atomic_load(&c->failures); }
 
 void pp_conn_set_draining(pp_conn *c)
 {
@@ -140,67 +140,84 @@ int pp_conn_wait_drained(pp_conn *c, double timeout_s)
     return 1;
 }
 
-/* Wakes every caller of a worker that is gone. The slots' semaphores are
- * posted once each so callers blocked on them return promptly; callers that
- * miss the post see the state within one SLICE_NS. */
+/* Wakes every caller of a worker that is gone: each slot's semaphore is
+ * posted once so blocked callers return at once; callers that miss the post
+ * see the state within one SLICE_NS. */
 void pp_conn_mark_dead(pp_conn *c)
 {
     atomic_store(&c->state, PP_CONN_DEAD);
     for (uint32_t i = 0; i < c->nslots; i++) {
         sem_post(&pp_slot_at(c->base, c->nslots, c->payload_cap, i)->response_sem);
-        sem_post(&c->free_slots);
+        sem_post(&c->slot_freed);
     }
     sem_post(&c->drained);
 }
 
 static uint64_t min_u64(uint64_t a, uint64_t b) { return a < b ? a : b; }
 
+static int take_free_bit(pp_conn *c)
+{
+    for (uint32_t w = 0; w < (c->nslots + 63) / 64; w++) {
+        uint64_t bits = atomic_load_explicit(&c->free_slots[w], memory_order_relaxed);
+        while (bits) {
+            int bit = __builtin_ctzll(bits);
+            if (atomic_compare_exchange_weak(&c->free_slots[w], &bits, bits & ~(1ull << bit)))
+                return (int)(w * 64 + (uint32_t)bit);
+        }
+    }
+    return -1;
+}
+
 /* Returns a slot number, or -PP_CALL_TIMEOUT / -PP_CALL_DEAD. */
 static int take_slot(pp_conn *c, uint64_t deadline)
 {
     for (;;) {
-        int acquired = sem_trywait(&c->free_slots) == 0;
-        if (!acquired) {
-            uint64_t now = pp_now_ns();
-            if (now >= deadline)
-                return -PP_CALL_TIMEOUT;
-            acquired = pp_sem_wait_until(&c->free_slots, min_u64(deadline, now + SLICE_NS));
-        }
-        /* mark_dead posts free_slots to wake us: after a death a count no
-         * longer stands for a free slot, so the state decides first. */
+        int idx = take_free_bit(c);
+        if (idx >= 0)
+            return idx;
         if (atomic_load(&c->state) == PP_CONN_DEAD)
             return -PP_CALL_DEAD;
-        if (acquired)
-            break;
+        uint64_t now = pp_now_ns();
+        if (now >= deadline)
+            return -PP_CALL_TIMEOUT;
+        /* Dekker with give_slot: announce, re-check, then sleep. */
+        atomic_fetch_add(&c->slot_waiters, 1);
+        idx = take_free_bit(c);
+        if (idx < 0)
+            pp_sem_wait_until(&c->slot_freed, min_u64(deadline, now + SLICE_NS));
+        atomic_fetch_sub(&c->slot_waiters, 1);
+        if (idx >= 0)
+            return idx;
     }
-    pthread_mutex_lock(&c->free_lock);
-    int idx = (int)c->free_stack[--c->free_top];
-    pthread_mutex_unlock(&c->free_lock);
-    return idx;
 }
 
 static void give_slot(pp_conn *c, uint32_t idx)
 {
-    pthread_mutex_lock(&c->free_lock);
-    c->free_stack[c->free_top++] = idx;
-    pthread_mutex_unlock(&c->free_lock);
-    sem_post(&c->free_slots);
+    atomic_fetch_or(&c->free_slots[idx / 64], 1ull << (idx % 64));
+    if (atomic_load(&c->slot_waiters))
+        sem_post(&c->slot_freed);
 }
 
-static void submit(pp_conn *c, uint32_t idx)
+static int lock_arena(pp_conn *c, uint64_t deadline)
 {
-    pp_header *h = c->hdr;
-    /* The ticket is a full barrier (lock xadd); the tail value itself is
-     * untrusted, but ticket % nslots always stays inside the ring. */
-    uint64_t ticket = atomic_fetch_add(&h->ring_tail, 1);
-    pp_ring_entry *e = &pp_ring(c->base)[ticket % c->nslots];
-    e->slot = idx;
-    atomic_store_explicit(&e->seq, ticket + 1, memory_order_release);
-    /* Dekker with the worker's "set sleeping, re-check ring": one of the two
-     * sequentially consistent operations must see the other. */
+    for (;;) {
+        if (atomic_load(&c->state) == PP_CONN_DEAD)
+            return PP_CALL_DEAD;
+        uint64_t now = pp_now_ns();
+        if (now >= deadline)
+            return PP_CALL_TIMEOUT;
+        uint64_t until = min_u64(deadline, now + SLICE_NS);
+        struct timespec ts = {(time_t)(until / 1000000000u), (long)(until % 1000000000u)};
+        if (pthread_mutex_clocklock(&c->arena_lock, CLOCK_MONOTONIC, &ts) == 0)
+            return PP_CALL_OK;
+    }
+}
+
+static void wake_worker(pp_header *h)
+{
+    /* Dekker with the worker's "set sleeping, re-check the ring". */
     atomic_thread_fence(memory_order_seq_cst);
-    if (atomic_load_explicit(&h->worker_sleeping, memory_order_relaxed) &&
-        atomic_exchange(&h->worker_sleeping, 0))
+    if (atomic_load_explicit(&h->worker_sleeping, memory_order_relaxed) && atomic_exchange(&h->worker_sleeping, 0))
         sem_post(&h->request_sem);
 }
 
@@ -239,36 +256,52 @@ static int await_answer(pp_conn *c, pp_slot *s, uint64_t seq, uint64_t deadline)
     }
 }
 
-/* Copies the answer out of the slot. Every field is read once (volatile) and
- * bounds-checked: the worker may change it under our feet. */
-static int read_answer(pp_slot *s, uint8_t *out, size_t out_size, size_t out_off, pp_result *res)
+/* Takes the answer's status out of the slot. Every field the worker wrote is
+ * read once (volatile) and bounds-checked: it may change under our feet. */
+static int read_status(pp_slot *s, uint32_t count)
 {
     uint32_t status = *(volatile uint32_t *)&s->status;
     uint32_t code = *(volatile uint32_t *)&s->err_code;
     uint32_t len = *(volatile uint32_t *)&s->err_len;
-    if (len > PP_ERR_CAP || (status != PP_STATUS_OK && status != PP_STATUS_BAD_REQUEST)) {
+    uint32_t done = *(volatile uint32_t *)&s->done_count;
+    pp_result *res = &last_result;
+    if (len > PP_ERR_CAP || done > count || (status != PP_STATUS_OK && status != PP_STATUS_BAD_REQUEST) ||
+        (status == PP_STATUS_OK && code == 0 && done != count)) {
         res->err_code = status;
         res->err_len = 0;
+        res->done_count = 0;
         return PP_CALL_PROTOCOL;
     }
     res->err_code = code;
     res->err_len = len;
-    memcpy(res->err_msg, s->err_msg, len);
+    res->done_count = done;
+    if (code != 0 || status != PP_STATUS_OK)
+        memcpy(res->err_msg, s->err_msg, len);
     if (status == PP_STATUS_BAD_REQUEST)
         return PP_CALL_REFUSED;
-    if (code != 0)
-        return PP_CALL_PLUGIN_ERROR;
-    if (out_size)
-        memcpy(out, pp_payload(s) + out_off, out_size);
-    return PP_CALL_OK;
+    return code != 0 ? PP_CALL_PLUGIN_ERROR : PP_CALL_OK;
 }
 
-int pp_call(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *args, size_t args_len,
-            uint8_t *out, size_t out_size, double timeout_s, pp_result *res)
+static uint64_t deadline_of(double timeout_s)
 {
-    size_t out_off = PP_ALIGN8(args_len);
-    if (args_len > c->payload_cap || out_size > c->payload_cap || out_off + out_size > c->payload_cap)
+    return timeout_s < 0 ? UINT64_MAX : pp_now_ns() + (uint64_t)(timeout_s * 1e9);
+}
+
+/* The whole call: slot, request, wait, answer. `out` receives count *
+ * out_size bytes when the call succeeds (and the completed prefix of a batch
+ * when it fails). */
+static int run(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *args, uint64_t args_len,
+               uint32_t count, uint8_t *out, uint64_t out_size, double timeout_s)
+{
+    last_result.done_count = 0;
+    last_result.err_len = 0;
+    if (count == 0 || args_len > UINT32_MAX || out_size > UINT32_MAX)
         return PP_CALL_TOO_LARGE;
+    pp_layout layout = pp_layout_of(count, args_len, out_size);
+    int spill = layout.spill_bytes <= c->payload_cap ? PP_IN_SLOT : PP_IN_ARENA;
+    if (spill == PP_IN_ARENA && layout.spill_bytes > c->arena_cap)
+        return PP_CALL_TOO_LARGE;
+
     int rc;
     atomic_fetch_add(&c->inflight, 1);
     uint32_t state = atomic_load(&c->state);
@@ -276,34 +309,82 @@ int pp_call(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *arg
         rc = state == PP_CONN_DEAD ? PP_CALL_DEAD : PP_CALL_UNAVAILABLE;
         goto leave;
     }
-    uint64_t deadline = timeout_s < 0 ? UINT64_MAX : pp_now_ns() + (uint64_t)(timeout_s * 1e9);
+    uint64_t deadline = deadline_of(timeout_s);
+    if (spill == PP_IN_ARENA && (rc = lock_arena(c, deadline)) != PP_CALL_OK)
+        goto leave;
     int idx = take_slot(c, deadline);
     if (idx < 0) {
         rc = -idx;
-        goto leave;
+        goto unlock;
     }
     pp_slot *s = pp_slot_at(c->base, c->nslots, c->payload_cap, (uint32_t)idx);
-    s->contract = contract;
-    s->function = function;
-    s->instance = 0;
-    s->args_len = args_len;
-    s->out_size = out_size;
+    uint8_t *region = spill == PP_IN_ARENA ? c->base + pp_arena_offset(c->nslots, c->payload_cap) : pp_payload(s);
+    uint64_t ticket = atomic_fetch_add(&c->tickets, 1);
+    pp_request *r = &pp_ring(c->base)[ticket % c->nslots];
+    r->slot = (uint32_t)idx;
+    r->contract = contract;
+    r->function = function;
+    r->count = count;
+    r->args_len = (uint32_t)args_len;
+    r->out_size = (uint32_t)out_size;
+    r->spill = (uint32_t)spill;
     if (args_len)
-        memcpy(pp_payload(s), args, args_len);
-    uint64_t seq = ++c->slot_seq[idx];
-    atomic_store_explicit(&s->req_seq, seq, memory_order_release);
-    submit(c, (uint32_t)idx);
-    rc = await_answer(c, s, seq, deadline);
+        memcpy(layout.args_inline ? r->args : region, args, (size_t)(args_len * count));
+    atomic_store_explicit(&r->seq, ticket + 1, memory_order_release);
+    wake_worker(c->hdr);
+
+    rc = await_answer(c, s, ticket + 1, deadline);
     if (rc == PP_CALL_OK) {
-        rc = read_answer(s, out, out_size, out_off, res);
+        rc = read_status(s, count);
+        uint64_t done = last_result.done_count;
+        if (rc == PP_CALL_OK || rc == PP_CALL_PLUGIN_ERROR) {
+            const uint8_t *from = layout.out_inline ? s->out : region + layout.out_offset;
+            if (done && out_size)
+                memcpy(out, from, (size_t)(done * out_size));
+        }
         give_slot(c, (uint32_t)idx);
     }
     /* After a timeout or a death the slot stays taken: the worker that might
      * still write into it is being killed and the conn is never reused. */
+unlock:
+    if (spill == PP_IN_ARENA)
+        pthread_mutex_unlock(&c->arena_lock);
 leave:
+    atomic_fetch_add_explicit(&c->calls, count, memory_order_relaxed);
+    if (rc != PP_CALL_OK)
+        atomic_fetch_add_explicit(&c->failures, 1, memory_order_relaxed);
     if (atomic_fetch_sub(&c->inflight, 1) == 1 && atomic_load(&c->state) != PP_CONN_READY)
         sem_post(&c->drained);
     return rc;
+}
+
+int pp_call(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *args, size_t args_len, uint8_t *out,
+            size_t out_size, double timeout_s)
+{
+    return run(c, contract, function, args, args_len, 1, out, out_size, timeout_s);
+}
+
+int64_t pp_call_small(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *args, size_t args_len,
+                      size_t out_size, double timeout_s)
+{
+    uint8_t out[8] = {0};
+    if (out_size > 7)
+        return -PP_CALL_TOO_LARGE;
+    int rc = run(c, contract, function, args, args_len, 1, out, out_size, timeout_s);
+    if (rc != PP_CALL_OK)
+        return -rc;
+    uint64_t value = 0;
+    for (size_t i = out_size; i-- > 0;)
+        value = value << 8 | out[i];
+    return (int64_t)value;
+}
+
+int pp_call_batch(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *args, size_t args_len,
+                  size_t count, uint8_t *out, size_t out_size, double timeout_s)
+{
+    if (count > UINT32_MAX)
+        return PP_CALL_TOO_LARGE;
+    return run(c, contract, function, args, args_len, (uint32_t)count, out, out_size, timeout_s);
 }
 
 _Static_assert(sizeof(((pp_result *)0)->err_msg) == PP_ERR_CAP, "pp_result carries a whole message");

@@ -9,33 +9,48 @@
 #define PP_CONN_DRAINING 1
 #define PP_CONN_DEAD 2
 
-/* What pp_call returns. */
+/* What a call returns. */
 #define PP_CALL_OK 0
 #define PP_CALL_PLUGIN_ERROR 1 /* the plugin answered with a non-Ok AbiError */
 #define PP_CALL_UNAVAILABLE 2  /* the conn is draining: no new calls */
 #define PP_CALL_DEAD 3         /* the worker is gone */
 #define PP_CALL_TIMEOUT 4      /* no answer before the deadline */
 #define PP_CALL_PROTOCOL 5     /* the worker wrote an impossible answer */
-#define PP_CALL_TOO_LARGE 6    /* args + out do not fit a slot's payload */
+#define PP_CALL_TOO_LARGE 6    /* args + out fit neither a slot nor the arena */
 #define PP_CALL_REFUSED 7      /* the worker rejected the request */
 
 typedef struct pp_conn pp_conn;
 
+/* Why the calling thread's last call failed. */
 typedef struct pp_result {
     uint32_t err_code;
     uint32_t err_len;
+    uint32_t done_count; /* calls of a batch that completed Ok */
     char err_msg[1024];
 } pp_result;
 
-size_t pp_segment_bytes(uint32_t nslots, uint64_t payload_cap);
-pp_conn *pp_conn_create(int fd, uint32_t nslots, uint64_t payload_cap, int wait_mode, uint64_t spin_ns);
+size_t pp_segment_bytes(uint32_t nslots, uint64_t payload_cap, uint64_t arena_cap);
+pp_conn *pp_conn_create(int fd, uint32_t nslots, uint64_t payload_cap, uint64_t arena_cap, int wait_mode,
+                        uint64_t spin_ns);
 void pp_conn_destroy(pp_conn *c);
 int64_t pp_conn_inflight(pp_conn *c);
-uint32_t pp_conn_state(pp_conn *c);
+uint64_t pp_conn_calls(pp_conn *c);
+uint64_t pp_conn_failures(pp_conn *c);
 void pp_conn_set_draining(pp_conn *c);
 int pp_conn_wait_drained(pp_conn *c, double timeout_s);
 void pp_conn_mark_dead(pp_conn *c);
-int pp_call(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *args, size_t args_len,
-            uint8_t *out, size_t out_size, double timeout_s, pp_result *res);
+pp_result *pp_last_result(void);
+
+/* One call; out receives out_size bytes. */
+int pp_call(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *args, size_t args_len, uint8_t *out,
+            size_t out_size, double timeout_s);
+/* One call whose out is at most 7 bytes: returns them as a little-endian
+ * integer, or -PP_CALL_* (saves allocating an out buffer per call). */
+int64_t pp_call_small(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *args, size_t args_len,
+                      size_t out_size, double timeout_s);
+/* `count` calls over packed args records, one hand-off; out receives
+ * count * out_size bytes (the completed prefix on a plugin error). */
+int pp_call_batch(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *args, size_t args_len,
+                  size_t count, uint8_t *out, size_t out_size, double timeout_s);
 
 #endif

@@ -9,7 +9,6 @@ call that releases the GIL while it waits.
 from __future__ import annotations
 
 import os
-import threading
 
 import posix_ipc
 
@@ -21,21 +20,33 @@ WAIT_MODES = {"auto": lib.PP_WAIT_AUTO, "spin": lib.PP_WAIT_SPIN, "block": lib.P
 class ChannelFailure(Exception):
     """A call that did not end with an answer; ``status`` is a PP_CALL_* code."""
 
-    def __init__(self, status: int, code: int = 0, message: str = ""):
+    def __init__(self, status: int, code: int = 0, message: str = "", done: int = 0):
         super().__init__(status, code, message)
         self.status = status
         self.code = code
         self.message = message
+        self.done = done
+
+    @classmethod
+    def last(cls, status: int) -> ChannelFailure:
+        """The calling thread's last failure, as the C side recorded it."""
+        result = lib.pp_last_result()
+        message = ffi.unpack(result.err_msg, result.err_len).decode("utf-8", "replace")
+        return cls(status, result.err_code, message, result.done_count)
 
 
 class Channel:
-    """The call slots shared with one worker."""
+    """The call slots shared with one worker.
 
-    def __init__(self, slots: int, payload_cap: int, wait: str, spin_ns: int):
+    ``conn`` is what the C calls take; GuestContract calls ``pp_call_small``
+    on it directly, the one path where an extra Python frame would show.
+    """
+
+    def __init__(self, slots: int, payload_cap: int, arena_cap: int, wait: str, spin_ns: int):
         memory = posix_ipc.SharedMemory(None, posix_ipc.O_CREX, mode=0o600)
         try:
             memory.unlink()
-            conn = lib.pp_conn_create(memory.fd, slots, payload_cap, WAIT_MODES[wait], spin_ns)
+            conn = lib.pp_conn_create(memory.fd, slots, payload_cap, arena_cap, WAIT_MODES[wait], spin_ns)
             if conn == ffi.NULL:
                 err = ffi.errno
                 raise OSError(err, f"cannot set up a {slots}-slot shared-memory segment: {os.strerror(err)}")
@@ -44,10 +55,10 @@ class Channel:
             raise
         self._memory = memory
         # The mapping lives exactly as long as the last reference: a thread
-        # inside pp_call holds one, so it can never see the memory go away.
-        self._conn = ffi.gc(conn, lib.pp_conn_destroy)
-        self._local = threading.local()
+        # inside a call holds one, so it can never see the memory go away.
+        self.conn = ffi.gc(conn, lib.pp_conn_destroy)
         self.payload_cap = payload_cap
+        self.arena_cap = arena_cap
 
     @property
     def fd(self) -> int:
@@ -59,41 +70,49 @@ class Channel:
         if self._memory.fd >= 0:
             self._memory.close_fd()
 
-    def call(self, contract: int, function: int, args, out_size: int, timeout: float | None) -> bytes:
-        """Runs one call; returns the out bytes or raises ChannelFailure."""
-        result = getattr(self._local, "result", None)
-        if result is None:
-            result = self._local.result = ffi.new("pp_result *")
+    def call(self, contract: int, function: int, args, out_size: int, timeout: float) -> bytes:
+        """One call (timeout < 0: none); returns the out bytes or raises ChannelFailure."""
         out = ffi.new("uint8_t[]", out_size) if out_size else ffi.NULL
-        source = args if isinstance(args, bytes) else ffi.from_buffer(args)
-        status = lib.pp_call(
-            self._conn,
-            contract,
-            function,
-            source,
-            len(args),
-            out,
-            out_size,
-            -1.0 if timeout is None else timeout,
-            result,
+        source = args if type(args) is bytes else ffi.from_buffer(args)
+        status = lib.pp_call(self.conn, contract, function, source, len(args), out, out_size, timeout)
+        if status != lib.PP_CALL_OK:
+            raise ChannelFailure.last(status)
+        return ffi.buffer(out, out_size)[:] if out_size else b""
+
+    def call_batch(
+        self, contract: int, function: int, packed, record: int, count: int, out_size: int, timeout: float
+    ) -> bytes:
+        """``count`` calls over ``record``-byte args records packed in ``packed``, one hand-off.
+
+        Returns count * out_size bytes; on a plugin error raises ChannelFailure
+        whose ``done`` says how many calls completed (their outs are lost with it).
+        """
+        out = ffi.new("uint8_t[]", count * out_size) if out_size else ffi.NULL
+        source = packed if type(packed) is bytes else ffi.from_buffer(packed)
+        status = lib.pp_call_batch(
+            self.conn, contract, function, source, record, count, out, out_size, timeout
         )
         if status != lib.PP_CALL_OK:
-            message = ffi.unpack(result.err_msg, result.err_len).decode("utf-8", "replace")
-            raise ChannelFailure(status, result.err_code, message)
-        return ffi.buffer(out, out_size)[:] if out_size else b""
+            raise ChannelFailure.last(status)
+        return ffi.buffer(out, count * out_size)[:] if out_size else b""
 
     @property
     def inflight(self) -> int:
-        return lib.pp_conn_inflight(self._conn)
+        return lib.pp_conn_inflight(self.conn)
+
+    @property
+    def counters(self) -> tuple[int, int]:
+        """(calls, failed calls) since the worker started."""
+        return lib.pp_conn_calls(self.conn), lib.pp_conn_failures(self.conn)
 
     def start_draining(self) -> None:
         """New calls now fail with PP_CALL_UNAVAILABLE; calls in flight go on."""
-        lib.pp_conn_set_draining(self._conn)
+        lib.pp_conn_set_draining(self.conn)
 
     def wait_drained(self, timeout: float) -> bool:
         """True once no call is in flight, False if ``timeout`` passed first."""
-        return bool(lib.pp_conn_wait_drained(self._conn, timeout))
+        return bool(lib.pp_conn_wait_drained(self.conn, timeout))
 
     def mark_dead(self) -> None:
         """Fails every waiting and future call with PP_CALL_DEAD."""
-        lib.pp_conn_mark_dead(self._conn)
+        lib.pp_conn_mark_dead(self.conn)

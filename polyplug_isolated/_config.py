@@ -38,6 +38,9 @@ class RuntimeConfig:
         spin_ns: the spin window of "auto".
         slots: concurrent calls per worker.
         payload_capacity: bytes per call slot for args + out (args rounded up to 8).
+        arena_capacity: bytes of the one shared spill area for a call (or batch) whose
+            args + out exceed a slot: the largest call a worker takes. Calls that
+            spill take turns; pages are only committed when touched.
     """
 
     call_timeout: float | None = None
@@ -48,12 +51,13 @@ class RuntimeConfig:
     spin_ns: int = 50_000
     slots: int = 64
     payload_capacity: int = 64 * 1024
+    arena_capacity: int = 4 * 1024 * 1024
     restart: RestartPolicy = RestartPolicy()
 
     def __post_init__(self):
         if self.wait not in WAITS:
             raise ValueError(f"wait must be one of {WAITS}, not {self.wait!r}")
-        if not 1 <= self.slots <= 4096:
+        if not 1 <= self.slots <= 4096:  # PP_MAX_SLOTS
             raise ValueError(f"slots must be between 1 and 4096, not {self.slots}")
         if not 8 <= self.payload_capacity <= 1 << 30:
             raise ValueError(

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from ._proxy import WorkerProxy
 
 _DEFAULT = object()
+_call_small = lib.pp_call_small
 
 
 class AbiErrorCode(enum.IntEnum):
@@ -56,7 +57,7 @@ def code_name(code: int) -> str:
 
 
 class PayloadTooLarge(CallError, ValueError):
-    """args plus out_size exceed what one call slot carries."""
+    """args plus out exceed the largest call a worker takes (``arena_capacity``)."""
 
 
 class GuestContract:
@@ -70,7 +71,9 @@ class GuestContract:
         self.version: tuple[int, int, int] = (0, 0, 0)
         self.function_count = 0
         self._proxy: WorkerProxy | None = None
+        self._conn = None
         self._index = 0
+        self._timeout = _seconds(config.call_timeout)
         self._bind(bundle.proxy)
 
     @property
@@ -93,6 +96,7 @@ class GuestContract:
         self.version = tuple(contract["version"])
         self.function_count = contract["function_count"]
         self._index = contract["index"]
+        self._conn = proxy.channel.conn
         self._proxy = proxy
 
     def call(
@@ -113,24 +117,100 @@ class GuestContract:
                 for an index past the contract's function_count).
             WorkerCrashed, CallTimeout, BundleUnavailable, ProtocolError, PayloadTooLarge.
         """
-        if timeout is _DEFAULT:
-            timeout = self._config.call_timeout
-        if type(args) is not bytes:
-            args = _as_bytes_view(args)
-        if type(out_size) is not int or out_size < 0:
-            raise ValueError(f"out_size must be a non-negative int, not {out_size!r}")
-        while True:
-            proxy = self._bundle.proxy
-            if proxy is not self._proxy:
-                self._bind(proxy)
-            if type(fn_index) is not int or not 0 <= fn_index < self.function_count:
-                raise self._no_such_function(fn_index)
+        proxy = self._bundle.proxy
+        if proxy is not self._proxy:
+            self._bind(proxy)
+        wait = self._timeout if timeout is _DEFAULT else _seconds(timeout)
+        if type(fn_index) is not int or not 0 <= fn_index < self.function_count:
+            raise self._no_such_function(fn_index)
+        if type(args) is bytes and type(out_size) is int and 0 <= out_size <= 7:
+            # The hot path: no out buffer, one C call, an int back.
+            value = _call_small(self._conn, self._index, fn_index, args, len(args), out_size, wait)
+            if value >= 0:
+                return value.to_bytes(out_size, "little")
+            failure = ChannelFailure.last(-value)
+        else:
+            if type(args) is not bytes:
+                args = _as_bytes_view(args)
+            if type(out_size) is not int or out_size < 0:
+                raise ValueError(f"out_size must be a non-negative int, not {out_size!r}")
             try:
-                return proxy.channel.call(self._index, fn_index, args, out_size, timeout)
+                return proxy.channel.call(self._index, fn_index, args, out_size, wait)
+            except ChannelFailure as caught:
+                failure = caught
+        if self._rerouted(failure, proxy):
+            return self.call(fn_index, args, out_size, timeout=timeout)
+        raise self._error(failure, proxy, fn_index, wait)
+
+    def call_many(
+        self, fn_index: int, args_list, out_size: int, *, timeout: float | None = _DEFAULT
+    ) -> list[bytes]:
+        """Calls one function once per args in ``args_list`` (all the same length), in order.
+
+        Returns the out bytes of each call. The calls go to the worker in batches
+        (as many as fit a slot), one hand-off per batch. A plugin error stops the
+        batch: PluginCallError's ``index`` names the failing call; the calls
+        before it ran (their outs are dropped with the error).
+        """
+        items = list(args_list)
+        if not items:
+            return []
+        record = len(items[0])
+        if any(len(item) != record for item in items):
+            raise ValueError("call_many: every args must have the same length (one C struct per call)")
+        if record == 0:
+            raise ValueError(
+                "call_many: args must not be empty (use call() for functions without parameters)"
+            )
+        out = self.call_packed(fn_index, b"".join(items), record, out_size, timeout=timeout)
+        if not out_size:
+            return [b""] * len(items)
+        return [out[i : i + out_size] for i in range(0, len(out), out_size)]
+
+    def call_packed(
+        self, fn_index: int, packed, record_size: int, out_size: int, *, timeout: float | None = _DEFAULT
+    ) -> bytes:
+        """Calls one function over ``len(packed) // record_size`` packed args records.
+
+        ``packed`` is a bytes-like buffer of back-to-back C structs of
+        ``record_size`` bytes each (``array.array`` or a numpy array works).
+        Returns the outs back to back (``out_size`` bytes each), in order.
+        """
+        proxy = self._bundle.proxy
+        if proxy is not self._proxy:
+            self._bind(proxy)
+        wait = self._timeout if timeout is _DEFAULT else _seconds(timeout)
+        if type(fn_index) is not int or not 0 <= fn_index < self.function_count:
+            raise self._no_such_function(fn_index)
+        view = packed if type(packed) is bytes else _as_bytes_view(packed)
+        if type(record_size) is not int or record_size <= 0 or type(out_size) is not int or out_size < 0:
+            raise ValueError("record_size must be a positive int and out_size a non-negative int")
+        if len(view) % record_size:
+            raise ValueError(
+                f"call_packed: {len(view)} bytes is not a whole number of {record_size}-byte records"
+            )
+        count = len(view) // record_size
+        per_batch = max(1, (proxy.channel.payload_cap - 8) // (record_size + out_size))
+        outs = []
+        for start in range(0, count, per_batch):
+            n = min(per_batch, count - start)
+            chunk = view[start * record_size : (start + n) * record_size]
+            try:
+                outs.append(
+                    proxy.channel.call_batch(self._index, fn_index, chunk, record_size, n, out_size, wait)
+                )
             except ChannelFailure as failure:
-                if failure.status == lib.PP_CALL_UNAVAILABLE and self._bundle.proxy not in (None, proxy):
-                    continue  # a reload switched workers under us; this call was never sent
-                raise self._error(failure, proxy, fn_index, timeout) from None
+                if start == 0 and self._rerouted(failure, proxy):
+                    return self.call_packed(fn_index, packed, record_size, out_size, timeout=timeout)
+                error = self._error(failure, proxy, fn_index, wait)
+                if isinstance(error, PluginCallError):
+                    error.index = start + failure.done
+                raise error from None
+        return b"".join(outs)
+
+    def _rerouted(self, failure: ChannelFailure, proxy: WorkerProxy) -> bool:
+        """True when a reload switched workers under a call that was never sent."""
+        return failure.status == lib.PP_CALL_UNAVAILABLE and self._bundle.proxy not in (None, proxy)
 
     def _where(self, fn_index: int) -> str:
         return f"bundle {self._bundle.name!r}: {self.name}@{self.version[0]} function {fn_index}"
@@ -158,9 +238,7 @@ class GuestContract:
             function=fn_index,
         )
 
-    def _error(
-        self, failure: ChannelFailure, proxy: WorkerProxy, fn_index: int, timeout: float | None
-    ) -> Exception:
+    def _error(self, failure: ChannelFailure, proxy: WorkerProxy, fn_index: int, timeout: float) -> Exception:
         where = self._where(fn_index)
         names = {"bundle": self._bundle.name, "function": fn_index}
         status = failure.status
@@ -185,8 +263,8 @@ class GuestContract:
             )
         if status == lib.PP_CALL_TOO_LARGE:
             return PayloadTooLarge(
-                f"{where}: args and out_size need more than the {proxy.channel.payload_cap}-byte call "
-                "slot; pass less or raise Runtime(payload_capacity=...)",
+                f"{where}: args and out need more than the {proxy.channel.arena_cap}-byte arena, "
+                "the largest call a worker takes; pass less or raise Runtime(arena_capacity=...)",
                 **names,
             )
         proxy.kill(f"broke the shared-memory protocol (status {status}): {failure.message}")
@@ -198,6 +276,15 @@ class GuestContract:
 
     def __repr__(self) -> str:
         return f"<GuestContract {self.name}@{self.version[0]} of bundle {self._bundle.name!r}>"
+
+
+def _seconds(timeout: float | None) -> float:
+    """A timeout as the C side takes it: seconds, negative for none."""
+    if timeout is None:
+        return -1.0
+    if timeout <= 0:
+        raise ValueError(f"timeout must be positive or None, not {timeout!r}")
+    return float(timeout)
 
 
 def _as_bytes_view(args: object) -> memoryview:

@@ -74,7 +74,9 @@ class WorkerProxy:
         """Starts the worker and loads the bundle in it; raises LoaderError, leaving nothing."""
         config = self._config
         with contextlib.ExitStack() as undo:
-            channel = Channel(config.slots, config.payload_capacity, config.wait, config.spin_ns)
+            channel = Channel(
+                config.slots, config.payload_capacity, config.arena_capacity, config.wait, config.spin_ns
+            )
             undo.callback(channel.close_fd)
             control, worker_end = socket.socketpair()
             undo.callback(self._close_control)

@@ -73,6 +73,7 @@ class PluginCallError(CallError):
         super().__init__(message, **where)
         self.code = code
         self.message = plugin_message
+        self.index: int | None = None  # call_many/call_packed: which call of the batch failed
 
 
 class WorkerCrashed(CallError):

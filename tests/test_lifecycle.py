@@ -105,11 +105,11 @@ def test_function_index_past_the_contract_is_function_not_available(rt, bundle_d
         assert caught.value.code == AbiErrorCode.FUNCTION_NOT_AVAILABLE
 
 
-def test_payload_beyond_the_slot_is_refused_before_sending(bundle_dir):
-    with Runtime(payload_capacity=4096) as rt:
+def test_payload_beyond_the_arena_is_refused_before_sending(bundle_dir):
+    with Runtime(payload_capacity=1024, arena_capacity=4096) as rt:
         add = adder_contract(rt, bundle_dir)
-        with pytest.raises(PayloadTooLarge, match="4096-byte call slot"):
-            add.call(0, bytes(4096), 4)
+        with pytest.raises(PayloadTooLarge, match="4096-byte arena"):
+            add.call(0, bytes(4097), 4)
         assert as_u32(add.call(0, pair(1, 1), 4)) == 2
 
 

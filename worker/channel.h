@@ -2,31 +2,49 @@
  * The shared-memory data plane between a host and one worker.
  *
  * One segment per worker, created by the host (mode 0600, random name,
- * unlinked before the worker starts: the worker inherits the fd), laid out as
+ * unlinked before the worker starts: the worker inherits the fd):
  *
- *   +-----------------+  offset 0
- *   | pp_header       |  magic, protocol, geometry, ring tail, sleep flag,
- *   |                 |  request semaphore (worker sleeps on it)
- *   +-----------------+  PP_HEADER_SIZE
- *   | ring[nslots]    |  submission queue: slot numbers in arrival order
- *   +-----------------+
- *   | slot 0          |  pp_slot control block (request | response lines),
- *   |   payload       |  then payload_cap bytes: args at 0, out at
- *   +-----------------+  PP_ALIGN8(args_len)
- *   | slot 1 ...      |
+ *   +---------------------+  0
+ *   | pp_header           |  magic, protocol, geometry; worker_sleeping +
+ *   |                     |  request_sem (the worker sleeps on it)
+ *   +---------------------+  PP_HEADER_SIZE
+ *   | ring[nslots]        |  requests in arrival order, one cache line each:
+ *   |                     |  seq, slot, contract, function, count, sizes,
+ *   |                     |  and up to PP_INLINE_ARGS bytes of args
+ *   +---------------------+  pp_slots_offset(nslots)
+ *   | slot 0              |  response line: done_seq, status, AbiError code,
+ *   |                     |  up to PP_INLINE_OUT bytes of out; then the
+ *   |                     |  wake-up line (host_waiting, response_sem), the
+ *   |                     |  error message, and payload_cap bytes of payload
+ *   | slot 1 ...          |
+ *   +---------------------+  pp_arena_offset(...)
+ *   | arena               |  arena_cap bytes for the one call at a time whose
+ *   |                     |  args + out exceed a slot's payload
+ *   +---------------------+
  *
- * A call: the host takes a free slot (host-private free list), writes the
- * request and bumps the slot's req_seq (release), then publishes the slot
- * number in the ring (multi-producer, Vyukov-style per-entry sequence). The
- * worker takes ring entries in order, runs the call, writes the response and
- * stores done_seq = req_seq (release). Either side spins for a bounded window
- * and then sleeps on a process-shared semaphore, announcing the sleep with a
- * flag; the other side posts only when it sees the flag (Dekker pattern, so
- * both the flag store and the re-check are sequentially consistent).
+ * A call: the host takes a free slot (host-private bitmap), writes request
+ * ticket t into ring[t % nslots] and publishes it with seq = t + 1 (release).
+ * The worker takes ring entries in order, runs the call, writes the answer
+ * into the slot's response line and stores done_seq = t + 1 (release). A small
+ * call (args <= PP_INLINE_ARGS, out <= PP_INLINE_OUT) thus moves two cache
+ * lines, one each way. Bigger args and outs go to the slot's payload, then to
+ * the arena (`spill`). A batch (count > 1) runs one function over `count`
+ * packed argument records with one hand-off.
  *
- * Trust: the host never follows a pointer from the segment and takes every
- * length it reads back from the worker as untrusted (see channel_host.c). No
- * mutex lives here: a dying worker could leave it locked.
+ * Why ring entry t is free when ticket t + nslots is taken: the taker holds a
+ * slot, so of the nslots tickets before it at least one has been answered
+ * (each unanswered one holds a slot); the worker serves in ticket order, so
+ * ticket t was served before any later one.
+ *
+ * Waiting: either side spins for a bounded window and then sleeps on a
+ * process-shared semaphore, announcing the sleep with a flag; the other side
+ * posts only when it sees the flag (Dekker: the flag store and the re-check
+ * are sequentially consistent on both sides, so no wake-up is lost).
+ *
+ * Trust: the host never follows a pointer from the segment, computes every
+ * offset itself, and reads each length the worker wrote once, bounds-checked
+ * (see polyplug_isolated/_channel.c). No mutex lives here: a dying worker
+ * could leave it locked.
  */
 #ifndef PP_CHANNEL_H
 #define PP_CHANNEL_H
@@ -39,11 +57,15 @@
 #include <stdint.h>
 #include <time.h>
 
-#define PP_PROTOCOL_VERSION 1u
+#define PP_PROTOCOL_VERSION 2u
 #define PP_MAGIC 0x70706c67u /* "pplg" */
 #define PP_CACHE_LINE 64
-#define PP_ERR_CAP 1024      /* bytes of an AbiError message carried back */
-#define PP_ALIGN8(n) (((n) + 7u) & ~(size_t)7u)
+#define PP_ERR_CAP 1024 /* bytes of an AbiError message carried back */
+#define PP_INLINE_ARGS 24
+#define PP_INLINE_OUT 40
+#define PP_MAX_SLOTS 4096
+#define PP_ALIGN8(n) (((n) + 7u) & ~(uint64_t)7u)
+#define PP_ROUND_LINE(n) ((((size_t)(n)) + PP_CACHE_LINE - 1) / PP_CACHE_LINE * PP_CACHE_LINE)
 
 /* How a side waits for the other: spin for a window then sleep, only spin,
  * or only sleep. */
@@ -51,11 +73,13 @@
 #define PP_WAIT_SPIN 1
 #define PP_WAIT_BLOCK 2
 
-/* Slot status, written by the worker. */
-enum {
-    PP_STATUS_OK = 0,          /* the plugin ran; err_code is its AbiError code */
-    PP_STATUS_BAD_REQUEST = 1, /* the worker refused the request (err_* say why) */
-};
+/* Where args/out that are not inline live. */
+#define PP_IN_SLOT 0
+#define PP_IN_ARENA 1
+
+/* Response status, written by the worker. */
+#define PP_STATUS_OK 0          /* the plugin ran; err_code is its AbiError code */
+#define PP_STATUS_BAD_REQUEST 1 /* the worker refused the request (err_* say why) */
 
 typedef struct pp_header {
     uint32_t magic;
@@ -63,45 +87,47 @@ typedef struct pp_header {
     uint32_t nslots;
     uint32_t reserved;
     uint64_t payload_cap;
-    uint64_t slot_stride;
-    alignas(PP_CACHE_LINE) _Atomic uint64_t ring_tail;  /* host: next ticket */
+    uint64_t arena_cap;
     alignas(PP_CACHE_LINE) _Atomic uint32_t worker_sleeping;
     sem_t request_sem;
 } pp_header;
 
-typedef struct pp_ring_entry {
-    _Atomic uint64_t seq; /* ticket + 1 once the entry for `ticket` is published */
+typedef struct pp_request {
+    alignas(PP_CACHE_LINE) _Atomic uint64_t seq; /* ticket + 1 once published */
     uint32_t slot;
+    uint32_t contract; /* index of the interface in the worker's registry */
+    uint32_t function;
+    uint32_t count;    /* calls in this request: 1, or a batch */
+    uint32_t args_len; /* per call */
+    uint32_t out_size; /* per call */
+    uint32_t spill;    /* PP_IN_SLOT or PP_IN_ARENA */
     uint32_t reserved;
-} pp_ring_entry;
+    uint8_t args[PP_INLINE_ARGS];
+} pp_request;
 
 typedef struct pp_slot {
-    /* request line: written by the host before req_seq */
-    _Atomic uint64_t req_seq;
-    uint32_t contract;   /* index of the interface in the worker's registry */
-    uint32_t function;
-    uint64_t instance;   /* 0: the null instance */
-    uint64_t args_len;
-    uint64_t out_size;
-    /* response line: written by the worker before done_seq */
+    /* response line: written by the worker, done_seq last */
     alignas(PP_CACHE_LINE) _Atomic uint64_t done_seq;
     uint32_t status;
     uint32_t err_code;
     uint32_t err_len;
-    _Atomic uint32_t host_waiting;
+    uint32_t done_count; /* calls that completed Ok (a batch stops at the first error) */
+    uint8_t out[PP_INLINE_OUT];
+    /* wake-up line */
+    alignas(PP_CACHE_LINE) _Atomic uint32_t host_waiting;
     sem_t response_sem;
     char err_msg[PP_ERR_CAP];
 } pp_slot;
 
-#define PP_ROUND_LINE(n) ((((size_t)(n)) + PP_CACHE_LINE - 1) / PP_CACHE_LINE * PP_CACHE_LINE)
+_Static_assert(sizeof(pp_request) == PP_CACHE_LINE, "a request is one cache line");
+_Static_assert(offsetof(pp_slot, host_waiting) == PP_CACHE_LINE, "the response is one cache line");
+
 #define PP_HEADER_SIZE PP_ROUND_LINE(sizeof(pp_header))
 #define PP_SLOT_HEADER_SIZE PP_ROUND_LINE(sizeof(pp_slot))
 
-static inline size_t pp_ring_offset(void) { return PP_HEADER_SIZE; }
-
 static inline size_t pp_slots_offset(uint32_t nslots)
 {
-    return PP_HEADER_SIZE + PP_ROUND_LINE((size_t)nslots * sizeof(pp_ring_entry));
+    return PP_HEADER_SIZE + (size_t)nslots * sizeof(pp_request);
 }
 
 static inline size_t pp_slot_stride(uint64_t payload_cap)
@@ -109,12 +135,17 @@ static inline size_t pp_slot_stride(uint64_t payload_cap)
     return PP_SLOT_HEADER_SIZE + PP_ROUND_LINE(payload_cap);
 }
 
-static inline size_t pp_segment_size(uint32_t nslots, uint64_t payload_cap)
+static inline size_t pp_arena_offset(uint32_t nslots, uint64_t payload_cap)
 {
     return pp_slots_offset(nslots) + (size_t)nslots * pp_slot_stride(payload_cap);
 }
 
-static inline pp_ring_entry *pp_ring(uint8_t *base) { return (pp_ring_entry *)(base + pp_ring_offset()); }
+static inline size_t pp_segment_size(uint32_t nslots, uint64_t payload_cap, uint64_t arena_cap)
+{
+    return pp_arena_offset(nslots, payload_cap) + PP_ROUND_LINE(arena_cap);
+}
+
+static inline pp_request *pp_ring(uint8_t *base) { return (pp_request *)(base + PP_HEADER_SIZE); }
 
 static inline pp_slot *pp_slot_at(uint8_t *base, uint32_t nslots, uint64_t payload_cap, uint32_t i)
 {
@@ -122,6 +153,27 @@ static inline pp_slot *pp_slot_at(uint8_t *base, uint32_t nslots, uint64_t paylo
 }
 
 static inline uint8_t *pp_payload(pp_slot *slot) { return (uint8_t *)slot + PP_SLOT_HEADER_SIZE; }
+
+/* Where a request's args and out live, computed the same way on both sides
+ * from (count, args_len, out_size). `spill_bytes` is what the slot payload or
+ * the arena must hold. */
+typedef struct pp_layout {
+    int args_inline;
+    int out_inline;
+    uint64_t out_offset; /* within the spill region */
+    uint64_t spill_bytes;
+} pp_layout;
+
+static inline pp_layout pp_layout_of(uint32_t count, uint64_t args_len, uint64_t out_size)
+{
+    pp_layout l;
+    uint64_t all_args = (uint64_t)count * args_len, all_out = (uint64_t)count * out_size;
+    l.args_inline = count == 1 && args_len <= PP_INLINE_ARGS;
+    l.out_inline = count == 1 && out_size <= PP_INLINE_OUT;
+    l.out_offset = l.args_inline ? 0 : PP_ALIGN8(all_args);
+    l.spill_bytes = l.out_offset + (l.out_inline ? 0 : all_out);
+    return l;
+}
 
 static inline uint64_t pp_now_ns(void)
 {

@@ -23,6 +23,7 @@
 static uint8_t *g_base;
 static uint32_t g_nslots;
 static uint64_t g_payload_cap;
+static uint64_t g_arena_cap;
 static _Atomic int g_stop;
 
 /* Maps the segment the host created and checks it speaks our protocol.
@@ -39,17 +40,19 @@ int ppw_attach(int fd)
         return -1;
     pp_header *h = base;
     if (h->magic != PP_MAGIC || h->protocol_version != PP_PROTOCOL_VERSION || h->nslots == 0 ||
-        pp_segment_size(h->nslots, h->payload_cap) != (size_t)st.st_size) {
+        h->nslots > PP_MAX_SLOTS ||
+        pp_segment_size(h->nslots, h->payload_cap, h->arena_cap) != (size_t)st.st_size) {
         munmap(base, (size_t)st.st_size);
         return 1;
     }
     g_base = base;
     g_nslots = h->nslots;
     g_payload_cap = h->payload_cap;
+    g_arena_cap = h->arena_cap;
     return 0;
 }
 
-static void answer(pp_slot *s, uint64_t seq, uint32_t status, const AbiError *err)
+static void answer(pp_slot *s, uint64_t seq, uint32_t status, uint32_t done, const AbiError *err)
 {
     size_t len = err->message.ptr ? err->message.len : 0;
     if (len > PP_ERR_CAP)
@@ -59,6 +62,7 @@ static void answer(pp_slot *s, uint64_t seq, uint32_t status, const AbiError *er
     s->status = status;
     s->err_code = err->code;
     s->err_len = (uint32_t)len;
+    s->done_count = done;
     /* Publishes the fields above, then the Dekker half that pairs with the
      * host's "set host_waiting, re-check done_seq". */
     atomic_store_explicit(&s->done_seq, seq, memory_order_release);
@@ -67,37 +71,50 @@ static void answer(pp_slot *s, uint64_t seq, uint32_t status, const AbiError *er
         sem_post(&s->response_sem);
 }
 
-static void serve_one(pp_slot *s)
+static void refuse(pp_slot *s, uint64_t seq, const char *why)
 {
-    uint64_t seq = atomic_load_explicit(&s->req_seq, memory_order_acquire);
-    uint64_t args_len = s->args_len, out_size = s->out_size;
-    AbiError err = {ABI_OK, {NULL, 0}};
-    if (args_len > g_payload_cap || out_size > g_payload_cap || PP_ALIGN8(args_len) + out_size > g_payload_cap) {
-        err.message.ptr = (const uint8_t *)"request does not fit the slot";
-        err.message.len = strlen((const char *)err.message.ptr);
-        return answer(s, seq, PP_STATUS_BAD_REQUEST, &err);
-    }
-    uint8_t *payload = pp_payload(s);
-    void *out = out_size ? payload + PP_ALIGN8(args_len) : NULL;
-    if (out)
-        memset(out, 0, out_size);
-    const char *refused = ppw_invoke(s->contract, s->function, args_len ? payload : NULL, out, &err);
-    if (refused) {
-        AbiError why = {ABI_GENERIC, {(const uint8_t *)refused, strlen(refused)}};
-        return answer(s, seq, PP_STATUS_BAD_REQUEST, &why);
-    }
-    answer(s, seq, PP_STATUS_OK, &err);
+    AbiError err = {ABI_GENERIC, {(const uint8_t *)why, strlen(why)}};
+    answer(s, seq, PP_STATUS_BAD_REQUEST, 0, &err);
 }
 
-/* Waits until the ring entry for `ticket` is published. Returns 0 when it
- * is, 1 when asked to stop. */
-static int await_request(pp_header *h, pp_ring_entry *e, uint64_t ticket, int wait_mode, uint64_t spin_ns)
+static void serve_one(pp_request *r, uint64_t seq)
 {
-    uint64_t spin_until = wait_mode == PP_WAIT_SPIN ? UINT64_MAX
+    uint32_t slot_index = r->slot, count = r->count, spill = r->spill;
+    uint64_t args_len = r->args_len, out_size = r->out_size;
+    if (slot_index >= g_nslots)
+        return; /* nowhere to answer: the host's deadline or the monitor ends the call */
+    pp_slot *s = pp_slot_at(g_base, g_nslots, g_payload_cap, slot_index);
+    pp_layout layout = pp_layout_of(count, args_len, out_size);
+    uint64_t region_cap = spill == PP_IN_ARENA ? g_arena_cap : g_payload_cap;
+    if (count == 0 || spill > PP_IN_ARENA || layout.spill_bytes > region_cap)
+        return refuse(s, seq, "request does not fit its region");
+    uint8_t *region = spill == PP_IN_ARENA ? g_base + pp_arena_offset(g_nslots, g_payload_cap) : pp_payload(s);
+    const uint8_t *args = args_len == 0 ? NULL : layout.args_inline ? r->args : region;
+    uint8_t *out = out_size == 0 ? NULL : layout.out_inline ? s->out : region + layout.out_offset;
+    if (out)
+        memset(out, 0, (size_t)(count * out_size));
+    AbiError err = {ABI_OK, {NULL, 0}};
+    uint32_t done = 0;
+    for (; done < count; done++) {
+        const char *refused = ppw_invoke(r->contract, r->function, args ? args + done * args_len : NULL,
+                                         out ? out + done * out_size : NULL, &err);
+        if (refused)
+            return refuse(s, seq, refused);
+        if (err.code != ABI_OK)
+            break;
+    }
+    answer(s, seq, PP_STATUS_OK, done, &err);
+}
+
+/* Waits until ring entry `r` carries ticket `seq - 1`. Returns 0 when it
+ * does, 1 when asked to stop. */
+static int await_request(pp_header *h, pp_request *r, uint64_t seq, int wait_mode, uint64_t spin_ns)
+{
+    uint64_t spin_until = wait_mode == PP_WAIT_SPIN    ? UINT64_MAX
                           : wait_mode == PP_WAIT_BLOCK ? 0
-                                                            : pp_now_ns() + spin_ns;
+                                                       : pp_now_ns() + spin_ns;
     for (unsigned i = 1;; i++) {
-        if (atomic_load_explicit(&e->seq, memory_order_acquire) == ticket + 1)
+        if (atomic_load_explicit(&r->seq, memory_order_acquire) == seq)
             return 0;
         if (atomic_load_explicit(&g_stop, memory_order_relaxed))
             return 1;
@@ -107,7 +124,7 @@ static int await_request(pp_header *h, pp_ring_entry *e, uint64_t ticket, int wa
     }
     for (;;) {
         atomic_store(&h->worker_sleeping, 1);
-        if (atomic_load(&e->seq) == ticket + 1) {
+        if (atomic_load(&r->seq) == seq) {
             atomic_store(&h->worker_sleeping, 0);
             return 0;
         }
@@ -120,14 +137,12 @@ static int await_request(pp_header *h, pp_ring_entry *e, uint64_t ticket, int wa
 int ppw_serve(int wait_mode, uint64_t spin_ns)
 {
     pp_header *h = (pp_header *)g_base;
-    pp_ring_entry *ring = pp_ring(g_base);
+    pp_request *ring = pp_ring(g_base);
     for (uint64_t ticket = 0;; ticket++) {
-        pp_ring_entry *e = &ring[ticket % g_nslots];
-        if (await_request(h, e, ticket, wait_mode, spin_ns))
+        pp_request *r = &ring[ticket % g_nslots];
+        if (await_request(h, r, ticket + 1, wait_mode, spin_ns))
             return 0;
-        uint32_t slot = e->slot;
-        if (slot < g_nslots)
-            serve_one(pp_slot_at(g_base, g_nslots, g_payload_cap, slot));
+        serve_one(r, ticket + 1);
     }
 }
 

@@ -42,12 +42,25 @@ host_ffi.cdef(
     #define PP_CALL_REFUSED ...
 
     typedef struct pp_conn pp_conn;
+    #define PP_FN_CREATE_INSTANCE ...
+    #define PP_FN_DESTROY_INSTANCE ...
+    #define PP_FIX_ARG_POINTER ...
+    #define PP_FIX_OUT_VIEW ...
+    #define PP_FIX_OUT_BUFFER ...
+    #define PP_INLINE_ARGS ...
+    #define PP_INLINE_OUT ...
+
     typedef struct pp_result {
         uint32_t err_code;
         uint32_t err_len;
         uint32_t done_count;
+        uint32_t ret_len;
         char err_msg[1024];
     } pp_result;
+    typedef struct pp_fixup {
+        uint32_t offset;
+        uint32_t kind;
+    } pp_fixup;
 
     size_t pp_segment_bytes(uint32_t nslots, uint64_t payload_cap, uint64_t arena_cap);
     pp_conn *pp_conn_create(int fd, uint32_t nslots, uint64_t payload_cap, uint64_t arena_cap, int wait_mode,
@@ -66,6 +79,9 @@ host_ffi.cdef(
                           size_t args_len, size_t out_size, double timeout_s);
     int pp_call_batch(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *args, size_t args_len,
                       size_t count, uint8_t *out, size_t out_size, double timeout_s);
+    int pp_call_ex(pp_conn *c, uint32_t contract, uint32_t function, uint32_t instance, const uint8_t *args,
+                   size_t args_len, const pp_fixup *fixups, uint32_t nfixups, uint8_t *out, size_t out_size,
+                   uint8_t *ret, size_t ret_cap, double timeout_s);
     """
 )
 host_ffi.set_source(
@@ -114,6 +130,9 @@ worker_ffi.cdef(
     uint32_t ppw_registration_count(void);
     int ppw_registration(uint32_t index, ppw_registration_info *info);
     void ppw_unload(void);
+    typedef struct { const uint8_t *ptr; size_t len; } StringView;
+    typedef struct { uint32_t code; StringView message; } AbiError;
+    const char *ppw_invoke(uint32_t contract, uint32_t function, const void *args, void *out, AbiError *err);
     int ppw_attach(int fd);
     int ppw_serve(int wait_mode, uint64_t spin_ns);
     void ppw_stop(void);
@@ -122,7 +141,7 @@ worker_ffi.cdef(
 )
 worker_ffi.set_source(
     "polyplug_isolated.worker._serve_ffi",
-    '#include "channel.h"\n#include "worker.h"\n',
+    '#include "channel.h"\n#include "polyplug_abi.h"\n#include "worker.h"\n',
     sources=[_relative(WORKER_DIR / "serve.c"), _relative(WORKER_DIR / "host_api.c")],
     include_dirs=[_relative(WORKER_DIR)],
     extra_compile_args=CFLAGS,

@@ -221,6 +221,14 @@ static void wake_worker(pp_header *h)
         sem_post(&h->request_sem);
 }
 
+/* The header is written once, by us: a worker that changed it is
+ * scribbling over the segment, and no answer from it can be trusted. */
+static int segment_scribbled(pp_conn *c)
+{
+    const volatile pp_header *h = c->hdr;
+    return h->magic != PP_MAGIC || h->protocol_version != PP_PROTOCOL_VERSION || h->nslots != c->nslots;
+}
+
 static int await_answer(pp_conn *c, pp_slot *s, uint64_t seq, uint64_t deadline)
 {
     uint64_t now = pp_now_ns();
@@ -234,6 +242,8 @@ static int await_answer(pp_conn *c, pp_slot *s, uint64_t seq, uint64_t deadline)
             now = pp_now_ns();
             if (atomic_load_explicit(&c->state, memory_order_relaxed) == PP_CONN_DEAD)
                 return PP_CALL_DEAD;
+            if (segment_scribbled(c))
+                return PP_CALL_PROTOCOL;
             if (now >= deadline)
                 return PP_CALL_TIMEOUT;
             if (now >= spin_until)
@@ -249,6 +259,8 @@ static int await_answer(pp_conn *c, pp_slot *s, uint64_t seq, uint64_t deadline)
         }
         if (atomic_load(&c->state) == PP_CONN_DEAD)
             return PP_CALL_DEAD;
+        if (segment_scribbled(c))
+            return PP_CALL_PROTOCOL;
         now = pp_now_ns();
         if (now >= deadline)
             return PP_CALL_TIMEOUT;
@@ -287,19 +299,35 @@ static uint64_t deadline_of(double timeout_s)
     return timeout_s < 0 ? UINT64_MAX : pp_now_ns() + (uint64_t)(timeout_s * 1e9);
 }
 
+/* What a plain call does not need: an instance, pointer fixups, a return area. */
+typedef struct pp_extra {
+    uint32_t instance;
+    const pp_fixup *fixups;
+    uint32_t nfixups;
+    uint8_t *ret;
+    uint32_t ret_cap;
+} pp_extra;
+
+static const pp_extra PLAIN = {0, NULL, 0, NULL, 0};
+
 /* The whole call: slot, request, wait, answer. `out` receives count *
  * out_size bytes when the call succeeds (and the completed prefix of a batch
  * when it fails). */
 static int run(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *args, uint64_t args_len,
-               uint32_t count, uint8_t *out, uint64_t out_size, double timeout_s)
+               uint32_t count, uint8_t *out, uint64_t out_size, const pp_extra *x, double timeout_s)
 {
     last_result.done_count = 0;
     last_result.err_len = 0;
-    if (count == 0 || args_len > UINT32_MAX || out_size > UINT32_MAX)
+    last_result.ret_len = 0;
+    /* The host appends one PP_FIX_RETURN_CAP entry to a caller's fixups. */
+    uint32_t table = x->nfixups ? x->nfixups + 1 : 0;
+    if (count == 0 || args_len > UINT32_MAX || out_size > UINT32_MAX || table > UINT16_MAX ||
+        (table && count != 1))
         return PP_CALL_TOO_LARGE;
-    pp_layout layout = pp_layout_of(count, args_len, out_size);
-    int spill = layout.spill_bytes <= c->payload_cap ? PP_IN_SLOT : PP_IN_ARENA;
-    if (spill == PP_IN_ARENA && layout.spill_bytes > c->arena_cap)
+    pp_layout layout = pp_layout_of(count, args_len, out_size, table);
+    uint64_t need = layout.spill_bytes + (table ? x->ret_cap : 0);
+    int spill = need <= c->payload_cap ? PP_IN_SLOT : PP_IN_ARENA;
+    if (spill == PP_IN_ARENA && need > c->arena_cap)
         return PP_CALL_TOO_LARGE;
 
     int rc;
@@ -318,6 +346,12 @@ static int run(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *
         goto unlock;
     }
     pp_slot *s = pp_slot_at(c->base, c->nslots, c->payload_cap, (uint32_t)idx);
+    /* We zero done_seq when we take an answer: anything else here is the
+     * worker answering a call twice, or scribbling. */
+    if (atomic_load_explicit(&s->done_seq, memory_order_relaxed) != 0) {
+        rc = PP_CALL_PROTOCOL;
+        goto unlock;
+    }
     uint8_t *region = spill == PP_IN_ARENA ? c->base + pp_arena_offset(c->nslots, c->payload_cap) : pp_payload(s);
     uint64_t ticket = atomic_fetch_add(&c->tickets, 1);
     pp_request *r = &pp_ring(c->base)[ticket % c->nslots];
@@ -327,9 +361,16 @@ static int run(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *
     r->count = count;
     r->args_len = (uint32_t)args_len;
     r->out_size = (uint32_t)out_size;
-    r->spill = (uint32_t)spill;
+    r->instance = x->instance;
+    r->fixups = (uint16_t)table;
+    r->spill = (uint8_t)spill;
     if (args_len)
         memcpy(layout.args_inline ? r->args : region, args, (size_t)(args_len * count));
+    if (table) {
+        pp_fixup *fix = (pp_fixup *)(region + layout.fixup_offset);
+        memcpy(fix, x->fixups, x->nfixups * sizeof *fix);
+        fix[x->nfixups] = (pp_fixup){x->ret_cap, PP_FIX_RETURN_CAP};
+    }
     atomic_store_explicit(&r->seq, ticket + 1, memory_order_release);
     wake_worker(c->hdr);
 
@@ -342,6 +383,15 @@ static int run(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *
             if (done && out_size)
                 memcpy(out, from, (size_t)(done * out_size));
         }
+        if (rc == PP_CALL_OK && table) {
+            uint32_t ret_len = *(volatile uint32_t *)&s->ret_len;
+            if (ret_len > x->ret_cap)
+                rc = PP_CALL_PROTOCOL;
+            else
+                memcpy(x->ret, region + layout.spill_bytes, ret_len);
+            last_result.ret_len = ret_len;
+        }
+        atomic_store_explicit(&s->done_seq, 0, memory_order_relaxed);
         give_slot(c, (uint32_t)idx);
     }
     /* After a timeout or a death the slot stays taken: the worker that might
@@ -361,7 +411,17 @@ leave:
 int pp_call(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *args, size_t args_len, uint8_t *out,
             size_t out_size, double timeout_s)
 {
-    return run(c, contract, function, args, args_len, 1, out, out_size, timeout_s);
+    return run(c, contract, function, args, args_len, 1, out, out_size, &PLAIN, timeout_s);
+}
+
+int pp_call_ex(pp_conn *c, uint32_t contract, uint32_t function, uint32_t instance, const uint8_t *args,
+               size_t args_len, const pp_fixup *fixups, uint32_t nfixups, uint8_t *out, size_t out_size,
+               uint8_t *ret, size_t ret_cap, double timeout_s)
+{
+    if (ret_cap > UINT32_MAX)
+        return PP_CALL_TOO_LARGE;
+    pp_extra x = {instance, fixups, nfixups, ret, (uint32_t)ret_cap};
+    return run(c, contract, function, args, args_len, 1, out, out_size, &x, timeout_s);
 }
 
 int64_t pp_call_small(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *args, size_t args_len,
@@ -370,7 +430,7 @@ int64_t pp_call_small(pp_conn *c, uint32_t contract, uint32_t function, const ui
     uint8_t out[8] = {0};
     if (out_size > 7)
         return -PP_CALL_TOO_LARGE;
-    int rc = run(c, contract, function, args, args_len, 1, out, out_size, timeout_s);
+    int rc = run(c, contract, function, args, args_len, 1, out, out_size, &PLAIN, timeout_s);
     if (rc != PP_CALL_OK)
         return -rc;
     uint64_t value = 0;
@@ -384,7 +444,7 @@ int pp_call_batch(pp_conn *c, uint32_t contract, uint32_t function, const uint8_
 {
     if (count > UINT32_MAX)
         return PP_CALL_TOO_LARGE;
-    return run(c, contract, function, args, args_len, (uint32_t)count, out, out_size, timeout_s);
+    return run(c, contract, function, args, args_len, (uint32_t)count, out, out_size, &PLAIN, timeout_s);
 }
 
 _Static_assert(sizeof(((pp_result *)0)->err_msg) == PP_ERR_CAP, "pp_result carries a whole message");

@@ -5,6 +5,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "channel.h" /* pp_fixup, PP_FIX_* */
+
 #define PP_CONN_READY 0
 #define PP_CONN_DRAINING 1
 #define PP_CONN_DEAD 2
@@ -26,8 +28,11 @@ typedef struct pp_result {
     uint32_t err_code;
     uint32_t err_len;
     uint32_t done_count; /* calls of a batch that completed Ok */
+    uint32_t ret_len;    /* pp_call_ex: bytes of the return area read back */
     char err_msg[1024];
 } pp_result;
+
+
 
 size_t pp_segment_bytes(uint32_t nslots, uint64_t payload_cap, uint64_t arena_cap);
 pp_conn *pp_conn_create(int fd, uint32_t nslots, uint64_t payload_cap, uint64_t arena_cap, int wait_mode,
@@ -52,5 +57,11 @@ int64_t pp_call_small(pp_conn *c, uint32_t contract, uint32_t function, const ui
  * count * out_size bytes (the completed prefix on a plugin error). */
 int pp_call_batch(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *args, size_t args_len,
                   size_t count, uint8_t *out, size_t out_size, double timeout_s);
+
+/* One call with an instance, pointer fixups (see PP_FIX_* in channel.h)
+ * and a return area of up to ret_cap bytes copied into `ret`. */
+int pp_call_ex(pp_conn *c, uint32_t contract, uint32_t function, uint32_t instance, const uint8_t *args,
+               size_t args_len, const pp_fixup *fixups, uint32_t nfixups, uint8_t *out, size_t out_size,
+               uint8_t *ret, size_t ret_cap, double timeout_s);
 
 #endif

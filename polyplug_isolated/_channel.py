@@ -96,6 +96,62 @@ class Channel:
             raise ChannelFailure.last(status)
         return ffi.buffer(out, count * out_size)[:] if out_size else b""
 
+    def call_ex(
+        self,
+        contract: int,
+        function: int,
+        instance: int,
+        args,
+        fixups: list[tuple[int, int]],
+        out_size: int,
+        ret_cap: int,
+        timeout: float,
+    ) -> tuple[bytes, bytes]:
+        """One call on ``instance`` (0: the default) with pointer fixups.
+
+        ``fixups`` are (offset, PP_FIX_* kind) pairs (see worker/channel.h):
+        ARG_POINTER fields of ``args`` hold offsets into ``args`` that the
+        worker turns into pointers; OUT_VIEW / OUT_BUFFER fields of out come
+        back with their bytes copied into the return area (at most
+        ``ret_cap`` bytes) and their pointer replaced by the offset there.
+        Returns (out, return area).
+        """
+        out = ffi.new("uint8_t[]", out_size) if out_size else ffi.NULL
+        ret = ffi.new("uint8_t[]", ret_cap) if ret_cap else ffi.NULL
+        table = ffi.new("pp_fixup[]", fixups) if fixups else ffi.NULL
+        source = args if type(args) is bytes else ffi.from_buffer(args)
+        status = lib.pp_call_ex(
+            self.conn,
+            contract,
+            function,
+            instance,
+            source,
+            len(args),
+            table,
+            len(fixups),
+            out,
+            out_size,
+            ret,
+            ret_cap,
+            timeout,
+        )
+        if status != lib.PP_CALL_OK:
+            raise ChannelFailure.last(status)
+        ret_len = lib.pp_last_result().ret_len
+        return (
+            ffi.buffer(out, out_size)[:] if out_size else b"",
+            ffi.buffer(ret, ret_len)[:] if ret_len else b"",
+        )
+
+    def create_instance(self, contract: int, args: bytes, timeout: float) -> int:
+        """Runs the contract's create_instance(args) in the worker; returns the instance handle."""
+        out, _ = self.call_ex(contract, lib.PP_FN_CREATE_INSTANCE, 0, args, [], 4, 0, timeout)
+        return int.from_bytes(out, "little")
+
+    def destroy_instance(self, contract: int, instance: int, timeout: float) -> None:
+        """Runs destroy_instance on a handle from create_instance."""
+        self.call_ex(contract, lib.PP_FN_DESTROY_INSTANCE, instance, b"", [], 0, 0, timeout)
+
     @property
     def inflight(self) -> int:
         return lib.pp_conn_inflight(self.conn)

@@ -57,12 +57,12 @@
 #include <stdint.h>
 #include <time.h>
 
-#define PP_PROTOCOL_VERSION 2u
+#define PP_PROTOCOL_VERSION 3u
 #define PP_MAGIC 0x70706c67u /* "pplg" */
 #define PP_CACHE_LINE 64
 #define PP_ERR_CAP 1024 /* bytes of an AbiError message carried back */
 #define PP_INLINE_ARGS 24
-#define PP_INLINE_OUT 40
+#define PP_INLINE_OUT 32
 #define PP_MAX_SLOTS 4096
 #define PP_ALIGN8(n) (((n) + 7u) & ~(uint64_t)7u)
 #define PP_ROUND_LINE(n) ((((size_t)(n)) + PP_CACHE_LINE - 1) / PP_CACHE_LINE * PP_CACHE_LINE)
@@ -76,6 +76,22 @@
 /* Where args/out that are not inline live. */
 #define PP_IN_SLOT 0
 #define PP_IN_ARENA 1
+
+/* Function ids past any contract's functions: instance management. */
+#define PP_FN_CREATE_INSTANCE 0xFFFFFFFFu  /* args -> create_instance; out: u32 handle */
+#define PP_FN_DESTROY_INSTANCE 0xFFFFFFFEu /* destroys request.instance */
+
+/* Pointer fixups: how pointers cross the process boundary without the host
+ * ever holding one. The table (pp_fixup[fixups]) follows the args. */
+#define PP_FIX_ARG_POINTER 0 /* args+offset holds an offset into args (UINT64_MAX: NULL); the
+                                worker makes it a pointer before the call */
+#define PP_FIX_OUT_VIEW 1    /* out+offset holds a StringView the plugin returned: the worker
+                                copies its bytes to the return area and rewrites ptr as the
+                                offset there (UINT64_MAX: NULL) */
+#define PP_FIX_OUT_BUFFER 2  /* the same for a Buffer, which the worker then frees with
+                                host->free(ptr, cap, 1) and whose cap becomes len */
+#define PP_FIX_RETURN_CAP 3  /* offset = the most return-area bytes the host will read */
+#define PP_NULL_OFFSET UINT64_MAX
 
 /* Response status, written by the worker. */
 #define PP_STATUS_OK 0          /* the plugin ran; err_code is its AbiError code */
@@ -100,10 +116,17 @@ typedef struct pp_request {
     uint32_t count;    /* calls in this request: 1, or a batch */
     uint32_t args_len; /* per call */
     uint32_t out_size; /* per call */
-    uint32_t spill;    /* PP_IN_SLOT or PP_IN_ARENA */
-    uint32_t reserved;
+    uint32_t instance; /* 0: the contract's default instance, else a PP_FN_CREATE_INSTANCE handle */
+    uint16_t fixups;   /* entries in the fixup table (only with count == 1) */
+    uint8_t spill;     /* PP_IN_SLOT or PP_IN_ARENA */
+    uint8_t reserved;
     uint8_t args[PP_INLINE_ARGS];
 } pp_request;
+
+typedef struct pp_fixup {
+    uint32_t offset;
+    uint32_t kind;
+} pp_fixup;
 
 typedef struct pp_slot {
     /* response line: written by the worker, done_seq last */
@@ -113,6 +136,8 @@ typedef struct pp_slot {
     uint32_t err_len;
     uint32_t done_count; /* calls that completed Ok (a batch stops at the first error) */
     uint8_t out[PP_INLINE_OUT];
+    uint32_t ret_len; /* bytes of the return area used (fixups) */
+    uint32_t reserved;
     /* wake-up line */
     alignas(PP_CACHE_LINE) _Atomic uint32_t host_waiting;
     sem_t response_sem;
@@ -154,24 +179,27 @@ static inline pp_slot *pp_slot_at(uint8_t *base, uint32_t nslots, uint64_t paylo
 
 static inline uint8_t *pp_payload(pp_slot *slot) { return (uint8_t *)slot + PP_SLOT_HEADER_SIZE; }
 
-/* Where a request's args and out live, computed the same way on both sides
- * from (count, args_len, out_size). `spill_bytes` is what the slot payload or
- * the arena must hold. */
+/* Where a request's parts live, computed the same way on both sides from
+ * (count, args_len, out_size, fixups). In the spill region (slot payload or
+ * arena): args, the fixup table, out, then the return area, which takes the
+ * rest. `spill_bytes` is what the region must hold before the return area. */
 typedef struct pp_layout {
     int args_inline;
     int out_inline;
-    uint64_t out_offset; /* within the spill region */
-    uint64_t spill_bytes;
+    uint64_t fixup_offset;
+    uint64_t out_offset;
+    uint64_t spill_bytes; /* also where the return area starts (8-aligned) */
 } pp_layout;
 
-static inline pp_layout pp_layout_of(uint32_t count, uint64_t args_len, uint64_t out_size)
+static inline pp_layout pp_layout_of(uint32_t count, uint64_t args_len, uint64_t out_size, uint32_t fixups)
 {
     pp_layout l;
     uint64_t all_args = (uint64_t)count * args_len, all_out = (uint64_t)count * out_size;
-    l.args_inline = count == 1 && args_len <= PP_INLINE_ARGS;
-    l.out_inline = count == 1 && out_size <= PP_INLINE_OUT;
-    l.out_offset = l.args_inline ? 0 : PP_ALIGN8(all_args);
-    l.spill_bytes = l.out_offset + (l.out_inline ? 0 : all_out);
+    l.args_inline = count == 1 && fixups == 0 && args_len <= PP_INLINE_ARGS;
+    l.out_inline = count == 1 && fixups == 0 && out_size <= PP_INLINE_OUT;
+    l.fixup_offset = l.args_inline ? 0 : PP_ALIGN8(all_args);
+    l.out_offset = l.fixup_offset + (uint64_t)fixups * sizeof(pp_fixup);
+    l.spill_bytes = PP_ALIGN8(l.out_offset + (l.out_inline ? 0 : all_out));
     return l;
 }
 

@@ -30,7 +30,15 @@ typedef struct registration {
     Version plugin_version;
 } registration;
 
+typedef struct instance_entry {
+    uint32_t contract;
+    int live;
+    GuestContractInstance instance;
+} instance_entry;
+
 static void *g_library;
+static instance_entry *g_instances; /* handle h is g_instances[h - 1] */
+static uint32_t g_ninstances;
 static registration *g_regs;
 static uint32_t g_nregs;
 static uint64_t g_bundle_id;
@@ -464,8 +472,27 @@ int ppw_registration(uint32_t index, ppw_registration_info *info)
 
 const char *ppw_invoke(uint32_t contract, uint32_t function, const void *args, void *out, AbiError *err)
 {
+    return ppw_invoke_on(contract, 0, function, args, out, err);
+}
+
+static const GuestContractInstance *instance_of(uint32_t contract, uint32_t instance)
+{
+    if (instance == 0)
+        return &g_regs[contract].instance;
+    if (instance > g_ninstances)
+        return NULL;
+    const instance_entry *e = &g_instances[instance - 1];
+    return e->live && e->contract == contract ? &e->instance : NULL;
+}
+
+const char *ppw_invoke_on(uint32_t contract, uint32_t instance, uint32_t function, const void *args, void *out,
+                          AbiError *err)
+{
     if (contract >= g_nregs)
         return "no such contract in this worker";
+    const GuestContractInstance *inst = instance_of(contract, instance);
+    if (!inst)
+        return "no such live instance of this contract";
     const GuestContractInterface *iface = &g_regs[contract].iface;
     if (function >= iface->dispatch.native.function_count) {
         set_err(err, ABI_FUNCTION_NOT_AVAILABLE, "function index is out of range for this contract");
@@ -473,14 +500,49 @@ const char *ppw_invoke(uint32_t contract, uint32_t function, const void *args, v
     }
     NativeFn fn;
     *(const void **)&fn = iface->dispatch.native.functions[function];
-    fn(g_regs[contract].instance, args, out, err);
+    fn(*inst, args, out, err);
     return NULL;
 }
+
+uint32_t ppw_create_instance(uint32_t contract, const void *args, const char **why)
+{
+    if (contract >= g_nregs) {
+        *why = "no such contract in this worker";
+        return 0;
+    }
+    instance_entry *grown = realloc(g_instances, (g_ninstances + 1) * sizeof *g_instances);
+    if (!grown) {
+        *why = "out of memory";
+        return 0;
+    }
+    g_instances = grown;
+    instance_entry *e = &g_instances[g_ninstances];
+    e->contract = contract;
+    e->instance = (GuestContractInstance){NULL, g_regs[contract].iface.contract_id};
+    cb_create_guest_instance(&g_host_api, &g_regs[contract].iface, args, &e->instance);
+    e->live = 1;
+    return ++g_ninstances;
+}
+
+const char *ppw_destroy_instance(uint32_t contract, uint32_t instance)
+{
+    if (instance == 0 || !instance_of(contract, instance))
+        return "no such live instance of this contract";
+    instance_entry *e = &g_instances[instance - 1];
+    e->live = 0;
+    cb_destroy_guest_instance(&g_host_api, &g_regs[contract].iface, e->instance);
+    return NULL;
+}
+
+void ppw_free_buffer(uint8_t *ptr, size_t cap) { g_host_api.free(&g_host_api, ptr, cap, 1); }
 
 /* No calls are in flight (the host drained them): destroy the instances,
  * then unmap the plugin. */
 void ppw_unload(void)
 {
+    for (uint32_t h = 1; h <= g_ninstances; h++)
+        if (g_instances[h - 1].live)
+            ppw_destroy_instance(g_instances[h - 1].contract, h);
     for (uint32_t i = 0; i < g_nregs; i++)
         cb_destroy_guest_instance(&g_host_api, &g_regs[i].iface, g_regs[i].instance);
     g_nregs = 0;

@@ -52,7 +52,7 @@ int ppw_attach(int fd)
     return 0;
 }
 
-static void answer(pp_slot *s, uint64_t seq, uint32_t status, uint32_t done, const AbiError *err)
+static void answer(pp_slot *s, uint64_t seq, uint32_t status, uint32_t done, uint32_t ret_len, const AbiError *err)
 {
     size_t len = err->message.ptr ? err->message.len : 0;
     if (len > PP_ERR_CAP)
@@ -63,6 +63,7 @@ static void answer(pp_slot *s, uint64_t seq, uint32_t status, uint32_t done, con
     s->err_code = err->code;
     s->err_len = (uint32_t)len;
     s->done_count = done;
+    s->ret_len = ret_len;
     /* Publishes the fields above, then the Dekker half that pairs with the
      * host's "set host_waiting, re-check done_seq". */
     atomic_store_explicit(&s->done_seq, seq, memory_order_release);
@@ -74,36 +75,137 @@ static void answer(pp_slot *s, uint64_t seq, uint32_t status, uint32_t done, con
 static void refuse(pp_slot *s, uint64_t seq, const char *why)
 {
     AbiError err = {ABI_GENERIC, {(const uint8_t *)why, strlen(why)}};
-    answer(s, seq, PP_STATUS_BAD_REQUEST, 0, &err);
+    answer(s, seq, PP_STATUS_BAD_REQUEST, 0, 0, &err);
+}
+
+static void fail_with(AbiError *err, uint32_t code, const char *message)
+{
+    err->code = code;
+    err->message.ptr = (const uint8_t *)message;
+    err->message.len = strlen(message);
+}
+
+/* Turns the args' offset fields into pointers into this process's mapping. */
+static const char *fix_args(const pp_fixup *fix, uint32_t n, uint8_t *args, uint64_t args_len)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        if (fix[i].kind != PP_FIX_ARG_POINTER)
+            continue;
+        if ((uint64_t)fix[i].offset + 8 > args_len)
+            return "a pointer fixup lies outside the args";
+        uint64_t target;
+        memcpy(&target, args + fix[i].offset, 8);
+        if (target != PP_NULL_OFFSET && target > args_len)
+            return "a pointer fixup points outside the args";
+        uintptr_t pointer = target == PP_NULL_OFFSET ? 0 : (uintptr_t)(args + target);
+        memcpy(args + fix[i].offset, &pointer, 8);
+    }
+    return NULL;
+}
+
+/* Copies what the StringViews and Buffers in out point at into the return
+ * area, rewriting each pointer as an offset there; frees returned Buffers.
+ * Returns the bytes used, or sets err when they do not fit. */
+static uint32_t copy_back(const pp_fixup *fix, uint32_t n, uint8_t *out, uint64_t out_size, uint8_t *ret,
+                          uint64_t ret_cap, AbiError *err)
+{
+    uint64_t used = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t kind = fix[i].kind;
+        if (kind != PP_FIX_OUT_VIEW && kind != PP_FIX_OUT_BUFFER)
+            continue;
+        uint64_t width = kind == PP_FIX_OUT_VIEW ? sizeof(StringView) : sizeof(Buffer);
+        if ((uint64_t)fix[i].offset + width > out_size) {
+            fail_with(err, ABI_INVALID_POINTER, "polyplug_isolated: an out fixup lies outside out");
+            return 0;
+        }
+        uint8_t *field = out + fix[i].offset;
+        uint8_t *data;
+        uint64_t len, cap = 0;
+        memcpy(&data, field, sizeof data);
+        memcpy(&len, field + 8, 8);
+        if (kind == PP_FIX_OUT_BUFFER)
+            memcpy(&cap, field + 16, 8);
+        uint64_t where = PP_NULL_OFFSET;
+        if (data) {
+            if (len > ret_cap - used) {
+                if (kind == PP_FIX_OUT_BUFFER)
+                    ppw_free_buffer(data, cap);
+                fail_with(err, ABI_BUFFER_TOO_SMALL,
+                          "polyplug_isolated: the returned strings and buffers do not fit the call's return "
+                          "area; raise Runtime(payload_capacity=...)");
+                return 0;
+            }
+            memcpy(ret + used, data, len);
+            where = used;
+            used = PP_ALIGN8(used + len);
+            if (kind == PP_FIX_OUT_BUFFER)
+                ppw_free_buffer(data, cap);
+        }
+        memcpy(field, &where, 8);
+        if (kind == PP_FIX_OUT_BUFFER)
+            memcpy(field + 16, &len, 8);
+    }
+    return (uint32_t)used;
 }
 
 static void serve_one(pp_request *r, uint64_t seq)
 {
-    uint32_t slot_index = r->slot, count = r->count, spill = r->spill;
+    uint32_t slot_index = r->slot, count = r->count, spill = r->spill, nfix = r->fixups;
+    uint32_t contract = r->contract, function = r->function, instance = r->instance;
     uint64_t args_len = r->args_len, out_size = r->out_size;
     if (slot_index >= g_nslots)
         return; /* nowhere to answer: the host's deadline or the monitor ends the call */
     pp_slot *s = pp_slot_at(g_base, g_nslots, g_payload_cap, slot_index);
-    pp_layout layout = pp_layout_of(count, args_len, out_size);
+    pp_layout layout = pp_layout_of(count, args_len, out_size, nfix);
     uint64_t region_cap = spill == PP_IN_ARENA ? g_arena_cap : g_payload_cap;
-    if (count == 0 || spill > PP_IN_ARENA || layout.spill_bytes > region_cap)
+    if (count == 0 || spill > PP_IN_ARENA || layout.spill_bytes > region_cap || (nfix && count != 1))
         return refuse(s, seq, "request does not fit its region");
     uint8_t *region = spill == PP_IN_ARENA ? g_base + pp_arena_offset(g_nslots, g_payload_cap) : pp_payload(s);
-    const uint8_t *args = args_len == 0 ? NULL : layout.args_inline ? r->args : region;
+    uint8_t *args = args_len == 0 ? NULL : layout.args_inline ? r->args : region;
     uint8_t *out = out_size == 0 ? NULL : layout.out_inline ? s->out : region + layout.out_offset;
+    const pp_fixup *fix = (const pp_fixup *)(region + layout.fixup_offset);
+    uint64_t ret_cap = region_cap - layout.spill_bytes;
+    for (uint32_t i = 0; i < nfix; i++)
+        if (fix[i].kind == PP_FIX_RETURN_CAP && fix[i].offset < ret_cap)
+            ret_cap = fix[i].offset;
+    const char *refused = fix_args(fix, nfix, args, args_len);
+    if (refused)
+        return refuse(s, seq, refused);
     if (out)
         memset(out, 0, (size_t)(count * out_size));
     AbiError err = {ABI_OK, {NULL, 0}};
+
+    if (function == PP_FN_CREATE_INSTANCE || function == PP_FN_DESTROY_INSTANCE) {
+        if (function == PP_FN_DESTROY_INSTANCE)
+            refused = ppw_destroy_instance(contract, instance);
+        else if (out_size != sizeof(uint32_t) || count != 1)
+            refused = "create_instance answers a 4-byte handle";
+        else {
+            uint32_t handle = ppw_create_instance(contract, args, &refused);
+            memcpy(out, &handle, sizeof handle);
+        }
+        if (refused)
+            return refuse(s, seq, refused);
+        return answer(s, seq, PP_STATUS_OK, 1, 0, &err);
+    }
+
     uint32_t done = 0;
     for (; done < count; done++) {
-        const char *refused = ppw_invoke(r->contract, r->function, args ? args + done * args_len : NULL,
-                                         out ? out + done * out_size : NULL, &err);
+        refused = ppw_invoke_on(contract, instance, function, args ? args + done * args_len : NULL,
+                                out ? out + done * out_size : NULL, &err);
         if (refused)
             return refuse(s, seq, refused);
         if (err.code != ABI_OK)
             break;
     }
-    answer(s, seq, PP_STATUS_OK, done, &err);
+    uint32_t ret_len = 0;
+    if (nfix && err.code == ABI_OK) {
+        ret_len = copy_back(fix, nfix, out, out_size, region + layout.spill_bytes, ret_cap, &err);
+        if (err.code != ABI_OK)
+            done = 0;
+    }
+    answer(s, seq, PP_STATUS_OK, done, ret_len, &err);
 }
 
 /* Waits until ring entry `r` carries ticket `seq - 1`. Returns 0 when it

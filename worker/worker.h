@@ -45,8 +45,18 @@ void ppw_unload(void);
  * Returns NULL when the plugin ran (err holds its answer), or why the request
  * was refused. */
 struct AbiError;
+struct StringView;
 const char *ppw_invoke(uint32_t contract, uint32_t function, const void *args, void *out,
                        struct AbiError *err);
+/* The same on an instance: 0 is the contract's default one, else a handle
+ * from ppw_create_instance. */
+const char *ppw_invoke_on(uint32_t contract, uint32_t instance, uint32_t function, const void *args, void *out,
+                          struct AbiError *err);
+/* create_instance(args) on a contract; returns a handle > 0, or 0 with *why set. */
+uint32_t ppw_create_instance(uint32_t contract, const void *args, const char **why);
+const char *ppw_destroy_instance(uint32_t contract, uint32_t instance);
+/* Frees a Buffer a plugin returned, as host->free(ptr, cap, 1). */
+void ppw_free_buffer(uint8_t *ptr, size_t cap);
 
 /* serve.c: the data plane */
 int ppw_attach(int fd);

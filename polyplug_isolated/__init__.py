@@ -11,6 +11,7 @@ from ._ids import bundle_id, fnv1a64, guest_contract_id
 from ._loader import BundleSource, IsolatedLoader
 from ._manifest import ManifestData, parse_manifest
 from ._runtime import GuestContractHandle, ReloadPhase, ReloadPhaseType, Runtime
+from ._supervisor import BundleEvent, BundleEventKind
 from .errors import (
     BundleUnavailable,
     CallError,
@@ -31,6 +32,8 @@ from .errors import (
 __all__ = [
     "AbiErrorCode",
     "Bundle",
+    "BundleEvent",
+    "BundleEventKind",
     "BundleSource",
     "BundleState",
     "BundleUnavailable",

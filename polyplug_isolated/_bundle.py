@@ -30,7 +30,7 @@ TRANSITIONS: dict[BundleState, frozenset[BundleState]] = {
     BundleState.READY: frozenset({BundleState.DRAINING, BundleState.CRASHED}),
     BundleState.DRAINING: frozenset({BundleState.UNLOADED}),
     BundleState.CRASHED: frozenset({BundleState.RESTARTING, BundleState.DRAINING}),
-    BundleState.RESTARTING: frozenset({BundleState.READY, BundleState.CRASHED}),
+    BundleState.RESTARTING: frozenset({BundleState.READY, BundleState.CRASHED, BundleState.DRAINING}),
     BundleState.UNLOADED: frozenset(),
 }
 
@@ -58,6 +58,7 @@ class Bundle:
         self.restarts = 0
         self.proxy: WorkerProxy | None = None
         self.crash: WorkerProxy | None = None  # the worker whose death downed the bundle
+        self.outlook = ""  # after a crash: what happens next, for error messages
         self._state = BundleState.LOADING
         self._lock = threading.Lock()
 

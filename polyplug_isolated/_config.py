@@ -9,17 +9,29 @@ WAITS = ("auto", "spin", "block")
 
 @dataclass(frozen=True)
 class RestartPolicy:
-    """How a crashed bundle comes back: at most ``max_restarts``, ``backoff`` seconds apart.
+    """How a crashed bundle comes back, Erlang-style.
 
+    At most ``max_restarts`` restarts within any ``window`` seconds; one more
+    crash and the runtime gives up (the bundle stays CRASHED). Attempt k
+    (0-based, within the window) waits ``min(max_backoff, backoff * 2**k)``
+    seconds, shortened by up to ``jitter`` (a fraction) at random so that
+    bundles that crashed together do not restart in lockstep.
     ``max_restarts=0`` (the default) leaves a crashed bundle down.
     """
 
     max_restarts: int = 0
     backoff: float = 0.05
+    window: float = 60.0
+    max_backoff: float = 5.0
+    jitter: float = 0.5
 
     def __post_init__(self):
-        if self.max_restarts < 0 or self.backoff < 0:
-            raise ValueError("RestartPolicy: max_restarts and backoff must not be negative")
+        if self.max_restarts < 0 or self.backoff < 0 or self.max_backoff < 0:
+            raise ValueError("RestartPolicy: max_restarts, backoff and max_backoff must not be negative")
+        if self.window <= 0:
+            raise ValueError("RestartPolicy: window must be positive")
+        if not 0 <= self.jitter <= 1:
+            raise ValueError("RestartPolicy: jitter is a fraction between 0 and 1")
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 from typing import TYPE_CHECKING
 
+from ._bundle import Bundle, BundleState
 from ._channel import ChannelFailure
 from ._channel_ffi import lib
 from .errors import (
@@ -23,7 +24,6 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from ._bundle import Bundle
     from ._config import RuntimeConfig
     from ._proxy import WorkerProxy
 
@@ -217,16 +217,14 @@ class GuestContract:
 
     def _unavailable(self) -> BundleUnavailable:
         bundle = self._bundle
-        state = bundle.state.name
-        if bundle.crash is not None and bundle.crash.death is not None:
-            death = bundle.crash.death
-            why = (
-                f"its worker {death.description} and it was not restarted; "
-                "reload it (Runtime.reload_bundle) or allow restarts with RestartPolicy"
-            )
+        state = bundle.state
+        if state is BundleState.RESTARTING:
+            why = "a fresh worker is starting after a crash; retry shortly"
+        elif bundle.crash is not None and bundle.crash.death is not None:
+            why = f"its worker {bundle.crash.death.description}; {bundle.outlook}"
         else:
             why = "it is being unloaded or was unloaded; load it again to call it"
-        return BundleUnavailable(f"bundle {bundle.name!r} is {state}: {why}", bundle=bundle.name)
+        return BundleUnavailable(f"bundle {bundle.name!r} is {state.name}: {why}", bundle=bundle.name)
 
     def _no_such_function(self, fn_index: object) -> PluginCallError:
         return PluginCallError(

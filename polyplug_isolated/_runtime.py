@@ -20,6 +20,7 @@ from ._contract import GuestContract
 from ._manifest import ManifestData, parse_manifest
 from ._monitor import Monitor
 from ._proxy import WorkerProxy
+from ._supervisor import BundleEvent, BundleEventKind, Supervisor
 from .errors import InitFailed, LoaderError, StaleHandle
 
 _logger = logging.getLogger("polyplug_isolated")
@@ -73,6 +74,7 @@ class Runtime:
     def __init__(
         self,
         on_reload: Callable[[ReloadPhase], None] | None = None,
+        on_event: Callable[[BundleEvent], None] | None = None,
         call_timeout: float | None = None,
         drain_timeout: float = 10.0,
         restart: RestartPolicy | None = None,
@@ -89,6 +91,8 @@ class Runtime:
             **options,
         )
         self._on_reload = on_reload
+        self._on_event = on_event
+        self._supervisor = Supervisor(self.config.restart, self._restart, self._event)
         self._lock = threading.RLock()
         self._bundles: dict[int, Bundle] = {}
         self._slots: list[_Slot] = []
@@ -110,6 +114,7 @@ class Runtime:
                 return
             self._closed = True
             bundles = list(self._bundles.values())
+        self._supervisor.close()
         for bundle in bundles:
             self._unload(bundle)
         self._monitor.close()
@@ -156,6 +161,7 @@ class Runtime:
             bundle = self._bundles.get(manifest.id)
         if bundle is None:
             return self.load_manifest(manifest)
+        self._supervisor.forget(bundle)
         self._report(ReloadPhaseType.PREPARING, bundle)
         try:
             proxy = self._start_worker(bundle, manifest)
@@ -188,6 +194,7 @@ class Runtime:
         self._unload(bundle)
 
     def _unload(self, bundle: Bundle) -> None:
+        self._supervisor.forget(bundle)
         self._report(ReloadPhaseType.UNLOADING, bundle)
         with self._lock:
             if bundle.state is BundleState.UNLOADED or self._bundles.get(bundle.id) is not bundle:
@@ -230,9 +237,41 @@ class Runtime:
             bundle.crash = proxy
             bundle.move(BundleState.CRASHED)
         death = proxy.death
-        _logger.error(
-            "bundle %r: worker %d %s", bundle.name, proxy.pid, death.description if death else "died"
+        description = death.description + (f" ({death.kill_reason})" if death.kill_reason else "")
+        _logger.error("bundle %r: worker %d %s", bundle.name, proxy.pid, description)
+        self._event(
+            BundleEvent(BundleEventKind.CRASHED, bundle.id, bundle.name, description, bundle.restarts)
         )
+        self._supervisor.crashed(bundle)
+
+    def _restart(self, bundle: Bundle) -> bool:
+        """Supervisor thread: a fresh worker for a crashed bundle, same file, init again.
+
+        Handles stay valid: contracts follow their bundle to the new worker.
+        Returns False when the bundle was unloaded or reloaded meanwhile.
+        """
+        with self._lock:
+            if self._bundles.get(bundle.id) is not bundle or bundle.state is not BundleState.CRASHED:
+                return False
+            bundle.move(BundleState.RESTARTING)
+        try:
+            proxy = self._start_worker(bundle, bundle.manifest)
+        except LoaderError:
+            with self._lock:
+                if bundle.state is BundleState.RESTARTING:
+                    bundle.move(BundleState.CRASHED)
+            raise
+        with self._lock:
+            current = bundle.state is BundleState.RESTARTING
+            if current:
+                bundle.proxy = proxy
+                bundle.crash = None
+                bundle.restarts += 1
+                self._publish(bundle, proxy)
+                bundle.move(BundleState.READY)
+        if not current:
+            proxy.shutdown(self.config.drain_timeout)
+        return current
 
     # ---- registry ------------------------------------------------------------
 
@@ -315,6 +354,14 @@ class Runtime:
     def _check_open(self) -> None:
         if self._closed:
             raise LoaderError("this Runtime is closed; create a new one", bundle=None)
+
+    def _event(self, event: BundleEvent) -> None:
+        if self._on_event is None:
+            return
+        try:
+            self._on_event(event)
+        except Exception:
+            _logger.exception("on_event callback raised for bundle %r (ignored)", event.bundle_name)
 
     def _report(self, phase: ReloadPhaseType, bundle: Bundle, reason: str = "") -> None:
         if self._on_reload is None:

@@ -43,7 +43,7 @@ def test_crash_in_a_call_is_worker_crashed_and_the_host_lives_on(rt, bundle_dir,
     assert "outcome is unknown" in str(crash)
     assert crasher.bundle.state is BundleState.CRASHED
     assert as_u32(adder.call(0, pair(2, 2), 4)) == 4  # the other bundle never noticed
-    with pytest.raises(BundleUnavailable, match="CRASHED: its worker .* was not restarted"):
+    with pytest.raises(BundleUnavailable, match="CRASHED: its worker .* is not restarted"):
         crasher.call(4, u32(1), 4)
 
 

@@ -5,7 +5,7 @@ host, never a dead host. Public names only; the code lives in private modules.
 """
 
 from ._bundle import Bundle, BundleState, ContractInfo
-from ._config import RestartPolicy, RuntimeConfig
+from ._config import ResourceLimits, RestartPolicy, RuntimeConfig, WorkerOptions
 from ._contract import AbiErrorCode, GuestContract, PayloadTooLarge
 from ._ids import bundle_id, fnv1a64, guest_contract_id
 from ._loader import BundleSource, IsolatedLoader
@@ -55,12 +55,14 @@ __all__ = [
     "ProtocolError",
     "ReloadPhase",
     "ReloadPhaseType",
+    "ResourceLimits",
     "RestartPolicy",
     "Runtime",
     "RuntimeConfig",
     "StaleHandle",
     "UnsupportedBundleSource",
     "WorkerCrashed",
+    "WorkerOptions",
     "bundle_id",
     "fnv1a64",
     "guest_contract_id",

@@ -137,12 +137,13 @@ worker_ffi.cdef(
     int ppw_serve(int wait_mode, uint64_t spin_ns);
     void ppw_stop(void);
     int ppw_start_watchdog(int fd);
+    int ppw_install_crash_handlers(void);
     """
 )
 worker_ffi.set_source(
     "polyplug_isolated.worker._serve_ffi",
     '#include "channel.h"\n#include "polyplug_abi.h"\n#include "worker.h"\n',
-    sources=[_relative(WORKER_DIR / "serve.c"), _relative(WORKER_DIR / "host_api.c")],
+    sources=[_relative(WORKER_DIR / name) for name in ("serve.c", "host_api.c", "crash.c")],
     include_dirs=[_relative(WORKER_DIR)],
     extra_compile_args=CFLAGS,
     libraries=["dl", "pthread"],

@@ -12,6 +12,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from ._config import WorkerOptions
 from ._manifest import ManifestData
 from ._proxy import WorkerProxy
 
@@ -49,12 +50,13 @@ class ContractInfo:
 class Bundle:
     """A bundle loaded by a Runtime; read its attributes, call through contracts."""
 
-    def __init__(self, manifest: ManifestData):
+    def __init__(self, manifest: ManifestData, options: WorkerOptions):
         self.id = manifest.id
         self.name = manifest.name
         self.version = manifest.version
         self.path: Path = manifest.path
         self.manifest = manifest
+        self.options = options  # how its worker is set up; kept across reloads and restarts
         self.restarts = 0
         self.proxy: WorkerProxy | None = None
         self.crash: WorkerProxy | None = None  # the worker whose death downed the bundle

@@ -19,8 +19,8 @@
 
 #include "_channel.h"
 
-/* Longest single sleep on anything a worker can write to (its semaphores):
- * every blocked waiter re-checks the host-private state this often. */
+/* Longest single sleep on a word the worker can write to: every blocked
+ * waiter re-checks the host-private state this often. */
 #define SLICE_NS 50000000ull
 #define BITMAP_WORDS (PP_MAX_SLOTS / 64)
 
@@ -64,9 +64,6 @@ static void init_segment(pp_conn *c)
     h->nslots = c->nslots;
     h->payload_cap = c->payload_cap;
     h->arena_cap = c->arena_cap;
-    sem_init(&h->request_sem, 1, 0);
-    for (uint32_t i = 0; i < c->nslots; i++)
-        sem_init(&pp_slot_at(c->base, c->nslots, c->payload_cap, i)->response_sem, 1, 0);
 }
 
 pp_conn *pp_conn_create(int fd, uint32_t nslots, uint64_t payload_cap, uint64_t arena_cap, int wait_mode,
@@ -140,20 +137,29 @@ int pp_conn_wait_drained(pp_conn *c, double timeout_s)
     return 1;
 }
 
-/* Wakes every caller of a worker that is gone: each slot's semaphore is
- * posted once so blocked callers return at once; callers that miss the post
- * see the state within one SLICE_NS. */
+/* Wakes every caller of a worker that is gone: blocked callers return at
+ * once; callers that miss the wake-up see the state within one SLICE_NS. */
 void pp_conn_mark_dead(pp_conn *c)
 {
     atomic_store(&c->state, PP_CONN_DEAD);
     for (uint32_t i = 0; i < c->nslots; i++) {
-        sem_post(&pp_slot_at(c->base, c->nslots, c->payload_cap, i)->response_sem);
+        pp_futex_wake(&pp_slot_at(c->base, c->nslots, c->payload_cap, i)->host_waiting, INT32_MAX);
         sem_post(&c->slot_freed);
     }
     sem_post(&c->drained);
 }
 
 static uint64_t min_u64(uint64_t a, uint64_t b) { return a < b ? a : b; }
+
+/* Records why the worker's answer cannot be trusted (for ProtocolError). */
+static int violation(const char *why)
+{
+    size_t n = strlen(why);
+    memcpy(last_result.err_msg, why, n);
+    last_result.err_len = (uint32_t)n;
+    last_result.err_code = 0;
+    return PP_CALL_PROTOCOL;
+}
 
 static int take_free_bit(pp_conn *c)
 {
@@ -218,7 +224,7 @@ static void wake_worker(pp_header *h)
     /* Dekker with the worker's "set sleeping, re-check the ring". */
     atomic_thread_fence(memory_order_seq_cst);
     if (atomic_load_explicit(&h->worker_sleeping, memory_order_relaxed) && atomic_exchange(&h->worker_sleeping, 0))
-        sem_post(&h->request_sem);
+        pp_futex_wake(&h->worker_sleeping, 1);
 }
 
 /* The header is written once, by us: a worker that changed it is
@@ -243,7 +249,7 @@ static int await_answer(pp_conn *c, pp_slot *s, uint64_t seq, uint64_t deadline)
             if (atomic_load_explicit(&c->state, memory_order_relaxed) == PP_CONN_DEAD)
                 return PP_CALL_DEAD;
             if (segment_scribbled(c))
-                return PP_CALL_PROTOCOL;
+                return violation("the worker overwrote the segment header");
             if (now >= deadline)
                 return PP_CALL_TIMEOUT;
             if (now >= spin_until)
@@ -260,11 +266,11 @@ static int await_answer(pp_conn *c, pp_slot *s, uint64_t seq, uint64_t deadline)
         if (atomic_load(&c->state) == PP_CONN_DEAD)
             return PP_CALL_DEAD;
         if (segment_scribbled(c))
-            return PP_CALL_PROTOCOL;
+            return violation("the worker overwrote the segment header");
         now = pp_now_ns();
         if (now >= deadline)
             return PP_CALL_TIMEOUT;
-        pp_sem_wait_until(&s->response_sem, min_u64(deadline, now + SLICE_NS));
+        pp_futex_wait_until(&s->host_waiting, 1, min_u64(deadline, now + SLICE_NS));
     }
 }
 
@@ -279,10 +285,8 @@ static int read_status(pp_slot *s, uint32_t count)
     pp_result *res = &last_result;
     if (len > PP_ERR_CAP || done > count || (status != PP_STATUS_OK && status != PP_STATUS_BAD_REQUEST) ||
         (status == PP_STATUS_OK && code == 0 && done != count)) {
-        res->err_code = status;
-        res->err_len = 0;
         res->done_count = 0;
-        return PP_CALL_PROTOCOL;
+        return violation("the worker's answer has fields out of range (status, message length or count)");
     }
     res->err_code = code;
     res->err_len = len;
@@ -349,7 +353,7 @@ static int run(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *
     /* We zero done_seq when we take an answer: anything else here is the
      * worker answering a call twice, or scribbling. */
     if (atomic_load_explicit(&s->done_seq, memory_order_relaxed) != 0) {
-        rc = PP_CALL_PROTOCOL;
+        rc = violation("the worker answered a call twice (or wrote into an idle slot)");
         goto unlock;
     }
     uint8_t *region = spill == PP_IN_ARENA ? c->base + pp_arena_offset(c->nslots, c->payload_cap) : pp_payload(s);
@@ -386,7 +390,7 @@ static int run(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *
         if (rc == PP_CALL_OK && table) {
             uint32_t ret_len = *(volatile uint32_t *)&s->ret_len;
             if (ret_len > x->ret_cap)
-                rc = PP_CALL_PROTOCOL;
+                rc = violation("the worker's return area length is out of range");
             else
                 memcpy(x->ret, region + layout.spill_bytes, ret_len);
             last_result.ret_len = ret_len;

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 WAITS = ("auto", "spin", "block")
@@ -50,6 +51,9 @@ class RuntimeConfig:
         spin_ns: the spin window of "auto".
         slots: concurrent calls per worker.
         payload_capacity: bytes per call slot for args + out (args rounded up to 8).
+        prestart: keep one worker process started ahead of need, so that a load,
+            reload or restart skips the worker's interpreter start-up (~60 ms
+            here) at the cost of one idle process per runtime.
         arena_capacity: bytes of the one shared spill area for a call (or batch) whose
             args + out exceed a slot: the largest call a worker takes. Calls that
             spill take turns; pages are only committed when touched.
@@ -65,6 +69,7 @@ class RuntimeConfig:
     payload_capacity: int = 64 * 1024
     arena_capacity: int = 4 * 1024 * 1024
     restart: RestartPolicy = RestartPolicy()
+    prestart: bool = False
 
     def __post_init__(self):
         if self.wait not in WAITS:
@@ -82,3 +87,65 @@ class RuntimeConfig:
             raise ValueError("call_timeout must be positive or None")
         if self.spin_ns < 0:
             raise ValueError("spin_ns must not be negative")
+
+
+@dataclass(frozen=True)
+class ResourceLimits:
+    """Limits set in the worker (setrlimit) before the plugin is loaded; None: inherited.
+
+    Attributes:
+        address_space: bytes of virtual memory (RLIMIT_AS); allocations past it fail.
+        cpu_seconds: CPU time (RLIMIT_CPU); past it the worker gets SIGXCPU, then SIGKILL.
+        open_files: file descriptors (RLIMIT_NOFILE).
+    """
+
+    address_space: int | None = None
+    cpu_seconds: int | None = None
+    open_files: int | None = None
+
+    def __post_init__(self):
+        for name, value in self.as_dict().items():
+            if value <= 0:
+                raise ValueError(f"ResourceLimits.{name} must be positive, not {value}")
+
+    def as_dict(self) -> dict[str, int]:
+        """The limits that are set, by name."""
+        return {name: value for name, value in vars(self).items() if value is not None}
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """How one bundle's worker process is set up (``load_bundle(..., env=...)`` and friends).
+
+    Attributes:
+        env: variables added to the worker's environment (or, with
+            ``inherit_env=False``, its whole environment besides PYTHONPATH,
+            which the worker program itself needs).
+        inherit_env: start from the host's environment.
+        cwd: the worker's working directory.
+        library_path: directories prepended to LD_LIBRARY_PATH, so the plugin's
+            own shared libraries resolve without touching the host's environment.
+        limits: resource limits for the worker.
+    """
+
+    env: tuple[tuple[str, str], ...] = ()
+    inherit_env: bool = True
+    cwd: str | None = None
+    library_path: tuple[str, ...] = ()
+    limits: ResourceLimits | None = None
+
+    @property
+    def needs_own_process(self) -> bool:
+        """A spare worker was started with the host's environment; these options need their own."""
+        return bool(self.env or self.library_path) or not self.inherit_env
+
+    def environment(self, host: dict[str, str]) -> dict[str, str] | None:
+        """The worker's environment, or None for the host's own."""
+        if not self.needs_own_process:
+            return None
+        env = dict(host) if self.inherit_env else {k: host[k] for k in ("PYTHONPATH",) if k in host}
+        env.update(self.env)
+        if self.library_path:
+            paths = [*self.library_path, *filter(None, env.get("LD_LIBRARY_PATH", "").split(os.pathsep))]
+            env["LD_LIBRARY_PATH"] = os.pathsep.join(paths)
+        return env

@@ -253,7 +253,9 @@ class GuestContract:
         if status == lib.PP_CALL_DEAD:
             return _crashed(where, proxy, names)
         if status == lib.PP_CALL_TIMEOUT:
-            proxy.kill(f"killed after a call to {self.name} function {fn_index} timed out ({timeout:g} s)")
+            proxy.kill_hung(
+                f"killed after a call to {self.name} function {fn_index} timed out ({timeout:g} s)"
+            )
             return CallTimeout(
                 f"{where}: no answer within {timeout:g} s; the worker (pid {proxy.pid}) was killed "
                 "because its slot can never be trusted again",

@@ -9,14 +9,16 @@ it hands to the worker's :class:`Watcher` callbacks, which must not block.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import selectors
-import socket
 import threading
 from typing import Any, Protocol
 
 from ._process import WorkerProcess
 from ._protocol import FrameError, FrameReader
+
+_logger = logging.getLogger("polyplug_isolated")
 
 
 class Watcher(Protocol):
@@ -29,9 +31,9 @@ class Watcher(Protocol):
 
 
 class _Watch:
-    def __init__(self, watcher: Watcher, control: socket.socket, process: WorkerProcess):
+    def __init__(self, watcher: Watcher, process: WorkerProcess):
         self.watcher = watcher
-        self.control = control
+        self.control = process.control
         self.process = process
         self.frames = FrameReader()
         self.partial_line = b""
@@ -52,10 +54,10 @@ class Monitor:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def watch(self, watcher: Watcher, control: socket.socket, process: WorkerProcess) -> None:
-        """Starts watching a worker; its control socket now belongs to the monitor."""
+    def watch(self, watcher: Watcher, process: WorkerProcess) -> None:
+        """Starts watching a worker: its frames, output and exit go to ``watcher``."""
         with self._lock:
-            self._incoming.append(_Watch(watcher, control, process))
+            self._incoming.append(_Watch(watcher, process))
         self._wake()
 
     def close(self) -> None:
@@ -81,7 +83,10 @@ class Monitor:
                         return
                 else:
                     kind, watch = key.data
-                    getattr(self, f"_on_{kind}")(watch)
+                    try:
+                        getattr(self, f"_on_{kind}")(watch)
+                    except Exception:  # the monitor must outlive any one worker's trouble
+                        _logger.exception("monitor: handling %s of worker %d failed", kind, watch.process.pid)
 
     def _take_incoming(self) -> bool:
         while True:
@@ -124,8 +129,9 @@ class Monitor:
             watch.watcher.on_frame(message)
 
     def _drop_control(self, watch: _Watch) -> None:
+        # Unregister only: the socket is closed by reap(), under the lock
+        # that senders hold, so its fd number cannot be reused under them.
         self._selector.unregister(watch.control)
-        watch.control.close()
         watch.control_open = False
 
     def _on_output(self, watch: _Watch) -> None:

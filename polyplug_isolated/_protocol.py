@@ -7,8 +7,10 @@ names it. The shared-memory layout lives in ``worker/channel.h``; its version
 ::
 
     host                                     worker
-     |  spawn: python -m polyplug_isolated.worker --control-fd C --segment-fd S
-     |--- load {protocol, library, bundle_id, bundle_dir, wait, spin_ns} --->|
+     |  spawn: python -m polyplug_isolated.worker --control-fd C  (maybe long before)
+     |--- load {protocol, library, bundle_id, bundle_dir, wait, spin_ns,  --->|
+     |          cwd, limits} + the segment's fd (SCM_RIGHTS)
+     |                                          chdir, setrlimit
      |                                          attach segment, dlopen, init
      |<-- ready {abi_version, contracts: [...]}  |  or  error {kind, ...} ---|
      |<-- log {level, target, message} (any time, from the plugin) ----------|
@@ -49,6 +51,7 @@ ABI_MISMATCH = "abi_mismatch"
 NO_INIT = "no_init"
 INIT_ERROR = "init_error"
 ATTACH = "attach"
+CONFINE = "confine"
 BAD_REQUEST = "bad_request"
 
 

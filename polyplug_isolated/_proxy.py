@@ -14,7 +14,6 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from typing import Any
 
 from . import _protocol as proto
 from ._channel import WAIT_MODES, Channel
-from ._config import RuntimeConfig
+from ._config import ResourceLimits, RuntimeConfig, WorkerOptions
 from ._manifest import ManifestData
 from ._monitor import Monitor
 from ._process import WorkerProcess, describe_exit
@@ -59,46 +58,42 @@ class WorkerProxy:
         self._on_death = on_death
         self._bundle_log = logging.getLogger(f"polyplug_isolated.bundle.{manifest.name}")
         self._handshake: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
-        self._send_lock = threading.Lock()
-        self._control: socket.socket | None = None
         self._closed = threading.Event()
         self._leaving = False
         self.contracts: list[dict[str, Any]] = []
         self.death: Death | None = None
+        self.options = WorkerOptions()
         self.process: WorkerProcess | None = None
         self.channel: Channel | None = None
 
     # ---- start ----------------------------------------------------------
 
-    def start(self) -> None:
-        """Starts the worker and loads the bundle in it; raises LoaderError, leaving nothing."""
+    def start(self, process: WorkerProcess, options: WorkerOptions) -> None:
+        """Loads the bundle in ``process`` (fresh or a spare); raises LoaderError, leaving nothing."""
         config = self._config
+        self.process = process
+        self.options = options
         with contextlib.ExitStack() as undo:
+            undo.callback(self._discard)
+            self._monitor.watch(self, process)
             channel = Channel(
                 config.slots, config.payload_capacity, config.arena_capacity, config.wait, config.spin_ns
             )
             undo.callback(channel.close_fd)
-            control, worker_end = socket.socketpair()
-            undo.callback(self._close_control)
-            self._control = control
-            with worker_end:
-                self.process = WorkerProcess(worker_end.fileno(), channel.fd)
-            undo.callback(self._discard)
-            channel.close_fd()
             self.channel = channel
-            # Sent before the monitor owns the socket's reading side.
-            control.sendall(
-                proto.frame(
-                    proto.LOAD,
-                    protocol=proto.PROTOCOL_VERSION,
-                    library=str(self.manifest.file),
-                    bundle_id=self.manifest.id,
-                    bundle_dir=os.fsencode(self.manifest.path),
-                    wait=WAIT_MODES[config.wait],
-                    spin_ns=config.spin_ns,
-                )
+            load = proto.frame(
+                proto.LOAD,
+                protocol=proto.PROTOCOL_VERSION,
+                library=str(self.manifest.file),
+                bundle_id=self.manifest.id,
+                bundle_dir=os.fsencode(self.manifest.path),
+                wait=WAIT_MODES[config.wait],
+                spin_ns=config.spin_ns,
+                cwd=options.cwd,
+                limits=options.limits.as_dict() if options.limits else None,
             )
-            self._monitor.watch(self, control, self.process)
+            process.send(load, (channel.fd,))  # if it fails, the worker is gone: on_exit says how
+            channel.close_fd()
             try:
                 reply = self._handshake.result(timeout=config.load_timeout)
             except concurrent.futures.TimeoutError:
@@ -140,9 +135,14 @@ class WorkerProxy:
         return self.process is not None and not self.process.exited.is_set()
 
     def kill(self, reason: str) -> None:
-        """Kills the worker now (a hang, a protocol breach); the monitor reports the death."""
+        """Kills the worker now (a protocol breach); the monitor reports the death."""
         if self.process:
             self.process.kill(reason)
+
+    def kill_hung(self, reason: str) -> None:
+        """Kills a worker stuck in a call, after it wrote that call's native stack to its output."""
+        if self.process:
+            self.process.dump_and_kill(reason, grace=self._config.close_grace)
 
     # ---- shutdown -----------------------------------------------------------
 
@@ -163,7 +163,7 @@ class WorkerProxy:
             )
             self.process.kill(f"killed after the {drain_timeout:g} s drain timeout")
         else:
-            self._send(proto.frame(proto.UNLOAD))
+            self.process.send(proto.frame(proto.UNLOAD))
         self._await_exit()
         return drained
 
@@ -189,18 +189,6 @@ class WorkerProxy:
         self.process.kill("its load failed")
         self.process.exited.wait()
 
-    def _send(self, data: bytes) -> None:
-        with self._send_lock:
-            if self._control is not None:
-                with contextlib.suppress(OSError):
-                    self._control.sendall(data)
-
-    def _close_control(self) -> None:
-        with self._send_lock:
-            if self._control is not None:
-                self._control.close()
-                self._control = None
-
     # ---- monitor callbacks (monitor thread) -------------------------------
 
     def on_frame(self, message: dict[str, Any]) -> None:
@@ -222,7 +210,6 @@ class WorkerProxy:
             self.kill(reason)
 
     def on_exit(self, returncode: int) -> None:
-        self._close_control()
         sig, code, description = describe_exit(returncode)
         process = self.process
         if not self._handshake.done():
@@ -231,6 +218,7 @@ class WorkerProxy:
         # A kill only explains a death it caused: a worker that segfaulted and
         # was then SIGKILLed for hanging up its socket died of the SIGSEGV.
         killed_by_us = sig == signal.SIGKILL and process.kill_reason is not None
+        description += _limit_note(self.options.limits, sig, killed_by_us)
         self.death = Death(
             sig, code, description, process.tail(), process.kill_reason if killed_by_us else None
         )
@@ -247,6 +235,20 @@ class WorkerProxy:
         target = _text(message.get("target"))
         text = _text(message.get("message"))
         self._bundle_log.log(_LOG_LEVELS.get(level, logging.ERROR), "[%s] %s", target, text)
+
+
+def _limit_note(limits: ResourceLimits | None, sig: signal.Signals | None, killed_by_us: bool) -> str:
+    """Names the resource limit that most likely ended the worker, if one did."""
+    if limits is None or sig is None:
+        return ""
+    if limits.cpu_seconds and (sig == signal.SIGXCPU or (sig == signal.SIGKILL and not killed_by_us)):
+        return f": it exceeded its CPU time limit (limits.cpu_seconds={limits.cpu_seconds})"
+    if limits.address_space and sig in (signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS):
+        return (
+            f" under limits.address_space={limits.address_space} bytes: an allocation that failed "
+            "is the likely cause"
+        )
+    return ""
 
 
 def _text(value: Any) -> str:

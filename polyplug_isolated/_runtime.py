@@ -10,15 +10,16 @@ import enum
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from ._bundle import Bundle, BundleState
-from ._config import RestartPolicy, RuntimeConfig
+from ._config import ResourceLimits, RestartPolicy, RuntimeConfig, WorkerOptions
 from ._contract import GuestContract
 from ._manifest import ManifestData, parse_manifest
 from ._monitor import Monitor
+from ._process import SpareWorker, WorkerProcess
 from ._proxy import WorkerProxy
 from ._supervisor import BundleEvent, BundleEventKind, Supervisor
 from .errors import InitFailed, LoaderError, StaleHandle
@@ -97,6 +98,7 @@ class Runtime:
         self._bundles: dict[int, Bundle] = {}
         self._slots: list[_Slot] = []
         self._monitor = Monitor()
+        self._spare = SpareWorker() if self.config.prestart else None
         self._closed = False
 
     # ---- context ------------------------------------------------------------
@@ -117,28 +119,50 @@ class Runtime:
         self._supervisor.close()
         for bundle in bundles:
             self._unload(bundle)
+        if self._spare is not None:
+            self._spare.close()
         self._monitor.close()
 
     # ---- load / reload / unload -----------------------------------------
 
-    def load_bundle(self, path: str | os.PathLike[str]) -> Bundle:
+    def load_bundle(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        inherit_env: bool = True,
+        cwd: str | os.PathLike[str] | None = None,
+        library_path: Iterable[str | os.PathLike[str]] = (),
+        limits: ResourceLimits | None = None,
+    ) -> Bundle:
         """Loads the bundle at ``path`` into a new worker and publishes its contracts.
 
         Loading a bundle that is already loaded replaces its worker (as a reload).
+        The keyword arguments set up the worker process (see WorkerOptions);
+        reloads and restarts keep them.
 
         Raises:
             LoaderError: a subclass saying what failed; nothing is left behind.
         """
-        return self.load_manifest(parse_manifest(path))
+        options = WorkerOptions(
+            env=tuple(sorted((env or {}).items())),
+            inherit_env=inherit_env,
+            cwd=os.fspath(cwd) if cwd is not None else None,
+            library_path=tuple(os.fspath(p) for p in library_path),
+            limits=limits,
+        )
+        return self.load_manifest(parse_manifest(path), options)
 
-    def load_manifest(self, manifest: ManifestData) -> Bundle:
+    def load_manifest(self, manifest: ManifestData, options: WorkerOptions | None = None) -> Bundle:
         """Loads an already parsed manifest (what IsolatedLoader.load does)."""
         self._check_open()
         with self._lock:
             existing = self._bundles.get(manifest.id)
         if existing is not None:
+            if options is not None:
+                existing.options = options
             return self.reload_manifest(manifest)
-        bundle = Bundle(manifest)
+        bundle = Bundle(manifest, options or WorkerOptions())
         proxy = self._start_worker(bundle, manifest)
         with self._lock:
             bundle.proxy = proxy
@@ -224,8 +248,13 @@ class Runtime:
                 "build the library or fix [file] in manifest.toml",
                 bundle=manifest.name,
             )
+        options = bundle.options
+        if self._spare is not None and not options.needs_own_process:
+            process = self._spare.take()
+        else:
+            process = WorkerProcess(options.environment(dict(os.environ)))
         proxy = WorkerProxy(manifest, self.config, self._monitor, lambda dead: self._on_death(bundle, dead))
-        proxy.start()
+        proxy.start(process, options)
         return proxy
 
     def _on_death(self, bundle: Bundle, proxy: WorkerProxy) -> None:

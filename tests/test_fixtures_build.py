@@ -37,14 +37,18 @@ ABI_VERSION = "polyplug_abi_version"
 EXPECTED_EXPORTS: dict[str, tuple[set[str], int | None]] = {
     "adder": ({ABI_VERSION, INIT}, 1),
     "crasher": ({ABI_VERSION, INIT}, 1),
+    "environ": ({ABI_VERSION, INIT}, 1),
     "error_plugin": ({ABI_VERSION, INIT}, 1),
     "init_crash": ({ABI_VERSION, INIT}, 1),
+    "hostile": ({ABI_VERSION, INIT}, 1),
     "init_hang": ({ABI_VERSION, INIT}, 1),
     "multi": ({ABI_VERSION, INIT}, 1),
     "no_abi_version": ({INIT}, None),
     "no_init": ({ABI_VERSION}, 1),
     "old_abi": ({ABI_VERSION, INIT}, 7),
     "payload": ({ABI_VERSION, INIT}, 1),
+    "probe_v1": ({ABI_VERSION, INIT}, 1),
+    "probe_v2": ({ABI_VERSION, INIT}, 1),
     "register_fail": ({ABI_VERSION, INIT}, 1),
     "slow": ({ABI_VERSION, INIT}, 1),
 }
@@ -53,14 +57,22 @@ EXPECTED_EXPORTS: dict[str, tuple[set[str], int | None]] = {
 EXPECTED_CONTRACTS: dict[str, dict[str, int]] = {
     "adder": {"test.add": 4},
     "crasher": {"test.crash": 5},
+    "environ": {"test.env": 5},
+    "hostile": {"test.hostile": 6},
     "multi": {"test.mul": 1, "test.sub": 1},
     "payload": {"test.payload": 2},
+    "probe_v1": {"test.probe": 2},
+    "probe_v2": {"test.probe": 2},
     "register_fail": {"regfail.add": 1},
     "slow": {"test.slow": 2},
 }
 
-# payload's length-prefixed blob has no IDL form, so it ships no api.toml
-WITH_API = set(EXPECTED_CONTRACTS) - {"payload"}
+# no api.toml where the IDL cannot say it (payload's length-prefixed blob,
+# environ's char arrays) or nobody generates bindings (probes, hostile)
+WITH_API = set(EXPECTED_CONTRACTS) - {"payload", "environ", "hostile", "probe_v1", "probe_v2"}
+
+# directory -> (bundle name, version) for the builds of one bundle
+VARIANTS = {"probe_v1": ("probe", "1.0.0"), "probe_v2": ("probe", "1.1.0")}
 
 
 def fnv1a64(text: str) -> int:
@@ -129,9 +141,10 @@ def test_nothing_else_is_exported(built: Path, name: str) -> None:
 def test_manifest(name: str) -> None:
     manifest = read_toml(FIXTURES_DIR / name / "manifest.toml")
     contracts = EXPECTED_CONTRACTS.get(name, {})
-    assert manifest["name"] == name
-    assert manifest["id"] == fnv1a64(name)
-    assert manifest["version"] == "1.0.0"
+    bundle, version = VARIANTS.get(name, (name, "1.0.0"))
+    assert manifest["name"] == bundle
+    assert manifest["id"] == fnv1a64(bundle)
+    assert manifest["version"] == version
     assert manifest["loader"] == "native"
     assert manifest["file"] == {"linux": {"x86_64": f"lib{name}.so", "aarch64": f"lib{name}.so"}}
     assert manifest["provides"] == list(contracts)

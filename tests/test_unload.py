@@ -33,7 +33,7 @@ def test_unload_lets_calls_in_flight_finish_and_refuses_new_ones(rt, bundle_dir)
     wait_until(lambda: bundle.inflight == 4)
 
     def late_call():
-        wait_until(lambda: bundle.state is BundleState.DRAINING)
+        wait_until(lambda: bundle.state in (BundleState.DRAINING, BundleState.UNLOADED))
         call(1)
 
     late = threading.Thread(target=late_call)
@@ -71,7 +71,7 @@ def test_a_drain_past_the_timeout_kills_the_worker_and_says_so(bundle_dir):
 
 def test_calls_on_a_draining_bundle_fail_at_once(rt, bundle_dir):
     slow = slow_contract(rt, bundle_dir)
-    blocker = threading.Thread(target=slow.call, args=(0, u32(300), 4))
+    blocker = threading.Thread(target=slow.call, args=(0, u32(2000), 4))  # keeps DRAINING observable
     blocker.start()
     wait_until(lambda: slow.bundle.inflight == 1)
     unloader = threading.Thread(target=rt.unload_bundle, args=(slow.bundle.id,))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import os
+import resource
 import signal
 import socket
 import sys
@@ -35,8 +36,7 @@ def _send(tag: str, /, **fields) -> None:
         os._exit(0)  # the host is gone; nobody is left to answer
 
 
-def _frames(sock: socket.socket):
-    reader = proto.FrameReader()
+def _frames(sock: socket.socket, reader: proto.FrameReader):
     while True:
         data = sock.recv(65536)
         if not data:
@@ -67,12 +67,35 @@ def _registrations() -> list[dict]:
     return contracts
 
 
-def _load(request: dict, segment_fd: int) -> bool:
-    if request.get("t") != proto.LOAD or request.get("protocol") != lib.PP_PROTOCOL_VERSION:
+_LIMITS = {
+    "address_space": resource.RLIMIT_AS,
+    "cpu_seconds": resource.RLIMIT_CPU,
+    "open_files": resource.RLIMIT_NOFILE,
+}
+
+
+def _confine(request: dict) -> None:
+    """Applies the bundle's working directory and resource limits before dlopen."""
+    if request.get("cwd"):
+        os.chdir(request["cwd"])
+    for name, value in (request.get("limits") or {}).items():
+        # CPU: the soft limit sends SIGXCPU (the host names the limit), the
+        # hard one a second later SIGKILL, should the plugin ignore it.
+        hard = value + 1 if name == "cpu_seconds" else value
+        resource.setrlimit(_LIMITS[name], (value, hard))
+
+
+def _load(request: dict, segment_fd: int | None) -> bool:
+    if (
+        request.get("t") != proto.LOAD
+        or request.get("protocol") != lib.PP_PROTOCOL_VERSION
+        or segment_fd is None
+    ):
         _send(
             proto.ERROR,
             kind=proto.BAD_REQUEST,
-            message=f"expected a load frame for protocol {lib.PP_PROTOCOL_VERSION}, got {request!r:.200}",
+            message=f"expected a load frame for protocol {lib.PP_PROTOCOL_VERSION} with the segment's fd, "
+            f"got {request!r:.200}",
         )
         return False
     attached = lib.ppw_attach(segment_fd)
@@ -81,6 +104,11 @@ def _load(request: dict, segment_fd: int) -> bool:
         _send(
             proto.ERROR, kind=proto.ATTACH, message="the shared-memory segment is not one this worker speaks"
         )
+        return False
+    try:
+        _confine(request)
+    except (OSError, ValueError, KeyError) as exc:
+        _send(proto.ERROR, kind=proto.CONFINE, message=f"cannot apply the bundle's cwd or limits: {exc}")
         return False
     result = ffi.new("ppw_load_result *")
     bundle_dir = request["bundle_dir"]
@@ -98,27 +126,44 @@ def _load(request: dict, segment_fd: int) -> bool:
     return True
 
 
+def _first_frame(sock: socket.socket, reader: proto.FrameReader) -> tuple[dict | None, int | None]:
+    """The load frame, and the segment fd that travels with it (SCM_RIGHTS)."""
+    segment_fd = None
+    while True:
+        data, fds, _, _ = socket.recv_fds(sock, 1 << 16, 1)
+        for fd in fds:
+            if segment_fd is None:
+                segment_fd = fd
+            else:
+                os.close(fd)
+        if not data:
+            return None, segment_fd
+        frames = reader.feed(data)
+        if frames:
+            return frames[0], segment_fd
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="polyplug_isolated.worker", description=__doc__)
     parser.add_argument("--control-fd", type=int, required=True)
-    parser.add_argument("--segment-fd", type=int, required=True)
     args = parser.parse_args(argv)
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the host
+    lib.ppw_install_crash_handlers()  # before faulthandler, which chains to it
     faulthandler.enable()
     lib.ppw_start_watchdog(args.control_fd)
     lib.ppw_set_control_fd(args.control_fd)
     sock = socket.socket(fileno=args.control_fd)
 
-    frames = _frames(sock)
-    request = next(frames, None)
-    if request is None or not _load(request, args.segment_fd):
+    reader = proto.FrameReader()
+    request, segment_fd = _first_frame(sock, reader)
+    if request is None or not _load(request, segment_fd):
         return 0
     server = threading.Thread(
         target=lib.ppw_serve, args=(request["wait"], request["spin_ns"]), name="serve", daemon=True
     )
     server.start()
-    for message in frames:
+    for message in _frames(sock, reader):
         if message["t"] == proto.UNLOAD:
             lib.ppw_stop()
             server.join()

@@ -5,8 +5,8 @@
  * unlinked before the worker starts: the worker inherits the fd):
  *
  *   +---------------------+  0
- *   | pp_header           |  magic, protocol, geometry; worker_sleeping +
- *   |                     |  request_sem (the worker sleeps on it)
+ *   | pp_header           |  magic, protocol, geometry; worker_sleeping
+ *   |                     |  (a futex word: the worker sleeps on it)
  *   +---------------------+  PP_HEADER_SIZE
  *   | ring[nslots]        |  requests in arrival order, one cache line each:
  *   |                     |  seq, slot, contract, function, count, sizes,
@@ -14,7 +14,7 @@
  *   +---------------------+  pp_slots_offset(nslots)
  *   | slot 0              |  response line: done_seq, status, AbiError code,
  *   |                     |  up to PP_INLINE_OUT bytes of out; then the
- *   |                     |  wake-up line (host_waiting, response_sem), the
+ *   |                     |  wake-up line (host_waiting, a futex word), the
  *   |                     |  error message, and payload_cap bytes of payload
  *   | slot 1 ...          |
  *   +---------------------+  pp_arena_offset(...)
@@ -36,10 +36,12 @@
  * (each unanswered one holds a slot); the worker serves in ticket order, so
  * ticket t was served before any later one.
  *
- * Waiting: either side spins for a bounded window and then sleeps on a
- * process-shared semaphore, announcing the sleep with a flag; the other side
- * posts only when it sees the flag (Dekker: the flag store and the re-check
- * are sequentially consistent on both sides, so no wake-up is lost).
+ * Waiting: either side spins for a bounded window, then sets a flag word and
+ * sleeps on it with futex(2); the other side wakes it only when it sees the
+ * flag (Dekker: the flag store and the re-check are sequentially consistent
+ * on both sides, so no wake-up is lost). Raw futex calls, not sem_t: glibc
+ * aborts the calling process when a semaphore it is handed was scribbled
+ * over, and the host must survive a worker that scribbles.
  *
  * Trust: the host never follows a pointer from the segment, computes every
  * offset itself, and reads each length the worker wrote once, bounds-checked
@@ -50,14 +52,17 @@
 #define PP_CHANNEL_H
 
 #include <sched.h>
+#include <linux/futex.h>
 #include <semaphore.h>
 #include <stdalign.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
-#define PP_PROTOCOL_VERSION 3u
+#define PP_PROTOCOL_VERSION 4u
 #define PP_MAGIC 0x70706c67u /* "pplg" */
 #define PP_CACHE_LINE 64
 #define PP_ERR_CAP 1024 /* bytes of an AbiError message carried back */
@@ -105,7 +110,6 @@ typedef struct pp_header {
     uint64_t payload_cap;
     uint64_t arena_cap;
     alignas(PP_CACHE_LINE) _Atomic uint32_t worker_sleeping;
-    sem_t request_sem;
 } pp_header;
 
 typedef struct pp_request {
@@ -140,7 +144,6 @@ typedef struct pp_slot {
     uint32_t reserved;
     /* wake-up line */
     alignas(PP_CACHE_LINE) _Atomic uint32_t host_waiting;
-    sem_t response_sem;
     char err_msg[PP_ERR_CAP];
 } pp_slot;
 
@@ -210,8 +213,24 @@ static inline uint64_t pp_now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-/* Sleeps on `sem` until it is posted (returns 1) or the monotonic clock
- * passes deadline_ns (returns 0). EINTR counts as a wake-up: callers loop. */
+/* Sleeps while *word == expected, until woken or the monotonic clock passes
+ * deadline_ns (UINT64_MAX: no deadline). Any return may be spurious (EINTR,
+ * EAGAIN when the word already changed): callers re-check and loop. The
+ * words live in shared memory, so no FUTEX_PRIVATE_FLAG. */
+static inline void pp_futex_wait_until(_Atomic uint32_t *word, uint32_t expected, uint64_t deadline_ns)
+{
+    struct timespec ts = {(time_t)(deadline_ns / 1000000000u), (long)(deadline_ns % 1000000000u)};
+    syscall(SYS_futex, word, FUTEX_WAIT_BITSET, expected, deadline_ns == UINT64_MAX ? NULL : &ts, NULL,
+            FUTEX_BITSET_MATCH_ANY);
+}
+
+static inline void pp_futex_wake(_Atomic uint32_t *word, int waiters)
+{
+    syscall(SYS_futex, word, FUTEX_WAKE, waiters, NULL, NULL, 0);
+}
+
+/* Host-private semaphores (never in the segment): waits until posted or
+ * the deadline passes; 1 when posted. */
 static inline int pp_sem_wait_until(sem_t *sem, uint64_t deadline_ns)
 {
     struct timespec ts = {(time_t)(deadline_ns / 1000000000u), (long)(deadline_ns % 1000000000u)};

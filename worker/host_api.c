@@ -431,7 +431,10 @@ void ppw_load(const char *library, uint64_t bundle_id, const uint8_t *bundle_dir
         return;
     }
     BundleInitContext ctx = {bundle_id, {bundle_dir, bundle_dir_len}};
+    ppw_mark_busy_thread();
+    ppw_busy_function = PPW_BUSY_INIT;
     AbiError err = init(&g_host_api, &ctx);
+    ppw_busy_function = -1;
     if (err.code != ABI_OK) {
         result->kind = PPW_LOAD_INIT_FAILED;
         result->code = err.code;

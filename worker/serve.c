@@ -69,7 +69,7 @@ static void answer(pp_slot *s, uint64_t seq, uint32_t status, uint32_t done, uin
     atomic_store_explicit(&s->done_seq, seq, memory_order_release);
     atomic_thread_fence(memory_order_seq_cst);
     if (atomic_load_explicit(&s->host_waiting, memory_order_relaxed) && atomic_exchange(&s->host_waiting, 0))
-        sem_post(&s->response_sem);
+        pp_futex_wake(&s->host_waiting, 1);
 }
 
 static void refuse(pp_slot *s, uint64_t seq, const char *why)
@@ -191,14 +191,17 @@ static void serve_one(pp_request *r, uint64_t seq)
     }
 
     uint32_t done = 0;
+    ppw_busy_contract = (int32_t)contract;
+    ppw_busy_function = (int32_t)function;
     for (; done < count; done++) {
         refused = ppw_invoke_on(contract, instance, function, args ? args + done * args_len : NULL,
                                 out ? out + done * out_size : NULL, &err);
-        if (refused)
-            return refuse(s, seq, refused);
-        if (err.code != ABI_OK)
+        if (refused || err.code != ABI_OK)
             break;
     }
+    ppw_busy_contract = ppw_busy_function = -1;
+    if (refused)
+        return refuse(s, seq, refused);
     uint32_t ret_len = 0;
     if (nfix && err.code == ABI_OK) {
         ret_len = copy_back(fix, nfix, out, out_size, region + layout.spill_bytes, ret_cap, &err);
@@ -232,12 +235,14 @@ static int await_request(pp_header *h, pp_request *r, uint64_t seq, int wait_mod
         }
         if (atomic_load(&g_stop))
             return 1;
-        sem_wait(&h->request_sem);
+        pp_futex_wait_until(&h->worker_sleeping, 1, UINT64_MAX);
     }
 }
 
 int ppw_serve(int wait_mode, uint64_t spin_ns)
 {
+    ppw_thread_alt_stack();
+    ppw_mark_busy_thread();
     pp_header *h = (pp_header *)g_base;
     pp_request *ring = pp_ring(g_base);
     for (uint64_t ticket = 0;; ticket++) {
@@ -251,7 +256,9 @@ int ppw_serve(int wait_mode, uint64_t spin_ns)
 void ppw_stop(void)
 {
     atomic_store(&g_stop, 1);
-    sem_post(&((pp_header *)g_base)->request_sem);
+    pp_header *h = (pp_header *)g_base;
+    atomic_store(&h->worker_sleeping, 0);
+    pp_futex_wake(&h->worker_sleeping, 1);
 }
 
 static void *watchdog(void *arg)

@@ -58,6 +58,14 @@ const char *ppw_destroy_instance(uint32_t contract, uint32_t instance);
 /* Frees a Buffer a plugin returned, as host->free(ptr, cap, 1). */
 void ppw_free_buffer(uint8_t *ptr, size_t cap);
 
+/* crash.c: last words. The serve loop and ppw_load say what is running. */
+#define PPW_BUSY_INIT (-2)
+extern volatile int32_t ppw_busy_contract;
+extern volatile int32_t ppw_busy_function;
+void ppw_mark_busy_thread(void);
+int ppw_install_crash_handlers(void);
+int ppw_thread_alt_stack(void);
+
 /* serve.c: the data plane */
 int ppw_attach(int fd);
 int ppw_serve(int wait_mode, uint64_t spin_ns);

@@ -8,13 +8,19 @@ it. The allowed state changes are in one table, ``TRANSITIONS``.
 from __future__ import annotations
 
 import enum
+import itertools
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from . import _protocol as proto
 from ._config import WorkerOptions
+from ._faults import Fault, FaultRecord
 from ._manifest import ManifestData
 from ._proxy import WorkerProxy
+from .errors import BundleUnavailable
 
 
 class BundleState(enum.Enum):
@@ -56,13 +62,21 @@ class Bundle:
         self.version = manifest.version
         self.path: Path = manifest.path
         self.manifest = manifest
-        self.options = options  # how its worker is set up; kept across reloads and restarts
         self.restarts = 0
         self.proxy: WorkerProxy | None = None
         self.crash: WorkerProxy | None = None  # the worker whose death downed the bundle
         self.outlook = ""  # after a crash: what happens next, for error messages
         self._state = BundleState.LOADING
         self._lock = threading.Lock()
+        self._fault_ids = itertools.count(1)
+        self._faults: dict[int, Fault] = {}  # every fault ever armed, by id
+        self._fault_log: list[FaultRecord] = []
+        self.set_options(options)
+
+    def set_options(self, options: WorkerOptions) -> None:
+        """How its workers are set up; kept across reloads and restarts."""
+        self.options = options
+        self.start_faults = [(next(self._fault_ids), fault) for fault in options.faults]
 
     @property
     def state(self) -> BundleState:
@@ -90,11 +104,83 @@ class Bundle:
             for c in proxy.contracts
         ]
 
+    def contract(self, name: str | int, min_version: int = 1, api: str | os.PathLike[str] | None = None):
+        """This bundle's provider of guest contract ``name`` as a typed proxy (see Runtime.contract);
+        ``api`` defaults to the api.toml beside its manifest."""
+        from ._typed import open_bundle_contract  # _typed needs _contract, which needs this module
+
+        return open_bundle_contract(self, name, min_version, api)
+
     @property
     def inflight(self) -> int:
         """Calls in flight on the current worker."""
         proxy = self.proxy
         return proxy.channel.inflight if proxy and proxy.channel else 0
+
+    def stats(self) -> dict[str, int]:
+        """Calls and failed calls on the current worker, restarts so far."""
+        proxy = self.proxy
+        calls, failures = proxy.channel.counters if proxy and proxy.channel else (0, 0)
+        return {"calls": calls, "failures": failures, "restarts": self.restarts}
+
+    # ---- fault injection ---------------------------------------------------------
+
+    def inject(self, *faults: Fault) -> None:
+        """Arms faults in the current worker, after any armed before; they act from the next call.
+
+        Faults live in one worker: a restart or reload starts clean (only the
+        ``faults=`` given to load_bundle are armed again at each start).
+        """
+        if any(fault.init for fault in faults):
+            raise ValueError("faults during_init() act at load: pass them to load_bundle(faults=...)")
+        armed = [(next(self._fault_ids), fault) for fault in faults]
+        self._arm(armed, append=True)
+
+    def clear_faults(self) -> None:
+        """Disarms every fault in the current worker."""
+        self._arm([], append=False)
+
+    def fault_log(self) -> list[FaultRecord]:
+        """Every fault that fired in this bundle's workers so far, in order."""
+        proxy = self.proxy
+        if proxy is not None:
+            proxy.request(proto.frame(proto.SYNC), self._sync_timeout)  # fault frames sent before are now in
+        with self._lock:
+            return list(self._fault_log)
+
+    def record_fault(self, proxy: WorkerProxy, message: dict[str, Any]) -> None:
+        """Monitor thread: a fault fired in ``proxy``'s worker."""
+        fault = self._faults.get(message.get("id"))
+        if fault is None:
+            return
+        contract = message.get("contract", -1)
+        names = [c["name"] for c in proxy.contracts]
+        name = names[contract] if isinstance(contract, int) and 0 <= contract < len(names) else None
+        function = message.get("function")
+        record = FaultRecord(fault, message.get("call", 0), name, function if name is not None else None)
+        with self._lock:
+            self._fault_log.append(record)
+
+    def fault_specs(self, armed: list[tuple[int, Fault]]) -> list[dict[str, Any]]:
+        """Registers faults by id and returns what the worker is sent."""
+        with self._lock:
+            self._faults.update(armed)
+        return [fault.spec(fault_id) for fault_id, fault in armed]
+
+    def _arm(self, armed: list[tuple[int, Fault]], append: bool) -> None:
+        proxy = self.proxy
+        if proxy is None:
+            raise BundleUnavailable(
+                f"bundle {self.name!r} is {self._state.name}: no worker to inject faults into",
+                bundle=self.name,
+            )
+        frame = proto.frame(proto.FAULTS, faults=self.fault_specs(armed), append=append)
+        if not proxy.request(frame, self._sync_timeout):
+            raise BundleUnavailable(
+                f"bundle {self.name!r}: its worker ended before the faults were armed", bundle=self.name
+            )
+
+    _sync_timeout = 10.0
 
     def __repr__(self) -> str:
         return f"<Bundle {self.name!r} {self._state.name} pid={self.pid}>"

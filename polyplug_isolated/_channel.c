@@ -43,6 +43,7 @@ struct pp_conn {
     pthread_mutex_t arena_lock;
     _Atomic uint64_t calls;
     _Atomic uint64_t failures;
+    uint32_t *answers; /* per slot: answers taken, to hold against the slot's own count */
 };
 
 /* Why the calling thread's last call failed (read by Python on failure only). */
@@ -96,6 +97,13 @@ pp_conn *pp_conn_create(int fd, uint32_t nslots, uint64_t payload_cap, uint64_t 
     c->spin_ns = spin_ns;
     for (uint32_t i = 0; i < nslots; i++)
         c->free_slots[i / 64] |= 1ull << (i % 64);
+    c->answers = calloc(nslots, sizeof *c->answers);
+    if (!c->answers) {
+        munmap(base, size);
+        free(c);
+        errno = ENOMEM;
+        return NULL;
+    }
     sem_init(&c->slot_freed, 0, 0);
     sem_init(&c->drained, 0, 0);
     pthread_mutex_init(&c->arena_lock, NULL);
@@ -111,6 +119,7 @@ void pp_conn_destroy(pp_conn *c)
     sem_destroy(&c->slot_freed);
     sem_destroy(&c->drained);
     pthread_mutex_destroy(&c->arena_lock);
+    free(c->answers);
     free(c);
 }
 
@@ -235,6 +244,12 @@ static int segment_scribbled(pp_conn *c)
     return h->magic != PP_MAGIC || h->protocol_version != PP_PROTOCOL_VERSION || h->nslots != c->nslots;
 }
 
+static int stray_answer(pp_conn *c)
+{
+    return violation(segment_scribbled(c) ? "the worker overwrote the segment header"
+                                          : "the worker answered a call twice (or wrote into a waiting slot)");
+}
+
 static int await_answer(pp_conn *c, pp_slot *s, uint64_t seq, uint64_t deadline)
 {
     uint64_t now = pp_now_ns();
@@ -242,8 +257,14 @@ static int await_answer(pp_conn *c, pp_slot *s, uint64_t seq, uint64_t deadline)
                           : c->wait_mode == PP_WAIT_BLOCK ? now
                                                           : now + c->spin_ns;
     for (unsigned i = 1;; i++) {
-        if (atomic_load_explicit(&s->done_seq, memory_order_acquire) == seq)
+        uint64_t done = atomic_load_explicit(&s->done_seq, memory_order_acquire);
+        if (done == seq)
             return PP_CALL_OK;
+        /* The worker serves in ticket order: while this call waits, the only
+         * value it may write here is seq. Anything else is a second answer to
+         * an earlier call on this slot, or scribbling. */
+        if (done != 0)
+            return stray_answer(c);
         if ((i & 127) == 0) {
             now = pp_now_ns();
             if (atomic_load_explicit(&c->state, memory_order_relaxed) == PP_CONN_DEAD)
@@ -259,10 +280,13 @@ static int await_answer(pp_conn *c, pp_slot *s, uint64_t seq, uint64_t deadline)
     }
     for (;;) {
         atomic_store(&s->host_waiting, 1);
-        if (atomic_load(&s->done_seq) == seq) {
+        uint64_t done = atomic_load(&s->done_seq);
+        if (done == seq) {
             atomic_store(&s->host_waiting, 0);
             return PP_CALL_OK;
         }
+        if (done != 0)
+            return stray_answer(c);
         if (atomic_load(&c->state) == PP_CONN_DEAD)
             return PP_CALL_DEAD;
         if (segment_scribbled(c))
@@ -350,9 +374,10 @@ static int run(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *
         goto unlock;
     }
     pp_slot *s = pp_slot_at(c->base, c->nslots, c->payload_cap, (uint32_t)idx);
-    /* We zero done_seq when we take an answer: anything else here is the
-     * worker answering a call twice, or scribbling. */
-    if (atomic_load_explicit(&s->done_seq, memory_order_relaxed) != 0) {
+    /* We zero done_seq when we take an answer, and count the answers: anything
+     * else here is the worker answering a call twice, or scribbling. */
+    if (atomic_load_explicit(&s->done_seq, memory_order_relaxed) != 0 ||
+        *(volatile uint32_t *)&s->answers != c->answers[idx]) {
         rc = violation("the worker answered a call twice (or wrote into an idle slot)");
         goto unlock;
     }
@@ -379,7 +404,10 @@ static int run(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *
     wake_worker(c->hdr);
 
     rc = await_answer(c, s, ticket + 1, deadline);
+    if (rc == PP_CALL_OK && *(volatile uint32_t *)&s->answers != c->answers[idx] + 1)
+        rc = violation("the slot's answer count does not match: an answer was forged or repeated");
     if (rc == PP_CALL_OK) {
+        c->answers[idx]++;
         rc = read_status(s, count);
         uint64_t done = last_result.done_count;
         if (rc == PP_CALL_OK || rc == PP_CALL_PLUGIN_ERROR) {

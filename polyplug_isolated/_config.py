@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from ._faults import Fault
+
 WAITS = ("auto", "spin", "block")
 
 
@@ -126,6 +128,8 @@ class WorkerOptions:
         library_path: directories prepended to LD_LIBRARY_PATH, so the plugin's
             own shared libraries resolve without touching the host's environment.
         limits: resource limits for the worker.
+        faults: fault plans armed in every worker of the bundle before
+            polyplug_init (so ``Fault.crash().during_init()`` works), see _faults.
     """
 
     env: tuple[tuple[str, str], ...] = ()
@@ -133,6 +137,7 @@ class WorkerOptions:
     cwd: str | None = None
     library_path: tuple[str, ...] = ()
     limits: ResourceLimits | None = None
+    faults: tuple[Fault, ...] = ()
 
     @property
     def needs_own_process(self) -> bool:

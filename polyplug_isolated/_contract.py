@@ -297,6 +297,10 @@ def _as_bytes_view(args: object) -> memoryview:
     return view.cast("B")
 
 
+def _last_lines(text: str, lines: int = 30) -> str:
+    return "\n".join(text.splitlines()[-lines:]) or "(none)"
+
+
 def _crashed(where: str, proxy: WorkerProxy, names: dict) -> WorkerCrashed:
     death = proxy.death
     if death is None:  # pragma: no cover - mark_dead always follows the death record
@@ -304,7 +308,7 @@ def _crashed(where: str, proxy: WorkerProxy, names: dict) -> WorkerCrashed:
     cause = f" ({death.kill_reason})" if death.kill_reason else ""
     return WorkerCrashed(
         f"{where}: the worker (pid {proxy.pid}) {death.description}{cause} during the call; "
-        f"its outcome is unknown. Last output:\n{death.output_tail or '(none)'}",
+        f"its outcome is unknown. Last output (all of it in .stderr_tail):\n{_last_lines(death.output_tail)}",
         signal=death.signal,
         exitcode=death.exitcode,
         stderr_tail=death.output_tail,

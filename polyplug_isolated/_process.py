@@ -19,7 +19,9 @@ import sys
 import threading
 from collections.abc import Mapping
 
-OUTPUT_TAIL_LINES = 40
+# A crash writes the Python stacks (faulthandler) and then the native one:
+# keep enough lines for both.
+OUTPUT_TAIL_LINES = 120
 
 
 class WorkerProcess:

@@ -14,6 +14,8 @@ names it. The shared-memory layout lives in ``worker/channel.h``; its version
      |                                          attach segment, dlopen, init
      |<-- ready {abi_version, contracts: [...]}  |  or  error {kind, ...} ---|
      |<-- log {level, target, message} (any time, from the plugin) ----------|
+     |--- faults {faults, append} -> faults_set;  sync -> synced ------------|
+     |<-- fault {id, call, contract, function} (before a fault acts) --------|
      |--- unload ------------------------------------------------------------>|
      |                                     stop serving, dlclose
      |<-- closed ------------------------------------------------------------|
@@ -43,6 +45,11 @@ READY = "ready"
 ERROR = "error"
 LOG = "log"
 CLOSED = "closed"
+FAULTS = "faults"  # host -> worker: {faults: [spec], append: bool}; answered by FAULTS_SET
+FAULTS_SET = "faults_set"
+FAULT = "fault"  # worker -> host: a fault fired {id, call, contract, function}
+SYNC = "sync"  # host -> worker; answered by SYNCED once every earlier frame is out
+SYNCED = "synced"
 
 # Values of an ``error`` frame's ``kind``.
 DLOPEN = "dlopen"

@@ -51,11 +51,15 @@ class WorkerProxy:
         config: RuntimeConfig,
         monitor: Monitor,
         on_death: Callable[[WorkerProxy], None],
+        on_fault: Callable[[WorkerProxy, dict[str, Any]], None],
     ):
         self.manifest = manifest
         self._config = config
         self._monitor = monitor
         self._on_death = on_death
+        self._on_fault = on_fault
+        self._request_lock = threading.Lock()
+        self._reply: concurrent.futures.Future[dict[str, Any]] | None = None
         self._bundle_log = logging.getLogger(f"polyplug_isolated.bundle.{manifest.name}")
         self._handshake: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
         self._closed = threading.Event()
@@ -68,8 +72,11 @@ class WorkerProxy:
 
     # ---- start ----------------------------------------------------------
 
-    def start(self, process: WorkerProcess, options: WorkerOptions) -> None:
-        """Loads the bundle in ``process`` (fresh or a spare); raises LoaderError, leaving nothing."""
+    def start(self, process: WorkerProcess, options: WorkerOptions, faults: list[dict[str, Any]]) -> None:
+        """Loads the bundle in ``process`` (fresh or a spare); raises LoaderError, leaving nothing.
+
+        ``faults`` (fault specs) are armed before polyplug_init runs.
+        """
         config = self._config
         self.process = process
         self.options = options
@@ -91,6 +98,7 @@ class WorkerProxy:
                 spin_ns=config.spin_ns,
                 cwd=options.cwd,
                 limits=options.limits.as_dict() if options.limits else None,
+                faults=faults,
             )
             process.send(load, (channel.fd,))  # if it fails, the worker is gone: on_exit says how
             channel.close_fd()
@@ -143,6 +151,18 @@ class WorkerProxy:
         """Kills a worker stuck in a call, after it wrote that call's native stack to its output."""
         if self.process:
             self.process.dump_and_kill(reason, grace=self._config.close_grace)
+
+    def request(self, frame: bytes, timeout: float) -> bool:
+        """Sends a control request and waits for its answer; False if the worker is gone first."""
+        with self._request_lock:
+            self._reply = concurrent.futures.Future()
+            if not self.process.send(frame):
+                return False
+            try:
+                return self._reply.result(timeout)["t"] != "exited"
+            except concurrent.futures.TimeoutError:
+                self.kill(f"did not answer a control request within {timeout:g} s")
+                return False
 
     # ---- shutdown -----------------------------------------------------------
 
@@ -199,6 +219,10 @@ class WorkerProxy:
             self._handshake.set_result(message)
         elif kind == proto.CLOSED:
             self._closed.set()
+        elif kind == proto.FAULT:
+            self._on_fault(self, message)
+        elif kind in (proto.FAULTS_SET, proto.SYNCED) and self._reply is not None and not self._reply.done():
+            self._reply.set_result(message)
         else:
             self.kill(f"sent an unexpected {kind!r} control frame")
 
@@ -215,6 +239,8 @@ class WorkerProxy:
         if not self._handshake.done():
             self._handshake.set_result({"t": "exited", "description": description, "tail": process.tail()})
             return
+        if self._reply is not None and not self._reply.done():
+            self._reply.set_result({"t": "exited"})
         # A kill only explains a death it caused: a worker that segfaulted and
         # was then SIGKILLed for hanging up its socket died of the SIGSEGV.
         killed_by_us = sig == signal.SIGKILL and process.kill_reason is not None
@@ -222,10 +248,10 @@ class WorkerProxy:
         self.death = Death(
             sig, code, description, process.tail(), process.kill_reason if killed_by_us else None
         )
-        self.channel.mark_dead()  # wakes any caller still waiting on this worker
         if not self._leaving:
-            self._on_death(self)
-        elif returncode != 0 and not killed_by_us:
+            self._on_death(self)  # first: a caller woken below already sees the bundle CRASHED
+        self.channel.mark_dead()  # wakes any caller still waiting on this worker
+        if self._leaving and returncode != 0 and not killed_by_us:
             _logger.warning(
                 "bundle %r: worker %d %s while unloading", self.manifest.name, process.pid, description
             )

@@ -17,11 +17,13 @@ from typing import Any, NamedTuple
 from ._bundle import Bundle, BundleState
 from ._config import ResourceLimits, RestartPolicy, RuntimeConfig, WorkerOptions
 from ._contract import GuestContract
+from ._faults import Fault
 from ._manifest import ManifestData, parse_manifest
 from ._monitor import Monitor
 from ._process import SpareWorker, WorkerProcess
 from ._proxy import WorkerProxy
 from ._supervisor import BundleEvent, BundleEventKind, Supervisor
+from ._typed import TypedContract, open_contract
 from .errors import InitFailed, LoaderError, StaleHandle
 
 _logger = logging.getLogger("polyplug_isolated")
@@ -134,6 +136,7 @@ class Runtime:
         cwd: str | os.PathLike[str] | None = None,
         library_path: Iterable[str | os.PathLike[str]] = (),
         limits: ResourceLimits | None = None,
+        faults: Iterable[Fault] = (),
     ) -> Bundle:
         """Loads the bundle at ``path`` into a new worker and publishes its contracts.
 
@@ -150,6 +153,7 @@ class Runtime:
             cwd=os.fspath(cwd) if cwd is not None else None,
             library_path=tuple(os.fspath(p) for p in library_path),
             limits=limits,
+            faults=tuple(faults),
         )
         return self.load_manifest(parse_manifest(path), options)
 
@@ -160,7 +164,7 @@ class Runtime:
             existing = self._bundles.get(manifest.id)
         if existing is not None:
             if options is not None:
-                existing.options = options
+                existing.set_options(options)
             return self.reload_manifest(manifest)
         bundle = Bundle(manifest, options or WorkerOptions())
         proxy = self._start_worker(bundle, manifest)
@@ -223,9 +227,11 @@ class Runtime:
         with self._lock:
             if bundle.state is BundleState.UNLOADED or self._bundles.get(bundle.id) is not bundle:
                 return
+            proxy = bundle.proxy
+            if proxy is not None:
+                proxy.channel.start_draining()  # before anyone can see DRAINING
             bundle.move(BundleState.DRAINING)
             self._unpublish(bundle)
-            proxy = bundle.proxy
         if proxy is not None and proxy.alive:
             proxy.shutdown(self.config.drain_timeout)
         with self._lock:
@@ -253,8 +259,14 @@ class Runtime:
             process = self._spare.take()
         else:
             process = WorkerProcess(options.environment(dict(os.environ)))
-        proxy = WorkerProxy(manifest, self.config, self._monitor, lambda dead: self._on_death(bundle, dead))
-        proxy.start(process, options)
+        proxy = WorkerProxy(
+            manifest,
+            self.config,
+            self._monitor,
+            lambda dead: self._on_death(bundle, dead),
+            bundle.record_fault,
+        )
+        proxy.start(process, options, bundle.fault_specs(bundle.start_faults))
         return proxy
 
     def _on_death(self, bundle: Bundle, proxy: WorkerProxy) -> None:
@@ -366,6 +378,21 @@ class Runtime:
                     "vacated or recycled slot (its bundle was unloaded); call find_guest_contract again"
                 )
             return GuestContract(slot.bundle, slot.contract_id, self.config)
+
+    def contract(
+        self, name: str | int, min_version: int = 1, api: str | os.PathLike[str] | None = None
+    ) -> TypedContract:
+        """A typed proxy of guest contract ``name`` (or its id): one method per api.toml function.
+
+        ``api`` is the api.toml (or its directory) declaring the contract; None
+        means the one beside the providing bundle's manifest.
+
+        Raises:
+            ManifestError: the api.toml is missing or invalid.
+            LookupError: it declares no such contract, or no loaded bundle provides it
+                at a major >= ``min_version``.
+        """
+        return open_contract(self, name, min_version, api)
 
     @property
     def bundles(self) -> list[Bundle]:

@@ -59,16 +59,12 @@ def test_a_hostile_worker_is_killed_and_the_host_lives_on(rt, bundle_dir, attack
     assert as_u32(adder.call(0, pair(1, 2), 4)) == 3
 
 
-def test_a_double_answer_is_caught_at_the_next_call_on_that_slot(bundle_dir):
+def test_a_forged_answer_is_caught(bundle_dir):
+    """The plugin writes an answer into its own slot as if it were the worker."""
     with Runtime(slots=1) as rt:
         hostile = contract(rt, bundle_dir, "hostile", HOSTILE)
-        # The forged first answer is indistinguishable from a real one: a worker
-        # can always lie about a result. What it cannot do is answer twice
-        # unnoticed, or confuse one call's answer with another's.
-        assert hostile.call(2, b"", 4, timeout=10.0) == (0xDEADBEEF).to_bytes(4, "little")
-        wait_until(lambda: hostile.bundle.inflight == 0)
-        with pytest.raises(ProtocolError, match="answered a call twice"):
-            hostile.call(5, u32(1), 4, timeout=10.0)
+        with pytest.raises(ProtocolError, match="forged or repeated"):
+            hostile.call(2, b"", 4, timeout=10.0)
 
 
 # ---- crash reports ---------------------------------------------------------------------

@@ -85,6 +85,14 @@ def _confine(request: dict) -> None:
         resource.setrlimit(_LIMITS[name], (value, hard))
 
 
+def _install_faults(specs: list[dict], append: bool) -> None:
+    table = ffi.new("ppw_fault_spec[]", max(1, len(specs)))
+    for entry, spec in zip(table, specs, strict=False):
+        for name, value in spec.items():
+            setattr(entry, name, value)
+    lib.ppw_faults_install(table, len(specs), append)
+
+
 def _load(request: dict, segment_fd: int | None) -> bool:
     if (
         request.get("t") != proto.LOAD
@@ -110,6 +118,7 @@ def _load(request: dict, segment_fd: int | None) -> bool:
     except (OSError, ValueError, KeyError) as exc:
         _send(proto.ERROR, kind=proto.CONFINE, message=f"cannot apply the bundle's cwd or limits: {exc}")
         return False
+    _install_faults(request.get("faults") or [], append=False)
     result = ffi.new("ppw_load_result *")
     bundle_dir = request["bundle_dir"]
     lib.ppw_load(request["library"].encode(), request["bundle_id"], bundle_dir, len(bundle_dir), result)
@@ -164,7 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     server.start()
     for message in _frames(sock, reader):
-        if message["t"] == proto.UNLOAD:
+        if message["t"] == proto.FAULTS:
+            _install_faults(message["faults"], message["append"])
+            _send(proto.FAULTS_SET)
+        elif message["t"] == proto.SYNC:
+            _send(proto.SYNCED)
+        elif message["t"] == proto.UNLOAD:
             lib.ppw_stop()
             server.join()
             lib.ppw_unload()

@@ -62,7 +62,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define PP_PROTOCOL_VERSION 4u
+#define PP_PROTOCOL_VERSION 5u
 #define PP_MAGIC 0x70706c67u /* "pplg" */
 #define PP_CACHE_LINE 64
 #define PP_ERR_CAP 1024 /* bytes of an AbiError message carried back */
@@ -141,7 +141,7 @@ typedef struct pp_slot {
     uint32_t done_count; /* calls that completed Ok (a batch stops at the first error) */
     uint8_t out[PP_INLINE_OUT];
     uint32_t ret_len; /* bytes of the return area used (fixups) */
-    uint32_t reserved;
+    uint32_t answers; /* answers written to this slot so far (wraps): lets the host spot a second one */
     /* wake-up line */
     alignas(PP_CACHE_LINE) _Atomic uint32_t host_waiting;
     char err_msg[PP_ERR_CAP];

@@ -119,6 +119,25 @@ static void send_log(uint32_t level, StringView target, StringView message)
     ppw_send_frame(frame, (size_t)(p - frame));
 }
 
+/* {"t": "fault", "id": u32, "call": u64, "contract": i64, "function": i64} */
+void ppw_send_fault_frame(uint32_t id, uint64_t call, int64_t contract, int64_t function)
+{
+    uint8_t frame[96];
+    uint8_t *p = frame;
+    *p++ = 0x85; /* fixmap, 5 entries */
+    p = put_str(p, "t");
+    p = put_str(p, "fault");
+    const char *keys[] = {"id", "call", "contract", "function"};
+    int64_t values[] = {id, (int64_t)call, contract, function};
+    for (int i = 0; i < 4; i++) {
+        p = put_str(p, keys[i]);
+        *p++ = 0xd3; /* int 64 */
+        for (int shift = 56; shift >= 0; shift -= 8)
+            *p++ = (uint8_t)((uint64_t)values[i] >> shift);
+    }
+    ppw_send_frame(frame, (size_t)(p - frame));
+}
+
 /* ---- HostApi callbacks ------------------------------------------------ */
 
 static void set_err(AbiError *err, uint32_t code, const char *message)
@@ -433,7 +452,9 @@ void ppw_load(const char *library, uint64_t bundle_id, const uint8_t *bundle_dir
     BundleInitContext ctx = {bundle_id, {bundle_dir, bundle_dir_len}};
     ppw_mark_busy_thread();
     ppw_busy_function = PPW_BUSY_INIT;
-    AbiError err = init(&g_host_api, &ctx);
+    AbiError err = {ABI_OK, {NULL, 0}};
+    if (ppw_fault_before(PPW_PHASE_INIT, 0, 0, &err) != PPW_SKIP)
+        err = init(&g_host_api, &ctx);
     ppw_busy_function = -1;
     if (err.code != ABI_OK) {
         result->kind = PPW_LOAD_INIT_FAILED;
@@ -450,6 +471,14 @@ void ppw_load(const char *library, uint64_t bundle_id, const uint8_t *bundle_dir
 }
 
 uint32_t ppw_registration_count(void) { return g_nregs; }
+
+int64_t ppw_contract_index(const char *contract_name)
+{
+    for (uint32_t i = 0; i < g_nregs; i++)
+        if (strcmp(g_regs[i].contract_name, contract_name) == 0)
+            return i;
+    return -1;
+}
 
 int ppw_registration(uint32_t index, ppw_registration_info *info)
 {
@@ -549,6 +578,7 @@ void ppw_unload(void)
     for (uint32_t i = 0; i < g_nregs; i++)
         cb_destroy_guest_instance(&g_host_api, &g_regs[i].iface, g_regs[i].instance);
     g_nregs = 0;
+    ppw_faults_release();
     if (g_library)
         dlclose(g_library);
     g_library = NULL;

@@ -64,6 +64,7 @@ static void answer(pp_slot *s, uint64_t seq, uint32_t status, uint32_t done, uin
     s->err_len = (uint32_t)len;
     s->done_count = done;
     s->ret_len = ret_len;
+    s->answers++;
     /* Publishes the fields above, then the Dekker half that pairs with the
      * host's "set host_waiting, re-check done_seq". */
     atomic_store_explicit(&s->done_seq, seq, memory_order_release);
@@ -194,10 +195,15 @@ static void serve_one(pp_request *r, uint64_t seq)
     ppw_busy_contract = (int32_t)contract;
     ppw_busy_function = (int32_t)function;
     for (; done < count; done++) {
-        refused = ppw_invoke_on(contract, instance, function, args ? args + done * args_len : NULL,
-                                out ? out + done * out_size : NULL, &err);
+        uint8_t *one_out = out ? out + done * out_size : NULL;
+        int fault = ppw_fault_before(PPW_PHASE_CALL, contract, function, &err);
+        if (fault == PPW_SKIP)
+            break;
+        refused = ppw_invoke_on(contract, instance, function, args ? args + done * args_len : NULL, one_out, &err);
         if (refused || err.code != ABI_OK)
             break;
+        if (fault == PPW_RUN_CORRUPT && one_out)
+            ppw_fault_corrupt(one_out, out_size);
     }
     ppw_busy_contract = ppw_busy_function = -1;
     if (refused)

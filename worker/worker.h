@@ -66,6 +66,50 @@ void ppw_mark_busy_thread(void);
 int ppw_install_crash_handlers(void);
 int ppw_thread_alt_stack(void);
 
+/* faults.c: fault injection around the real plugin */
+#define PPW_PHASE_CALL 0
+#define PPW_PHASE_INIT 1
+#define PPW_TRIGGER_ALWAYS 0
+#define PPW_TRIGGER_NTH 1
+#define PPW_TRIGGER_EVERY 2
+#define PPW_TRIGGER_PROBABILITY 3
+#define PPW_TRIGGER_AFTER 4
+#define PPW_FAULT_CRASH 0   /* arg: signal */
+#define PPW_FAULT_EXIT 1    /* arg: exit status */
+#define PPW_FAULT_HANG 2
+#define PPW_FAULT_DELAY 3   /* arg: ms */
+#define PPW_FAULT_ERROR 4   /* arg: AbiError code; message */
+#define PPW_FAULT_CORRUPT 5 /* the answer's out bytes are inverted */
+#define PPW_FAULT_LEAK 6    /* arg: MiB allocated, touched and never freed */
+/* What ppw_fault_before tells the serve loop. */
+#define PPW_RUN 0
+#define PPW_RUN_CORRUPT 1
+#define PPW_SKIP 2 /* answer with the injected error, do not call the plugin */
+
+typedef struct ppw_fault_spec {
+    uint32_t id;
+    uint32_t phase;
+    uint32_t action;
+    uint32_t trigger;
+    int64_t arg;
+    uint64_t n;
+    double probability;
+    uint64_t seed;
+    double after_s;
+    uint64_t max_fires; /* 0: unlimited */
+    int64_t function;   /* -1: any */
+    char contract[128]; /* "": any */
+    char message[256];
+} ppw_fault_spec;
+
+int ppw_faults_install(const ppw_fault_spec *specs, uint32_t n, int append);
+void ppw_faults_release(void);
+int ppw_fault_before(int phase, uint32_t contract, uint32_t function, struct AbiError *err);
+void ppw_fault_corrupt(uint8_t *out, uint64_t size);
+/* host_api.c, for faults.c */
+int64_t ppw_contract_index(const char *contract_name);
+void ppw_send_fault_frame(uint32_t id, uint64_t call, int64_t contract, int64_t function);
+
 /* serve.c: the data plane */
 int ppw_attach(int fd);
 int ppw_serve(int wait_mode, uint64_t spin_ns);

@@ -267,6 +267,8 @@ class GuestContract:
                 "the largest call a worker takes; pass less or raise Runtime(arena_capacity=...)",
                 **names,
             )
+        if status == lib.PP_CALL_REFUSED:  # the worker is fine; the request named nothing it has
+            return CallError(f"{where}: the worker refused the request: {failure.message}", **names)
         proxy.kill(f"broke the shared-memory protocol (status {status}): {failure.message}")
         return ProtocolError(
             f"{where}: the worker (pid {proxy.pid}) broke the shared-memory protocol "

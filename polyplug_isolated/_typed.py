@@ -57,6 +57,10 @@ _MISSING = object()
 # A call whose out holds views keeps the rest of its slot for the return area;
 # when less than this would be left, it takes the (shared, one-at-a-time) arena.
 _MIN_RETURN_ROOM = 1024
+_INSTANCE_FUNCTIONS = {
+    "create_instance": lib.PP_FN_CREATE_INSTANCE,
+    "destroy_instance": lib.PP_FN_DESTROY_INSTANCE,
+}
 
 
 class _Bad(Exception):
@@ -407,12 +411,18 @@ class _Route:
             )
         if type(fn) is int and not 0 <= fn < contract.function_count:
             raise contract._no_such_function(fn)
-        code = {"create_instance": lib.PP_FN_CREATE_INSTANCE, "destroy_instance": lib.PP_FN_DESTROY_INSTANCE}
         channel = proxy.channel
         room = _return_room(channel, len(args), len(fixups), out_size) if returns_views else 0
         try:
             out, ret = channel.call_ex(
-                contract._index, code.get(fn, fn), instance, args, fixups, out_size, room, contract._timeout
+                contract._index,
+                _INSTANCE_FUNCTIONS.get(fn, fn),
+                instance,
+                args,
+                fixups,
+                out_size,
+                room,
+                contract._timeout,
             )
         except ChannelFailure as failure:
             if worker is None and contract._rerouted(failure, proxy):
@@ -434,8 +444,9 @@ def _return_room(channel, args_len: int, fixups: int, out_size: int) -> int:
     """Bytes for the return area: what the request leaves of a slot's payload (else the arena's).
 
     Mirrors pp_layout_of (worker/channel.h) with the host's extra RETURN_CAP
-    fixup; rounded down to 8 because the worker places each view at an
-    8-aligned offset.
+    fixup. Rounded down to a multiple of 8: the worker starts each view at an
+    8-aligned offset, and its room check (``len > cap - used``, unsigned)
+    would wrap if the padding took ``used`` past a capacity that is not.
     """
     used = _align8(_align8(args_len) + 8 * (fixups + 1) + out_size)
     room = channel.payload_cap - used

@@ -183,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
             server.join()
             lib.ppw_unload()
             _send(proto.CLOSED)
-            return 0
+            # Nothing is left to clean up, and interpreter shutdown takes longer
+            # than the rest of an unload.
+            os._exit(0)
     return 0
 
 

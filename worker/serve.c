@@ -106,11 +106,13 @@ static const char *fix_args(const pp_fixup *fix, uint32_t n, uint8_t *args, uint
 
 /* Copies what the StringViews and Buffers in out point at into the return
  * area, rewriting each pointer as an offset there; frees returned Buffers.
- * Returns the bytes used, or sets err when they do not fit. */
+ * Returns the bytes used, or sets err when they do not fit (every returned
+ * Buffer is freed all the same: the plugin handed their ownership over). */
 static uint32_t copy_back(const pp_fixup *fix, uint32_t n, uint8_t *out, uint64_t out_size, uint8_t *ret,
                           uint64_t ret_cap, AbiError *err)
 {
     uint64_t used = 0;
+    int failed = 0;
     for (uint32_t i = 0; i < n; i++) {
         uint32_t kind = fix[i].kind;
         if (kind != PP_FIX_OUT_VIEW && kind != PP_FIX_OUT_BUFFER)
@@ -118,7 +120,8 @@ static uint32_t copy_back(const pp_fixup *fix, uint32_t n, uint8_t *out, uint64_
         uint64_t width = kind == PP_FIX_OUT_VIEW ? sizeof(StringView) : sizeof(Buffer);
         if ((uint64_t)fix[i].offset + width > out_size) {
             fail_with(err, ABI_INVALID_POINTER, "polyplug_isolated: an out fixup lies outside out");
-            return 0;
+            failed = 1;
+            continue;
         }
         uint8_t *field = out + fix[i].offset;
         uint8_t *data;
@@ -128,26 +131,26 @@ static uint32_t copy_back(const pp_fixup *fix, uint32_t n, uint8_t *out, uint64_
         if (kind == PP_FIX_OUT_BUFFER)
             memcpy(&cap, field + 16, 8);
         uint64_t where = PP_NULL_OFFSET;
-        if (data) {
-            if (len > ret_cap - used) {
-                if (kind == PP_FIX_OUT_BUFFER)
-                    ppw_free_buffer(data, cap);
-                fail_with(err, ABI_BUFFER_TOO_SMALL,
-                          "polyplug_isolated: the returned strings and buffers do not fit the call's return "
-                          "area; raise Runtime(payload_capacity=...)");
-                return 0;
-            }
+        /* used only grows in 8-byte steps and may pass an unaligned ret_cap:
+         * compare before subtracting. */
+        if (data && !failed && (used > ret_cap || len > ret_cap - used)) {
+            fail_with(err, ABI_BUFFER_TOO_SMALL,
+                      "polyplug_isolated: the returned strings and buffers do not fit the call's return "
+                      "area; raise Runtime(payload_capacity=...)");
+            failed = 1;
+        }
+        if (data && !failed) {
             memcpy(ret + used, data, len);
             where = used;
             used = PP_ALIGN8(used + len);
-            if (kind == PP_FIX_OUT_BUFFER)
-                ppw_free_buffer(data, cap);
         }
+        if (data && kind == PP_FIX_OUT_BUFFER)
+            ppw_free_buffer(data, cap);
         memcpy(field, &where, 8);
         if (kind == PP_FIX_OUT_BUFFER)
             memcpy(field + 16, &len, 8);
     }
-    return (uint32_t)used;
+    return failed ? 0 : (uint32_t)used;
 }
 
 static void serve_one(pp_request *r, uint64_t seq)

@@ -4,76 +4,51 @@ A plugin that segfaults, aborts, leaks or hangs becomes an exception in the
 host, never a dead host. Public names only; the code lives in private modules.
 """
 
-from ._bundle import Bundle, BundleState, ContractInfo
-from ._config import ResourceLimits, RestartPolicy, RuntimeConfig, WorkerOptions
-from ._contract import AbiErrorCode, GuestContract, PayloadTooLarge
-from ._faults import Fault, FaultKind, FaultRecord
-from ._idl import parse_api
-from ._ids import bundle_id, fnv1a64, guest_contract_id
-from ._loader import BundleSource, IsolatedLoader
-from ._manifest import ManifestData, parse_manifest
-from ._runtime import GuestContractHandle, ReloadPhase, ReloadPhaseType, Runtime
-from ._supervisor import BundleEvent, BundleEventKind
-from ._typed import ContractInstance, TypedContract
-from .errors import (
-    BundleUnavailable,
-    CallError,
-    CallTimeout,
-    InitFailed,
-    InitSymbolMissing,
-    LoaderError,
-    ManifestError,
-    ManifestMissingFile,
-    PluginCallError,
-    PolyplugIsolatedError,
-    ProtocolError,
-    StaleHandle,
-    UnsupportedBundleSource,
-    WorkerCrashed,
-)
+from importlib import import_module
 
-__all__ = [
-    "AbiErrorCode",
-    "Bundle",
-    "BundleEvent",
-    "BundleEventKind",
-    "BundleSource",
-    "BundleState",
-    "BundleUnavailable",
-    "CallError",
-    "CallTimeout",
-    "ContractInfo",
-    "ContractInstance",
-    "Fault",
-    "FaultKind",
-    "FaultRecord",
-    "GuestContract",
-    "GuestContractHandle",
-    "InitFailed",
-    "InitSymbolMissing",
-    "IsolatedLoader",
-    "LoaderError",
-    "ManifestData",
-    "ManifestError",
-    "ManifestMissingFile",
-    "PayloadTooLarge",
-    "PluginCallError",
-    "PolyplugIsolatedError",
-    "ProtocolError",
-    "ReloadPhase",
-    "ReloadPhaseType",
-    "ResourceLimits",
-    "RestartPolicy",
-    "Runtime",
-    "RuntimeConfig",
-    "StaleHandle",
-    "TypedContract",
-    "UnsupportedBundleSource",
-    "WorkerCrashed",
-    "WorkerOptions",
-    "bundle_id",
-    "fnv1a64",
-    "guest_contract_id",
-    "parse_api",
-    "parse_manifest",
-]
+# Where each public name lives. Imported on first use (PEP 562): a worker
+# process imports this package too, and needs none of the host's modules, so
+# eager imports would only slow every worker start.
+_EXPORTS = {
+    "._bundle": ("Bundle", "BundleState", "ContractInfo"),
+    "._config": ("ResourceLimits", "RestartPolicy", "RuntimeConfig", "WorkerOptions"),
+    "._contract": ("AbiErrorCode", "GuestContract", "PayloadTooLarge"),
+    "._faults": ("Fault", "FaultKind", "FaultRecord"),
+    "._idl": ("parse_api",),
+    "._ids": ("bundle_id", "fnv1a64", "guest_contract_id"),
+    "._loader": ("BundleSource", "IsolatedLoader"),
+    "._manifest": ("ManifestData", "parse_manifest"),
+    "._runtime": ("GuestContractHandle", "ReloadPhase", "ReloadPhaseType", "Runtime"),
+    "._supervisor": ("BundleEvent", "BundleEventKind"),
+    "._typed": ("ContractInstance", "TypedContract"),
+    ".errors": (
+        "BundleUnavailable",
+        "CallError",
+        "CallTimeout",
+        "InitFailed",
+        "InitSymbolMissing",
+        "LoaderError",
+        "ManifestError",
+        "ManifestMissingFile",
+        "PluginCallError",
+        "PolyplugIsolatedError",
+        "ProtocolError",
+        "StaleHandle",
+        "UnsupportedBundleSource",
+        "WorkerCrashed",
+    ),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'polyplug_isolated' has no attribute {name!r}")
+    value = getattr(import_module(_MODULE_OF[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -65,6 +65,7 @@ static void init_segment(pp_conn *c)
     h->nslots = c->nslots;
     h->payload_cap = c->payload_cap;
     h->arena_cap = c->arena_cap;
+    h->worker_cpu = h->host_cpu = UINT32_MAX;
 }
 
 pp_conn *pp_conn_create(int fd, uint32_t nslots, uint64_t payload_cap, uint64_t arena_cap, int wait_mode,
@@ -256,7 +257,8 @@ static int await_answer(pp_conn *c, pp_slot *s, uint64_t seq, uint64_t deadline)
     uint64_t spin_until = c->wait_mode == PP_WAIT_SPIN    ? UINT64_MAX
                           : c->wait_mode == PP_WAIT_BLOCK ? now
                                                           : now + c->spin_ns;
-    for (unsigned i = 1;; i++) {
+    unsigned first = pp_same_cpu(&c->hdr->host_cpu, &c->hdr->worker_cpu) ? PP_PAUSE_SPINS : 1;
+    for (unsigned i = first;; i++) {
         uint64_t done = atomic_load_explicit(&s->done_seq, memory_order_acquire);
         if (done == seq)
             return PP_CALL_OK;

@@ -62,7 +62,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define PP_PROTOCOL_VERSION 5u
+#define PP_PROTOCOL_VERSION 6u
 #define PP_MAGIC 0x70706c67u /* "pplg" */
 #define PP_CACHE_LINE 64
 #define PP_ERR_CAP 1024 /* bytes of an AbiError message carried back */
@@ -110,6 +110,8 @@ typedef struct pp_header {
     uint64_t payload_cap;
     uint64_t arena_cap;
     alignas(PP_CACHE_LINE) _Atomic uint32_t worker_sleeping;
+    _Atomic uint32_t worker_cpu; /* where each side last waited (see pp_same_cpu) */
+    _Atomic uint32_t host_cpu;
 } pp_header;
 
 typedef struct pp_request {
@@ -241,7 +243,19 @@ static inline int pp_sem_wait_until(sem_t *sem, uint64_t deadline_ns)
  * CPU (the peer is running on another core and answers within ~1 us); after
  * that each step yields the core, because when the scheduler has put both
  * processes on one core, spinning only delays the peer we wait for. */
-#define PP_PAUSE_SPINS 512u
+#define PP_PAUSE_SPINS 64u
+
+/* Publishes the CPU this side runs on (stored only when it changed, to keep
+ * the line quiet) and tells whether the other side last waited on the same
+ * one. When both processes share a core, every pause spent spinning is time
+ * the peer cannot run: such a wait yields from its first step. */
+static inline int pp_same_cpu(_Atomic uint32_t *mine, _Atomic uint32_t *theirs)
+{
+    uint32_t cpu = (uint32_t)sched_getcpu();
+    if (atomic_load_explicit(mine, memory_order_relaxed) != cpu)
+        atomic_store_explicit(mine, cpu, memory_order_relaxed);
+    return atomic_load_explicit(theirs, memory_order_relaxed) == cpu;
+}
 
 static inline void pp_spin_step(unsigned i)
 {

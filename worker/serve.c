@@ -220,6 +220,30 @@ static void serve_one(pp_request *r, uint64_t seq)
     answer(s, seq, PP_STATUS_OK, done, ret_len, &err);
 }
 
+/* CFS keeps two processes that hand work back and forth on one core: both
+ * ran recently, so neither counts as movable ("cache hot"), and the call
+ * rate drops to what context switches allow. When the host's caller and this
+ * thread keep meeting on one CPU while another is allowed, this thread steps
+ * aside: it forbids itself that CPU for one migration, then allows it again. */
+#define COLOCATED_BEFORE_MOVING 64
+
+static cpu_set_t g_allowed;
+static unsigned g_colocated;
+
+static void step_aside(uint32_t host_cpu)
+{
+    if (++g_colocated < COLOCATED_BEFORE_MOVING)
+        return;
+    g_colocated = 0;
+    cpu_set_t elsewhere = g_allowed;
+    if (host_cpu < CPU_SETSIZE)
+        CPU_CLR(host_cpu, &elsewhere);
+    if (CPU_COUNT(&elsewhere) == 0)
+        return;
+    if (sched_setaffinity(0, sizeof elsewhere, &elsewhere) == 0)
+        sched_setaffinity(0, sizeof g_allowed, &g_allowed);
+}
+
 /* Waits until ring entry `r` carries ticket `seq - 1`. Returns 0 when it
  * does, 1 when asked to stop. */
 static int await_request(pp_header *h, pp_request *r, uint64_t seq, int wait_mode, uint64_t spin_ns)
@@ -227,7 +251,13 @@ static int await_request(pp_header *h, pp_request *r, uint64_t seq, int wait_mod
     uint64_t spin_until = wait_mode == PP_WAIT_SPIN    ? UINT64_MAX
                           : wait_mode == PP_WAIT_BLOCK ? 0
                                                        : pp_now_ns() + spin_ns;
-    for (unsigned i = 1;; i++) {
+    int same_cpu = pp_same_cpu(&h->worker_cpu, &h->host_cpu);
+    if (same_cpu)
+        step_aside(atomic_load_explicit(&h->host_cpu, memory_order_relaxed));
+    else
+        g_colocated = 0;
+    unsigned first = same_cpu ? PP_PAUSE_SPINS : 1;
+    for (unsigned i = first;; i++) {
         if (atomic_load_explicit(&r->seq, memory_order_acquire) == seq)
             return 0;
         if (atomic_load_explicit(&g_stop, memory_order_relaxed))
@@ -250,6 +280,8 @@ static int await_request(pp_header *h, pp_request *r, uint64_t seq, int wait_mod
 
 int ppw_serve(int wait_mode, uint64_t spin_ns)
 {
+    if (sched_getaffinity(0, sizeof g_allowed, &g_allowed) != 0)
+        CPU_ZERO(&g_allowed); /* then step_aside never moves */
     ppw_thread_alt_stack();
     ppw_mark_busy_thread();
     pp_header *h = (pp_header *)g_base;

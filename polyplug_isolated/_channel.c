@@ -258,7 +258,7 @@ static int await_answer(pp_conn *c, pp_slot *s, uint64_t seq, uint64_t deadline)
                           : c->wait_mode == PP_WAIT_BLOCK ? now
                                                           : now + c->spin_ns;
     unsigned first = pp_same_cpu(&c->hdr->host_cpu, &c->hdr->worker_cpu) ? PP_PAUSE_SPINS : 1;
-    for (unsigned i = first;; i++) {
+    for (unsigned i = first; c->wait_mode != PP_WAIT_BLOCK; i++) {
         uint64_t done = atomic_load_explicit(&s->done_seq, memory_order_acquire);
         if (done == seq)
             return PP_CALL_OK;

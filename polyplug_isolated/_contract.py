@@ -70,9 +70,9 @@ class GuestContract:
         self.name = ""
         self.version: tuple[int, int, int] = (0, 0, 0)
         self.function_count = 0
-        self._proxy: WorkerProxy | None = None
-        self._conn = None
-        self._index = 0
+        # (worker, its conn, the contract's index there), replaced in one
+        # assignment so that threads calling at once never mix two workers'.
+        self._binding: tuple = (None, None, 0)
         self._timeout = _seconds(config.call_timeout)
         self._bind(bundle.proxy)
 
@@ -80,7 +80,13 @@ class GuestContract:
     def bundle(self) -> Bundle:
         return self._bundle
 
-    def _bind(self, proxy: WorkerProxy | None) -> None:
+    def route(self) -> tuple:
+        """(worker proxy, conn, contract index) of the worker that serves the bundle now."""
+        binding = self._binding
+        proxy = self._bundle.proxy
+        return binding if proxy is binding[0] else self._bind(proxy)
+
+    def _bind(self, proxy: WorkerProxy | None) -> tuple:
         if proxy is None:
             raise self._unavailable()
         for contract in proxy.contracts:
@@ -95,9 +101,8 @@ class GuestContract:
         self.name = contract["name"]
         self.version = tuple(contract["version"])
         self.function_count = contract["function_count"]
-        self._index = contract["index"]
-        self._conn = proxy.channel.conn
-        self._proxy = proxy
+        self._binding = (proxy, proxy.channel.conn, contract["index"])
+        return self._binding
 
     def call(
         self,
@@ -117,29 +122,43 @@ class GuestContract:
                 for an index past the contract's function_count).
             WorkerCrashed, CallTimeout, BundleUnavailable, ProtocolError, PayloadTooLarge.
         """
-        proxy = self._bundle.proxy
-        if proxy is not self._proxy:
-            self._bind(proxy)
+        # The hot path: bound worker, bytes args, out of at most 7 bytes. One C
+        # call checks the rest (index range in the worker, sizes in C) and
+        # hands the out back as an int; anything unusual takes the full path.
+        proxy, conn, index = self._binding
+        if timeout is _DEFAULT and self._bundle.proxy is proxy and type(args) is bytes:
+            try:
+                value = _call_small(conn, index, fn_index, args, len(args), out_size, self._timeout)
+            except (TypeError, OverflowError):
+                pass  # an index or size C cannot take: the full path says what is wrong
+            else:
+                if value >= 0:
+                    return value.to_bytes(out_size, "little")
+                if value != -lib.PP_CALL_TOO_LARGE:  # too large for the small path: nothing was sent
+                    return self._failed(ChannelFailure.last(-value), proxy, fn_index, args, out_size, timeout)
+        return self._call(fn_index, args, out_size, timeout)
+
+    def _call(self, fn_index, args, out_size, timeout) -> bytes:
+        proxy, _, index = self.route()
         wait = self._timeout if timeout is _DEFAULT else _seconds(timeout)
         if type(fn_index) is not int or not 0 <= fn_index < self.function_count:
             raise self._no_such_function(fn_index)
-        if type(args) is bytes and type(out_size) is int and 0 <= out_size <= 7:
-            # The hot path: no out buffer, one C call, an int back.
-            value = _call_small(self._conn, self._index, fn_index, args, len(args), out_size, wait)
-            if value >= 0:
-                return value.to_bytes(out_size, "little")
-            failure = ChannelFailure.last(-value)
-        else:
-            if type(args) is not bytes:
-                args = _as_bytes_view(args)
-            if type(out_size) is not int or out_size < 0:
-                raise ValueError(f"out_size must be a non-negative int, not {out_size!r}")
-            try:
-                return proxy.channel.call(self._index, fn_index, args, out_size, wait)
-            except ChannelFailure as caught:
-                failure = caught
+        if type(args) is not bytes:
+            args = _as_bytes_view(args)
+        if type(out_size) is not int or out_size < 0:
+            raise ValueError(f"out_size must be a non-negative int, not {out_size!r}")
+        try:
+            return proxy.channel.call(index, fn_index, args, out_size, wait)
+        except ChannelFailure as failure:
+            return self._failed(failure, proxy, fn_index, args, out_size, timeout)
+
+    def _failed(
+        self, failure: ChannelFailure, proxy: WorkerProxy, fn_index, args, out_size, timeout
+    ) -> bytes:
+        """Retries a call a reload turned away before sending it; raises anything else."""
         if self._rerouted(failure, proxy):
             return self.call(fn_index, args, out_size, timeout=timeout)
+        wait = self._timeout if timeout is _DEFAULT else _seconds(timeout)
         raise self._error(failure, proxy, fn_index, wait)
 
     def call_many(
@@ -176,9 +195,7 @@ class GuestContract:
         ``record_size`` bytes each (``array.array`` or a numpy array works).
         Returns the outs back to back (``out_size`` bytes each), in order.
         """
-        proxy = self._bundle.proxy
-        if proxy is not self._proxy:
-            self._bind(proxy)
+        proxy, _, index = self.route()
         wait = self._timeout if timeout is _DEFAULT else _seconds(timeout)
         if type(fn_index) is not int or not 0 <= fn_index < self.function_count:
             raise self._no_such_function(fn_index)
@@ -196,9 +213,7 @@ class GuestContract:
             n = min(per_batch, count - start)
             chunk = view[start * record_size : (start + n) * record_size]
             try:
-                outs.append(
-                    proxy.channel.call_batch(self._index, fn_index, chunk, record_size, n, out_size, wait)
-                )
+                outs.append(proxy.channel.call_batch(index, fn_index, chunk, record_size, n, out_size, wait))
             except ChannelFailure as failure:
                 if start == 0 and self._rerouted(failure, proxy):
                     return self.call_packed(fn_index, packed, record_size, out_size, timeout=timeout)

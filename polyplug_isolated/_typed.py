@@ -398,9 +398,7 @@ class _Route:
     def call(self, fn, instance, args, fixups, out_size, returns_views, worker=None):
         """Returns (out, return area, the worker that answered)."""
         contract = self.contract
-        proxy = contract.bundle.proxy
-        if proxy is not contract._proxy:
-            contract._bind(proxy)  # raises BundleUnavailable when no worker serves the bundle
+        proxy, _, index = contract.route()  # raises BundleUnavailable when no worker serves the bundle
         if worker is not None and proxy is not worker:
             raise BundleUnavailable(
                 f"bundle {contract.bundle.name!r}: instance {instance} lived in worker {worker.pid}, which "
@@ -415,7 +413,7 @@ class _Route:
         room = _return_room(channel, len(args), len(fixups), out_size) if returns_views else 0
         try:
             out, ret = channel.call_ex(
-                contract._index,
+                index,
                 _INSTANCE_FUNCTIONS.get(fn, fn),
                 instance,
                 args,

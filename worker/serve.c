@@ -257,7 +257,7 @@ static int await_request(pp_header *h, pp_request *r, uint64_t seq, int wait_mod
     else
         g_colocated = 0;
     unsigned first = same_cpu ? PP_PAUSE_SPINS : 1;
-    for (unsigned i = first;; i++) {
+    for (unsigned i = first; wait_mode != PP_WAIT_BLOCK; i++) {
         if (atomic_load_explicit(&r->seq, memory_order_acquire) == seq)
             return 0;
         if (atomic_load_explicit(&g_stop, memory_order_relaxed))

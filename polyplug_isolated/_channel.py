@@ -72,12 +72,16 @@ class Channel:
 
     def call(self, contract: int, function: int, args, out_size: int, timeout: float) -> bytes:
         """One call (timeout < 0: none); returns the out bytes or raises ChannelFailure."""
-        out = ffi.new("uint8_t[]", out_size) if out_size else ffi.NULL
+        # A bytearray, not ffi.new: big cffi buffers come from fresh pages, and
+        # their first-touch faults cost more than the copy (1 MiB: ~2 ms vs ~0.2 ms).
+        out = bytearray(out_size)
         source = args if type(args) is bytes else ffi.from_buffer(args)
-        status = lib.pp_call(self.conn, contract, function, source, len(args), out, out_size, timeout)
+        status = lib.pp_call(
+            self.conn, contract, function, source, len(args), ffi.from_buffer(out), out_size, timeout
+        )
         if status != lib.PP_CALL_OK:
             raise ChannelFailure.last(status)
-        return ffi.buffer(out, out_size)[:] if out_size else b""
+        return bytes(out)
 
     def call_batch(
         self, contract: int, function: int, packed, record: int, count: int, out_size: int, timeout: float

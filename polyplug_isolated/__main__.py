@@ -1,10 +1,12 @@
-"""Command line: ``python -m polyplug_isolated demo``."""
+"""Command line: ``polyplug-isolated demo`` and ``polyplug-isolated bench [...]``."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import subprocess
 import sys
+from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -13,7 +15,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("demo", help="load a fixture, call it, crash one and survive, reload, report")
-    args = parser.parse_args(argv)
+    commands.add_parser(
+        "bench", help="run the benchmark (python -m bench in the source tree); options follow"
+    )
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "bench":
+        # bench/ is part of the source tree, not of the installed package.
+        root = Path(__file__).resolve().parent.parent
+        if not (root / "bench" / "__main__.py").is_file():
+            print("polyplug-isolated bench: needs the source tree (bench/ beside polyplug_isolated/)")
+            return 2
+        return subprocess.call([sys.executable, "-m", "bench", *rest], cwd=root)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "demo":
         from ._demo import run_demo
 

@@ -362,9 +362,8 @@ static int run(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *
 
     int rc;
     atomic_fetch_add(&c->inflight, 1);
-    uint32_t state = atomic_load(&c->state);
-    if (state != PP_CONN_READY) {
-        rc = state == PP_CONN_DEAD ? PP_CALL_DEAD : PP_CALL_UNAVAILABLE;
+    if (atomic_load(&c->state) != PP_CONN_READY) {
+        rc = PP_CALL_UNAVAILABLE; /* draining or gone: nothing was sent, so a caller may go elsewhere */
         goto leave;
     }
     uint64_t deadline = deadline_of(timeout_s);

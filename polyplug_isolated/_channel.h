@@ -14,8 +14,8 @@
 /* What a call returns. */
 #define PP_CALL_OK 0
 #define PP_CALL_PLUGIN_ERROR 1 /* the plugin answered with a non-Ok AbiError */
-#define PP_CALL_UNAVAILABLE 2  /* the conn is draining: no new calls */
-#define PP_CALL_DEAD 3         /* the worker is gone */
+#define PP_CALL_UNAVAILABLE 2  /* the conn is draining or its worker is gone: nothing was sent */
+#define PP_CALL_DEAD 3         /* the worker died during the call */
 #define PP_CALL_TIMEOUT 4      /* no answer before the deadline */
 #define PP_CALL_PROTOCOL 5     /* the worker wrote an impossible answer */
 #define PP_CALL_TOO_LARGE 6    /* args + out fit neither a slot nor the arena */

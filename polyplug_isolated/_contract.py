@@ -122,11 +122,13 @@ class GuestContract:
                 for an index past the contract's function_count).
             WorkerCrashed, CallTimeout, BundleUnavailable, ProtocolError, PayloadTooLarge.
         """
-        # The hot path: bound worker, bytes args, out of at most 7 bytes. One C
-        # call checks the rest (index range in the worker, sizes in C) and
-        # hands the out back as an int; anything unusual takes the full path.
-        proxy, conn, index = self._binding
-        if timeout is _DEFAULT and self._bundle.proxy is proxy and type(args) is bytes:
+        # The hot path: an out of at most 7 bytes, the default timeout. One C
+        # call checks everything else (argument types in cffi, sizes in C, the
+        # index in the worker) and hands the out back as an int; anything
+        # unusual takes the full path. A worker replaced by a reload refuses
+        # the call before sending it, and the call is rerouted (_failed).
+        if timeout is _DEFAULT:
+            proxy, conn, index = self._binding
             try:
                 value = _call_small(conn, index, fn_index, args, len(args), out_size, self._timeout)
             except (TypeError, OverflowError):
@@ -157,6 +159,7 @@ class GuestContract:
     ) -> bytes:
         """Retries a call a reload turned away before sending it; raises anything else."""
         if self._rerouted(failure, proxy):
+            self.route()  # bind to the bundle's current worker, then try there
             return self.call(fn_index, args, out_size, timeout=timeout)
         wait = self._timeout if timeout is _DEFAULT else _seconds(timeout)
         raise self._error(failure, proxy, fn_index, wait)

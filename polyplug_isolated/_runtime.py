@@ -200,6 +200,10 @@ class Runtime:
             old = bundle.proxy
             bundle.manifest, bundle.version, bundle.path = manifest, manifest.version, manifest.path
             bundle.proxy = proxy
+            if old is not None:
+                # In the same breath as the switch: a caller still bound to the
+                # old worker is turned away unsent, and rerouted to the new one.
+                old.channel.start_draining()
             bundle.crash = None
             self._publish(bundle, proxy)
             if bundle.state is BundleState.CRASHED:

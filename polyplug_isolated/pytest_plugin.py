@@ -45,7 +45,7 @@ from ._manifest import ManifestData
 from ._runtime import Runtime
 from .errors import BundleUnavailable
 
-__all__ = ["ResourceSnapshot", "leak_check", "under_faults"]
+__all__ = ["BundleLoader", "ResourceSnapshot", "leak_check", "under_faults"]
 
 FAULTS_MARKER = "faults"
 BUNDLES_INI = "polyplug_bundles"
@@ -85,7 +85,9 @@ class ResourceSnapshot:
                 with contextlib.suppress(psutil.Error):  # it may exit while we look
                     described.append(f"{pid}: {' '.join(psutil.Process(pid).cmdline())}")
             problems.append(f"child processes still running: {described or sorted(leaked_children)}")
-        leaked_shm = self.shm - before.shm
+        # /dev/shm is shared by the whole machine: a name another process creates
+        # and unlinks at once can be in one listing; a leaked name is in the next too.
+        leaked_shm = (self.shm - before.shm) & set(os.listdir("/dev/shm"))
         if leaked_shm:
             problems.append(f"/dev/shm entries left: {sorted(leaked_shm)}")
         earlier = dict(before.fds)

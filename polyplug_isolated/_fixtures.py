@@ -14,7 +14,7 @@ simply another directory (``fixtures/adder_v2/``) whose manifest may carry the
 same bundle ``name`` and points ``[file]`` at ``libadder_v2.so``.
 
 Builds are incremental (a bundle is recompiled only when one of its files or
-the ABI header is newer than its library), crash-safe (each bundle is assembled
+a worker header is newer than its library), crash-safe (each bundle is assembled
 in a temporary directory beside the target and renamed into place, so a bundle
 directory is always complete; a later build sweeps up what a killed one left)
 and safe for concurrent builders (a per-bundle lock file serialises them, and
@@ -42,7 +42,6 @@ __all__ = [
 
 FIXTURES_DIR = Path(__file__).resolve().parent.parent / "fixtures"
 _WORKER_DIR = FIXTURES_DIR.parent / "worker"
-_ABI_HEADER = _WORKER_DIR / "polyplug_abi.h"
 _CFLAGS = ("-std=c11", "-O2", "-fPIC", "-shared", "-Wall", "-Wextra", "-Werror")
 _COPIED_FILES = ("manifest.toml", "api.toml")
 
@@ -94,7 +93,9 @@ def _build_one(name: str, src: Path, out: Path) -> None:
         raise FixtureBuildError(name, f"no C sources in {src}")
     target = out / name
     library = target / f"lib{name}.so"
-    inputs = [p for p in src.iterdir() if p.is_file()] + [_ABI_HEADER]
+    # Its own files, the worker's headers (the ABI; the hostile fixture reads
+    # the segment layout) and any C source of a sibling it includes.
+    inputs = [p for p in src.iterdir() if p.is_file()] + sorted(_WORKER_DIR.glob("*.h")) + _included(sources)
     with open(out / f".{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         # Checked under the lock: a concurrent builder may just have finished.
@@ -113,6 +114,16 @@ def _build_one(name: str, src: Path, out: Path) -> None:
             _replace_dir(staging, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _included(sources: list[Path]) -> list[Path]:
+    """Sibling sources a fixture includes (``#include "../x/x.c"``), as paths."""
+    found = []
+    for source in sources:
+        for line in source.read_text(errors="replace").splitlines():
+            if line.startswith('#include "../'):
+                found.append((source.parent / line.split('"')[1]).resolve())
+    return found
 
 
 def _is_fresh(library: Path, inputs: list[Path]) -> bool:

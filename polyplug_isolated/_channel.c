@@ -153,7 +153,12 @@ void pp_conn_mark_dead(pp_conn *c)
 {
     atomic_store(&c->state, PP_CONN_DEAD);
     for (uint32_t i = 0; i < c->nslots; i++) {
-        pp_futex_wake(&pp_slot_at(c->base, c->nslots, c->payload_cap, i)->host_waiting, INT32_MAX);
+        pp_slot *s = pp_slot_at(c->base, c->nslots, c->payload_cap, i);
+        /* A waiter between its last state check and its futex_wait(1) would
+         * miss a bare wake-up and sleep a whole slice: the changed word makes
+         * that futex_wait return at once. */
+        atomic_store(&s->host_waiting, 2);
+        pp_futex_wake(&s->host_waiting, INT32_MAX);
         sem_post(&c->slot_freed);
     }
     sem_post(&c->drained);

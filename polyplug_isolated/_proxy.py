@@ -230,7 +230,9 @@ class WorkerProxy:
         self._bundle_log.info("worker output: %s", line)
 
     def on_control_lost(self, reason: str) -> None:
-        if not self._leaving:
+        # A worker that died closes its socket too: only a live one that hung
+        # up (or sent garbage) is killed for it, and only then is it the reason.
+        if not self._leaving and self.process.alive():
             self.kill(reason)
 
     def on_exit(self, returncode: int) -> None:

@@ -251,9 +251,10 @@ class WorkerProxy:
             sig, code, description, process.tail(), process.kill_reason if killed_by_us else None
         )
         if not self._leaving:
-            self._on_death(self)  # first: a caller woken below already sees the bundle CRASHED
+            self._on_death(self)  # marks the bundle, then wakes the callers (mark_dead), then tells
+            return
         self.channel.mark_dead()  # wakes any caller still waiting on this worker
-        if self._leaving and returncode != 0 and not killed_by_us:
+        if returncode != 0 and not killed_by_us:
             _logger.warning(
                 "bundle %r: worker %d %s while unloading", self.manifest.name, process.pid, description
             )

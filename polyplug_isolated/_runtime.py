@@ -274,13 +274,22 @@ class Runtime:
         return proxy
 
     def _on_death(self, bundle: Bundle, proxy: WorkerProxy) -> None:
-        """Monitor thread: the bundle's current worker died unasked."""
+        """Monitor thread: a worker of the bundle died unasked.
+
+        In this order: the bundle is CRASHED (so a caller woken next sees it),
+        the worker's callers are woken, and only then is anyone told (so a
+        call made after the CRASHED event is refused unsent, never sent to
+        the dead worker).
+        """
         with self._lock:
-            if bundle.proxy is not proxy:
-                return
-            bundle.proxy = None
-            bundle.crash = proxy
-            bundle.move(BundleState.CRASHED)
+            current = bundle.proxy is proxy
+            if current:
+                bundle.proxy = None
+                bundle.crash = proxy
+                bundle.move(BundleState.CRASHED)
+        proxy.channel.mark_dead()
+        if not current:
+            return
         death = proxy.death
         description = death.description + (f" ({death.kill_reason})" if death.kill_reason else "")
         _logger.error("bundle %r: worker %d %s", bundle.name, proxy.pid, description)

@@ -68,6 +68,8 @@ class Bundle:
         self.outlook = ""  # after a crash: what happens next, for error messages
         self._state = BundleState.LOADING
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # state, worker or restart outlook changed
+        self.restart_pending = False
         self._fault_ids = itertools.count(1)
         self._faults: dict[int, Fault] = {}  # every fault ever armed, by id
         self._fault_log: list[FaultRecord] = []
@@ -88,6 +90,31 @@ class Bundle:
             if new not in TRANSITIONS[self._state]:
                 raise RuntimeError(f"bundle {self.name!r}: cannot go from {self._state.name} to {new.name}")
             self._state = new
+            self._changed.notify_all()
+
+    def expect_restart(self, outlook: str, pending: bool) -> None:
+        """After a crash: what happens next (for messages), and whether a restart is coming."""
+        with self._changed:
+            self.outlook = outlook
+            self.restart_pending = pending
+            self._changed.notify_all()
+
+    def await_worker(self, timeout: float | None) -> bool:
+        """While a restart is pending, waits for a worker to serve again; True if one does.
+
+        Callers wait out a restart instead of spinning on BundleUnavailable
+        (a busy retry loop would starve the restart of the GIL).
+        """
+        with self._changed:
+            self._changed.wait_for(
+                lambda: (
+                    self.proxy is not None
+                    or not self.restart_pending
+                    or self._state in (BundleState.DRAINING, BundleState.UNLOADED)
+                ),
+                timeout,
+            )
+            return self.proxy is not None
 
     @property
     def pid(self) -> int | None:

@@ -158,10 +158,13 @@ class GuestContract:
         self, failure: ChannelFailure, proxy: WorkerProxy, fn_index, args, out_size, timeout
     ) -> bytes:
         """Retries a call a reload turned away before sending it; raises anything else."""
+        wait = self._timeout if timeout is _DEFAULT else _seconds(timeout)
+        unsent = failure.status == lib.PP_CALL_UNAVAILABLE
+        if unsent and self._bundle.restart_pending:
+            self._bundle.await_worker(None if wait < 0 else wait)  # a restart is coming: wait it out
         if self._rerouted(failure, proxy):
             self.route()  # bind to the bundle's current worker, then try there
             return self.call(fn_index, args, out_size, timeout=timeout)
-        wait = self._timeout if timeout is _DEFAULT else _seconds(timeout)
         raise self._error(failure, proxy, fn_index, wait)
 
     def call_many(

@@ -76,14 +76,14 @@ class Supervisor:
     def crashed(self, bundle: Bundle) -> None:
         """Schedules a restart if the policy allows one, or gives up.
 
-        Sets ``bundle.outlook`` (what happens next, for error messages) before
-        anyone is told.
+        Tells the bundle what happens next (for messages, and for callers
+        waiting out a restart) before anyone else is told.
         """
         policy = self._policy
         with self._lock:
             if self._closed or policy.max_restarts == 0:
-                bundle.outlook = (
-                    "it is not restarted (RestartPolicy.max_restarts=0): reload it to bring it back"
+                bundle.expect_restart(
+                    "it is not restarted (RestartPolicy.max_restarts=0): reload it to bring it back", False
                 )
                 return
             now = self._clock()
@@ -102,10 +102,10 @@ class Supervisor:
             why = (
                 f"the restart policy gave up after {policy.max_restarts} restarts within {policy.window:g} s"
             )
-            bundle.outlook = f"{why}: reload it to bring it back"
+            bundle.expect_restart(f"{why}: reload it to bring it back", False)
             self._report(BundleEvent(BundleEventKind.GAVE_UP, bundle.id, bundle.name, why, bundle.restarts))
             return
-        bundle.outlook = "a restart is scheduled: retry shortly"
+        bundle.expect_restart("a restart is scheduled", True)
         self._report(
             BundleEvent(
                 BundleEventKind.RESTARTING, bundle.id, bundle.name, f"in {delay:.3f} s", bundle.restarts
@@ -140,6 +140,7 @@ class Supervisor:
             self._attempts.pop(bundle.id, None)
         if timer is not None:
             _cancel(timer)
+        bundle.expect_restart(bundle.outlook, False)
 
     def close(self) -> None:
         """Cancels every pending restart and waits for one in progress."""

@@ -89,7 +89,7 @@ def test_a_hang_killed_by_its_timeout_is_restarted(bundle_dir):
         assert as_u32(slow.call(1, u32(7), 4)) == 8
 
 
-def test_calls_while_restarting_are_refused_at_once(bundle_dir):
+def test_calls_wait_out_a_pending_restart_up_to_their_timeout(bundle_dir):
     events = Events()
     slow_restart = RestartPolicy(max_restarts=1, backoff=30.0, jitter=0.0)
     with Runtime(restart=slow_restart, on_event=events) as rt:
@@ -98,9 +98,20 @@ def test_calls_while_restarting_are_refused_at_once(bundle_dir):
             crasher.call(0, b"", 0)
         events.next(BundleEventKind.RESTARTING)
         with pytest.raises(BundleUnavailable, match="a restart is scheduled"):
-            crasher.call(4, u32(1), 4)
+            crasher.call(4, u32(1), 4, timeout=0.2)
         rt.unload_bundle(crasher.bundle.id)  # cancels the pending restart
         assert crasher.bundle.state is BundleState.UNLOADED
+
+
+def test_a_call_made_during_a_restart_is_answered_by_the_new_worker(bundle_dir):
+    events = Events()
+    with Runtime(restart=RestartPolicy(max_restarts=1, backoff=0.3, jitter=0.0), on_event=events) as rt:
+        crasher = crasher_of(rt, bundle_dir)
+        with pytest.raises(WorkerCrashed):
+            crasher.call(0, b"", 0)
+        events.next(BundleEventKind.RESTARTING)
+        assert as_u32(crasher.call(4, u32(1), 4)) == 2  # waits for the restart, then runs there
+        assert crasher.bundle.restarts == 1
 
 
 @pytest.mark.parametrize(

@@ -1,22 +1,22 @@
 """Shared test fixtures: built bundles, and a guard that fails any test that leaks.
 
 The leak guard is autouse: after every test, no child process, /dev/shm entry
-or file descriptor created during the test may survive it.
+or file descriptor created during the test may survive it. It is the leak check
+of the project's pytest plugin (polyplug_isolated.pytest_plugin, loaded through
+its pytest11 entry point), whose ``isolated_runtime`` is also ``rt`` here.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import struct
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
-from polyplug_isolated import Runtime, guest_contract_id
+from polyplug_isolated import guest_contract_id
 from polyplug_isolated._fixtures import build_fixtures
+from polyplug_isolated.pytest_plugin import leak_check
 
 ADD = guest_contract_id("test.add", 1)
 CRASH = guest_contract_id("test.crash", 1)
@@ -64,43 +64,19 @@ def bundle_dir(fixtures_root: Path):
 
 
 @pytest.fixture
-def rt():
-    """A Runtime with short timeouts, closed at teardown."""
-    with Runtime(load_timeout=5.0, drain_timeout=5.0) as runtime:
-        yield runtime
+def isolated_runtime_options():
+    """Short load and drain timeouts for the plugin's ``isolated_runtime``."""
+    return {"load_timeout": 5.0, "drain_timeout": 5.0}
 
 
-def _snapshot() -> tuple[set[int], set[str], dict[str, str]]:
-    me = psutil.Process()
-    children = {child.pid for child in me.children(recursive=True)}
-    shm = set(os.listdir("/dev/shm"))
-    fds = {}
-    for fd in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(OSError):  # the fd listdir itself used, already closed
-            fds[fd] = os.readlink(f"/proc/self/fd/{fd}")
-    return children, shm, fds
+@pytest.fixture
+def rt(isolated_runtime):
+    """A Runtime with short timeouts, closed and leak-checked at teardown."""
+    return isolated_runtime
 
 
 @pytest.fixture(autouse=True)
 def no_leaks():
     """Fails the test if it left a worker process, a shared-memory entry or an fd behind."""
-    children, shm, fds = _snapshot()
-    yield
-    after_children, after_shm, after_fds = _snapshot()
-    leaked_children = after_children - children
-    leaked_shm = after_shm - shm
-    leaked_fds = {fd: target for fd, target in after_fds.items() if fds.get(fd) != target}
-    problems = []
-    if leaked_children:
-        described = [
-            f"{pid}: {' '.join(psutil.Process(pid).cmdline())}"
-            for pid in leaked_children
-            if psutil.pid_exists(pid)
-        ]
-        problems.append(f"child processes still running: {described or sorted(leaked_children)}")
-    if leaked_shm:
-        problems.append(f"/dev/shm entries left: {sorted(leaked_shm)}")
-    if leaked_fds:
-        problems.append(f"file descriptors left open: {leaked_fds}")
-    if problems:
-        pytest.fail("leak check: " + "; ".join(problems))
+    with leak_check():
+        yield

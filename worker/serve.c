@@ -252,7 +252,9 @@ static int await_request(pp_header *h, pp_request *r, uint64_t seq, int wait_mod
                           : wait_mode == PP_WAIT_BLOCK ? 0
                                                        : pp_now_ns() + spin_ns;
     int same_cpu = pp_same_cpu(&h->worker_cpu, &h->host_cpu);
-    if (same_cpu)
+    /* Spinning sides want a CPU each; sleeping ones wake each other fastest
+     * on one CPU (no cross-CPU wake-up), so wait=block stays put. */
+    if (same_cpu && wait_mode != PP_WAIT_BLOCK)
         step_aside(atomic_load_explicit(&h->host_cpu, memory_order_relaxed));
     else
         g_colocated = 0;

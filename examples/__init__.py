@@ -1,0 +1,1 @@
+"""Examples of hosts built on polyplug_isolated (see README.md)."""

@@ -62,7 +62,6 @@ class WorkerProxy:
         self._reply: concurrent.futures.Future[dict[str, Any]] | None = None
         self._bundle_log = logging.getLogger(f"polyplug_isolated.bundle.{manifest.name}")
         self._handshake: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
-        self._closed = threading.Event()
         self._leaving = False
         self.contracts: list[dict[str, Any]] = []
         self.death: Death | None = None
@@ -218,7 +217,7 @@ class WorkerProxy:
         elif kind in (proto.READY, proto.ERROR) and not self._handshake.done():
             self._handshake.set_result(message)
         elif kind == proto.CLOSED:
-            self._closed.set()
+            pass  # the worker dlclosed; its exit (which shutdown waits for) follows
         elif kind == proto.FAULT:
             self._on_fault(self, message)
         elif kind in (proto.FAULTS_SET, proto.SYNCED) and self._reply is not None and not self._reply.done():

@@ -80,10 +80,16 @@ class GuestContract:
     def bundle(self) -> Bundle:
         return self._bundle
 
-    def route(self) -> tuple:
-        """(worker proxy, conn, contract index) of the worker that serves the bundle now."""
+    def route(self, wait: float = 0.0) -> tuple:
+        """(worker proxy, conn, contract index) of the worker that serves the bundle now.
+
+        While a restart is pending, waits for it up to ``wait`` seconds (< 0: no limit).
+        """
         binding = self._binding
         proxy = self._bundle.proxy
+        if proxy is None and wait and self._bundle.restart_pending:
+            self._bundle.await_worker(None if wait < 0 else wait)
+            proxy = self._bundle.proxy
         return binding if proxy is binding[0] else self._bind(proxy)
 
     def _bind(self, proxy: WorkerProxy | None) -> tuple:
@@ -141,8 +147,8 @@ class GuestContract:
         return self._call(fn_index, args, out_size, timeout)
 
     def _call(self, fn_index, args, out_size, timeout) -> bytes:
-        proxy, _, index = self.route()
         wait = self._timeout if timeout is _DEFAULT else _seconds(timeout)
+        proxy, _, index = self.route(wait)
         if type(fn_index) is not int or not 0 <= fn_index < self.function_count:
             raise self._no_such_function(fn_index)
         if type(args) is not bytes:
@@ -201,8 +207,8 @@ class GuestContract:
         ``record_size`` bytes each (``array.array`` or a numpy array works).
         Returns the outs back to back (``out_size`` bytes each), in order.
         """
-        proxy, _, index = self.route()
         wait = self._timeout if timeout is _DEFAULT else _seconds(timeout)
+        proxy, _, index = self.route(wait)
         if type(fn_index) is not int or not 0 <= fn_index < self.function_count:
             raise self._no_such_function(fn_index)
         view = packed if type(packed) is bytes else _as_bytes_view(packed)
@@ -239,7 +245,9 @@ class GuestContract:
     def _unavailable(self) -> BundleUnavailable:
         bundle = self._bundle
         state = bundle.state
-        if state is BundleState.RESTARTING:
+        if state in (BundleState.DRAINING, BundleState.UNLOADED):
+            why = "it is being unloaded or was unloaded; load it again to call it"
+        elif state is BundleState.RESTARTING:
             why = "a fresh worker is starting after a crash; retry shortly"
         elif bundle.crash is not None and bundle.crash.death is not None:
             why = f"its worker {bundle.crash.death.description}; {bundle.outlook}"

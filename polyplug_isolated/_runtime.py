@@ -287,8 +287,9 @@ class Runtime:
                 bundle.proxy = None
                 bundle.crash = proxy
                 bundle.move(BundleState.CRASHED)
+        announce = self._supervisor.crashed(bundle) if current else None  # decided before callers wake
         proxy.channel.mark_dead()
-        if not current:
+        if announce is None:
             return
         death = proxy.death
         description = death.description + (f" ({death.kill_reason})" if death.kill_reason else "")
@@ -296,7 +297,7 @@ class Runtime:
         self._event(
             BundleEvent(BundleEventKind.CRASHED, bundle.id, bundle.name, description, bundle.restarts)
         )
-        self._supervisor.crashed(bundle)
+        announce()
 
     def _restart(self, bundle: Bundle) -> bool:
         """Supervisor thread: a fresh worker for a crashed bundle, same file, init again.

@@ -73,11 +73,11 @@ class Supervisor:
         base = min(policy.max_backoff, policy.backoff * 2**attempt)
         return base * (1 - policy.jitter * self._rng())
 
-    def crashed(self, bundle: Bundle) -> None:
-        """Schedules a restart if the policy allows one, or gives up.
+    def crashed(self, bundle: Bundle) -> Callable[[], None]:
+        """Decides whether a restart comes (or the policy gives up) and tells the bundle.
 
-        Tells the bundle what happens next (for messages, and for callers
-        waiting out a restart) before anyone else is told.
+        Returns what announces the decision (events, the restart timer): the
+        runtime calls it once the crashed worker's callers have been woken.
         """
         policy = self._policy
         with self._lock:
@@ -85,7 +85,7 @@ class Supervisor:
                 bundle.expect_restart(
                     "it is not restarted (RestartPolicy.max_restarts=0): reload it to bring it back", False
                 )
-                return
+                return lambda: None
             now = self._clock()
             attempts = self._attempts.setdefault(bundle.id, deque())
             while attempts and now - attempts[0] > policy.window:
@@ -103,15 +103,18 @@ class Supervisor:
                 f"the restart policy gave up after {policy.max_restarts} restarts within {policy.window:g} s"
             )
             bundle.expect_restart(f"{why}: reload it to bring it back", False)
-            self._report(BundleEvent(BundleEventKind.GAVE_UP, bundle.id, bundle.name, why, bundle.restarts))
-            return
+            event = BundleEvent(BundleEventKind.GAVE_UP, bundle.id, bundle.name, why, bundle.restarts)
+            return lambda: self._report(event)
         bundle.expect_restart("a restart is scheduled", True)
-        self._report(
-            BundleEvent(
-                BundleEventKind.RESTARTING, bundle.id, bundle.name, f"in {delay:.3f} s", bundle.restarts
-            )
+        event = BundleEvent(
+            BundleEventKind.RESTARTING, bundle.id, bundle.name, f"in {delay:.3f} s", bundle.restarts
         )
-        timer.start()
+
+        def announce() -> None:
+            self._report(event)
+            timer.start()
+
+        return announce
 
     def _attempt(self, bundle: Bundle) -> None:
         # The timer stays in _timers while it runs, so forget() can wait for it.
@@ -126,7 +129,7 @@ class Supervisor:
                 BundleEvent(BundleEventKind.RESTART_FAILED, bundle.id, bundle.name, str(exc), bundle.restarts)
             )
             restarted = False
-            self.crashed(bundle)  # counts as an attempt: try again or give up
+            self.crashed(bundle)()  # counts as an attempt: try again or give up
         with self._lock:
             if self._timers.get(bundle.id) is me:
                 del self._timers[bundle.id]

@@ -28,15 +28,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import enum
 import inspect
-import numbers
 import operator
 import os
 import struct
 import sys
 import threading
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from . import _idl
@@ -44,6 +41,7 @@ from ._channel import ChannelFailure
 from ._channel_ffi import lib
 from ._contract import GuestContract
 from ._layout import Layout
+from ._marshal import _Bad, _Bool, _Breach, _Float, _Int, _Tail, _Types
 from .errors import BundleUnavailable, ProtocolError
 
 if TYPE_CHECKING:
@@ -51,8 +49,6 @@ if TYPE_CHECKING:
     from ._proxy import WorkerProxy
     from ._runtime import Runtime
 
-NULL = 0xFFFFFFFFFFFFFFFF  # PP_NULL_OFFSET: a NULL pointer, as an offset
-_F32 = struct.Struct("=f")
 _MISSING = object()
 # A call whose out holds views keeps the rest of its slot for the return area;
 # when less than this would be left, it takes the (shared, one-at-a-time) arena.
@@ -61,226 +57,6 @@ _INSTANCE_FUNCTIONS = {
     "create_instance": lib.PP_FN_CREATE_INSTANCE,
     "destroy_instance": lib.PP_FN_DESTROY_INSTANCE,
 }
-
-
-class _Bad(Exception):
-    """A value that cannot be packed; ``path`` collects the fields it sits in, innermost first."""
-
-    def __init__(self, error: type[Exception], message: str):
-        super().__init__(message)
-        self.error, self.message, self.path = error, message, []
-
-
-class _Breach(Exception):
-    """A returned view whose bytes lie outside the return area."""
-
-
-class _Tail:
-    """The bytes appended after an args record; views point at them by offset."""
-
-    __slots__ = ("parts", "size")
-
-    def __init__(self, base: int):
-        self.parts: list[bytes] = []
-        self.size = base
-
-    def add(self, data: bytes) -> int:
-        offset = self.size
-        self.parts.append(data)
-        self.size += len(data)
-        return offset
-
-
-# ---- codecs: one per IDL type ------------------------------------------------
-
-
-class _Codec:
-    """Python value <-> the flat values of one type's struct format."""
-
-    def encode(self, value: Any, flat: list, tail: _Tail) -> None:
-        raise NotImplementedError
-
-    def decode(self, items, ret: bytes) -> Any:
-        return next(items)
-
-
-class _Int(_Codec):
-    def __init__(self, scalar: _idl.Scalar):
-        self.name = scalar.name
-        self.low, self.high = scalar.bounds
-
-    def encode(self, value, flat, tail):
-        if type(value) is not int:
-            try:
-                value = operator.index(value)
-            except TypeError:
-                raise _Bad(TypeError, f"must be an int ({self.name}), not {type(value).__name__}") from None
-        if not self.low <= value <= self.high:
-            raise _Bad(ValueError, f"{value} is out of range for {self.name} ({self.low}..{self.high})")
-        flat.append(value)
-
-
-class _Float(_Codec):
-    def __init__(self, scalar: _idl.Scalar):
-        self.name = scalar.name
-
-    def encode(self, value, flat, tail):
-        if not isinstance(value, numbers.Real):
-            raise _Bad(TypeError, f"must be a float ({self.name}), not {type(value).__name__}")
-        try:
-            value = float(value)
-            if self.name == "f32":
-                _F32.pack(value)
-        except OverflowError:
-            raise _Bad(ValueError, f"{value!r} is out of range for {self.name}") from None
-        flat.append(value)
-
-
-class _Bool(_Codec):
-    def encode(self, value, flat, tail):
-        if value is True or value is False:
-            flat.append(value)
-        elif type(value) is int and value in (0, 1):
-            flat.append(bool(value))
-        else:
-            raise _Bad(TypeError, f"must be a bool, not {type(value).__name__}")
-
-
-class _Enum(_Codec):
-    def __init__(self, enum_type: _idl.Enum, cls: type[enum.Enum]):
-        self.name = enum_type.name
-        self.cls = cls
-        self.bitflag = enum_type.bitflag
-        self.high = enum_type.repr.bounds[1]
-        self.values = {value for _, value in enum_type.variants}
-        self.names = ", ".join(f"{name}={value}" for name, value in enum_type.variants)
-
-    def encode(self, value, flat, tail):
-        if isinstance(value, enum.Enum) and type(value).__name__ != self.name:
-            raise _Bad(TypeError, f"must be a {self.name}, not {type(value).__name__}.{value.name}")
-        try:
-            value = operator.index(value)
-        except TypeError:
-            raise _Bad(TypeError, f"must be a {self.name} or an int, not {type(value).__name__}") from None
-        if self.bitflag:
-            if not 0 <= value <= self.high:
-                raise _Bad(ValueError, f"{value} is out of range for {self.name} flags (0..{self.high})")
-        elif value not in self.values:
-            raise _Bad(ValueError, f"{value} is not a {self.name} ({self.names})")
-        flat.append(value)
-
-    def decode(self, items, ret):
-        value = next(items)
-        try:
-            return self.cls(value)
-        except ValueError:  # the plugin answered a value the IDL does not name
-            return value
-
-
-class _View(_Codec):
-    def __init__(self, view: _idl.View):
-        self.owned = view.owned
-        self.null = (NULL, 0, 0) if view.owned else (NULL, 0)
-
-    def encode(self, value, flat, tail):
-        if value is None:
-            flat.extend(self.null)
-            return
-        if isinstance(value, str) and not self.owned:
-            try:
-                data = value.encode("utf-8")
-            except UnicodeEncodeError as exc:
-                raise _Bad(ValueError, f"is not valid UTF-8 text ({exc.reason})") from None
-        elif isinstance(value, (bytes, bytearray, memoryview)):
-            data = bytes(value)
-        else:
-            wanted = "bytes" if self.owned else "a str or bytes"
-            raise _Bad(TypeError, f"must be {wanted} (or None), not {type(value).__name__}")
-        flat.append(tail.add(data))
-        flat.append(len(data))
-        if self.owned:
-            flat.append(len(data))
-
-    def decode(self, items, ret):
-        offset, length = next(items), next(items)
-        if self.owned:
-            next(items)  # cap: the worker set it to len when it freed the plugin's buffer
-        if offset == NULL:
-            data = b""
-        elif offset > len(ret) or length > len(ret) - offset:
-            raise _Breach(f"a {'Buffer' if self.owned else 'StringView'} at {offset}+{length}")
-        else:
-            data = ret[offset : offset + length]
-        return data if self.owned else data.decode("utf-8", "surrogateescape")
-
-
-class _Pointer(_Codec):
-    def encode(self, value, flat, tail):
-        raise _Bad(TypeError, "is a Ptr: an address means nothing in the worker's process")
-
-
-class _Struct(_Codec):
-    def __init__(self, struct_type: _idl.Struct, cls: type, fields: list[tuple[str, _Codec]]):
-        self.name = struct_type.name
-        self.cls = cls
-        self.fields = fields
-        self.names = {name for name, _ in fields}
-
-    def encode(self, value, flat, tail):
-        is_dict = isinstance(value, dict)
-        if is_dict and value.keys() - self.names:
-            extra = sorted(map(str, value.keys() - self.names))[0]
-            raise _Bad(TypeError, f"has no field {extra!r} (a {self.name} has {', '.join(self.names)})")
-        for name, codec in self.fields:
-            try:
-                field = value[name] if is_dict else getattr(value, name)
-            except (KeyError, AttributeError):
-                raise _Bad(
-                    TypeError,
-                    f"must be a dict or an object with the fields of {self.name}; "
-                    f"{type(value).__name__} {'has no key' if is_dict else 'has no attribute'} {name!r}",
-                ) from None
-            try:
-                codec.encode(field, flat, tail)
-            except _Bad as bad:
-                bad.path.append(name)
-                raise
-
-    def decode(self, items, ret):
-        return self.cls(*[codec.decode(items, ret) for _, codec in self.fields])
-
-
-class _Types:
-    """An Api's Python side: an IntEnum/IntFlag per enum, a dataclass per struct, the codecs."""
-
-    def __init__(self, api: _idl.Api):
-        self.classes: dict[str, type] = {}
-        for e in api.enums.values():
-            base = enum.IntFlag if e.bitflag else enum.IntEnum
-            self.classes[e.name] = base(e.name, list(e.variants))
-        for s in api.structs.values():
-            self.classes[s.name] = dataclasses.make_dataclass(
-                s.name, [(f.name, f.type.name) for f in s.fields]
-            )
-        self.namespace = SimpleNamespace(**self.classes)
-        self._codecs: dict[str, _Codec] = {}
-
-    def codec(self, t: _idl.Type) -> _Codec:
-        found = self._codecs.get(t.name)
-        if found is None:
-            found = self._codecs[t.name] = self._make(t)
-        return found
-
-    def _make(self, t: _idl.Type) -> _Codec:
-        if isinstance(t, _idl.Scalar):
-            return {"float": _Float, "bool": lambda _: _Bool()}.get(t.kind, _Int)(t)
-        if isinstance(t, _idl.Enum):
-            return _Enum(t, self.classes[t.name])
-        if isinstance(t, _idl.View):
-            return _View(t)
-        if isinstance(t, _idl.Pointer):
-            return _Pointer()
-        return _Struct(t, self.classes[t.name], [(f.name, self.codec(f.type)) for f in t.fields])
 
 
 # ---- one function -------------------------------------------------------------

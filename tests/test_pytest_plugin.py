@@ -289,7 +289,7 @@ def hanging(pytester, options="{}", method=""):
 
 def test_timeout_signal_method_and_a_shorter_call_timeout_end_in_call_timeout(pytester):
     hanging(pytester, options='{"call_timeout": 1.0}')
-    result = pytester.runpytest_subprocess("--durations=1", "-vv")
+    result = pytester.runpytest_subprocess()
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(
         ["*CallTimeout: bundle 'adder': test.add@1 function 1: no answer within 1 s*"]
@@ -307,9 +307,10 @@ def test_timeout_signal_method_cannot_end_a_call_without_call_timeout(pytester):
 
 def test_timeout_signal_method_fires_only_when_a_longer_call_timeout_ends_the_call(pytester):
     hanging(pytester, options='{"call_timeout": 3.0, "close_grace": 0.5}')
-    result = pytester.runpytest_subprocess("--durations=3", "-vv")
+    result = pytester.runpytest_subprocess("--durations=1")
     result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines(["*Failed: Timeout (>2.0s) from pytest-timeout*", "*3.0?s call*test_hangs*"])
+    result.stdout.fnmatch_lines(["*Failed: Timeout (>2.0s) from pytest-timeout*"])
+    result.stdout.re_match_lines([r"([3-9]|\d\d+)\.\d+s call +\S+::test_hangs$"])  # not before 3 s
     result.stdout.no_fnmatch_line("E *CallTimeout*")
 
 

@@ -46,7 +46,8 @@ from polyplug_isolated import (
 from polyplug_isolated._fixtures import FIXTURES_DIR
 from polyplug_isolated._idl import Enum, Scalar, Struct, View
 from polyplug_isolated._layout import Layout, args_tag, c_type
-from polyplug_isolated._typed import _Breach, _return_room, _View
+from polyplug_isolated._marshal import _Breach, _View
+from polyplug_isolated._typed import _return_room
 
 KITCHEN_API = parse_api(FIXTURES_DIR / "kitchen_sink" / "api.toml")
 KITCHEN, COUNTER = KITCHEN_API.contracts

@@ -22,9 +22,11 @@ _EXPORTS = {
     "._supervisor": ("BundleEvent", "BundleEventKind"),
     "._typed": ("ContractInstance", "TypedContract"),
     ".errors": (
+        "BundleSignatureError",
         "BundleUnavailable",
         "CallError",
         "CallTimeout",
+        "HotReloadDisabled",
         "InitFailed",
         "InitSymbolMissing",
         "LoaderError",

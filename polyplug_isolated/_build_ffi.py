@@ -84,10 +84,11 @@ host_ffi.cdef(
                    uint8_t *ret, size_t ret_cap, double timeout_s);
     """
 )
+host_ffi.cdef((HOST_DIR / "_hostapi.cdef").read_text())  # the host's HostApi (_hostapi.h)
 host_ffi.set_source(
     "polyplug_isolated._channel_ffi",
-    '#include "channel.h"\n#include "_channel.h"\n',
-    sources=[_relative(HOST_DIR / "_channel.c")],
+    '#include "channel.h"\n#include "_channel.h"\n#include "_hostapi.h"\n',
+    sources=[_relative(HOST_DIR / "_channel.c"), _relative(HOST_DIR / "_hostapi.c")],
     include_dirs=[_relative(HOST_DIR), _relative(WORKER_DIR)],
     extra_compile_args=CFLAGS,
     libraries=["pthread"],

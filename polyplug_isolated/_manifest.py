@@ -63,8 +63,11 @@ def bundle_directory(path: str | os.PathLike[str]) -> Path:
     return path.parent if path.is_file() else path
 
 
-def parse_manifest(path: str | os.PathLike[str]) -> ManifestData:
+def parse_manifest(path: str | os.PathLike[str], *, check_function_counts: bool = True) -> ManifestData:
     """Reads and validates ``<path>/manifest.toml``.
+
+    ``check_function_counts=False`` leaves out the check that every ``provides``
+    entry has its ``[function_count]`` key (polyplug's Relaxed/Yolo, and reloads).
 
     Raises:
         ManifestError: missing or malformed manifest, a wrong type, a bad value.
@@ -88,10 +91,12 @@ def parse_manifest(path: str | os.PathLike[str]) -> ManifestData:
         raise ManifestError(
             f"bundle at {where}: {manifest_path} is not valid TOML: {exc}", bundle=where
         ) from exc
-    return _validate(raw, directory, manifest_path)
+    return _validate(raw, directory, manifest_path, check_function_counts)
 
 
-def _validate(raw: dict[str, Any], directory: Path, manifest_path: Path) -> ManifestData:
+def _validate(
+    raw: dict[str, Any], directory: Path, manifest_path: Path, check_function_counts: bool = True
+) -> ManifestData:
     def fail(message: str, error: type[ManifestError] | type[ManifestMissingFile] = ManifestError):
         return error(f"bundle {bundle!r}: {manifest_path}: {message}", bundle=bundle)
 
@@ -154,7 +159,7 @@ def _validate(raw: dict[str, Any], directory: Path, manifest_path: Path) -> Mani
         path=directory,
         function_count=dict(function_count),
     )
-    for entry in provides:
+    for entry in provides if check_function_counts else ():
         key = f"{entry.split('@', 1)[0]}@{data.version_major}"
         if key not in function_count:
             raise fail(f"provides {entry!r} but [function_count] has no key {key!r}: add `{key!r} = <count>`")

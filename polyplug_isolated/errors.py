@@ -8,7 +8,9 @@
     │   ├── ManifestMissingFile     no library file for this platform
     │   ├── UnsupportedBundleSource code/bytes source given to the native loader
     │   ├── InitSymbolMissing       no polyplug_init export
-    │   └── InitFailed              dlopen error, ABI mismatch, init error/crash/timeout, ...
+    │   ├── InitFailed              dlopen error, ABI mismatch, init error/crash/timeout, ...
+    │   ├── BundleSignatureError    unsigned, tampered or untrusted under SignaturePolicy.Required
+    │   └── HotReloadDisabled       reload_bundle with RuntimeConfig.hot_reload_enabled off
     ├── CallError                   a call failed (.bundle, .function)
     │   ├── PluginCallError         the plugin answered with a non-Ok AbiError (.code, .message)
     │   ├── WorkerCrashed           the worker died (.signal or .exitcode, .stderr_tail)
@@ -17,6 +19,7 @@
     │   └── StaleHandle             the handle's generation is gone
     └── ProtocolError               the worker broke the shared-memory or control protocol
 
+LoaderError and StaleHandle are also RuntimeErrors, as polyplug raises them.
 Messages say what happened, to which bundle, and what to do about it.
 """
 
@@ -29,8 +32,11 @@ class PolyplugIsolatedError(Exception):
     """Base of every error this package raises."""
 
 
-class LoaderError(PolyplugIsolatedError):
-    """Loading, reloading or unloading a bundle failed; nothing was left behind."""
+class LoaderError(PolyplugIsolatedError, RuntimeError):
+    """Loading, reloading or unloading a bundle failed; nothing was left behind.
+
+    Also a RuntimeError, which is what polyplug's own Python host raises here.
+    """
 
     def __init__(self, message: str, *, bundle: str | None = None):
         super().__init__(message)
@@ -55,6 +61,14 @@ class InitSymbolMissing(LoaderError):
 
 class InitFailed(LoaderError):
     """The worker could not bring the bundle up (see the message for why)."""
+
+
+class BundleSignatureError(LoaderError):
+    """The bundle's ``bundle.sig`` is missing, does not match its files, or names an untrusted key."""
+
+
+class HotReloadDisabled(LoaderError):
+    """reload_bundle on a polyplug-style runtime whose config turned hot reload off."""
 
 
 class CallError(PolyplugIsolatedError):
@@ -102,7 +116,7 @@ class BundleUnavailable(CallError):
     """The bundle is draining, unloaded, or crashed and not restarted."""
 
 
-class StaleHandle(CallError):
+class StaleHandle(CallError, RuntimeError):
     """The handle's bundle was unloaded: find the contract again."""
 
 

@@ -1,0 +1,49 @@
+"""The one-line switch: polyplug hosts run unchanged on ``polyplug_isolated.polyplug``.
+
+Every scenario is one host script, run against the real polyplug 0.1.3 and
+against the switched import (tests/_dropin.py), with the same outcomes
+expected; where polyplug 0.1.3 is wrong the test says so and asserts the
+correct behaviour here (README, "Differences from polyplug").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests._dropin import PROBE_API, ROOT, bundle_copy, needs_polyplug, new_key, run_host
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def test_signed_host_runs_unchanged_after_the_one_line_switch(bundle_dir, tmp_path: Path):
+    needs_polyplug()
+    seed, public = new_key()
+    adder = bundle_copy(bundle_dir("adder"), tmp_path / "adder", key=seed)
+    v1 = bundle_copy(bundle_dir("probe_v1"), tmp_path / "probe_v1", key=seed, api=PROBE_API)
+    v2 = bundle_copy(bundle_dir("probe_v2"), tmp_path / "probe_v2", key=seed, api=PROBE_API)
+    unsigned = bundle_copy(bundle_dir("kitchen_sink"), tmp_path / "unsigned")
+    args = (public.hex(), str(adder), str(v1), str(v2), str(unsigned))
+    script = ROOT / "examples" / "polyplug_host.py"
+
+    isolated = run_host(script, "isolated", *args, tmp_path=tmp_path)
+    reference = run_host(script, "polyplug", *args, tmp_path=tmp_path)
+
+    assert isolated == reference
+    assert isolated["calls"] == [
+        ["add", 0, "", 5],
+        ["add_primitive", 0, "", 42],
+        ["version", 0, "", "1.0.0"],
+        ["reset", 0, ""],
+        ["probe.generation", 0, "", 1],
+        ["probe.generation after reload", 0, "", 2],
+        ["add after unload", 4, "contract is gone (NotFound)"],
+    ]
+    assert isolated["phases"] == [
+        ["Preparing", "probe", None, [True, False, False, False]],
+        ["Reloaded", "probe", None, [False, True, False, False]],
+        ["Unloading", "adder", None, [False, False, False, True]],
+    ]
+    assert isolated["unsigned"] == "not signed"
+    assert isolated["find after unload"] == 0xFFFFFFFF

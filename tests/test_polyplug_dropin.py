@@ -47,3 +47,26 @@ def test_signed_host_runs_unchanged_after_the_one_line_switch(bundle_dir, tmp_pa
     ]
     assert isolated["unsigned"] == "not signed"
     assert isolated["find after unload"] == 0xFFFFFFFF
+
+
+def test_surface_errors_phases_scanner_and_function_table_calls_match_polyplug(bundle_dir, tmp_path: Path):
+    needs_polyplug()
+    scan = tmp_path / "scan"
+    scan.mkdir()
+    for name in ("adder", "kitchen_sink", "probe_v2"):
+        bundle_copy(bundle_dir(name), scan / name)
+    (scan / "not_a_bundle").mkdir()
+    args = (str(bundle_dir("adder")), str(bundle_dir("kitchen_sink")), str(scan))
+    script = ROOT / "tests" / "polyplug_hosts" / "surface.py"
+
+    isolated = run_host(script, "isolated", *args, tmp_path=tmp_path)
+    reference = run_host(script, "polyplug", *args, tmp_path=tmp_path)
+
+    assert isolated == reference
+    assert isolated["register twice"] == ["RuntimeError", 'duplicate loader "native"']
+    assert isolated["resolve null handle"] == ["RuntimeError", "null plugin handle"]
+    assert isolated["resolve stale"] == ["ok", None]
+    assert isolated["kitchen"][:3] == [[0, "", "hello"], [0, "", "job x3 [r-x]"], [0, "", "abcd"]]
+    assert isolated["kitchen"][5][0] == 256  # the plugin's own AbiError code, and its message
+    assert isolated["counter"] == [[0, "", 1], [0, "", 2], [0, "", 1], [0, "", 3]]
+    assert isolated["phases"] == [["Unloading", "adder", None]]

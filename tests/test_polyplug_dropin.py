@@ -70,3 +70,73 @@ def test_surface_errors_phases_scanner_and_function_table_calls_match_polyplug(b
     assert isolated["kitchen"][5][0] == 256  # the plugin's own AbiError code, and its message
     assert isolated["counter"] == [[0, "", 1], [0, "", 2], [0, "", 1], [0, "", 3]]
     assert isolated["phases"] == [["Unloading", "adder", None]]
+
+
+def test_signature_policies_match_polyplug(bundle_dir, tmp_path: Path):
+    needs_polyplug()
+    seed, public = new_key()
+    other_seed, _ = new_key()
+    adder = bundle_dir("adder")
+    unsigned = bundle_copy(adder, tmp_path / "unsigned")
+    signed = bundle_copy(adder, tmp_path / "signed", key=seed)
+    tampered = bundle_copy(adder, tmp_path / "tampered", key=seed)
+    with open(tampered / "manifest.toml", "a") as manifest:
+        manifest.write("# changed after signing\n")
+    added = bundle_copy(adder, tmp_path / "added", key=seed)
+    (added / "notes.txt").write_text("added after signing")
+    wrong = bundle_copy(adder, tmp_path / "wrong", key=other_seed)
+    args = (public.hex(), *(str(p) for p in (unsigned, signed, tampered, added, wrong)))
+    script = ROOT / "tests" / "polyplug_hosts" / "signatures.py"
+
+    isolated = run_host(script, "isolated", *args, tmp_path=tmp_path)
+    reference = run_host(script, "polyplug", *args, tmp_path=tmp_path)
+
+    assert isolated == reference
+    assert isolated["Required, allowlist"] == [
+        "unsigned",
+        "loaded",
+        "bad signature",
+        "bad signature",
+        "untrusted key",
+    ]
+    assert isolated["Required, trust on first use"] == [
+        "unsigned",
+        "loaded",
+        "bad signature",
+        "bad signature",
+        "loaded",
+    ]
+    assert isolated["WarnOnly, allowlist"] == ["loaded"] * 5
+    assert isolated["Off"] == ["loaded"] * 5
+    assert isolated["Required from the config"] == isolated["Required, allowlist"]
+
+
+def test_hot_reload_and_compatibility_match_polyplug(bundle_dir, tmp_path: Path):
+    needs_polyplug()
+    adder = bundle_dir("adder")
+    manifest = (adder / "manifest.toml").read_text()
+    no_key = bundle_copy(adder, tmp_path / "no_key")
+    (no_key / "manifest.toml").write_text(manifest.split("[function_count]")[0])
+    wrong = bundle_copy(adder, tmp_path / "wrong")
+    (wrong / "manifest.toml").write_text(manifest.replace('"test.add@1" = 4', '"test.add@1" = 9'))
+    v1 = bundle_copy(bundle_dir("probe_v1"), tmp_path / "v1", api=PROBE_API)
+    v2 = bundle_copy(bundle_dir("probe_v2"), tmp_path / "v2", api=PROBE_API)
+    args = tuple(str(p) for p in (adder, no_key, wrong, v1, v2))
+    script = ROOT / "tests" / "polyplug_hosts" / "config.py"
+
+    isolated = run_host(script, "isolated", *args, tmp_path=tmp_path)
+    reference = run_host(script, "polyplug", *args, tmp_path=tmp_path)
+
+    assert isolated == reference
+    # (load, reload) of the bundle missing its key, then of the one with a wrong count:
+    assert isolated["Strict"] == ["function count mismatch", "ok", "function count mismatch", "ok"]
+    assert isolated["Relaxed"] == ["ok"] * 4
+    assert isolated["Yolo"] == ["ok"] * 4
+    assert isolated["calls"] == [[0, "", 1], [0, "", 2]]
+    assert isolated["same handle"] is True
+    assert isolated["phases"] == [
+        ["Preparing", "probe", None],
+        ["Reloaded", "probe", None],
+        ["Preparing", "probe", None],
+        ["Reloaded", "probe", None],
+    ]

@@ -1,6 +1,6 @@
 """polyplug's Runtime surface: loaders, handles, errors, phases, scanner, function-table calls.
 
-    python surface.py ADDER KITCHEN_SINK SCAN_DIR
+python surface.py ADDER KITCHEN_SINK SCAN_DIR
 """
 
 from __future__ import annotations

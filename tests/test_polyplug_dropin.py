@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from polyplug_isolated import bundle_id
 from tests._dropin import PROBE_API, ROOT, bundle_copy, needs_polyplug, new_key, run_host
 
 pytestmark = pytest.mark.timeout(180)
@@ -140,3 +141,49 @@ def test_hot_reload_and_compatibility_match_polyplug(bundle_dir, tmp_path: Path)
         ["Preparing", "probe", None],
         ["Reloaded", "probe", None],
     ]
+
+
+def test_where_polyplug_is_wrong_the_switched_host_gets_the_right_behaviour(bundle_dir, tmp_path: Path):
+    needs_polyplug()
+    seed, public = new_key()
+    other, _ = new_key()
+    adder = bundle_dir("adder")
+    twin = bundle_copy(adder, tmp_path / "twin")
+    manifest = (adder / "manifest.toml").read_text()
+    (twin / "manifest.toml").write_text(
+        manifest.replace('name = "adder"', 'name = "adder_twin"').replace(
+            "2548453539782603331", str(bundle_id("adder_twin"))
+        )
+    )
+    # Same bundle name, a library whose init registers a contract and then fails.
+    failing = bundle_copy(bundle_dir("register_fail"), tmp_path / "failing")
+    (failing / "manifest.toml").write_text(
+        manifest.replace("libadder.so", "libregister_fail.so").split("[function_count]")[0]
+    )
+    signed = bundle_copy(adder, tmp_path / "signed", key=seed)
+    other_signed = bundle_copy(adder, tmp_path / "other_signed", key=other)
+    unsigned = bundle_copy(adder, tmp_path / "unsigned")
+    args = (public.hex(), *(str(p) for p in (adder, twin, failing, signed, unsigned, other_signed)))
+    script = ROOT / "tests" / "polyplug_hosts" / "differences.py"
+
+    isolated = run_host(script, "isolated", *args, tmp_path=tmp_path)
+    reference = run_host(script, "polyplug", *args, tmp_path=tmp_path)
+
+    assert isolated == {
+        "find_all": [[0, 0], [1, 0]],
+        "load a loaded bundle": "refused",
+        "its contract afterwards": 42,
+        "failed reload": "refused",
+        "the old contract afterwards": 42,
+        "reload to an unsigned bundle": "refused",
+        "reload signed by another key, no allowlist": "refused",
+        "load without register_native_loader": "ok",
+    }
+    # What polyplug 0.1.3 does instead (find_all reads freed memory: its values vary).
+    assert reference["load a loaded bundle"] == "refused"
+    assert reference["its contract afterwards"] == "stale"
+    assert reference["failed reload"] == "refused"
+    assert reference["the old contract afterwards"] == "stale"
+    assert reference["reload to an unsigned bundle"] == "ok"
+    assert reference["reload signed by another key, no allowlist"] == "ok"
+    assert reference["load without register_native_loader"] == "refused"

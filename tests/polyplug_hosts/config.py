@@ -40,7 +40,7 @@ def main(adder: str, no_count_key: str, wrong_count: str, probe_v1: str, probe_v
     for compatibility in Compatibility:
         results = seen[compatibility.name] = []
         for path in (no_count_key, wrong_count):
-            results.append(attempt(lambda path=path: runtime(compatibility).load_bundle(path)))
+            results.append(attempt(lambda path=path, c=compatibility: runtime(c).load_bundle(path)))
             rt = runtime(compatibility)
             rt.load_bundle(adder)
             results.append(attempt(lambda rt=rt, path=path: rt.reload_bundle(path)))

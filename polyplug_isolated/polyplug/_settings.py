@@ -81,8 +81,7 @@ class LogSink:
     def emit(self, level: int, scope: str, message: str) -> None:
         level = level if level in LogLevel._value2member_map_ else LogLevel.Error
         _logger.log(_TO_PYTHON[LogLevel(level)], "[%s] %s", scope, message)
-        if self.enabled and level <= self.max_level:
-            self.deliver(level, scope, message)
+        self.deliver(level, scope, message)
 
     def deliver(self, level: int, scope: str, message: str) -> None:
         """To ``config.log`` only (the record already went to logging elsewhere)."""

@@ -27,7 +27,7 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from . import _idl
 from ._channel_ffi import ffi, lib
@@ -247,7 +247,9 @@ class Interface:
         self.functions = functions
         self.function_count = contract.function_count
         self.version = contract.version
+        # _Route.call: (fn, instance, args, fixups, out_size, returns_views, worker) -> (out, ret, worker)
         self.route = _Route(contract)
+        self._call_ex: Callable[..., tuple[bytes, bytes, WorkerProxy]] = self.route.call
         self.instances: dict[int, tuple[WorkerProxy, int]] = {}
         with _lock:
             slot = _interface_pool.take(1)
@@ -307,7 +309,7 @@ class Interface:
             return self.contract.call(fn, blob, out_size)  # the fast path, the default instance
         worker, handle = self._instance(token) if token else (None, 0)
         returns_views = bool(out_size and spec.out_views)
-        result, ret, proxy = self.route.call(fn, handle, blob, fixups, out_size, returns_views, worker)
+        result, ret, proxy = self._call_ex(fn, handle, blob, fixups, out_size, returns_views, worker)
         try:
             return spec.decode(result, ret) if out_size else result
         except _Breach as breach:
@@ -324,7 +326,7 @@ class Interface:
         return found
 
     def create(self) -> int:
-        out, _, worker = self.route.call("create_instance", 0, b"", [], 4, False)
+        out, _, worker = self._call_ex("create_instance", 0, b"", [], 4, False)
         token = next(_tokens)
         self.instances[token] = (worker, int.from_bytes(out, "little"))
         return token
@@ -337,7 +339,7 @@ class Interface:
         if self.contract.bundle.proxy is worker and worker.alive:
             # Draining: the worker destroys its instances before it unloads.
             with contextlib.suppress(BundleUnavailable):
-                self.route.call("destroy_instance", handle, b"", [], 0, False, worker)
+                self._call_ex("destroy_instance", handle, b"", [], 0, False, worker)
 
 
 # ---- errors as an AbiError -------------------------------------------------------------
@@ -386,6 +388,15 @@ def _owner(key: int) -> Any:
     return ref() if ref is not None else None
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _extern(function: _F) -> _F:
+    """Registers ``function`` as the Python side of the extern "Python+C" of its name."""
+    ffi.def_extern()(function)
+    return function
+
+
 def _guarded(default: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Nothing may unwind into C: an unexpected error is logged and the default returned."""
 
@@ -403,7 +414,7 @@ def _guarded(default: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]
     return wrap
 
 
-@ffi.def_extern()
+@_extern
 @_guarded(1)
 def pph_py_lifecycle(key: int, op: int, path: Any, path_len: int, bundle_id: int) -> int:
     owner = _owner(key)
@@ -418,7 +429,7 @@ def pph_py_lifecycle(key: int, op: int, path: Any, path_len: int, bundle_id: int
     return 0
 
 
-@ffi.def_extern()
+@_extern
 @_guarded(0)
 def pph_py_find(key: int, contract_id: int, min_version: int, find_all: int, out: Any, found: Any) -> int:
     owner = _owner(key)
@@ -440,7 +451,7 @@ def pph_py_find(key: int, contract_id: int, min_version: int, find_all: int, out
     return len(handles)
 
 
-@ffi.def_extern()
+@_extern
 @_guarded(ffi.NULL)
 def pph_py_resolve(key: int, index: int, generation: int) -> Any:
     owner = _owner(key)
@@ -454,7 +465,7 @@ def pph_py_resolve(key: int, index: int, generation: int) -> Any:
     return ffi.cast("GuestContractInterface *", address) if address else ffi.NULL
 
 
-@ffi.def_extern()
+@_extern
 @_guarded(0)
 def pph_py_list_bundles(key: int, out: Any) -> int:
     owner = _owner(key)
@@ -470,7 +481,7 @@ def pph_py_list_bundles(key: int, out: Any) -> int:
     return len(ids)
 
 
-@ffi.def_extern()
+@_extern
 @_guarded(1)
 def pph_py_register_loader(key: int, loader: Any) -> int:
     owner = _owner(key)
@@ -484,7 +495,7 @@ def pph_py_register_loader(key: int, loader: Any) -> int:
     return 0
 
 
-@ffi.def_extern()
+@_extern
 @_guarded(None)
 def pph_py_log(key: int, level: int, scope: Any, scope_len: int, message: Any, message_len: int) -> None:
     owner = _owner(key)
@@ -496,7 +507,7 @@ def _text(pointer: Any, length: int) -> str:
     return ffi.buffer(pointer, length)[:].decode("utf-8", "replace") if length else ""
 
 
-@ffi.def_extern()
+@_extern
 def pph_py_call(trampoline: int, instance: Any, args: Any, out: Any, err: Any) -> None:
     try:
         target = _targets.get(trampoline)
@@ -514,7 +525,7 @@ def pph_py_call(trampoline: int, instance: Any, args: Any, out: Any, err: Any) -
         _set_error(err, exc)
 
 
-@ffi.def_extern()
+@_extern
 def pph_py_create(slot: int, args: Any, out_instance: Any) -> None:
     out_instance.data, out_instance.contract_id = ffi.NULL, 0
     interface = _slots.get(slot)
@@ -537,7 +548,7 @@ def pph_py_create(slot: int, args: Any, out_instance: Any) -> None:
     out_instance.contract_id = interface.contract.contract_id
 
 
-@ffi.def_extern()
+@_extern
 def pph_py_destroy(slot: int, instance: Any) -> None:
     interface = _slots.get(slot)
     if interface is not None:

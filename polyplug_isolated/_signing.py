@@ -27,6 +27,8 @@ import struct
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 from .errors import BundleSignatureError
 
@@ -105,7 +107,7 @@ def generate_signing_key() -> tuple[bytes, bytes]:
     seed = private.private_bytes(
         serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
     )
-    return seed, _public_bytes(private.public_key())
+    return bytes(seed), _public_bytes(private.public_key())
 
 
 def key_file_bytes(key: bytes, *, signing: bool) -> bytes:
@@ -198,13 +200,13 @@ class SignatureCheck:
             )
 
 
-def _public_bytes(public) -> bytes:
+def _public_bytes(public: Any) -> bytes:
     from cryptography.hazmat.primitives import serialization
 
-    return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return bytes(public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
 
 
-def _ed25519():
+def _ed25519() -> ModuleType:
     try:
         from cryptography.hazmat.primitives.asymmetric import ed25519
     except ImportError:

@@ -73,7 +73,7 @@ class LogSink:
     """
 
     def __init__(self, config: Any):
-        self._callback = getattr(config, "log", None) if config is not None else None
+        self._callback: Any = getattr(config, "log", None) if config is not None else None
         self._user_data = getattr(config, "log_user_data", None)
         self.max_level = int(getattr(config, "log_max_level", 0) or 0)
         self.enabled = bool(self._callback)

@@ -255,7 +255,7 @@ class Runtime:
         (self.load_bundle if op == lib.PPH_LOAD else self.reload_bundle)(text)
 
     def host_find(self, contract_id: int, min_version: int) -> list[tuple[int, int]]:
-        return [tuple(h) for h in self.isolated.find_all_by_contract(contract_id, min_version)]
+        return [(h.index, h.generation) for h in self.isolated.find_all_by_contract(contract_id, min_version)]
 
     def host_interface(self, index: int, generation: int) -> int:
         """The interface's address, made on first resolve; 0 when the handle is stale."""
@@ -388,7 +388,7 @@ def _address(pointer: Any) -> int:
     raise TypeError(f"register_loader takes a loader pointer, not {type(pointer).__name__}")
 
 
-def _weakly(method: weakref.WeakMethod) -> Callable[[Any], None]:
+def _weakly(method: weakref.WeakMethod[Callable[[Any], None]]) -> Callable[[Any], None]:
     """A callback that does not keep the polyplug Runtime alive (its finalizer closes the workers)."""
 
     def call(value: Any) -> None:

@@ -108,3 +108,20 @@ def test_config_values_polyplug_does_not_define_are_refused():
         polyplug.Runtime(config=config)
     with pytest.raises(ValueError, match="Off .0., WarnOnly .1. or Required .2."):
         polyplug.Runtime(signature_policy=5)
+
+
+def test_collecting_the_runtime_closes_its_workers_as_polyplugs_destructor_does(bundle_dir):
+    import gc
+
+    import psutil
+
+    def loaded(cycle: bool) -> int:
+        rt = polyplug.Runtime(on_reload=(lambda _: rt) if cycle else None)
+        rt.load_bundle(bundle_dir("adder"))
+        return rt.isolated.bundles[0].pid
+
+    pid = loaded(cycle=False)
+    assert not psutil.pid_exists(pid)  # gone with the last reference
+    pid = loaded(cycle=True)
+    gc.collect()
+    assert not psutil.pid_exists(pid)

@@ -64,8 +64,9 @@ class Runtime:
     ):
         self._settings = read_settings(config, signature_policy)
         self._log = LogSink(config)
+        weak = weakref.WeakMethod  # callbacks must not keep the Runtime alive: collecting it closes it
         self._signatures = SignatureCheck(
-            self._settings.signature_policy, trusted_keys or (), warn=self._warn_signature
+            self._settings.signature_policy, trusted_keys or (), warn=_weakly(weak(self._warn_signature))
         )
         self._on_reload = on_reload
         self._apis = [Path(os.fspath(p)) for p in apis]
@@ -74,7 +75,6 @@ class Runtime:
         self._retired: list[Interface] = []
         self._loader: int | None = None
         self._current_bundle = ""  # named in WarnOnly messages
-        weak = weakref.WeakMethod
         self.isolated = IsolatedRuntime(
             on_reload=_weakly(weak(self._phase)) if on_reload is not None else None,
             on_event=_weakly(weak(self._event)),
@@ -87,14 +87,16 @@ class Runtime:
             self._forwarder = PluginLogForwarder(self._log, lambda name: _loads(names(), name))
             _bundle_logger.addHandler(self._forwarder)
         self._finalizer = weakref.finalize(
-            self, _shutdown, self.isolated, self.host_table, self._interfaces, self._retired, self._forwarder
+            self, _collected, self.isolated, self.host_table, self._interfaces, self._retired, self._forwarder
         )
 
     # ---- lifecycle ------------------------------------------------------------
 
     def close(self) -> None:
         """Unloads every bundle and stops the workers (polyplug does this when the Runtime is collected)."""
-        self._finalizer()
+        detached = self._finalizer.detach()
+        if detached is not None:
+            _shutdown(*detached[2])
 
     def __enter__(self) -> Runtime:
         return self
@@ -401,6 +403,16 @@ def _weakly(method: weakref.WeakMethod[Callable[[Any], None]]) -> Callable[[Any]
 
 def _loads(isolated: IsolatedRuntime | None, name: str) -> bool:
     return isolated is not None and any(b.name == name for b in isolated.bundles)
+
+
+def _collected(*parts: Any) -> None:
+    """The Runtime was garbage-collected: shut down. Collection may happen on any thread,
+    even one of the runtime's own (whose shutdown waits for it): off the main thread the
+    shutdown gets a thread of its own (not a daemon, so that exit waits for it)."""
+    if threading.current_thread() is threading.main_thread():
+        _shutdown(*parts)
+    else:
+        threading.Thread(target=_shutdown, args=parts, name="polyplug-runtime-close").start()
 
 
 def _shutdown(

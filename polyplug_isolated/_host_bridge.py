@@ -151,6 +151,8 @@ class _Function:
         """The args record (and the bytes its views point at), with the worker's fixups."""
         if args == ffi.NULL or not self.args_size:
             return b"", []
+        if not self.arg_views:
+            return ffi.buffer(args, self.args_size)[:], []
         record = bytearray(ffi.buffer(args, self.args_size))
         tail: list[bytes] = []
         size = self.args_size
@@ -288,8 +290,9 @@ class Interface:
             _interface_pool.give(self.slot, 1)
             _function_pool.give(self.first, self.function_count)
 
-    def call(self, fn: int, instance: Any, args: Any, out: Any) -> bytes | None:
-        """Runs functions[fn] in the worker; returns the out bytes to copy back."""
+    def call(self, fn: int, token: int, args: Any, out: Any) -> bytes | None:
+        """Runs functions[fn] on the instance ``token`` names (0: the default one) in the
+        worker; returns the out bytes to copy back."""
         spec = self.functions[fn] if fn < len(self.functions) else None
         if spec is None:
             raise PluginCallError(
@@ -304,7 +307,6 @@ class Interface:
         out_size = spec.out_size if out != ffi.NULL else 0
         if out_size:
             fixups += spec.out_fixups()
-        token = int(ffi.cast("uintptr_t", instance))
         if token == 0 and not fixups:
             return self.contract.call(fn, blob, out_size)  # the fast path, the default instance
         worker, handle = self._instance(token) if token else (None, 0)
@@ -368,16 +370,8 @@ _last_error = threading.local()
 
 
 def last_call_error() -> BaseException | None:
-    """The exception behind the calling thread's last failed trampoline call (None after a success)."""
+    """The exception behind the calling thread's last failed trampoline call."""
     return getattr(_last_error, "value", None)
-
-
-def _set_error(err: Any, exc: BaseException | None) -> None:
-    _last_error.value = exc
-    if exc is None:
-        lib.pph_set_abi_error(err, 0, ffi.NULL, 0)
-    else:
-        _abi_error(err, exc)
 
 
 # ---- the C callbacks ---------------------------------------------------------------------
@@ -508,7 +502,8 @@ def _text(pointer: Any, length: int) -> str:
 
 
 @_extern
-def pph_py_call(trampoline: int, instance: Any, args: Any, out: Any, err: Any) -> None:
+def pph_py_call(trampoline: int, instance: int, args: Any, out: Any, err: Any) -> None:
+    # The trampoline already wrote an Ok AbiError: only a failure is written here.
     try:
         target = _targets.get(trampoline)
         if target is None:
@@ -520,9 +515,9 @@ def pph_py_call(trampoline: int, instance: Any, args: Any, out: Any, err: Any) -
         data = interface.call(fn, instance, args, out)
         if data:
             ffi.memmove(out, data, len(data))
-        _set_error(err, None)
     except BaseException as exc:
-        _set_error(err, exc)
+        _last_error.value = exc
+        _abi_error(err, exc)
 
 
 @_extern

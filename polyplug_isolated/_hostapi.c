@@ -327,7 +327,9 @@ void pph_bump_revision(pph_runtime *rt) { __atomic_fetch_add(&rt->revision, 1, _
     static void pph_fn_##n(GuestContractInstance instance, const void *args, void *out, AbiError *err) \
     {                                                                                          \
         AbiError ignored;                                                                      \
-        pph_py_call(n, instance.data, args, out, err ? err : &ignored);                        \
+        err = err ? err : &ignored;                                                            \
+        *err = (AbiError){ABI_OK, {NULL, 0}}; /* Python writes it only when the call fails */ \
+        pph_py_call(n, (uintptr_t)instance.data, args, out, err);                              \
     }
 #define PPH_CREATE(n)                                                                                   \
     static void pph_create_##n(VmLoaderData loader, const HostApi *host, const void *args,             \

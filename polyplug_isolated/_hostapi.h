@@ -45,7 +45,7 @@ int pph_py_list_bundles(uint64_t key, Array *out);
 int pph_py_register_loader(uint64_t key, void *loader);
 void pph_py_log(uint64_t key, uint32_t level, const uint8_t *scope, size_t scope_len, const uint8_t *message,
                 size_t message_len);
-void pph_py_call(uint32_t trampoline, void *instance, const void *args, void *out, AbiError *err);
+void pph_py_call(uint32_t trampoline, uintptr_t instance, const void *args, void *out, AbiError *err);
 void pph_py_create(uint32_t slot, const void *args, GuestContractInstance *out_instance);
 void pph_py_destroy(uint32_t slot, void *instance);
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import shutil
+import signal
 import subprocess
 import threading
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import cffi
 import pytest
 
-from polyplug_isolated import ManifestError, bundle_id, guest_contract_id
+from polyplug_isolated import CallTimeout, Fault, ManifestError, WorkerCrashed, bundle_id, guest_contract_id
 
 polyplug = pytest.importorskip("polyplug_isolated.polyplug")
 
@@ -178,3 +179,30 @@ def test_a_closed_runtime_s_host_api_answers_closed_instead_of_crashing(bundle_d
     with pytest.raises(RuntimeError, match="closed"):
         rt.load_bundle(bundle_dir("adder"))
     assert bundle_id("adder") == 2548453539782603331
+
+
+@pytest.mark.parametrize(
+    ("fault", "error", "words"),
+    [
+        (Fault.crash(signal.SIGSEGV), WorkerCrashed, "SIGSEGV"),
+        (Fault.hang(), CallTimeout, "no answer within"),
+    ],
+)
+def test_a_crash_or_hang_behind_a_function_pointer_is_an_abi_error_not_a_dead_host(
+    bundle_dir, fault, error, words
+):
+    from polyplug_abi import AbiError, GuestContractInstance, GuestContractInterface
+
+    native = ctypes.CFUNCTYPE(None, GuestContractInstance, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
+    with polyplug.Runtime(call_timeout=1.0) as rt:
+        rt.load_bundle(bundle_dir("adder"))
+        iface = GuestContractInterface.from_address(rt.resolve_guest_contract(rt.find_guest_contract(ADD, 1)))
+        functions = ctypes.cast(iface.dispatch.native.functions, ctypes.POINTER(ctypes.c_void_p))
+        add_primitive = native(functions[1])
+        rt.isolated.bundles[0].inject(fault.on_call(1))
+        args, out, err = (ctypes.c_uint32 * 2)(2, 3), ctypes.c_uint32(), AbiError()
+        pointers = ctypes.addressof(args), ctypes.addressof(out), ctypes.addressof(err)
+        add_primitive(GuestContractInstance(), *pointers)
+        assert err.code == 3  # Panic
+        assert words in ctypes.string_at(err.message.ptr, err.message.len).decode()
+        assert isinstance(rt.last_call_error(), error)

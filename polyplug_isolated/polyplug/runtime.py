@@ -227,6 +227,15 @@ class Runtime:
         self._ensure_open()
         return self.host_interface(handle.index, handle.generation) or None
 
+    @staticmethod
+    def last_call_error() -> BaseException | None:
+        """Why the calling thread's last failed call through a function table failed.
+
+        The AbiError carries a code and our message; this is the exception behind it
+        (WorkerCrashed with its signal and stderr tail, CallTimeout, ...).
+        """
+        return _host_bridge.last_call_error()
+
     def release_plugin(self, resolve_handle: int) -> None:
         """Nothing to release: interfaces live as long as their handle (as in polyplug)."""
 

@@ -93,6 +93,26 @@ def test_a_c_host_loads_finds_calls_and_unloads_through_runtime_host(c_host, bun
     assert "[c-host] hello from C" in caplog.text
 
 
+def test_the_c_host_sees_the_same_host_api_as_on_polyplug(c_host, bundle_dir, tmp_path: Path):
+    from tests._dropin import needs_polyplug, run_host
+
+    needs_polyplug()
+    args = (c_host._name, str(bundle_dir("adder")))
+    script = ROOT / "tests" / "polyplug_hosts" / "c_host.py"
+
+    isolated = run_host(script, "isolated", *args, tmp_path=tmp_path)
+    reference = run_host(script, "polyplug", *args, tmp_path=tmp_path)
+
+    # A function pointer kept past unload: undefined behaviour in polyplug (its library
+    # may not be unmapped yet), StaleHandle here.
+    assert isolated.pop("call_after_unload_code") == "5"
+    reference.pop("call_after_unload_code")
+    # The load error's text differs (ours names the bundle and what to do); both have one.
+    assert int(isolated.pop("last_error_len")) > 0 and int(reference.pop("last_error_len")) > 0
+    assert isolated == reference
+    assert isolated["add_primitive"] == "42"
+
+
 def test_cffi_calls_the_function_table_with_strings_and_buffers(bundle_dir):
     ffi = cffi.FFI()
     ffi.cdef(CDEF)

@@ -323,13 +323,20 @@ void pph_bump_revision(pph_runtime *rt) { __atomic_fetch_add(&rt->revision, 1, _
     PPH_HEX2(M, p##8) PPH_HEX2(M, p##9) PPH_HEX2(M, p##A) PPH_HEX2(M, p##B) \
     PPH_HEX2(M, p##C) PPH_HEX2(M, p##D) PPH_HEX2(M, p##E) PPH_HEX2(M, p##F)
 
-#define PPH_FUNCTION(n)                                                                        \
+/* Shared by every function trampoline (kept out of line: 4096 copies stay small). */
+__attribute__((noinline)) static void dispatch(uint32_t n, void *instance, const void *args, void *out,
+                                               AbiError *err)
+{
+    AbiError ignored;
+    err = err ? err : &ignored;
+    *err = (AbiError){ABI_OK, {NULL, 0}}; /* Python writes it only when the call fails */
+    pph_py_call(n, (uintptr_t)instance, args, out, err);
+}
+
+#define PPH_FUNCTION(n)                                                                                \
     static void pph_fn_##n(GuestContractInstance instance, const void *args, void *out, AbiError *err) \
-    {                                                                                          \
-        AbiError ignored;                                                                      \
-        err = err ? err : &ignored;                                                            \
-        *err = (AbiError){ABI_OK, {NULL, 0}}; /* Python writes it only when the call fails */ \
-        pph_py_call(n, (uintptr_t)instance.data, args, out, err);                              \
+    {                                                                                                  \
+        dispatch(n, instance.data, args, out, err);                                                    \
     }
 #define PPH_CREATE(n)                                                                                   \
     static void pph_create_##n(VmLoaderData loader, const HostApi *host, const void *args,             \
@@ -346,16 +353,19 @@ void pph_bump_revision(pph_runtime *rt) { __atomic_fetch_add(&rt->revision, 1, _
 #define PPH_CREATE_ENTRY(n) pph_create_##n,
 #define PPH_DESTROY_ENTRY(n) pph_destroy_##n,
 
-PPH_HEX3(PPH_FUNCTION, 0x)
-PPH_HEX2(PPH_CREATE, 0x)
+PPH_HEX3(PPH_FUNCTION, 0x0) PPH_HEX3(PPH_FUNCTION, 0x1)
+PPH_HEX2(PPH_CREATE, 0x0) PPH_HEX2(PPH_CREATE, 0x1) PPH_HEX2(PPH_CREATE, 0x2) PPH_HEX2(PPH_CREATE, 0x3)
 
-static const void *const g_functions[PPH_FUNCTION_TRAMPOLINES] = {PPH_HEX3(PPH_FUNCTION_ENTRY, 0x)};
+static const void *const g_functions[PPH_FUNCTION_TRAMPOLINES] = {
+    PPH_HEX3(PPH_FUNCTION_ENTRY, 0x0) PPH_HEX3(PPH_FUNCTION_ENTRY, 0x1)};
 static void (*const g_creates[PPH_INTERFACE_TRAMPOLINES])(VmLoaderData, const HostApi *, const void *,
                                                           GuestContractInstance *) = {
-    PPH_HEX2(PPH_CREATE_ENTRY, 0x)};
+    PPH_HEX2(PPH_CREATE_ENTRY, 0x0) PPH_HEX2(PPH_CREATE_ENTRY, 0x1) PPH_HEX2(PPH_CREATE_ENTRY, 0x2)
+        PPH_HEX2(PPH_CREATE_ENTRY, 0x3)};
 static void (*const g_destroys[PPH_INTERFACE_TRAMPOLINES])(VmLoaderData, const HostApi *,
                                                            GuestContractInstance) = {
-    PPH_HEX2(PPH_DESTROY_ENTRY, 0x)};
+    PPH_HEX2(PPH_DESTROY_ENTRY, 0x0) PPH_HEX2(PPH_DESTROY_ENTRY, 0x1) PPH_HEX2(PPH_DESTROY_ENTRY, 0x2)
+        PPH_HEX2(PPH_DESTROY_ENTRY, 0x3)};
 
 /* One interface: its struct, then its function table, in one allocation.
  * Never freed while the process lives: a host may keep the pointer (the

@@ -17,8 +17,8 @@
 
 #include "polyplug_abi.h"
 
-#define PPH_FUNCTION_TRAMPOLINES 4096
-#define PPH_INTERFACE_TRAMPOLINES 256
+#define PPH_FUNCTION_TRAMPOLINES 8192
+#define PPH_INTERFACE_TRAMPOLINES 1024
 #define PPH_MESSAGE_CAP 1024
 
 typedef struct pph_runtime pph_runtime;

@@ -226,3 +226,14 @@ def test_a_crash_or_hang_behind_a_function_pointer_is_an_abi_error_not_a_dead_ho
         assert err.code == 3  # Panic
         assert words in ctypes.string_at(err.message.ptr, err.message.len).decode()
         assert isinstance(rt.last_call_error(), error)
+
+
+def test_trampoline_numbers_are_fresh_first_then_reused():
+    from polyplug_isolated._host_bridge import _Pool
+
+    pool = _Pool(10)
+    assert [pool.take(4), pool.take(4)] == [0, 4]
+    pool.give(0, 4)
+    assert pool.take(2) == 8  # fresh numbers left: a stale pointer keeps answering StaleHandle longer
+    assert pool.take(3) == 0  # then the freed range
+    assert pool.take(2) is None  # one number left in it, none fresh

@@ -120,6 +120,8 @@ def key_file_bytes(key: bytes, *, signing: bool) -> bytes:
 class SignatureCheck:
     """A runtime's policy, allowlist and trust-on-first-use pins.
 
+    ``warn(bundle, message)`` reports a WarnOnly failure (default: logging).
+
     With an empty allowlist the first key that verifies a bundle is pinned for
     that bundle (by name) for the runtime's lifetime: a later load or reload
     signed by another key is refused.
@@ -129,14 +131,14 @@ class SignatureCheck:
         self,
         policy: int,
         trusted_keys: Iterable[bytes] = (),
-        warn: Callable[[str], None] | None = None,
+        warn: Callable[[str, str], None] | None = None,
     ):
         self.policy = Policy(int(policy))
         self.trusted = [bytes(k) for k in trusted_keys]
         for i, key in enumerate(self.trusted):
             if len(key) != 32:
                 raise ValueError(f"trusted key {i} must be 32 bytes, got {len(key)}")
-        self._warn = warn or _logger.warning
+        self._warn = warn or _log_warning
         self._pins: dict[str, bytes] = {}
         self._lock = threading.Lock()
         if self.policy is not Policy.Off:
@@ -151,7 +153,7 @@ class SignatureCheck:
         except _Unverified as why:
             if self.policy is Policy.Required:
                 raise BundleSignatureError(f"{why}", bundle=bundle) from None
-            self._warn(f"signature check failed (WarnOnly — continuing): {why}")
+            self._warn(bundle, f"signature check failed (WarnOnly — continuing): {why}")
 
     def _verify(self, directory: Path, bundle: str) -> None:
         sig_path = directory / SIGNATURE_FILE
@@ -198,6 +200,10 @@ class SignatureCheck:
                 f"bundle `{bundle}` is signed by key {public.hex()}, but this runtime pinned "
                 f"{pinned.hex()} for it on first use; sign it with the pinned key or pass trusted_keys"
             )
+
+
+def _log_warning(bundle: str, message: str) -> None:
+    _logger.warning("bundle `%s`: %s", bundle, message)
 
 
 def _public_bytes(public: Any) -> bytes:

@@ -82,11 +82,14 @@ def test_trust_on_first_use_pins_the_first_key_per_bundle(bundle: Path, tmp_path
 
 
 def test_warn_only_reports_and_continues(bundle: Path):
-    warnings: list[str] = []
-    SignatureCheck(Policy.WarnOnly, warn=warnings.append).check(bundle, "adder")
+    warnings: list[tuple[str, str]] = []
+    SignatureCheck(Policy.WarnOnly, warn=lambda *w: warnings.append(w)).check(bundle, "adder")
     assert warnings == [
-        "signature check failed (WarnOnly — continuing): bundle `adder` is not signed and signature_policy "
-        "is Required; sign it (a bundle.sig beside its manifest) or lower the policy"
+        (
+            "adder",
+            "signature check failed (WarnOnly — continuing): bundle `adder` is not signed and "
+            "signature_policy is Required; sign it (a bundle.sig beside its manifest) or lower the policy",
+        )
     ]
 
 

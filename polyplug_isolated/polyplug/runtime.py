@@ -74,7 +74,6 @@ class Runtime:
         self._interfaces: dict[tuple[int, int], Interface] = {}
         self._retired: list[Interface] = []
         self._loader: int | None = None
-        self._current_bundle = ""  # named in WarnOnly messages
         self.isolated = IsolatedRuntime(
             on_reload=_weakly(weak(self._phase)) if on_reload is not None else None,
             on_event=_weakly(weak(self._event)),
@@ -314,11 +313,10 @@ class Runtime:
         return next((b for b in self.isolated.bundles if b.id == bundle_id), None)
 
     def _check_signature(self, manifest: ManifestData) -> None:
-        self._current_bundle = manifest.name
         self._signatures.check(manifest.path, manifest.name)
 
-    def _warn_signature(self, message: str) -> None:
-        self._log.emit(LogLevel.Warn, "runtime", f"bundle `{self._current_bundle}`: {message}")
+    def _warn_signature(self, bundle: str, message: str) -> None:
+        self._log.emit(LogLevel.Warn, "runtime", f"bundle `{bundle}`: {message}")
 
     def _precheck(self, manifest: ManifestData) -> None:
         """Relaxed: warn about a provides entry without its [function_count] key (Strict
@@ -399,13 +397,13 @@ def _address(pointer: Any) -> int:
     raise TypeError(f"register_loader takes a loader pointer, not {type(pointer).__name__}")
 
 
-def _weakly(method: weakref.WeakMethod[Callable[[Any], None]]) -> Callable[[Any], None]:
+def _weakly(method: weakref.WeakMethod[Callable[..., None]]) -> Callable[..., None]:
     """A callback that does not keep the polyplug Runtime alive (its finalizer closes the workers)."""
 
-    def call(value: Any) -> None:
+    def call(*args: Any) -> None:
         target = method()
         if target is not None:
-            target(value)
+            target(*args)
 
     return call
 

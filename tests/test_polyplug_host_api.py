@@ -237,3 +237,29 @@ def test_trampoline_numbers_are_fresh_first_then_reused():
     assert pool.take(2) == 8  # fresh numbers left: a stale pointer keeps answering StaleHandle longer
     assert pool.take(3) == 0  # then the freed range
     assert pool.take(2) is None  # one number left in it, none fresh
+
+
+def test_an_instance_does_not_survive_a_reload_it_answers_stale_handle(bundle_dir):
+    from polyplug_abi import AbiError, GuestContractInstance, GuestContractInterface, HostApi, RuntimeConfig
+
+    native = ctypes.CFUNCTYPE(None, GuestContractInstance, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
+    config = RuntimeConfig()
+    config.hot_reload_enabled = True
+    with polyplug.Runtime(config=config) as rt:
+        rt.load_bundle(bundle_dir("kitchen_sink"))
+        host = HostApi.from_address(rt.host)
+        address = rt.resolve_guest_contract(rt.find_guest_contract(guest_contract_id("test.counter", 1), 1))
+        functions = ctypes.cast(
+            GuestContractInterface.from_address(address).dispatch.native.functions,
+            ctypes.POINTER(ctypes.c_void_p),
+        )
+        increment = native(functions[0])
+        instance, value, err = GuestContractInstance(), ctypes.c_int64(), AbiError()
+        host.create_guest_instance(rt.host, address, None, ctypes.byref(instance))
+        increment(instance, None, ctypes.addressof(value), ctypes.addressof(err))
+        increment(instance, None, ctypes.addressof(value), ctypes.addressof(err))
+        assert (err.code, value.value) == (0, 2)
+        rt.reload_bundle(bundle_dir("kitchen_sink"))
+        increment(instance, None, ctypes.addressof(value), ctypes.addressof(err))
+        assert err.code == 5
+        assert "create a new instance" in ctypes.string_at(err.message.ptr, err.message.len).decode()

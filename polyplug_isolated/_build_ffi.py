@@ -79,8 +79,9 @@ host_ffi.cdef(
     void pp_lease_release(pp_conn *c, int64_t lease);
     int pp_call(pp_conn *c, int64_t lease, uint32_t contract, uint32_t function, const uint8_t *args,
                 size_t args_len, uint8_t *out, size_t out_size, double timeout_s);
-    int64_t pp_call_small(pp_conn *c, int64_t lease, uint32_t contract, uint32_t function, const uint8_t *args,
+    int64_t pp_call_small(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *args,
                           size_t args_len, size_t out_size, double timeout_s);
+    void pp_use_lease(pp_conn *c, int64_t lease);
     int64_t pp_small_result(size_t out_size);
     int pp_call_batch(pp_conn *c, int64_t lease, uint32_t contract, uint32_t function, const uint8_t *args,
                       size_t args_len, size_t count, uint8_t *out, size_t out_size, double timeout_s);

@@ -71,6 +71,7 @@ struct pp_conn {
     uint64_t arena_cap;
     int wait_mode;
     uint64_t spin_ns;
+    uint64_t serial; /* unique per conn: the key of the thread's lease cache */
     alignas(PP_CACHE_LINE) _Atomic uint64_t tickets; /* BIND ring */
     pthread_mutex_t lease_lock;
     uint32_t owned; /* slots leased or orphaned (under lease_lock) */
@@ -88,11 +89,25 @@ struct pp_conn {
     pp_hslot *slots;
 };
 
-/* Why the calling thread's last call failed (read by Python on failure only). */
-static _Thread_local pp_result last_result;
-/* The out of the calling thread's last small call (pp_call_small): kept
- * here, not in the slot's state, which the slot's next owner overwrites. */
-static _Thread_local uint8_t small_out[8];
+/* Per host thread: why its last call failed (read by Python on failure
+ * only); the out of its last small call (kept here, not in the slot's
+ * state, which the slot's next owner overwrites); and its leases of the last
+ * few conns it called, so that the hot path finds its lease without Python. */
+#define LEASE_CACHE 4
+typedef struct pp_thread_state {
+    pp_result result;
+    uint8_t small_out[8];
+    struct {
+        uint64_t conn_serial;
+        int64_t lease;
+    } leases[LEASE_CACHE];
+    unsigned next_lease;
+} pp_thread_state;
+
+static _Thread_local pp_thread_state me;
+static _Atomic uint64_t conn_serials;
+#define last_result (me.result)
+#define small_out (me.small_out)
 
 pp_result *pp_last_result(void) { return &last_result; }
 
@@ -149,6 +164,7 @@ pp_conn *pp_conn_create(int fd, uint32_t nslots, uint32_t max_threads, uint64_t 
     c->wait_mode = wait_mode;
     c->spin_ns = spin_ns;
     c->slots = slots;
+    c->serial = atomic_fetch_add(&conn_serials, 1) + 1;
     pthread_mutex_init(&c->lease_lock, NULL);
     sem_init(&c->slot_freed, 0, 0);
     sem_init(&c->drained, 0, 0);
@@ -617,7 +633,8 @@ static int settle(pp_conn *c, uint32_t i, int may_pend)
         }
         if (p->spill == PP_IN_ARENA)
             release_arena(c, i);
-        atomic_store(&hs->lease, atomic_load(&hs->lease) & ~LEASE_BUSY);
+        atomic_store_explicit(&hs->lease, atomic_load_explicit(&hs->lease, memory_order_relaxed) & ~LEASE_BUSY,
+                              memory_order_release);
         announce_free(c); /* past max_threads, an idle slot can be taken over */
     }
     /* After a timeout or a death the slot stays taken: the worker that might
@@ -741,11 +758,29 @@ static int64_t small_value(const uint8_t *out, size_t out_size)
     return (int64_t)value;
 }
 
-int64_t pp_call_small(pp_conn *c, int64_t lease, uint32_t contract, uint32_t function, const uint8_t *args,
-                      size_t args_len, size_t out_size, double timeout_s)
+void pp_use_lease(pp_conn *c, int64_t lease)
+{
+    for (unsigned k = 0; k < LEASE_CACHE; k++)
+        if (me.leases[k].conn_serial == c->serial) {
+            me.leases[k].lease = lease;
+            return;
+        }
+    unsigned k = me.next_lease++ % LEASE_CACHE;
+    me.leases[k].conn_serial = c->serial;
+    me.leases[k].lease = lease;
+}
+
+int64_t pp_call_small(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *args, size_t args_len,
+                      size_t out_size, double timeout_s)
 {
     if (out_size > 7)
         return -PP_CALL_TOO_LARGE;
+    int64_t lease = 0;
+    for (unsigned k = 0; k < LEASE_CACHE; k++)
+        if (me.leases[k].conn_serial == c->serial)
+            lease = me.leases[k].lease;
+    if (!lease)
+        return -PP_CALL_LEASE_LOST;
     int rc = run(c, lease, contract, function, args, args_len, 1, NULL, out_size, &PLAIN, timeout_s);
     if (rc != PP_CALL_OK)
         return -rc;

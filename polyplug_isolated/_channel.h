@@ -61,11 +61,14 @@ void pp_lease_release(pp_conn *c, int64_t lease);
 /* One call; out receives out_size bytes. */
 int pp_call(pp_conn *c, int64_t lease, uint32_t contract, uint32_t function, const uint8_t *args, size_t args_len,
             uint8_t *out, size_t out_size, double timeout_s);
-/* One call whose out is at most 7 bytes: returns them as a little-endian
- * integer, or -PP_CALL_* (saves allocating an out buffer per call). After
+/* One call whose out is at most 7 bytes, on the calling thread's lease as
+ * pp_use_lease last set it for this conn (-PP_CALL_LEASE_LOST: none):
+ * returns the out as a little-endian integer, or -PP_CALL_* (saves
+ * allocating an out buffer per call, and a lease lookup in Python). After
  * PENDING and a successful pp_resume, pp_small_result has the value. */
-int64_t pp_call_small(pp_conn *c, int64_t lease, uint32_t contract, uint32_t function, const uint8_t *args,
-                      size_t args_len, size_t out_size, double timeout_s);
+int64_t pp_call_small(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *args, size_t args_len,
+                      size_t out_size, double timeout_s);
+void pp_use_lease(pp_conn *c, int64_t lease);
 int64_t pp_small_result(size_t out_size);
 /* `count` calls over packed args records, one hand-off; out receives
  * count * out_size bytes (the completed prefix on a plugin error). */

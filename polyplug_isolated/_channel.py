@@ -72,8 +72,7 @@ class Channel:
     """The call slots shared with one worker.
 
     ``conn`` is what the C calls take; GuestContract calls ``pp_call_small``
-    on it directly with the lease in ``local``, the one path where an extra
-    Python frame would show.
+    on it directly, the one path where an extra Python frame would show.
     """
 
     def __init__(
@@ -113,14 +112,29 @@ class Channel:
     # ---- leases ----------------------------------------------------------------
 
     def lease(self, timeout: float) -> int:
-        """The calling thread's lease, taken on its first call (waits up to ``timeout`` for a slot)."""
+        """The calling thread's lease, taken on its first call (waits up to ``timeout`` for a slot).
+
+        A new lease is also put in the C side's per-thread cache, where
+        ``pp_call_small`` finds it; ``cache_lease`` puts it back there.
+        """
         try:
             return self.local.lease
         except AttributeError:
             holder = self.take_lease(timeout)
             self.local.holder = holder
             self.local.lease = holder.id
+            lib.pp_use_lease(self.conn, holder.id)
             return holder.id
+
+    def cache_lease(self, timeout: float) -> None:
+        """Makes the calling thread's lease (taken if need be) the one ``pp_call_small`` uses.
+
+        Failing to take one is left to the call that follows, which says why.
+        """
+        try:
+            lib.pp_use_lease(self.conn, self.lease(timeout))
+        except ChannelFailure:
+            pass
 
     def renew_lease(self, timeout: float) -> int:
         """A new lease for the calling thread: its old one was taken over or its call abandoned."""
@@ -181,9 +195,9 @@ class Channel:
             raise ChannelFailure.last(status)
         return bytes(out)
 
-    def finish_small(self, value: int, lease: int, out_size: int) -> int:
-        """The rest of a ``pp_call_small`` that came back negative: its value, or ``-status``."""
-        status = self.settle(-value, lease)
+    def finish_small(self, value: int, out_size: int) -> int:
+        """The rest of a ``pp_call_small`` that came back PENDING: its value, or ``-status``."""
+        status = self.settle(-value, self.local.lease)
         return lib.pp_small_result(out_size) if status == lib.PP_CALL_OK else -status
 
     def call_batch(

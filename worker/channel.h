@@ -12,9 +12,9 @@
  *   | ring[nslots]        |  BIND messages in arrival order, one cache line
  *   |                     |  each: "give slot i a thread of its own"
  *   +---------------------+  pp_slots_offset(nslots)
- *   | slot 0              |  down line (host -> worker frame), up line
- *   |                     |  (worker -> host frame), wake line (two futex
- *   |                     |  flags + the call-back descriptor), the error
+ *   | slot 0              |  down line (host -> worker frame), wake line
+ *   |                     |  (two futex flags + the call-back descriptor),
+ *   |                     |  up line (worker -> host frame), the error
  *   |                     |  message, and payload_cap bytes of payload
  *   | slot 1 ...          |
  *   +---------------------+  pp_arena_offset(...)
@@ -193,6 +193,17 @@ typedef struct pp_slot {
     uint16_t fixups;   /* entries in the fixup table (only with count == 1) */
     uint16_t reserved;
     uint8_t args[PP_INLINE_ARGS];
+    /* wake line: the two sleep flags, and the descriptor of a CALLBACK frame.
+     * Between the down and up lines: CPUs fetch lines in 128-byte pairs, and
+     * the two hot lines, written by different sides, must not share one. */
+    alignas(PP_CACHE_LINE) _Atomic uint32_t host_waiting;
+    _Atomic uint32_t worker_waiting;
+    uint64_t cb_target; /* host contract id or bundle id */
+    uint32_t cb_function;
+    uint32_t cb_depth;
+    uint32_t cb_offset; /* payload offset of the call back's args; its out follows them */
+    uint32_t cb_args_len;
+    uint32_t cb_out_size;
     /* up line: written by the worker, up_seq last */
     alignas(PP_CACHE_LINE) _Atomic uint64_t up_seq;
     uint16_t up_kind; /* PP_UP_* */
@@ -203,21 +214,13 @@ typedef struct pp_slot {
     uint8_t out[PP_INLINE_OUT];
     uint32_t ret_len; /* bytes of the return area used (fixups) */
     uint32_t answers; /* answers written to this slot so far (wraps): lets the host spot a second one */
-    /* wake line: the two sleep flags, and the descriptor of a CALLBACK frame */
-    alignas(PP_CACHE_LINE) _Atomic uint32_t host_waiting;
-    _Atomic uint32_t worker_waiting;
-    uint64_t cb_target; /* host contract id or bundle id */
-    uint32_t cb_function;
-    uint32_t cb_depth;
-    uint32_t cb_offset; /* payload offset of the call back's args; its out follows them */
-    uint32_t cb_args_len;
-    uint32_t cb_out_size;
     char err_msg[PP_ERR_CAP];
 } pp_slot;
 
 _Static_assert(sizeof(pp_bind) == PP_CACHE_LINE, "a ring entry is one cache line");
-_Static_assert(offsetof(pp_slot, up_seq) == PP_CACHE_LINE, "the down frame is one cache line");
-_Static_assert(offsetof(pp_slot, host_waiting) == 2 * PP_CACHE_LINE, "the up frame is one cache line");
+_Static_assert(offsetof(pp_slot, host_waiting) == PP_CACHE_LINE, "the down frame is one cache line");
+_Static_assert(offsetof(pp_slot, up_seq) == 2 * PP_CACHE_LINE, "the wake line is one cache line");
+_Static_assert(offsetof(pp_slot, err_msg) == 3 * PP_CACHE_LINE, "the up frame is one cache line");
 
 #define PP_HEADER_SIZE PP_ROUND_LINE(sizeof(pp_header))
 #define PP_SLOT_HEADER_SIZE PP_ROUND_LINE(sizeof(pp_slot))

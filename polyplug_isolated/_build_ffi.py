@@ -75,7 +75,7 @@ host_ffi.cdef(
     int pp_conn_wait_drained(pp_conn *c, double timeout_s);
     void pp_conn_mark_dead(pp_conn *c);
     pp_result *pp_last_result(void);
-    int64_t pp_lease_take(pp_conn *c, double timeout_s);
+    int64_t pp_lease_take(pp_conn *c, double timeout_s, int may_take_over);
     void pp_lease_release(pp_conn *c, int64_t lease);
     int pp_call(pp_conn *c, int64_t lease, uint32_t contract, uint32_t function, const uint8_t *args,
                 size_t args_len, uint8_t *out, size_t out_size, double timeout_s);
@@ -86,15 +86,16 @@ host_ffi.cdef(
     int pp_call_batch(pp_conn *c, int64_t lease, uint32_t contract, uint32_t function, const uint8_t *args,
                       size_t args_len, size_t count, uint8_t *out, size_t out_size, double timeout_s);
     int pp_call_ex(pp_conn *c, int64_t lease, uint32_t contract, uint32_t function, uint32_t instance,
-                   const uint8_t *args, size_t args_len, const pp_fixup *fixups, uint32_t nfixups, uint8_t *out,
-                   size_t out_size, uint8_t *ret, size_t ret_cap, double timeout_s);
+                   const uint8_t *args, size_t args_len, const pp_fixup *fixups, uint32_t nfixups,
+                   uint8_t *out, size_t out_size, uint8_t *ret, size_t ret_cap, double timeout_s);
     int pp_submit(pp_conn *c, int64_t lease, uint32_t contract, uint32_t function, uint32_t instance,
-                  const uint8_t *args, size_t args_len, const pp_fixup *fixups, uint32_t nfixups, uint8_t *out,
-                  size_t out_size, uint8_t *ret, size_t ret_cap, double timeout_s);
+                  const uint8_t *args, size_t args_len, const pp_fixup *fixups, uint32_t nfixups,
+                  uint8_t *out, size_t out_size, uint8_t *ret, size_t ret_cap, double timeout_s);
     int pp_resume(pp_conn *c, int64_t lease);
     int pp_poll(pp_conn *c, int64_t lease);
     void pp_abandon(pp_conn *c, int64_t lease);
     uint32_t pp_bell(pp_conn *c);
+    void pp_bell_ring(pp_conn *c);
     void pp_bell_wait(pp_conn *c, uint32_t seen, double timeout_s);
     """
 )

@@ -415,9 +415,9 @@ static int prepare_slot(pp_conn *c, uint32_t i, uint64_t deadline)
 }
 
 /* Claims a slot for a new lease (under lease_lock): a free one while fewer
- * than max_threads are owned, else an idle one taken over from its owner.
- * Returns the slot or -1. */
-static int claim_slot(pp_conn *c, uint64_t *lease)
+ * than max_threads are owned, else (may_take_over) an idle one taken over
+ * from its owner. Returns the slot or -1. */
+static int claim_slot(pp_conn *c, uint64_t *lease, int may_take_over)
 {
     reap_orphans(c);
     int idle = -1;
@@ -436,7 +436,7 @@ static int claim_slot(pp_conn *c, uint64_t *lease)
             idle = (int)i;
         }
     }
-    if (c->owned < c->max_threads || idle < 0)
+    if (c->owned < c->max_threads || idle < 0 || !may_take_over)
         return -1;
     /* Past max_threads: take over an idle slot; its owner's next call finds
      * its lease gone and takes another (PP_CALL_LEASE_LOST). */
@@ -455,7 +455,7 @@ static int claim_slot(pp_conn *c, uint64_t *lease)
     return -1;
 }
 
-int64_t pp_lease_take(pp_conn *c, double timeout_s)
+int64_t pp_lease_take(pp_conn *c, double timeout_s, int may_take_over)
 {
     uint64_t deadline = timeout_s < 0 ? UINT64_MAX : pp_now_ns() + (uint64_t)(timeout_s * 1e9);
     for (;;) {
@@ -465,7 +465,7 @@ int64_t pp_lease_take(pp_conn *c, double timeout_s)
         /* Dekker with the slot givers: announce, claim, then sleep. */
         atomic_fetch_add(&c->slot_waiters, 1);
         pthread_mutex_lock(&c->lease_lock);
-        int i = claim_slot(c, &lease);
+        int i = claim_slot(c, &lease, may_take_over);
         pthread_mutex_unlock(&c->lease_lock);
         if (i < 0) {
             uint64_t now = pp_now_ns();
@@ -847,6 +847,12 @@ void pp_abandon(pp_conn *c, int64_t lease)
 }
 
 uint32_t pp_bell(pp_conn *c) { return atomic_load(&c->hdr->async_bell); }
+
+void pp_bell_ring(pp_conn *c)
+{
+    atomic_fetch_add(&c->hdr->async_bell, 1);
+    pp_futex_wake(&c->hdr->async_bell, INT32_MAX);
+}
 
 void pp_bell_wait(pp_conn *c, uint32_t seen, double timeout_s)
 {

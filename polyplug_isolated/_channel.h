@@ -49,8 +49,10 @@ void pp_conn_mark_dead(pp_conn *c);
 pp_result *pp_last_result(void);
 
 /* Leases: a slot (and with it a worker thread of its own) for one host
- * thread, or one async call. Returns a lease > 0, or -PP_CALL_*. */
-int64_t pp_lease_take(pp_conn *c, double timeout_s);
+ * thread, or one async call. Past max_threads slots in use, takes an idle
+ * slot over from its owner if `may_take_over` (host threads do; the async
+ * pool waits for its own slots instead). Returns a lease > 0, or -PP_CALL_*. */
+int64_t pp_lease_take(pp_conn *c, double timeout_s, int may_take_over);
 /* Gives a lease back: the slot's worker thread retires. */
 void pp_lease_release(pp_conn *c, int64_t lease);
 
@@ -93,6 +95,8 @@ int pp_poll(pp_conn *c, int64_t lease);
  * answer is dropped when it comes, and the slot then serves someone else. */
 void pp_abandon(pp_conn *c, int64_t lease);
 uint32_t pp_bell(pp_conn *c);
+/* Moves the bell (the host side: a new call to look at). */
+void pp_bell_ring(pp_conn *c);
 void pp_bell_wait(pp_conn *c, uint32_t seen, double timeout_s);
 
 #endif

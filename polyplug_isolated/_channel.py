@@ -14,6 +14,7 @@ sleeps in the main thread returns to Python every few milliseconds
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -131,10 +132,8 @@ class Channel:
 
         Failing to take one is left to the call that follows, which says why.
         """
-        try:
+        with contextlib.suppress(ChannelFailure):
             lib.pp_use_lease(self.conn, self.lease(timeout))
-        except ChannelFailure:
-            pass
 
     def renew_lease(self, timeout: float) -> int:
         """A new lease for the calling thread: its old one was taken over or its call abandoned."""
@@ -146,7 +145,7 @@ class Channel:
         deadline = None if timeout < 0 else time.monotonic() + timeout
         while True:
             left = _TAKE_SLICE if deadline is None else min(_TAKE_SLICE, deadline - time.monotonic())
-            lease_id = lib.pp_lease_take(self.conn, max(left, 0.0))
+            lease_id = lib.pp_lease_take(self.conn, max(left, 0.0), 1)
             if lease_id > 0:
                 return Lease(self.conn, lease_id)
             if lease_id != -lib.PP_CALL_TIMEOUT or (deadline is not None and time.monotonic() >= deadline):

@@ -84,7 +84,9 @@ class RuntimeConfig:
         if not 1 <= self.slots <= 4096:  # PP_MAX_SLOTS
             raise ValueError(f"slots must be between 1 and 4096, not {self.slots}")
         if self.max_threads is not None and not 1 <= self.max_threads <= self.slots:
-            raise ValueError(f"max_threads must be between 1 and slots ({self.slots}), not {self.max_threads}")
+            raise ValueError(
+                f"max_threads must be between 1 and slots ({self.slots}), not {self.max_threads}"
+            )
         if not 8 <= self.payload_capacity <= 1 << 30:
             raise ValueError(
                 f"payload_capacity must be between 8 bytes and 1 GiB, not {self.payload_capacity}"

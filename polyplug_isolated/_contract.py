@@ -8,9 +8,11 @@ it is retried on the new worker: a reload loses no call.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from typing import TYPE_CHECKING
 
+from ._async import Reactor
 from ._bundle import Bundle, BundleState
 from ._channel import ChannelFailure
 from ._channel_ffi import lib
@@ -182,6 +184,56 @@ class GuestContract:
             self.route()  # bind to the bundle's current worker, then try there
             return self.call(fn_index, args, out_size, timeout=timeout)
         raise self._error(failure, proxy, fn_index, wait)
+
+    async def acall(
+        self,
+        fn_index: int,
+        args: bytes | bytearray | memoryview,
+        out_size: int,
+        *,
+        timeout: float | None = _DEFAULT,
+    ) -> bytes:
+        """``call``, awaited: the event loop runs on while the worker does the call.
+
+        Calls awaited at once run at once in the worker, each on a worker
+        thread of the bundle's async pool. Cancelling the awaiting task does not
+        stop the plugin function: its answer is dropped when it comes. Raises
+        what ``call`` raises.
+        """
+        out, _ = await self.acall_ex(fn_index, 0, args, [], out_size, 0, timeout=timeout)
+        return out
+
+    async def acall_ex(
+        self,
+        fn_index: int,
+        instance: int,
+        args: bytes | bytearray | memoryview,
+        fixups: list[tuple[int, int]],
+        out_size: int,
+        ret_cap: int,
+        *,
+        timeout: float | None = _DEFAULT,
+    ) -> tuple[bytes, bytes]:
+        """An awaited call with an instance, pointer fixups and a return area (see Channel.call_ex)."""
+        wait = self._timeout if timeout is _DEFAULT else _seconds(timeout)
+        if self._bundle.proxy is None and self._bundle.restart_pending:
+            await asyncio.to_thread(self._bundle.await_worker, None if wait < 0 else wait)
+        proxy, _, index = self.route()
+        if type(fn_index) is not int or not 0 <= fn_index < self.function_count:
+            raise self._no_such_function(fn_index)
+        if type(args) is not bytes:
+            args = _as_bytes_view(args)
+        if type(out_size) is not int or out_size < 0:
+            raise ValueError(f"out_size must be a non-negative int, not {out_size!r}")
+        reactor = Reactor.of(proxy.channel)
+        try:
+            return await reactor.call(index, fn_index, instance, args, fixups, out_size, ret_cap, wait)
+        except ChannelFailure as failure:
+            if failure.status == lib.PP_CALL_UNAVAILABLE and self._rerouted(failure, proxy):
+                return await self.acall_ex(
+                    fn_index, instance, args, fixups, out_size, ret_cap, timeout=timeout
+                )
+            raise self._error(failure, proxy, fn_index, wait) from None
 
     def call_many(
         self, fn_index: int, args_list, out_size: int, *, timeout: float | None = _DEFAULT

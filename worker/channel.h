@@ -47,7 +47,9 @@
  *                    <-----------  ANSWER  up_seq = k+1      (call done)
  *   a nested call (the call back calls this bundle again) is a CALL in
  *   place of the REPLY: W(T) serves it on its own stack, answers it, and
- *   waits on for the REPLY (up to PP_MAX_DEPTH frames deep).
+ *   waits on for the REPLY (up to PP_MAX_DEPTH frames deep, cb_depth). The
+ *   host lays a nested call's args and out past the call back's; until it
+ *   serves call backs (a later step), the worker refuses nested CALLs.
  *     down_seq = k   RETIRE ---------->  W(T) answers and exits
  *                    <-----------  ANSWER  up_seq = k
  *
@@ -64,10 +66,11 @@
  * contract id or a bundle id, cb_function, cb_depth) and where its args and
  * out live: cb_args_len bytes at payload offset cb_offset (8-aligned, at or
  * past the running call's own spill bytes), its out (cb_out_size bytes) right
- * after them. The host answers with a REPLY frame whose `status` is a
+ * after them. The host answers with a REPLY frame whose `count` is a
  * PP_STATUS_*, `function` the AbiError code, `out_size` the out bytes written,
- * and the message in err_msg. A host that serves no call backs replies
- * PP_STATUS_NO_CALLBACKS (AbiError HostContractNotFound).
+ * `args_len` the message length and the message in err_msg. A host that
+ * serves no call backs replies PP_STATUS_NO_CALLBACKS (AbiError
+ * HostContractNotFound). PP_FN_CALL_BACK_PROBE exercises the round trip.
  *
  * Async calls (flag PP_FLAG_ASYNC): after the ANSWER, the worker also bumps
  * the header's async_bell and wakes it, so one host thread can wait for the
@@ -122,9 +125,12 @@
 #define PP_IN_SLOT 0
 #define PP_IN_ARENA 1
 
-/* Function ids past any contract's functions: instance management. */
+/* Function ids past any contract's functions: instance management, and a
+ * self-test of the call-back round trip. */
 #define PP_FN_CREATE_INSTANCE 0xFFFFFFFFu  /* args -> create_instance; out: u32 handle */
 #define PP_FN_DESTROY_INSTANCE 0xFFFFFFFEu /* destroys request.instance */
+#define PP_FN_CALL_BACK_PROBE 0xFFFFFFFDu  /* the worker thread asks for a call back (cb_target 0) and
+                                              answers with the host's REPLY: a protocol self-test */
 
 /* Pointer fixups: how pointers cross the process boundary without the host
  * ever holding one. The table (pp_fixup[fixups]) follows the args. */

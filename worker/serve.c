@@ -406,6 +406,9 @@ typedef struct ppw_thread {
     struct ppw_thread *next; /* in g_threads */
 } ppw_thread;
 
+/* `assigned` of a spare told to exit: a changed word, so that no wake-up is lost. */
+#define STOP_SPARE UINT32_MAX
+
 static ppw_thread *g_threads;     /* every thread started, for ppw_stop (dispatcher-private) */
 static ppw_thread **g_slot_owner; /* per slot: its thread, or NULL */
 static ppw_thread *g_spares[PPW_SPARE_THREADS];
@@ -416,11 +419,10 @@ static void *slot_thread(void *arg)
     ppw_thread *t = arg;
     ppw_thread_alt_stack();
     uint32_t assigned;
-    while ((assigned = atomic_load(&t->assigned)) == 0) {
-        if (atomic_load(&g_stop))
-            return NULL;
+    while ((assigned = atomic_load(&t->assigned)) == 0)
         pp_futex_wait_until(&t->assigned, 0, UINT64_MAX);
-    }
+    if (assigned == STOP_SPARE)
+        return NULL;
     serve_slot(assigned - 1);
     stack_t off = {.ss_flags = SS_DISABLE}, alt;
     if (sigaltstack(&off, &alt) == 0 && !(alt.ss_flags & SS_DISABLE))
@@ -507,8 +509,11 @@ static void stop_threads(void)
         atomic_store(&s->worker_waiting, 0);
         pp_futex_wake(&s->worker_waiting, INT32_MAX);
     }
-    for (ppw_thread *t = g_threads; t; t = t->next)
-        pp_futex_wake(&t->assigned, 1);
+    for (unsigned i = 0; i < g_nspares; i++) {
+        atomic_store(&g_spares[i]->assigned, STOP_SPARE);
+        pp_futex_wake(&g_spares[i]->assigned, 1);
+    }
+    g_nspares = 0;
     while (g_threads) {
         pthread_join(g_threads->id, NULL);
         forget_thread(g_threads);

@@ -315,7 +315,7 @@ static int stray_answer(pp_conn *c)
 static int interruptible(void) { return gettid() == getpid(); }
 
 /* Host threads spinning in wait=auto now, and how many may: half the CPUs
- * this process may use, at least one. */
+ * online (not the calling thread's affinity, which may be a pin), at least one. */
 static _Atomic int spinners;
 
 static int spin_cap(void)
@@ -323,9 +323,8 @@ static int spin_cap(void)
     static _Atomic int cap;
     int n = atomic_load_explicit(&cap, memory_order_relaxed);
     if (n == 0) {
-        cpu_set_t allowed;
-        n = sched_getaffinity(0, sizeof allowed, &allowed) == 0 ? CPU_COUNT(&allowed) / 2 : 1;
-        n = n > 1 ? n : 1;
+        long online = sysconf(_SC_NPROCESSORS_ONLN);
+        n = online >= 4 ? (int)(online / 2) : 1;
         atomic_store_explicit(&cap, n, memory_order_relaxed);
     }
     return n;

@@ -103,7 +103,7 @@ host_ffi.cdef(
 host_ffi.set_source(
     "polyplug_isolated._channel_ffi",
     '#include "channel.h"\n#include "_channel.h"\n',
-    sources=[_relative(HOST_DIR / "_channel.c")],
+    sources=[_relative(HOST_DIR / name) for name in ("_channel.c", "_leases.c")],
     include_dirs=[_relative(HOST_DIR), _relative(WORKER_DIR)],
     extra_compile_args=CFLAGS,
     libraries=["pthread"],

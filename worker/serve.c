@@ -301,7 +301,6 @@ static int await_frame(pp_header *h, pp_slot *s, uint64_t served)
     if (counted && atomic_fetch_add(&g_spinners, 1) >= g_spin_cap) {
         atomic_fetch_sub(&g_spinners, 1);
         counted = 0;
-        spin_until = 0;
     }
     for (unsigned i = first; mode == PP_WAIT_SPIN || counted; i++) {
         if (atomic_load_explicit(&s->down_seq, memory_order_acquire) != served ||

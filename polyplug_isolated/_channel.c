@@ -62,11 +62,12 @@ static void init_segment(pp_conn *c)
     h->max_threads = c->max_threads;
     h->payload_cap = c->payload_cap;
     h->arena_cap = c->arena_cap;
+    h->idle_retire_ms = c->idle_retire_ms;
     h->worker_cpu = h->host_cpu = UINT32_MAX;
 }
 
 pp_conn *pp_conn_create(int fd, uint32_t nslots, uint32_t max_threads, uint64_t payload_cap, uint64_t arena_cap,
-                        int wait_mode, uint64_t spin_ns)
+                        int wait_mode, uint64_t spin_ns, uint32_t idle_retire_ms)
 {
     if (nslots == 0 || nslots > PP_MAX_SLOTS || max_threads == 0 || max_threads > nslots ||
         payload_cap > UINT32_MAX || arena_cap > UINT32_MAX) {
@@ -99,6 +100,7 @@ pp_conn *pp_conn_create(int fd, uint32_t nslots, uint32_t max_threads, uint64_t 
     c->arena_cap = arena_cap;
     c->wait_mode = wait_mode;
     c->spin_ns = spin_ns;
+    c->idle_retire_ms = idle_retire_ms;
     c->slots = slots;
     c->serial = atomic_fetch_add(&conn_serials, 1) + 1;
     pthread_mutex_init(&c->lease_lock, NULL);
@@ -368,8 +370,9 @@ static const pp_extra PLAIN = {0, NULL, 0, NULL, 0, 0};
 /* A CALLBACK frame: this host serves none yet, so it replies at once with
  * PP_STATUS_NO_CALLBACKS (the plugin sees HostContractNotFound). Host
  * contracts will run here, on the thread that made the call. */
-static void reply_no_callbacks(pp_slot *s, pp_hslot *hs)
+static void reply_no_callbacks(pp_conn *c, uint32_t i)
 {
+    pp_slot *s = ppc_slot_at(c, i);
     static const char why[] = "polyplug_isolated: this host serves no call backs";
     memcpy(s->err_msg, why, sizeof why - 1);
     s->kind = PP_DOWN_REPLY;
@@ -378,7 +381,7 @@ static void reply_no_callbacks(pp_slot *s, pp_hslot *hs)
     s->function = 100; /* AbiError HostContractNotFound */
     s->out_size = 0;
     s->args_len = sizeof why - 1;
-    ppc_publish(s, hs);
+    ppc_publish(c, i);
 }
 
 /* Waits for the answer to slot i's call and takes it (copying the outs where
@@ -402,7 +405,7 @@ static int settle(pp_conn *c, uint32_t i, int may_pend)
             rc = ppc_violation("the worker answered with an unknown frame kind");
             break;
         }
-        reply_no_callbacks(s, hs);
+        reply_no_callbacks(c, i);
     }
     if (rc == PP_CALL_PENDING)
         return rc;
@@ -508,7 +511,7 @@ static int submit(pp_conn *c, int64_t lease, uint32_t contract, uint32_t functio
     }
     hs->call = (pp_pending){count, table, out_size, out, x->ret, x->ret_cap, spill, layout, deadline};
     memset(small_out, 0, sizeof small_out);
-    ppc_publish(s, hs);
+    ppc_publish(c, i);
     return PP_CALL_PENDING;
 
 unsent:

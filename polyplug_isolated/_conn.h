@@ -55,6 +55,7 @@ struct pp_conn {
     uint64_t arena_cap;
     int wait_mode;
     uint64_t spin_ns;
+    uint32_t idle_retire_ms;
     uint64_t serial; /* unique per conn: the key of the thread's lease cache */
     alignas(PP_CACHE_LINE) _Atomic uint64_t tickets; /* BIND ring */
     pthread_mutex_t lease_lock;
@@ -85,11 +86,21 @@ static inline void ppc_wake_peer(_Atomic uint32_t *flag)
         pp_futex_wake(flag, 1);
 }
 
-/* Writes the down frame's sequence number and wakes the slot's thread. */
-static inline void ppc_publish(pp_slot *s, pp_hslot *hs)
+void ppc_bind(pp_conn *c, uint32_t i);
+
+/* Writes the down frame's sequence number and wakes the slot's thread, or
+ * has the worker start one when the slot's thread retired while idle. */
+static inline void ppc_publish(pp_conn *c, uint32_t i)
 {
-    atomic_store_explicit(&s->down_seq, ++hs->seq, memory_order_release);
-    ppc_wake_peer(&s->worker_waiting);
+    pp_slot *s = ppc_slot_at(c, i);
+    atomic_store_explicit(&s->down_seq, ++c->slots[i].seq, memory_order_release);
+    /* Dekker with the worker's "set the flag, re-check the sequence". */
+    atomic_thread_fence(memory_order_seq_cst);
+    uint32_t flag = atomic_load_explicit(&s->worker_waiting, memory_order_relaxed);
+    if (flag && (flag = atomic_exchange(&s->worker_waiting, 0)) == PP_WORKER_RETIRED)
+        ppc_bind(c, i);
+    else if (flag)
+        pp_futex_wake(&s->worker_waiting, 1);
 }
 
 static inline int ppc_lease_in_flight(pp_conn *c, int64_t lease)

@@ -47,7 +47,7 @@ static void send_retire(pp_conn *c, uint32_t i)
     pp_slot *s = ppc_slot_at(c, i);
     s->kind = PP_DOWN_RETIRE;
     s->flags = 0;
-    ppc_publish(s, hs);
+    ppc_publish(c, i);
     hs->threaded = 0;
     hs->retiring = 1;
 }
@@ -69,13 +69,22 @@ static int prepare_slot(pp_conn *c, uint32_t i, uint64_t deadline)
         hs->answers++;
         hs->retiring = 0;
     }
+    ppc_bind(c, i);
+    hs->threaded = 1;
+    return PP_CALL_OK;
+}
+
+/* BIND(i) through the ring: the worker gives slot i a thread. At most one is
+ * unconsumed per slot (a slot's next BIND follows its thread's RETIRE answer
+ * or retirement, so its last BIND was taken), which keeps the ring from
+ * overrunning: see the ticket argument in worker/channel.h. */
+void ppc_bind(pp_conn *c, uint32_t i)
+{
     uint64_t ticket = atomic_fetch_add(&c->tickets, 1);
     pp_bind *r = &pp_ring(c->base)[ticket % c->nslots];
     r->slot = i;
     atomic_store_explicit(&r->seq, ticket + 1, memory_order_release);
     ppc_wake_peer(&c->hdr->worker_sleeping);
-    hs->threaded = 1;
-    return PP_CALL_OK;
 }
 
 /* Claims a slot for a new lease (under lease_lock): a free one while fewer

@@ -40,10 +40,13 @@ host_ffi.cdef(
     #define PP_CALL_PROTOCOL ...
     #define PP_CALL_TOO_LARGE ...
     #define PP_CALL_REFUSED ...
+    #define PP_CALL_PENDING ...
+    #define PP_CALL_LEASE_LOST ...
 
     typedef struct pp_conn pp_conn;
     #define PP_FN_CREATE_INSTANCE ...
     #define PP_FN_DESTROY_INSTANCE ...
+    #define PP_FN_CALL_BACK_PROBE ...
     #define PP_FIX_ARG_POINTER ...
     #define PP_FIX_OUT_VIEW ...
     #define PP_FIX_OUT_BUFFER ...
@@ -63,8 +66,8 @@ host_ffi.cdef(
     } pp_fixup;
 
     size_t pp_segment_bytes(uint32_t nslots, uint64_t payload_cap, uint64_t arena_cap);
-    pp_conn *pp_conn_create(int fd, uint32_t nslots, uint64_t payload_cap, uint64_t arena_cap, int wait_mode,
-                            uint64_t spin_ns);
+    pp_conn *pp_conn_create(int fd, uint32_t nslots, uint32_t max_threads, uint64_t payload_cap,
+                            uint64_t arena_cap, int wait_mode, uint64_t spin_ns, uint32_t idle_retire_ms);
     void pp_conn_destroy(pp_conn *c);
     int64_t pp_conn_inflight(pp_conn *c);
     uint64_t pp_conn_calls(pp_conn *c);
@@ -73,22 +76,35 @@ host_ffi.cdef(
     int pp_conn_wait_drained(pp_conn *c, double timeout_s);
     void pp_conn_mark_dead(pp_conn *c);
     pp_result *pp_last_result(void);
-    int pp_call(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *args, size_t args_len,
-                uint8_t *out, size_t out_size, double timeout_s);
+    int64_t pp_lease_take(pp_conn *c, double timeout_s, int may_take_over);
+    void pp_lease_release(pp_conn *c, int64_t lease);
+    int pp_call(pp_conn *c, int64_t lease, uint32_t contract, uint32_t function, const uint8_t *args,
+                size_t args_len, uint8_t *out, size_t out_size, double timeout_s);
     int64_t pp_call_small(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *args,
                           size_t args_len, size_t out_size, double timeout_s);
-    int pp_call_batch(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *args, size_t args_len,
-                      size_t count, uint8_t *out, size_t out_size, double timeout_s);
-    int pp_call_ex(pp_conn *c, uint32_t contract, uint32_t function, uint32_t instance, const uint8_t *args,
-                   size_t args_len, const pp_fixup *fixups, uint32_t nfixups, uint8_t *out, size_t out_size,
-                   uint8_t *ret, size_t ret_cap, double timeout_s);
+    void pp_use_lease(pp_conn *c, int64_t lease);
+    int64_t pp_small_result(size_t out_size);
+    int pp_call_batch(pp_conn *c, int64_t lease, uint32_t contract, uint32_t function, const uint8_t *args,
+                      size_t args_len, size_t count, uint8_t *out, size_t out_size, double timeout_s);
+    int pp_call_ex(pp_conn *c, int64_t lease, uint32_t contract, uint32_t function, uint32_t instance,
+                   const uint8_t *args, size_t args_len, const pp_fixup *fixups, uint32_t nfixups,
+                   uint8_t *out, size_t out_size, uint8_t *ret, size_t ret_cap, double timeout_s);
+    int pp_submit(pp_conn *c, int64_t lease, uint32_t contract, uint32_t function, uint32_t instance,
+                  const uint8_t *args, size_t args_len, const pp_fixup *fixups, uint32_t nfixups,
+                  uint8_t *out, size_t out_size, uint8_t *ret, size_t ret_cap, double timeout_s);
+    int pp_resume(pp_conn *c, int64_t lease);
+    int pp_poll(pp_conn *c, int64_t lease);
+    void pp_abandon(pp_conn *c, int64_t lease);
+    uint32_t pp_bell(pp_conn *c);
+    void pp_bell_ring(pp_conn *c);
+    void pp_bell_wait(pp_conn *c, uint32_t seen, double timeout_s);
     """
 )
 host_ffi.cdef((HOST_DIR / "_hostapi.cdef").read_text())  # the host's HostApi (_hostapi.h)
 host_ffi.set_source(
     "polyplug_isolated._channel_ffi",
     '#include "channel.h"\n#include "_channel.h"\n#include "_hostapi.h"\n',
-    sources=[_relative(HOST_DIR / "_channel.c"), _relative(HOST_DIR / "_hostapi.c")],
+    sources=[_relative(HOST_DIR / name) for name in ("_channel.c", "_leases.c", "_hostapi.c")],
     include_dirs=[_relative(HOST_DIR), _relative(WORKER_DIR)],
     extra_compile_args=CFLAGS,
     libraries=["pthread"],

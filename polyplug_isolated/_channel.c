@@ -1,11 +1,15 @@
 /*
- * Host side of the data plane: submit calls into a worker's segment and wait
- * for the answers, in one C call that runs without the GIL.
+ * Host side of the data plane: submit calls into a worker's segment and
+ * wait for the answers, in C calls that run without the GIL.
  *
- * The segment layout and the hand-off protocol are in worker/channel.h. This
+ * The segment layout and the slot protocol are in worker/channel.h. This
  * file adds the host-private connection state that a hostile worker cannot
- * touch: the ticket counter, the free-slot bitmap, the in-flight count used
- * to drain, the arena lock, and the DEAD flag the liveness monitor raises.
+ * touch: per slot its lease word (who owns it, whether a frame is in flight),
+ * its sequence numbers and answer count, the in-flight count used to drain,
+ * the arena owner, and the DEAD flag the liveness monitor raises.
+ *
+ * Who holds which slot is _leases.c's business; the state both share is in
+ * _conn.h.
  */
 #define _GNU_SOURCE
 #include "channel.h"
@@ -18,36 +22,28 @@
 #include <unistd.h>
 
 #include "_channel.h"
+#include "_conn.h"
 
-/* Longest single sleep on a word the worker can write to: every blocked
- * waiter re-checks the host-private state this often. */
-#define SLICE_NS 50000000ull
-#define BITMAP_WORDS (PP_MAX_SLOTS / 64)
 
-struct pp_conn {
-    uint8_t *base;
-    size_t size;
-    pp_header *hdr;
-    uint32_t nslots;
-    uint64_t payload_cap;
-    uint64_t arena_cap;
-    int wait_mode;
-    uint64_t spin_ns;
-    alignas(PP_CACHE_LINE) _Atomic uint64_t tickets;
-    alignas(PP_CACHE_LINE) _Atomic uint64_t free_slots[BITMAP_WORDS];
-    _Atomic uint32_t slot_waiters;
-    sem_t slot_freed;
-    alignas(PP_CACHE_LINE) _Atomic uint32_t state;
-    _Atomic int64_t inflight;
-    sem_t drained; /* posted when the last call leaves a non-READY conn */
-    pthread_mutex_t arena_lock;
-    _Atomic uint64_t calls;
-    _Atomic uint64_t failures;
-    uint32_t *answers; /* per slot: answers taken, to hold against the slot's own count */
-};
+/* Per host thread: why its last call failed (read by Python on failure
+ * only); the out of its last small call (kept here, not in the slot's
+ * state, which the slot's next owner overwrites); and its leases of the last
+ * few conns it called, so that the hot path finds its lease without Python. */
+#define LEASE_CACHE 4
+typedef struct pp_thread_state {
+    pp_result result;
+    uint8_t small_out[8];
+    struct {
+        uint64_t conn_serial;
+        int64_t lease;
+    } leases[LEASE_CACHE];
+    unsigned next_lease;
+} pp_thread_state;
 
-/* Why the calling thread's last call failed (read by Python on failure only). */
-static _Thread_local pp_result last_result;
+static _Thread_local pp_thread_state me;
+static _Atomic uint64_t conn_serials;
+#define last_result (me.result)
+#define small_out (me.small_out)
 
 pp_result *pp_last_result(void) { return &last_result; }
 
@@ -63,15 +59,18 @@ static void init_segment(pp_conn *c)
     h->magic = PP_MAGIC;
     h->protocol_version = PP_PROTOCOL_VERSION;
     h->nslots = c->nslots;
+    h->max_threads = c->max_threads;
     h->payload_cap = c->payload_cap;
     h->arena_cap = c->arena_cap;
+    h->idle_retire_ms = c->idle_retire_ms;
     h->worker_cpu = h->host_cpu = UINT32_MAX;
 }
 
-pp_conn *pp_conn_create(int fd, uint32_t nslots, uint64_t payload_cap, uint64_t arena_cap, int wait_mode,
-                        uint64_t spin_ns)
+pp_conn *pp_conn_create(int fd, uint32_t nslots, uint32_t max_threads, uint64_t payload_cap, uint64_t arena_cap,
+                        int wait_mode, uint64_t spin_ns, uint32_t idle_retire_ms)
 {
-    if (nslots == 0 || nslots > PP_MAX_SLOTS || payload_cap > UINT32_MAX || arena_cap > UINT32_MAX) {
+    if (nslots == 0 || nslots > PP_MAX_SLOTS || max_threads == 0 || max_threads > nslots ||
+        payload_cap > UINT32_MAX || arena_cap > UINT32_MAX) {
         errno = EINVAL;
         return NULL;
     }
@@ -81,33 +80,33 @@ pp_conn *pp_conn_create(int fd, uint32_t nslots, uint64_t payload_cap, uint64_t 
     void *base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (base == MAP_FAILED)
         return NULL;
-    pp_conn *c;
-    if (posix_memalign((void **)&c, PP_CACHE_LINE, sizeof *c) != 0) {
+    pp_conn *c = NULL;
+    pp_hslot *slots = NULL;
+    if (posix_memalign((void **)&c, PP_CACHE_LINE, sizeof *c) != 0 ||
+        posix_memalign((void **)&slots, PP_CACHE_LINE, nslots * sizeof *slots) != 0) {
+        free(c);
         munmap(base, size);
         errno = ENOMEM;
         return NULL;
     }
     memset(c, 0, sizeof *c);
+    memset(slots, 0, nslots * sizeof *slots);
     c->base = base;
     c->size = size;
     c->hdr = base;
     c->nslots = nslots;
+    c->max_threads = max_threads;
     c->payload_cap = payload_cap;
     c->arena_cap = arena_cap;
     c->wait_mode = wait_mode;
     c->spin_ns = spin_ns;
-    for (uint32_t i = 0; i < nslots; i++)
-        c->free_slots[i / 64] |= 1ull << (i % 64);
-    c->answers = calloc(nslots, sizeof *c->answers);
-    if (!c->answers) {
-        munmap(base, size);
-        free(c);
-        errno = ENOMEM;
-        return NULL;
-    }
+    c->idle_retire_ms = idle_retire_ms;
+    c->slots = slots;
+    c->serial = atomic_fetch_add(&conn_serials, 1) + 1;
+    pthread_mutex_init(&c->lease_lock, NULL);
     sem_init(&c->slot_freed, 0, 0);
     sem_init(&c->drained, 0, 0);
-    pthread_mutex_init(&c->arena_lock, NULL);
+    sem_init(&c->arena_freed, 0, 0);
     init_segment(c);
     return c;
 }
@@ -117,10 +116,11 @@ pp_conn *pp_conn_create(int fd, uint32_t nslots, uint64_t payload_cap, uint64_t 
 void pp_conn_destroy(pp_conn *c)
 {
     munmap(c->base, c->size);
+    pthread_mutex_destroy(&c->lease_lock);
     sem_destroy(&c->slot_freed);
     sem_destroy(&c->drained);
-    pthread_mutex_destroy(&c->arena_lock);
-    free(c->answers);
+    sem_destroy(&c->arena_freed);
+    free(c->slots);
     free(c);
 }
 
@@ -136,15 +136,39 @@ void pp_conn_set_draining(pp_conn *c)
     atomic_compare_exchange_strong(&c->state, &ready, PP_CONN_DRAINING);
 }
 
+
+void ppc_release_arena(pp_conn *c, uint32_t slot)
+{
+    uint32_t mine = slot + 1;
+    if (atomic_compare_exchange_strong(&c->arena_owner, &mine, 0) && atomic_load(&c->arena_waiters))
+        sem_post(&c->arena_freed);
+}
+
+/* The call that ended (answered, given up, or its worker gone) leaves the
+ * in-flight count; the last one out of a non-READY conn wakes the drainer. */
+void ppc_leave(pp_conn *c)
+{
+    if (atomic_fetch_sub(&c->inflight, 1) == 1 && atomic_load(&c->state) != PP_CONN_READY)
+        sem_post(&c->drained);
+}
+
+
 int pp_conn_wait_drained(pp_conn *c, double timeout_s)
 {
     uint64_t deadline = pp_now_ns() + (uint64_t)(timeout_s * 1e9);
-    while (atomic_load(&c->inflight) != 0) {
-        if (pp_now_ns() >= deadline)
+    for (;;) {
+        pthread_mutex_lock(&c->lease_lock);
+        ppc_reap_orphans(c);
+        uint32_t orphans = c->orphans;
+        pthread_mutex_unlock(&c->lease_lock);
+        if (atomic_load(&c->inflight) == 0)
+            return 1;
+        uint64_t now = pp_now_ns();
+        if (now >= deadline)
             return 0;
-        pp_sem_wait_until(&c->drained, deadline);
+        /* An orphan's answer posts nothing: look again soon. */
+        pp_sem_wait_until(&c->drained, orphans ? ppc_min_u64(deadline, now + SLICE_NS / 5) : deadline);
     }
-    return 1;
 }
 
 /* Wakes every caller of a worker that is gone: blocked callers return at
@@ -153,7 +177,7 @@ void pp_conn_mark_dead(pp_conn *c)
 {
     atomic_store(&c->state, PP_CONN_DEAD);
     for (uint32_t i = 0; i < c->nslots; i++) {
-        pp_slot *s = pp_slot_at(c->base, c->nslots, c->payload_cap, i);
+        pp_slot *s = ppc_slot_at(c, i);
         /* A waiter between its last state check and its futex_wait(1) would
          * miss a bare wake-up and sleep a whole slice: the changed word makes
          * that futex_wait return at once. */
@@ -161,85 +185,20 @@ void pp_conn_mark_dead(pp_conn *c)
         pp_futex_wake(&s->host_waiting, INT32_MAX);
         sem_post(&c->slot_freed);
     }
+    atomic_fetch_add(&c->hdr->async_bell, 1);
+    pp_futex_wake(&c->hdr->async_bell, INT32_MAX);
+    sem_post(&c->arena_freed);
     sem_post(&c->drained);
 }
 
-static uint64_t min_u64(uint64_t a, uint64_t b) { return a < b ? a : b; }
-
 /* Records why the worker's answer cannot be trusted (for ProtocolError). */
-static int violation(const char *why)
+int ppc_violation(const char *why)
 {
     size_t n = strlen(why);
     memcpy(last_result.err_msg, why, n);
     last_result.err_len = (uint32_t)n;
     last_result.err_code = 0;
     return PP_CALL_PROTOCOL;
-}
-
-static int take_free_bit(pp_conn *c)
-{
-    for (uint32_t w = 0; w < (c->nslots + 63) / 64; w++) {
-        uint64_t bits = atomic_load_explicit(&c->free_slots[w], memory_order_relaxed);
-        while (bits) {
-            int bit = __builtin_ctzll(bits);
-            if (atomic_compare_exchange_weak(&c->free_slots[w], &bits, bits & ~(1ull << bit)))
-                return (int)(w * 64 + (uint32_t)bit);
-        }
-    }
-    return -1;
-}
-
-/* Returns a slot number, or -PP_CALL_TIMEOUT / -PP_CALL_DEAD. */
-static int take_slot(pp_conn *c, uint64_t deadline)
-{
-    for (;;) {
-        int idx = take_free_bit(c);
-        if (idx >= 0)
-            return idx;
-        if (atomic_load(&c->state) == PP_CONN_DEAD)
-            return -PP_CALL_DEAD;
-        uint64_t now = pp_now_ns();
-        if (now >= deadline)
-            return -PP_CALL_TIMEOUT;
-        /* Dekker with give_slot: announce, re-check, then sleep. */
-        atomic_fetch_add(&c->slot_waiters, 1);
-        idx = take_free_bit(c);
-        if (idx < 0)
-            pp_sem_wait_until(&c->slot_freed, min_u64(deadline, now + SLICE_NS));
-        atomic_fetch_sub(&c->slot_waiters, 1);
-        if (idx >= 0)
-            return idx;
-    }
-}
-
-static void give_slot(pp_conn *c, uint32_t idx)
-{
-    atomic_fetch_or(&c->free_slots[idx / 64], 1ull << (idx % 64));
-    if (atomic_load(&c->slot_waiters))
-        sem_post(&c->slot_freed);
-}
-
-static int lock_arena(pp_conn *c, uint64_t deadline)
-{
-    for (;;) {
-        if (atomic_load(&c->state) == PP_CONN_DEAD)
-            return PP_CALL_DEAD;
-        uint64_t now = pp_now_ns();
-        if (now >= deadline)
-            return PP_CALL_TIMEOUT;
-        uint64_t until = min_u64(deadline, now + SLICE_NS);
-        struct timespec ts = {(time_t)(until / 1000000000u), (long)(until % 1000000000u)};
-        if (pthread_mutex_clocklock(&c->arena_lock, CLOCK_MONOTONIC, &ts) == 0)
-            return PP_CALL_OK;
-    }
-}
-
-static void wake_worker(pp_header *h)
-{
-    /* Dekker with the worker's "set sleeping, re-check the ring". */
-    atomic_thread_fence(memory_order_seq_cst);
-    if (atomic_load_explicit(&h->worker_sleeping, memory_order_relaxed) && atomic_exchange(&h->worker_sleeping, 0))
-        pp_futex_wake(&h->worker_sleeping, 1);
 }
 
 /* The header is written once, by us: a worker that changed it is
@@ -250,58 +209,120 @@ static int segment_scribbled(pp_conn *c)
     return h->magic != PP_MAGIC || h->protocol_version != PP_PROTOCOL_VERSION || h->nslots != c->nslots;
 }
 
+/* While the host waits for frame `seq`, the worker may only have written
+ * seq - 1 (not answered yet) or seq. */
 static int stray_answer(pp_conn *c)
 {
-    return violation(segment_scribbled(c) ? "the worker overwrote the segment header"
-                                          : "the worker answered a call twice (or wrote into a waiting slot)");
+    return ppc_violation(segment_scribbled(c) ? "the worker overwrote the segment header"
+                                          : "the worker answered a frame twice or out of turn");
 }
 
-static int await_answer(pp_conn *c, pp_slot *s, uint64_t seq, uint64_t deadline)
+static int interruptible(void) { return gettid() == getpid(); }
+
+/* Host threads spinning in wait=auto now, and how many may: half the CPUs
+ * online (not the calling thread's affinity, which may be a pin), at least one. */
+static _Atomic int spinners;
+
+static int spin_cap(void)
+{
+    static _Atomic int cap;
+    int n = atomic_load_explicit(&cap, memory_order_relaxed);
+    if (n == 0) {
+        long online = sysconf(_SC_NPROCESSORS_ONLN);
+        n = online >= 4 ? (int)(online / 2) : 1;
+        atomic_store_explicit(&cap, n, memory_order_relaxed);
+    }
+    return n;
+}
+
+/* Waits until the worker responded to frame `seq` on slot `s` (PP_CALL_OK),
+ * or the conn died, the deadline passed, the worker broke the protocol, or
+ * (main thread only, `may_pend`) INTERRUPT_SLICE_NS passed asleep:
+ * PP_CALL_PENDING, so Python can run its signal handlers and resume. */
+int ppc_await_frame(pp_conn *c, pp_slot *s, uint64_t seq, uint64_t deadline, int may_pend)
 {
     uint64_t now = pp_now_ns();
     uint64_t spin_until = c->wait_mode == PP_WAIT_SPIN    ? UINT64_MAX
                           : c->wait_mode == PP_WAIT_BLOCK ? now
                                                           : now + c->spin_ns;
     unsigned first = pp_same_cpu(&c->hdr->host_cpu, &c->hdr->worker_cpu) ? PP_PAUSE_SPINS : 1;
-    for (unsigned i = first; c->wait_mode != PP_WAIT_BLOCK; i++) {
-        uint64_t done = atomic_load_explicit(&s->done_seq, memory_order_acquire);
-        if (done == seq)
-            return PP_CALL_OK;
-        /* The worker serves in ticket order: while this call waits, the only
-         * value it may write here is seq. Anything else is a second answer to
-         * an earlier call on this slot, or scribbling. */
-        if (done != 0)
-            return stray_answer(c);
+    /* Past half the CPUs, a spinning thread only takes a CPU from the threads
+     * it waits for: with many calls in flight, wait=auto sleeps at once. */
+    int counted = c->wait_mode == PP_WAIT_AUTO;
+    if (counted && atomic_fetch_add(&spinners, 1) >= spin_cap()) {
+        atomic_fetch_sub(&spinners, 1);
+        counted = 0;
+    }
+    int rc = -1;
+    for (unsigned i = first; c->wait_mode == PP_WAIT_SPIN || counted; i++) {
+        uint64_t up = atomic_load_explicit(&s->up_seq, memory_order_acquire);
+        if (up == seq) {
+            rc = PP_CALL_OK;
+            break;
+        }
+        if (up != seq - 1) {
+            rc = stray_answer(c);
+            break;
+        }
         if ((i & 127) == 0) {
             now = pp_now_ns();
             if (atomic_load_explicit(&c->state, memory_order_relaxed) == PP_CONN_DEAD)
-                return PP_CALL_DEAD;
-            if (segment_scribbled(c))
-                return violation("the worker overwrote the segment header");
-            if (now >= deadline)
-                return PP_CALL_TIMEOUT;
-            if (now >= spin_until)
+                rc = PP_CALL_DEAD;
+            else if (segment_scribbled(c))
+                rc = ppc_violation("the worker overwrote the segment header");
+            else if (now >= deadline)
+                rc = PP_CALL_TIMEOUT;
+            if (rc >= 0 || now >= spin_until)
                 break;
         }
         pp_spin_step(i);
     }
+    if (counted)
+        atomic_fetch_sub(&spinners, 1);
+    if (rc >= 0)
+        return rc;
+    uint64_t pend_at = may_pend && interruptible() ? pp_now_ns() + INTERRUPT_SLICE_NS : UINT64_MAX;
     for (;;) {
         atomic_store(&s->host_waiting, 1);
-        uint64_t done = atomic_load(&s->done_seq);
-        if (done == seq) {
+        uint64_t up = atomic_load(&s->up_seq);
+        if (up == seq) {
             atomic_store(&s->host_waiting, 0);
             return PP_CALL_OK;
         }
-        if (done != 0)
+        if (up != seq - 1)
             return stray_answer(c);
         if (atomic_load(&c->state) == PP_CONN_DEAD)
             return PP_CALL_DEAD;
         if (segment_scribbled(c))
-            return violation("the worker overwrote the segment header");
+            return ppc_violation("the worker overwrote the segment header");
         now = pp_now_ns();
         if (now >= deadline)
             return PP_CALL_TIMEOUT;
-        pp_futex_wait_until(&s->host_waiting, 1, min_u64(deadline, now + SLICE_NS));
+        if (now >= pend_at)
+            return PP_CALL_PENDING;
+        pp_futex_wait_until(&s->host_waiting, 1, ppc_min_u64(ppc_min_u64(deadline, pend_at), now + SLICE_NS));
+    }
+}
+
+
+
+/* ---- calls ----------------------------------------------------------------- */
+
+static int lock_arena(pp_conn *c, uint32_t slot, uint64_t deadline)
+{
+    for (;;) {
+        uint32_t none = 0;
+        if (atomic_compare_exchange_strong(&c->arena_owner, &none, slot + 1))
+            return PP_CALL_OK;
+        if (atomic_load(&c->state) == PP_CONN_DEAD)
+            return PP_CALL_DEAD;
+        uint64_t now = pp_now_ns();
+        if (now >= deadline)
+            return PP_CALL_TIMEOUT;
+        atomic_fetch_add(&c->arena_waiters, 1);
+        if (atomic_load(&c->arena_owner) != 0)
+            pp_sem_wait_until(&c->arena_freed, ppc_min_u64(deadline, now + SLICE_NS));
+        atomic_fetch_sub(&c->arena_waiters, 1);
     }
 }
 
@@ -309,7 +330,7 @@ static int await_answer(pp_conn *c, pp_slot *s, uint64_t seq, uint64_t deadline)
  * read once (volatile) and bounds-checked: it may change under our feet. */
 static int read_status(pp_slot *s, uint32_t count)
 {
-    uint32_t status = *(volatile uint32_t *)&s->status;
+    uint32_t status = *(volatile uint16_t *)&s->status;
     uint32_t code = *(volatile uint32_t *)&s->err_code;
     uint32_t len = *(volatile uint32_t *)&s->err_len;
     uint32_t done = *(volatile uint32_t *)&s->done_count;
@@ -317,7 +338,7 @@ static int read_status(pp_slot *s, uint32_t count)
     if (len > PP_ERR_CAP || done > count || (status != PP_STATUS_OK && status != PP_STATUS_BAD_REQUEST) ||
         (status == PP_STATUS_OK && code == 0 && done != count)) {
         res->done_count = 0;
-        return violation("the worker's answer has fields out of range (status, message length or count)");
+        return ppc_violation("the worker's answer has fields out of range (status, message length or count)");
     }
     res->err_code = code;
     res->err_len = len;
@@ -341,15 +362,96 @@ typedef struct pp_extra {
     uint32_t nfixups;
     uint8_t *ret;
     uint32_t ret_cap;
+    uint8_t flags;
 } pp_extra;
 
-static const pp_extra PLAIN = {0, NULL, 0, NULL, 0};
+static const pp_extra PLAIN = {0, NULL, 0, NULL, 0, 0};
 
-/* The whole call: slot, request, wait, answer. `out` receives count *
- * out_size bytes when the call succeeds (and the completed prefix of a batch
- * when it fails). */
-static int run(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *args, uint64_t args_len,
-               uint32_t count, uint8_t *out, uint64_t out_size, const pp_extra *x, double timeout_s)
+/* A CALLBACK frame: this host serves none yet, so it replies at once with
+ * PP_STATUS_NO_CALLBACKS (the plugin sees HostContractNotFound). Host
+ * contracts will run here, on the thread that made the call. */
+static void reply_no_callbacks(pp_conn *c, uint32_t i)
+{
+    pp_slot *s = ppc_slot_at(c, i);
+    static const char why[] = "polyplug_isolated: this host serves no call backs";
+    memcpy(s->err_msg, why, sizeof why - 1);
+    s->kind = PP_DOWN_REPLY;
+    s->flags = 0;
+    s->count = PP_STATUS_NO_CALLBACKS;
+    s->function = 100; /* AbiError HostContractNotFound */
+    s->out_size = 0;
+    s->args_len = sizeof why - 1;
+    ppc_publish(c, i);
+}
+
+/* Waits for the answer to slot i's call and takes it (copying the outs where
+ * the pending call says). Returns PENDING to be resumed, or the outcome; on
+ * any outcome but PENDING the call has left the conn. */
+static int settle(pp_conn *c, uint32_t i, int may_pend)
+{
+    pp_hslot *hs = &c->slots[i];
+    pp_pending *p = &hs->call;
+    pp_slot *s = ppc_slot_at(c, i);
+    uint32_t count = p->count;
+    int rc;
+    for (;;) {
+        rc = ppc_await_frame(c, s, hs->seq, p->deadline, may_pend);
+        if (rc != PP_CALL_OK)
+            break;
+        uint32_t kind = *(volatile uint16_t *)&s->up_kind;
+        if (kind == PP_UP_ANSWER)
+            break;
+        if (kind != PP_UP_CALLBACK) {
+            rc = ppc_violation("the worker answered with an unknown frame kind");
+            break;
+        }
+        reply_no_callbacks(c, i);
+    }
+    if (rc == PP_CALL_PENDING)
+        return rc;
+    if (rc == PP_CALL_OK && *(volatile uint32_t *)&s->answers != hs->answers + 1)
+        rc = ppc_violation("the slot's answer count does not match: an answer was forged or repeated");
+    if (rc == PP_CALL_OK) {
+        hs->answers++;
+        uint8_t *region = p->spill == PP_IN_ARENA ? c->base + pp_arena_offset(c->nslots, c->payload_cap)
+                                                  : pp_payload(s);
+        rc = read_status(s, p->count);
+        uint64_t done = last_result.done_count;
+        if (rc == PP_CALL_OK || rc == PP_CALL_PLUGIN_ERROR) {
+            const uint8_t *from = p->layout.out_inline ? s->out : region + p->layout.out_offset;
+            if (done && p->out_size)
+                memcpy(p->out ? p->out : small_out, from, (size_t)(done * p->out_size));
+        }
+        if (rc == PP_CALL_OK && p->table) {
+            uint32_t ret_len = *(volatile uint32_t *)&s->ret_len;
+            if (ret_len > p->ret_cap)
+                rc = ppc_violation("the worker's return area length is out of range");
+            else
+                memcpy(p->ret, region + p->layout.spill_bytes, ret_len);
+            last_result.ret_len = ret_len;
+        }
+        if (p->spill == PP_IN_ARENA)
+            ppc_release_arena(c, i);
+        atomic_store_explicit(&hs->lease, atomic_load_explicit(&hs->lease, memory_order_relaxed) & ~LEASE_BUSY,
+                              memory_order_release);
+        ppc_announce_free(c); /* past max_threads, an idle slot can be taken over */
+    }
+    /* After a timeout or a death the slot stays taken: the worker that might
+     * still write into it is being killed and the conn is never reused. */
+    atomic_fetch_add_explicit(&c->calls, count, memory_order_relaxed);
+    if (rc != PP_CALL_OK)
+        atomic_fetch_add_explicit(&c->failures, 1, memory_order_relaxed);
+    ppc_leave(c);
+    return rc;
+}
+
+/* Hands a call to lease's worker thread. Returns PP_CALL_PENDING once it is
+ * on its way (settle takes the answer), or why nothing was sent. `out`
+ * receives count * out_size bytes when the call succeeds (and the completed
+ * prefix of a batch when it fails). */
+static int submit(pp_conn *c, int64_t lease, uint32_t contract, uint32_t function, const uint8_t *args,
+                  uint64_t args_len, uint32_t count, uint8_t *out, uint64_t out_size, const pp_extra *x,
+                  double timeout_s)
 {
     last_result.done_count = 0;
     last_result.err_len = 0;
@@ -364,125 +466,182 @@ static int run(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *
     int spill = need <= c->payload_cap ? PP_IN_SLOT : PP_IN_ARENA;
     if (spill == PP_IN_ARENA && need > c->arena_cap)
         return PP_CALL_TOO_LARGE;
+    uint32_t i = LEASE_SLOT(lease);
+    if (lease <= 0 || i >= c->nslots)
+        return PP_CALL_LEASE_LOST;
+    pp_hslot *hs = &c->slots[i];
+    uint64_t idle = (uint64_t)lease;
+    if (!atomic_compare_exchange_strong(&hs->lease, &idle, idle | LEASE_BUSY))
+        return PP_CALL_LEASE_LOST; /* taken over, or given up with a call in flight */
 
     int rc;
     atomic_fetch_add(&c->inflight, 1);
     if (atomic_load(&c->state) != PP_CONN_READY) {
         rc = PP_CALL_UNAVAILABLE; /* draining or gone: nothing was sent, so a caller may go elsewhere */
-        goto leave;
+        goto unsent;
     }
     uint64_t deadline = deadline_of(timeout_s);
-    if (spill == PP_IN_ARENA && (rc = lock_arena(c, deadline)) != PP_CALL_OK)
-        goto leave;
-    int idx = take_slot(c, deadline);
-    if (idx < 0) {
-        rc = -idx;
-        goto unlock;
-    }
-    pp_slot *s = pp_slot_at(c->base, c->nslots, c->payload_cap, (uint32_t)idx);
-    /* We zero done_seq when we take an answer, and count the answers: anything
-     * else here is the worker answering a call twice, or scribbling. */
-    if (atomic_load_explicit(&s->done_seq, memory_order_relaxed) != 0 ||
-        *(volatile uint32_t *)&s->answers != c->answers[idx]) {
-        rc = violation("the worker answered a call twice (or wrote into an idle slot)");
-        goto unlock;
+    if (spill == PP_IN_ARENA && (rc = lock_arena(c, i, deadline)) != PP_CALL_OK)
+        goto unsent;
+    pp_slot *s = ppc_slot_at(c, i);
+    /* The worker answers each frame once: a slot whose count moved since our
+     * last answer was answered twice, or scribbled on. */
+    if (*(volatile uint32_t *)&s->answers != hs->answers ||
+        atomic_load_explicit(&s->up_seq, memory_order_relaxed) != hs->seq) {
+        rc = ppc_violation("the worker answered a call twice (or wrote into an idle slot)");
+        goto unsent;
     }
     uint8_t *region = spill == PP_IN_ARENA ? c->base + pp_arena_offset(c->nslots, c->payload_cap) : pp_payload(s);
-    uint64_t ticket = atomic_fetch_add(&c->tickets, 1);
-    pp_request *r = &pp_ring(c->base)[ticket % c->nslots];
-    r->slot = (uint32_t)idx;
-    r->contract = contract;
-    r->function = function;
-    r->count = count;
-    r->args_len = (uint32_t)args_len;
-    r->out_size = (uint32_t)out_size;
-    r->instance = x->instance;
-    r->fixups = (uint16_t)table;
-    r->spill = (uint8_t)spill;
+    s->kind = PP_DOWN_CALL;
+    s->flags = x->flags;
+    s->spill = (uint8_t)spill;
+    s->contract = contract;
+    s->function = function;
+    s->count = count;
+    s->args_len = (uint32_t)args_len;
+    s->out_size = (uint32_t)out_size;
+    s->instance = x->instance;
+    s->fixups = (uint16_t)table;
     if (args_len)
-        memcpy(layout.args_inline ? r->args : region, args, (size_t)(args_len * count));
+        memcpy(layout.args_inline ? s->args : region, args, (size_t)(args_len * count));
     if (table) {
         pp_fixup *fix = (pp_fixup *)(region + layout.fixup_offset);
         memcpy(fix, x->fixups, x->nfixups * sizeof *fix);
         fix[x->nfixups] = (pp_fixup){x->ret_cap, PP_FIX_RETURN_CAP};
     }
-    atomic_store_explicit(&r->seq, ticket + 1, memory_order_release);
-    wake_worker(c->hdr);
+    hs->call = (pp_pending){count, table, out_size, out, x->ret, x->ret_cap, spill, layout, deadline};
+    memset(small_out, 0, sizeof small_out);
+    ppc_publish(c, i);
+    return PP_CALL_PENDING;
 
-    rc = await_answer(c, s, ticket + 1, deadline);
-    if (rc == PP_CALL_OK && *(volatile uint32_t *)&s->answers != c->answers[idx] + 1)
-        rc = violation("the slot's answer count does not match: an answer was forged or repeated");
-    if (rc == PP_CALL_OK) {
-        c->answers[idx]++;
-        rc = read_status(s, count);
-        uint64_t done = last_result.done_count;
-        if (rc == PP_CALL_OK || rc == PP_CALL_PLUGIN_ERROR) {
-            const uint8_t *from = layout.out_inline ? s->out : region + layout.out_offset;
-            if (done && out_size)
-                memcpy(out, from, (size_t)(done * out_size));
-        }
-        if (rc == PP_CALL_OK && table) {
-            uint32_t ret_len = *(volatile uint32_t *)&s->ret_len;
-            if (ret_len > x->ret_cap)
-                rc = violation("the worker's return area length is out of range");
-            else
-                memcpy(x->ret, region + layout.spill_bytes, ret_len);
-            last_result.ret_len = ret_len;
-        }
-        atomic_store_explicit(&s->done_seq, 0, memory_order_relaxed);
-        give_slot(c, (uint32_t)idx);
-    }
-    /* After a timeout or a death the slot stays taken: the worker that might
-     * still write into it is being killed and the conn is never reused. */
-unlock:
+unsent:
     if (spill == PP_IN_ARENA)
-        pthread_mutex_unlock(&c->arena_lock);
-leave:
+        ppc_release_arena(c, i);
+    if (rc != PP_CALL_PROTOCOL)
+        atomic_store(&hs->lease, (uint64_t)lease);
     atomic_fetch_add_explicit(&c->calls, count, memory_order_relaxed);
-    if (rc != PP_CALL_OK)
-        atomic_fetch_add_explicit(&c->failures, 1, memory_order_relaxed);
-    if (atomic_fetch_sub(&c->inflight, 1) == 1 && atomic_load(&c->state) != PP_CONN_READY)
-        sem_post(&c->drained);
+    atomic_fetch_add_explicit(&c->failures, 1, memory_order_relaxed);
+    ppc_leave(c);
     return rc;
 }
 
-int pp_call(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *args, size_t args_len, uint8_t *out,
-            size_t out_size, double timeout_s)
+static int run(pp_conn *c, int64_t lease, uint32_t contract, uint32_t function, const uint8_t *args,
+               uint64_t args_len, uint32_t count, uint8_t *out, uint64_t out_size, const pp_extra *x,
+               double timeout_s)
 {
-    return run(c, contract, function, args, args_len, 1, out, out_size, &PLAIN, timeout_s);
+    int rc = submit(c, lease, contract, function, args, args_len, count, out, out_size, x, timeout_s);
+    return rc == PP_CALL_PENDING ? settle(c, LEASE_SLOT(lease), 1) : rc;
 }
 
-int pp_call_ex(pp_conn *c, uint32_t contract, uint32_t function, uint32_t instance, const uint8_t *args,
-               size_t args_len, const pp_fixup *fixups, uint32_t nfixups, uint8_t *out, size_t out_size,
-               uint8_t *ret, size_t ret_cap, double timeout_s)
+int pp_call(pp_conn *c, int64_t lease, uint32_t contract, uint32_t function, const uint8_t *args, size_t args_len,
+            uint8_t *out, size_t out_size, double timeout_s)
+{
+    return run(c, lease, contract, function, args, args_len, 1, out, out_size, &PLAIN, timeout_s);
+}
+
+int pp_call_ex(pp_conn *c, int64_t lease, uint32_t contract, uint32_t function, uint32_t instance,
+               const uint8_t *args, size_t args_len, const pp_fixup *fixups, uint32_t nfixups, uint8_t *out,
+               size_t out_size, uint8_t *ret, size_t ret_cap, double timeout_s)
 {
     if (ret_cap > UINT32_MAX)
         return PP_CALL_TOO_LARGE;
-    pp_extra x = {instance, fixups, nfixups, ret, (uint32_t)ret_cap};
-    return run(c, contract, function, args, args_len, 1, out, out_size, &x, timeout_s);
+    pp_extra x = {instance, fixups, nfixups, ret, (uint32_t)ret_cap, 0};
+    return run(c, lease, contract, function, args, args_len, 1, out, out_size, &x, timeout_s);
 }
 
-int64_t pp_call_small(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *args, size_t args_len,
-                      size_t out_size, double timeout_s)
+static int64_t small_value(const uint8_t *out, size_t out_size)
 {
-    uint8_t out[8] = {0};
-    if (out_size > 7)
-        return -PP_CALL_TOO_LARGE;
-    int rc = run(c, contract, function, args, args_len, 1, out, out_size, &PLAIN, timeout_s);
-    if (rc != PP_CALL_OK)
-        return -rc;
     uint64_t value = 0;
     for (size_t i = out_size; i-- > 0;)
         value = value << 8 | out[i];
     return (int64_t)value;
 }
 
-int pp_call_batch(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *args, size_t args_len,
-                  size_t count, uint8_t *out, size_t out_size, double timeout_s)
+void pp_use_lease(pp_conn *c, int64_t lease)
+{
+    for (unsigned k = 0; k < LEASE_CACHE; k++)
+        if (me.leases[k].conn_serial == c->serial) {
+            me.leases[k].lease = lease;
+            return;
+        }
+    unsigned k = me.next_lease++ % LEASE_CACHE;
+    me.leases[k].conn_serial = c->serial;
+    me.leases[k].lease = lease;
+}
+
+int64_t pp_call_small(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *args, size_t args_len,
+                      size_t out_size, double timeout_s)
+{
+    if (out_size > 7)
+        return -PP_CALL_TOO_LARGE;
+    int64_t lease = 0;
+    for (unsigned k = 0; k < LEASE_CACHE; k++)
+        if (me.leases[k].conn_serial == c->serial)
+            lease = me.leases[k].lease;
+    if (!lease)
+        return -PP_CALL_LEASE_LOST;
+    int rc = run(c, lease, contract, function, args, args_len, 1, NULL, out_size, &PLAIN, timeout_s);
+    if (rc != PP_CALL_OK)
+        return -rc;
+    return small_value(small_out, out_size);
+}
+
+int64_t pp_small_result(size_t out_size) { return small_value(small_out, out_size < 8 ? out_size : 7); }
+
+int pp_call_batch(pp_conn *c, int64_t lease, uint32_t contract, uint32_t function, const uint8_t *args,
+                  size_t args_len, size_t count, uint8_t *out, size_t out_size, double timeout_s)
 {
     if (count > UINT32_MAX)
         return PP_CALL_TOO_LARGE;
-    return run(c, contract, function, args, args_len, (uint32_t)count, out, out_size, &PLAIN, timeout_s);
+    return run(c, lease, contract, function, args, args_len, (uint32_t)count, out, out_size, &PLAIN, timeout_s);
+}
+
+int pp_submit(pp_conn *c, int64_t lease, uint32_t contract, uint32_t function, uint32_t instance,
+              const uint8_t *args, size_t args_len, const pp_fixup *fixups, uint32_t nfixups, uint8_t *out,
+              size_t out_size, uint8_t *ret, size_t ret_cap, double timeout_s)
+{
+    if (ret_cap > UINT32_MAX)
+        return PP_CALL_TOO_LARGE;
+    pp_extra x = {instance, fixups, nfixups, ret, (uint32_t)ret_cap, PP_FLAG_ASYNC};
+    return submit(c, lease, contract, function, args, args_len, 1, out, out_size, &x, timeout_s);
+}
+
+
+int pp_resume(pp_conn *c, int64_t lease)
+{
+    if (!ppc_lease_in_flight(c, lease))
+        return PP_CALL_LEASE_LOST;
+    return settle(c, LEASE_SLOT(lease), 1);
+}
+
+int pp_poll(pp_conn *c, int64_t lease)
+{
+    if (!ppc_lease_in_flight(c, lease))
+        return PP_CALL_LEASE_LOST;
+    uint32_t i = LEASE_SLOT(lease);
+    pp_hslot *hs = &c->slots[i];
+    pp_slot *s = ppc_slot_at(c, i);
+    uint64_t up = atomic_load_explicit(&s->up_seq, memory_order_acquire);
+    if (up == hs->seq - 1 && atomic_load(&c->state) != PP_CONN_DEAD && pp_now_ns() < hs->call.deadline)
+        return PP_CALL_PENDING;
+    return settle(c, i, 0);
+}
+
+
+uint32_t pp_bell(pp_conn *c) { return atomic_load(&c->hdr->async_bell); }
+
+void pp_bell_ring(pp_conn *c)
+{
+    atomic_fetch_add(&c->hdr->async_bell, 1);
+    pp_futex_wake(&c->hdr->async_bell, INT32_MAX);
+}
+
+void pp_bell_wait(pp_conn *c, uint32_t seen, double timeout_s)
+{
+    pp_header *h = c->hdr;
+    atomic_store(&h->async_waiting, 1);
+    if (atomic_load(&h->async_bell) == seen && atomic_load(&c->state) != PP_CONN_DEAD)
+        pp_futex_wait_until(&h->async_bell, seen, pp_now_ns() + (uint64_t)(timeout_s * 1e9));
 }
 
 _Static_assert(sizeof(((pp_result *)0)->err_msg) == PP_ERR_CAP, "pp_result carries a whole message");

@@ -4,15 +4,29 @@ The segment is created with posix_ipc (random name, mode 0600) and unlinked
 at once: the worker inherits the open fd, so no name exists that a crash of
 either side could leak. Calls go through ``pp_call`` in _channel.c, one cffi
 call that releases the GIL while it waits.
+
+Each host thread calls on a slot leased to it on its first call (and with
+the slot, a worker thread of its own, see worker/channel.h); the lease lives
+in a ``threading.local`` and goes back when the thread ends. A call that
+sleeps in the main thread returns to Python every few milliseconds
+(PP_CALL_PENDING), so that Ctrl-C interrupts it; the call is then abandoned.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
 
 import posix_ipc
 
 from ._channel_ffi import ffi, lib
+
+# What the C calls take as args: bytes as they are, other buffers through ffi.from_buffer.
+Buffer = bytes | bytearray | memoryview
 
 WAIT_MODES = {"auto": lib.PP_WAIT_AUTO, "spin": lib.PP_WAIT_SPIN, "block": lib.PP_WAIT_BLOCK}
 
@@ -35,6 +49,30 @@ class ChannelFailure(Exception):
         return cls(status, result.err_code, message, result.done_count)
 
 
+_PENDING = lib.PP_CALL_PENDING
+_LEASE_LOST = lib.PP_CALL_LEASE_LOST
+# Longest single wait for a slot: the main thread returns to Python this
+# often, so that a Ctrl-C is not held up while all slots are busy.
+_TAKE_SLICE = 0.02
+
+
+class Lease:
+    """A slot (and its worker thread) held by one host thread or one async call.
+
+    Dropping it gives the slot back, and the worker thread retires: a
+    thread-local that holds it drops it when its thread ends.
+    """
+
+    __slots__ = ("conn", "id")
+
+    def __init__(self, conn: Any, lease_id: int):
+        self.conn = conn
+        self.id = lease_id
+
+    def __del__(self) -> None:
+        lib.pp_lease_release(self.conn, self.id)
+
+
 class Channel:
     """The call slots shared with one worker.
 
@@ -42,11 +80,29 @@ class Channel:
     on it directly, the one path where an extra Python frame would show.
     """
 
-    def __init__(self, slots: int, payload_cap: int, arena_cap: int, wait: str, spin_ns: int):
+    def __init__(
+        self,
+        slots: int,
+        max_threads: int,
+        payload_cap: int,
+        arena_cap: int,
+        wait: str,
+        spin_ns: int,
+        idle_retire_ms: int = 0,
+    ):
         memory = posix_ipc.SharedMemory(None, posix_ipc.O_CREX, mode=0o600)
         try:
             memory.unlink()
-            conn = lib.pp_conn_create(memory.fd, slots, payload_cap, arena_cap, WAIT_MODES[wait], spin_ns)
+            conn = lib.pp_conn_create(
+                memory.fd,
+                slots,
+                max_threads,
+                payload_cap,
+                arena_cap,
+                WAIT_MODES[wait],
+                spin_ns,
+                idle_retire_ms,
+            )
             if conn == ffi.NULL:
                 err = ffi.errno
                 raise OSError(err, f"cannot set up a {slots}-slot shared-memory segment: {os.strerror(err)}")
@@ -59,6 +115,8 @@ class Channel:
         self.conn = ffi.gc(conn, lib.pp_conn_destroy)
         self.payload_cap = payload_cap
         self.arena_cap = arena_cap
+        self.local = threading.local()  # .lease: the calling thread's lease id; .holder: its Lease
+        self.async_calls: Any = None  # the _async.Reactor, made on the first awaited call
 
     @property
     def fd(self) -> int:
@@ -70,21 +128,104 @@ class Channel:
         if self._memory.fd >= 0:
             self._memory.close_fd()
 
-    def call(self, contract: int, function: int, args, out_size: int, timeout: float) -> bytes:
+    # ---- leases ----------------------------------------------------------------
+
+    def lease(self, timeout: float) -> int:
+        """The calling thread's lease, taken on its first call (waits up to ``timeout`` for a slot).
+
+        A new lease is also put in the C side's per-thread cache, where
+        ``pp_call_small`` finds it; ``cache_lease`` puts it back there.
+        """
+        try:
+            return int(self.local.lease)
+        except AttributeError:
+            holder = self.take_lease(timeout)
+            self.local.holder = holder
+            self.local.lease = holder.id
+            lib.pp_use_lease(self.conn, holder.id)
+            return holder.id
+
+    def cache_lease(self, timeout: float) -> None:
+        """Makes the calling thread's lease (taken if need be) the one ``pp_call_small`` uses.
+
+        Failing to take one is left to the call that follows, which says why.
+        """
+        with contextlib.suppress(ChannelFailure):
+            lib.pp_use_lease(self.conn, self.lease(timeout))
+
+    def renew_lease(self, timeout: float) -> int:
+        """A new lease for the calling thread: its old one was taken over or its call abandoned."""
+        self.local.__dict__.clear()
+        return self.lease(timeout)
+
+    def take_lease(self, timeout: float) -> Lease:
+        """A slot of its own, waiting up to ``timeout`` (< 0: no limit) while all are busy."""
+        deadline = None if timeout < 0 else time.monotonic() + timeout
+        while True:
+            left = _TAKE_SLICE if deadline is None else min(_TAKE_SLICE, deadline - time.monotonic())
+            lease_id = lib.pp_lease_take(self.conn, max(left, 0.0), 1)
+            if lease_id > 0:
+                return Lease(self.conn, lease_id)
+            if lease_id != -lib.PP_CALL_TIMEOUT or (deadline is not None and time.monotonic() >= deadline):
+                raise ChannelFailure.last(-lease_id)
+
+    def settle(self, status: int, lease: int) -> int:
+        """Waits out a call that came back PENDING (letting signal handlers run in between).
+
+        An exception raised meanwhile (KeyboardInterrupt) abandons the call:
+        its answer is dropped when it comes, and this thread's next call takes
+        a fresh slot and worker thread.
+        """
+        try:
+            while status == _PENDING:
+                status = int(lib.pp_resume(self.conn, lease))
+        except BaseException:
+            lib.pp_abandon(self.conn, lease)
+            raise
+        return status
+
+    def _run(self, timeout: float, call: Callable[[int], int]) -> int:
+        """Runs ``call(lease)`` (a C call) on this thread's lease, renewing a lost one."""
+        lease = self.lease(timeout)
+        status = self.settle(call(lease), lease)
+        while status == _LEASE_LOST:
+            lease = self.renew_lease(timeout)
+            status = self.settle(call(lease), lease)
+        return status
+
+    # ---- calls -------------------------------------------------------------------
+
+    def call(self, contract: int, function: int, args: Buffer, out_size: int, timeout: float) -> bytes:
         """One call (timeout < 0: none); returns the out bytes or raises ChannelFailure."""
         # A bytearray, not ffi.new: big cffi buffers come from fresh pages, and
         # their first-touch faults cost more than the copy (1 MiB: ~2 ms vs ~0.2 ms).
         out = bytearray(out_size)
         source = args if type(args) is bytes else ffi.from_buffer(args)
-        status = lib.pp_call(
-            self.conn, contract, function, source, len(args), ffi.from_buffer(out), out_size, timeout
+        target = ffi.from_buffer(out)
+        status = self._run(
+            timeout,
+            lambda lease: lib.pp_call(
+                self.conn, lease, contract, function, source, len(args), target, out_size, timeout
+            ),
         )
         if status != lib.PP_CALL_OK:
             raise ChannelFailure.last(status)
         return bytes(out)
 
+    def finish_small(self, value: int, out_size: int) -> int:
+        """The rest of a ``pp_call_small`` that came back PENDING: its value, or ``-status``."""
+        status = self.settle(-value, self.local.lease)
+        return int(lib.pp_small_result(out_size)) if status == lib.PP_CALL_OK else -status
+
     def call_batch(
-        self, contract: int, function: int, packed, record: int, count: int, out_size: int, timeout: float
+        self,
+        contract: int,
+        function: int,
+        packed: Buffer,
+        record: int,
+        count: int,
+        out_size: int,
+        timeout: float,
     ) -> bytes:
         """``count`` calls over ``record``-byte args records packed in ``packed``, one hand-off.
 
@@ -93,8 +234,11 @@ class Channel:
         """
         out = ffi.new("uint8_t[]", count * out_size) if out_size else ffi.NULL
         source = packed if type(packed) is bytes else ffi.from_buffer(packed)
-        status = lib.pp_call_batch(
-            self.conn, contract, function, source, record, count, out, out_size, timeout
+        status = self._run(
+            timeout,
+            lambda lease: lib.pp_call_batch(
+                self.conn, lease, contract, function, source, record, count, out, out_size, timeout
+            ),
         )
         if status != lib.PP_CALL_OK:
             raise ChannelFailure.last(status)
@@ -105,7 +249,7 @@ class Channel:
         contract: int,
         function: int,
         instance: int,
-        args,
+        args: Buffer,
         fixups: list[tuple[int, int]],
         out_size: int,
         ret_cap: int,
@@ -124,20 +268,24 @@ class Channel:
         ret = ffi.new("uint8_t[]", ret_cap) if ret_cap else ffi.NULL
         table = ffi.new("pp_fixup[]", fixups) if fixups else ffi.NULL
         source = args if type(args) is bytes else ffi.from_buffer(args)
-        status = lib.pp_call_ex(
-            self.conn,
-            contract,
-            function,
-            instance,
-            source,
-            len(args),
-            table,
-            len(fixups),
-            out,
-            out_size,
-            ret,
-            ret_cap,
+        status = self._run(
             timeout,
+            lambda lease: lib.pp_call_ex(
+                self.conn,
+                lease,
+                contract,
+                function,
+                instance,
+                source,
+                len(args),
+                table,
+                len(fixups),
+                out,
+                out_size,
+                ret,
+                ret_cap,
+                timeout,
+            ),
         )
         if status != lib.PP_CALL_OK:
             raise ChannelFailure.last(status)

@@ -8,9 +8,11 @@ it is retried on the new worker: a reload loses no call.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from typing import TYPE_CHECKING
 
+from ._async import Reactor
 from ._bundle import Bundle, BundleState
 from ._channel import ChannelFailure
 from ._channel_ffi import lib
@@ -29,6 +31,9 @@ if TYPE_CHECKING:
 
 _DEFAULT = object()
 _call_small = lib.pp_call_small
+_PENDING = -lib.PP_CALL_PENDING
+_NO_LEASE = -lib.PP_CALL_LEASE_LOST
+_TOO_LARGE = -lib.PP_CALL_TOO_LARGE
 
 
 class AbiErrorCode(enum.IntEnum):
@@ -71,7 +76,7 @@ class GuestContract:
         self.version: tuple[int, int, int] = (0, 0, 0)
         self.function_count = 0
         # (worker, its conn, the contract's index there), replaced in one
-        # assignment so that threads calling at once never mix two workers'.
+        # assignment so that threads calling at once never mix two workers';
         self._binding: tuple = (None, None, 0)
         self._timeout = _seconds(config.call_timeout)
         self._bind(bundle.proxy)
@@ -129,10 +134,11 @@ class GuestContract:
             WorkerCrashed, CallTimeout, BundleUnavailable, ProtocolError, PayloadTooLarge.
         """
         # The hot path: an out of at most 7 bytes, the default timeout. One C
-        # call checks everything else (argument types in cffi, sizes in C, the
-        # index in the worker) and hands the out back as an int; anything
-        # unusual takes the full path. A worker replaced by a reload refuses
-        # the call before sending it, and the call is rerouted (_failed).
+        # call finds the thread's lease (its slot and worker thread), checks
+        # everything else (argument types in cffi, sizes in C, the index in
+        # the worker) and hands the out back as an int; anything unusual
+        # takes the full path. A worker replaced by a reload refuses the call
+        # before sending it, and the call is rerouted (_failed).
         if timeout is _DEFAULT:
             proxy, conn, index = self._binding
             try:
@@ -142,7 +148,13 @@ class GuestContract:
             else:
                 if value >= 0:
                     return value.to_bytes(out_size, "little")
-                if value != -lib.PP_CALL_TOO_LARGE:  # too large for the small path: nothing was sent
+                if value == _PENDING:  # the main thread came up for signal handlers
+                    value = proxy.channel.finish_small(value, out_size)
+                    if value >= 0:
+                        return value.to_bytes(out_size, "little")
+                if value == _NO_LEASE:  # a first call, or its lease was taken over: make the next one fast
+                    proxy.channel.cache_lease(self._timeout)
+                elif value != _TOO_LARGE:  # too large for the small path: nothing was sent
                     return self._failed(ChannelFailure.last(-value), proxy, fn_index, args, out_size, timeout)
         return self._call(fn_index, args, out_size, timeout)
 
@@ -172,6 +184,56 @@ class GuestContract:
             self.route()  # bind to the bundle's current worker, then try there
             return self.call(fn_index, args, out_size, timeout=timeout)
         raise self._error(failure, proxy, fn_index, wait)
+
+    async def acall(
+        self,
+        fn_index: int,
+        args: bytes | bytearray | memoryview,
+        out_size: int,
+        *,
+        timeout: float | None = _DEFAULT,
+    ) -> bytes:
+        """``call``, awaited: the event loop runs on while the worker does the call.
+
+        Calls awaited at once run at once in the worker, each on a worker
+        thread of the bundle's async pool. Cancelling the awaiting task does not
+        stop the plugin function: its answer is dropped when it comes. Raises
+        what ``call`` raises.
+        """
+        out, _ = await self.acall_ex(fn_index, 0, args, [], out_size, 0, timeout=timeout)
+        return out
+
+    async def acall_ex(
+        self,
+        fn_index: int,
+        instance: int,
+        args: bytes | bytearray | memoryview,
+        fixups: list[tuple[int, int]],
+        out_size: int,
+        ret_cap: int,
+        *,
+        timeout: float | None = _DEFAULT,
+    ) -> tuple[bytes, bytes]:
+        """An awaited call with an instance, pointer fixups and a return area (see Channel.call_ex)."""
+        wait = self._timeout if timeout is _DEFAULT else _seconds(timeout)
+        if self._bundle.proxy is None and self._bundle.restart_pending:
+            await asyncio.to_thread(self._bundle.await_worker, None if wait < 0 else wait)
+        proxy, _, index = self.route()
+        if type(fn_index) is not int or not 0 <= fn_index < self.function_count:
+            raise self._no_such_function(fn_index)
+        if type(args) is not bytes:
+            args = _as_bytes_view(args)
+        if type(out_size) is not int or out_size < 0:
+            raise ValueError(f"out_size must be a non-negative int, not {out_size!r}")
+        reactor = Reactor.of(proxy.channel)
+        try:
+            return await reactor.call(index, fn_index, instance, args, fixups, out_size, ret_cap, wait)
+        except ChannelFailure as failure:
+            if failure.status == lib.PP_CALL_UNAVAILABLE and self._rerouted(failure, proxy):
+                return await self.acall_ex(
+                    fn_index, instance, args, fixups, out_size, ret_cap, timeout=timeout
+                )
+            raise self._error(failure, proxy, fn_index, wait) from None
 
     def call_many(
         self, fn_index: int, args_list, out_size: int, *, timeout: float | None = _DEFAULT

@@ -83,7 +83,13 @@ class WorkerProxy:
             undo.callback(self._discard)
             self._monitor.watch(self, process)
             channel = Channel(
-                config.slots, config.payload_capacity, config.arena_capacity, config.wait, config.spin_ns
+                config.slots,
+                config.max_threads or config.slots,
+                config.payload_capacity,
+                config.arena_capacity,
+                config.wait,
+                config.spin_ns,
+                round(config.thread_idle_timeout * 1000) if config.thread_idle_timeout else 0,
             )
             undo.callback(channel.close_fd)
             self.channel = channel

@@ -1,7 +1,8 @@
 /*
- * The worker's serve loop: takes calls from the shared-memory ring in order
- * of arrival and runs them, without touching Python (the loop is entered
- * through cffi with the GIL released and only returns on ppw_stop).
+ * The worker's serve loops, without touching Python: a dispatcher (entered
+ * through cffi with the GIL released; it returns on ppw_stop) takes BIND
+ * messages from the ring and gives each bound slot a thread of its own,
+ * which then serves that slot's frames (see the protocol in channel.h).
  *
  * Also the parent watchdog: a thread that ends the process when the control
  * socket hangs up, whatever the plugin is doing. It is used instead of
@@ -15,13 +16,21 @@
 
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+/* Parked threads kept ready for the next BIND (at most max_threads). */
+#define PPW_SPARE_THREADS 2
+
 static uint8_t *g_base;
 static uint32_t g_nslots;
+static uint32_t g_max_threads;
+static int g_wait_mode;
+static uint64_t g_spin_ns;
 static uint64_t g_payload_cap;
 static uint64_t g_arena_cap;
 static _Atomic int g_stop;
@@ -47,6 +56,7 @@ int ppw_attach(int fd)
     }
     g_base = base;
     g_nslots = h->nslots;
+    g_max_threads = h->max_threads;
     g_payload_cap = h->payload_cap;
     g_arena_cap = h->arena_cap;
     return 0;
@@ -54,23 +64,31 @@ int ppw_attach(int fd)
 
 static void answer(pp_slot *s, uint64_t seq, uint32_t status, uint32_t done, uint32_t ret_len, const AbiError *err)
 {
+    int ring_bell = s->flags & PP_FLAG_ASYNC;
     size_t len = err->message.ptr ? err->message.len : 0;
     if (len > PP_ERR_CAP)
         len = PP_ERR_CAP;
     if (len)
         memcpy(s->err_msg, err->message.ptr, len);
-    s->status = status;
+    s->up_kind = PP_UP_ANSWER;
+    s->status = (uint16_t)status;
     s->err_code = err->code;
     s->err_len = (uint32_t)len;
     s->done_count = done;
     s->ret_len = ret_len;
     s->answers++;
     /* Publishes the fields above, then the Dekker half that pairs with the
-     * host's "set host_waiting, re-check done_seq". */
-    atomic_store_explicit(&s->done_seq, seq, memory_order_release);
+     * host's "set host_waiting, re-check up_seq". */
+    atomic_store_explicit(&s->up_seq, seq, memory_order_release);
     atomic_thread_fence(memory_order_seq_cst);
     if (atomic_load_explicit(&s->host_waiting, memory_order_relaxed) && atomic_exchange(&s->host_waiting, 0))
         pp_futex_wake(&s->host_waiting, 1);
+    if (ring_bell) {
+        pp_header *h = (pp_header *)g_base;
+        atomic_fetch_add(&h->async_bell, 1);
+        if (atomic_load(&h->async_waiting) && atomic_exchange(&h->async_waiting, 0))
+            pp_futex_wake(&h->async_bell, INT32_MAX);
+    }
 }
 
 static void refuse(pp_slot *s, uint64_t seq, const char *why)
@@ -153,20 +171,30 @@ static uint32_t copy_back(const pp_fixup *fix, uint32_t n, uint8_t *out, uint64_
     return failed ? 0 : (uint32_t)used;
 }
 
-static void serve_one(pp_request *r, uint64_t seq)
+/* The frame this thread answers next, and where its call's own bytes end in
+ * the slot's payload: a call back moves the first (its REPLY is a frame) and
+ * puts its args past the second. */
+static _Thread_local uint64_t t_seq;
+static _Thread_local uint64_t t_payload_used;
+static _Thread_local pp_slot *t_slot;
+static _Thread_local uint32_t t_slot_index;
+static _Thread_local int t_tid;
+
+static const char *call_back(uint64_t target, uint32_t function, const void *args, uint32_t args_len, void *out,
+                             uint32_t out_size, AbiError *err);
+
+static void serve_one(pp_slot *s, uint64_t seq)
 {
-    uint32_t slot_index = r->slot, count = r->count, spill = r->spill, nfix = r->fixups;
-    uint32_t contract = r->contract, function = r->function, instance = r->instance;
-    uint64_t args_len = r->args_len, out_size = r->out_size;
-    if (slot_index >= g_nslots)
-        return; /* nowhere to answer: the host's deadline or the monitor ends the call */
-    pp_slot *s = pp_slot_at(g_base, g_nslots, g_payload_cap, slot_index);
+    t_seq = seq;
+    uint32_t count = s->count, spill = s->spill, nfix = s->fixups;
+    uint32_t contract = s->contract, function = s->function, instance = s->instance;
+    uint64_t args_len = s->args_len, out_size = s->out_size;
     pp_layout layout = pp_layout_of(count, args_len, out_size, nfix);
     uint64_t region_cap = spill == PP_IN_ARENA ? g_arena_cap : g_payload_cap;
     if (count == 0 || spill > PP_IN_ARENA || layout.spill_bytes > region_cap || (nfix && count != 1))
         return refuse(s, seq, "request does not fit its region");
     uint8_t *region = spill == PP_IN_ARENA ? g_base + pp_arena_offset(g_nslots, g_payload_cap) : pp_payload(s);
-    uint8_t *args = args_len == 0 ? NULL : layout.args_inline ? r->args : region;
+    uint8_t *args = args_len == 0 ? NULL : layout.args_inline ? s->args : region;
     uint8_t *out = out_size == 0 ? NULL : layout.out_inline ? s->out : region + layout.out_offset;
     const pp_fixup *fix = (const pp_fixup *)(region + layout.fixup_offset);
     uint64_t ret_cap = region_cap - layout.spill_bytes;
@@ -176,10 +204,17 @@ static void serve_one(pp_request *r, uint64_t seq)
     const char *refused = fix_args(fix, nfix, args, args_len);
     if (refused)
         return refuse(s, seq, refused);
+    t_payload_used = spill == PP_IN_ARENA ? 0 : layout.spill_bytes;
     if (out)
         memset(out, 0, (size_t)(count * out_size));
     AbiError err = {ABI_OK, {NULL, 0}};
 
+    if (function == PP_FN_CALL_BACK_PROBE) {
+        refused = call_back(0, 0, NULL, 0, NULL, 0, &err);
+        if (refused)
+            return refuse(s, t_seq, refused);
+        return answer(s, t_seq, PP_STATUS_OK, err.code == ABI_OK, 0, &err);
+    }
     if (function == PP_FN_CREATE_INSTANCE || function == PP_FN_DESTROY_INSTANCE) {
         if (function == PP_FN_DESTROY_INSTANCE)
             refused = ppw_destroy_instance(contract, instance);
@@ -195,8 +230,8 @@ static void serve_one(pp_request *r, uint64_t seq)
     }
 
     uint32_t done = 0;
-    ppw_busy_contract = (int32_t)contract;
-    ppw_busy_function = (int32_t)function;
+    ppw_mark_busy_thread();
+    ppw_busy_begin(t_slot_index, t_tid, contract, function);
     for (; done < count; done++) {
         uint8_t *one_out = out ? out + done * out_size : NULL;
         int fault = ppw_fault_before(PPW_PHASE_CALL, contract, function, &err);
@@ -208,16 +243,16 @@ static void serve_one(pp_request *r, uint64_t seq)
         if (fault == PPW_RUN_CORRUPT && one_out)
             ppw_fault_corrupt(one_out, out_size);
     }
-    ppw_busy_contract = ppw_busy_function = -1;
+    ppw_busy_end(t_slot_index);
     if (refused)
-        return refuse(s, seq, refused);
+        return refuse(s, t_seq, refused);
     uint32_t ret_len = 0;
     if (nfix && err.code == ABI_OK) {
         ret_len = copy_back(fix, nfix, out, out_size, region + layout.spill_bytes, ret_cap, &err);
         if (err.code != ABI_OK)
             done = 0;
     }
-    answer(s, seq, PP_STATUS_OK, done, ret_len, &err);
+    answer(s, t_seq, PP_STATUS_OK, done, ret_len, &err);
 }
 
 /* CFS keeps two processes that hand work back and forth on one core: both
@@ -228,13 +263,15 @@ static void serve_one(pp_request *r, uint64_t seq)
 #define COLOCATED_BEFORE_MOVING 64
 
 static cpu_set_t g_allowed;
-static unsigned g_colocated;
+static _Thread_local unsigned t_colocated;
+static _Atomic int g_spinners; /* slot threads spinning now (wait=auto) */
+static int g_spin_cap = 1;     /* at most half the CPUs this worker may use, at least 1 */
 
 static void step_aside(uint32_t host_cpu)
 {
-    if (++g_colocated < COLOCATED_BEFORE_MOVING)
+    if (++t_colocated < COLOCATED_BEFORE_MOVING)
         return;
-    g_colocated = 0;
+    t_colocated = 0;
     cpu_set_t elsewhere = g_allowed;
     if (host_cpu < CPU_SETSIZE)
         CPU_CLR(host_cpu, &elsewhere);
@@ -244,30 +281,222 @@ static void step_aside(uint32_t host_cpu)
         sched_setaffinity(0, sizeof g_allowed, &g_allowed);
 }
 
-/* Waits until ring entry `r` carries ticket `seq - 1`. Returns 0 when it
- * does, 1 when asked to stop. */
-static int await_request(pp_header *h, pp_request *r, uint64_t seq, int wait_mode, uint64_t spin_ns)
+/* Waits until the slot's down_seq moves past `served`. Returns 0 when it
+ * does, 1 when asked to stop, 2 when it retired after idle_retire_ms (only
+ * `may_retire`: between calls). Spins for the wait window first (the host's
+ * next call usually follows at once), then sleeps on worker_waiting. */
+static int await_frame(pp_header *h, pp_slot *s, uint64_t served, int may_retire)
 {
-    uint64_t spin_until = wait_mode == PP_WAIT_SPIN    ? UINT64_MAX
-                          : wait_mode == PP_WAIT_BLOCK ? 0
-                                                       : pp_now_ns() + spin_ns;
+    int mode = g_wait_mode;
+    uint64_t spin_until = mode == PP_WAIT_SPIN ? UINT64_MAX : mode == PP_WAIT_BLOCK ? 0 : pp_now_ns() + g_spin_ns;
     int same_cpu = pp_same_cpu(&h->worker_cpu, &h->host_cpu);
     /* Spinning sides want a CPU each; sleeping ones wake each other fastest
      * on one CPU (no cross-CPU wake-up), so wait=block stays put. */
-    if (same_cpu && wait_mode != PP_WAIT_BLOCK)
+    if (same_cpu && mode != PP_WAIT_BLOCK)
         step_aside(atomic_load_explicit(&h->host_cpu, memory_order_relaxed));
     else
-        g_colocated = 0;
+        t_colocated = 0;
     unsigned first = same_cpu ? PP_PAUSE_SPINS : 1;
-    for (unsigned i = first; wait_mode != PP_WAIT_BLOCK; i++) {
-        if (atomic_load_explicit(&r->seq, memory_order_acquire) == seq)
-            return 0;
-        if (atomic_load_explicit(&g_stop, memory_order_relaxed))
-            return 1;
+    /* Past half the CPUs, a spinning thread only takes a CPU from the threads
+     * it waits for: with many calls in flight, wait=auto sleeps at once. */
+    int counted = mode == PP_WAIT_AUTO;
+    if (counted && atomic_fetch_add(&g_spinners, 1) >= g_spin_cap) {
+        atomic_fetch_sub(&g_spinners, 1);
+        counted = 0;
+    }
+    for (unsigned i = first; mode == PP_WAIT_SPIN || counted; i++) {
+        if (atomic_load_explicit(&s->down_seq, memory_order_acquire) != served ||
+            atomic_load_explicit(&g_stop, memory_order_relaxed))
+            break;
         if ((i & 127) == 0 && pp_now_ns() >= spin_until)
             break;
         pp_spin_step(i);
     }
+    if (counted)
+        atomic_fetch_sub(&g_spinners, 1);
+    if (atomic_load_explicit(&s->down_seq, memory_order_acquire) != served)
+        return 0;
+    if (atomic_load_explicit(&g_stop, memory_order_relaxed))
+        return 1;
+    uint64_t retire_at = may_retire && h->idle_retire_ms ? pp_now_ns() + h->idle_retire_ms * 1000000ull : UINT64_MAX;
+    for (;;) {
+        atomic_store(&s->worker_waiting, 1);
+        if (atomic_load(&s->down_seq) != served) {
+            atomic_store(&s->worker_waiting, 0);
+            return 0;
+        }
+        if (atomic_load(&g_stop))
+            return 1;
+        pp_futex_wait_until(&s->worker_waiting, 1, retire_at);
+        uint32_t asleep = 1;
+        if (pp_now_ns() >= retire_at && atomic_compare_exchange_strong(&s->worker_waiting, &asleep, PP_WORKER_RETIRED))
+            return 2; /* a frame published meanwhile goes to the thread the host's BIND brings */
+    }
+}
+
+/* Asks the host thread waiting on this thread's slot to run a call back
+ * (see CALL BACKS in channel.h) and waits for its REPLY. Returns NULL when
+ * the host replied (err: its AbiError, the message valid until the next call
+ * back), or why it could not ask. A CALL arriving instead (a nested call) is
+ * refused for now: the host lays out nested calls once it serves call backs. */
+static const char *call_back(uint64_t target, uint32_t function, const void *args, uint32_t args_len, void *out,
+                             uint32_t out_size, AbiError *err)
+{
+    static _Thread_local char message[PP_ERR_CAP];
+    pp_slot *s = t_slot;
+    pp_header *h = (pp_header *)g_base;
+    uint64_t offset = PP_ALIGN8(t_payload_used);
+    if (!s)
+        return "a call back outside a call";
+    if (offset + args_len + out_size > g_payload_cap)
+        return "the call back's args and out do not fit the slot's payload";
+    uint8_t *payload = pp_payload(s);
+    if (args_len)
+        memcpy(payload + offset, args, args_len);
+    s->cb_target = target;
+    s->cb_function = function;
+    s->cb_depth = 1;
+    s->cb_offset = (uint32_t)offset;
+    s->cb_args_len = args_len;
+    s->cb_out_size = out_size;
+    s->up_kind = PP_UP_CALLBACK;
+    atomic_store_explicit(&s->up_seq, t_seq, memory_order_release);
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(&s->host_waiting, memory_order_relaxed) && atomic_exchange(&s->host_waiting, 0))
+        pp_futex_wake(&s->host_waiting, 1);
+    if (await_frame(h, s, t_seq, 0))
+        return "the worker is stopping";
+    t_seq = atomic_load_explicit(&s->down_seq, memory_order_acquire);
+    if (s->kind != PP_DOWN_REPLY)
+        return "the host answered a call back with a frame that is not a REPLY";
+    uint32_t len = s->args_len < PP_ERR_CAP ? s->args_len : PP_ERR_CAP;
+    memcpy(message, s->err_msg, len);
+    err->code = s->count == PP_STATUS_OK ? s->function : s->function ? s->function : ABI_GENERIC;
+    err->message.ptr = (const uint8_t *)message;
+    err->message.len = len;
+    uint32_t got = s->out_size < out_size ? s->out_size : out_size;
+    if (got)
+        memcpy(out, payload + offset + args_len, got);
+    return NULL;
+}
+
+/* W(T): serves one slot's frames until RETIRE or stop. It starts from the
+ * slot's last answer: the previous thread of the slot answered everything
+ * up to it (RETIRE last), and the host writes the next frame after it. */
+static void serve_slot(uint32_t index)
+{
+    pp_header *h = (pp_header *)g_base;
+    pp_slot *s = pp_slot_at(g_base, g_nslots, g_payload_cap, index);
+    t_slot = s;
+    t_slot_index = index;
+    t_tid = gettid();
+    uint64_t served = atomic_load_explicit(&s->up_seq, memory_order_acquire);
+    while (!await_frame(h, s, served, 1)) {
+        served = atomic_load_explicit(&s->down_seq, memory_order_acquire);
+        uint32_t kind = s->kind;
+        AbiError ok = {ABI_OK, {NULL, 0}};
+        if (kind == PP_DOWN_RETIRE)
+            return answer(s, served, PP_STATUS_OK, 0, 0, &ok);
+        if (kind == PP_DOWN_CALL) {
+            serve_one(s, served);
+            served = t_seq; /* past the REPLYs of its call backs */
+        } else
+            refuse(s, served, "a frame that is neither a call nor a retire, with no call back waiting");
+    }
+}
+
+/* A worker thread: parked as a spare until the dispatcher assigns it a slot
+ * (assigned = slot + 1), then W(T) for that slot. */
+typedef struct ppw_thread {
+    pthread_t id;
+    _Atomic uint32_t assigned;
+    struct ppw_thread *next; /* in g_threads */
+} ppw_thread;
+
+/* `assigned` of a spare told to exit: a changed word, so that no wake-up is lost. */
+#define STOP_SPARE UINT32_MAX
+
+static ppw_thread *g_threads;     /* every thread started, for ppw_stop (dispatcher-private) */
+static ppw_thread **g_slot_owner; /* per slot: its thread, or NULL */
+static ppw_thread *g_spares[PPW_SPARE_THREADS];
+static unsigned g_nspares;
+
+static void *slot_thread(void *arg)
+{
+    ppw_thread *t = arg;
+    ppw_thread_alt_stack();
+    uint32_t assigned;
+    while ((assigned = atomic_load(&t->assigned)) == 0)
+        pp_futex_wait_until(&t->assigned, 0, UINT64_MAX);
+    if (assigned == STOP_SPARE)
+        return NULL;
+    serve_slot(assigned - 1);
+    stack_t off = {.ss_flags = SS_DISABLE}, alt;
+    if (sigaltstack(&off, &alt) == 0 && !(alt.ss_flags & SS_DISABLE))
+        free(alt.ss_sp); /* ppw_thread_alt_stack's */
+    return NULL;
+}
+
+static ppw_thread *start_thread(uint32_t assigned)
+{
+    ppw_thread *t = calloc(1, sizeof *t);
+    if (!t)
+        return NULL;
+    atomic_store(&t->assigned, assigned);
+    if (pthread_create(&t->id, NULL, slot_thread, t) != 0) {
+        free(t);
+        return NULL;
+    }
+    t->next = g_threads;
+    g_threads = t;
+    return t;
+}
+
+static void forget_thread(ppw_thread *gone)
+{
+    for (ppw_thread **p = &g_threads; *p; p = &(*p)->next)
+        if (*p == gone) {
+            *p = gone->next;
+            break;
+        }
+    free(gone);
+}
+
+/* BIND(index): the slot's previous thread (if any) answered RETIRE before
+ * the host could send this, so it is exiting: join it, then hand the slot to
+ * a spare and start the next spare. A slot that gets no thread (no memory)
+ * is never answered: the host's deadline or close ends its calls. */
+static void bind_slot(uint32_t index)
+{
+    if (index >= g_nslots)
+        return;
+    ppw_thread *old = g_slot_owner[index];
+    if (old) {
+        pthread_join(old->id, NULL);
+        forget_thread(old);
+    }
+    ppw_thread *t = NULL;
+    if (g_nspares) {
+        t = g_spares[--g_nspares];
+        atomic_store(&t->assigned, index + 1);
+        pp_futex_wake(&t->assigned, 1);
+    } else {
+        t = start_thread(index + 1);
+    }
+    g_slot_owner[index] = t;
+    unsigned want = g_max_threads < PPW_SPARE_THREADS ? g_max_threads : PPW_SPARE_THREADS;
+    while (g_nspares < want) {
+        ppw_thread *spare = start_thread(0);
+        if (!spare)
+            break;
+        g_spares[g_nspares++] = spare;
+    }
+}
+
+/* Waits until ring entry `r` carries ticket `seq - 1` (BINDs are rare: the
+ * dispatcher sleeps at once). Returns 0 when it does, 1 when asked to stop. */
+static int await_bind(pp_header *h, pp_bind *r, uint64_t seq)
+{
     for (;;) {
         atomic_store(&h->worker_sleeping, 1);
         if (atomic_load(&r->seq) == seq) {
@@ -280,20 +509,51 @@ static int await_request(pp_header *h, pp_request *r, uint64_t seq, int wait_mod
     }
 }
 
+static void stop_threads(void)
+{
+    for (uint32_t i = 0; i < g_nslots; i++) {
+        pp_slot *s = pp_slot_at(g_base, g_nslots, g_payload_cap, i);
+        atomic_store(&s->worker_waiting, 0);
+        pp_futex_wake(&s->worker_waiting, INT32_MAX);
+    }
+    for (unsigned i = 0; i < g_nspares; i++) {
+        atomic_store(&g_spares[i]->assigned, STOP_SPARE);
+        pp_futex_wake(&g_spares[i]->assigned, 1);
+    }
+    g_nspares = 0;
+    while (g_threads) {
+        pthread_join(g_threads->id, NULL);
+        forget_thread(g_threads);
+    }
+}
+
 int ppw_serve(int wait_mode, uint64_t spin_ns)
 {
     if (sched_getaffinity(0, sizeof g_allowed, &g_allowed) != 0)
         CPU_ZERO(&g_allowed); /* then step_aside never moves */
-    ppw_thread_alt_stack();
-    ppw_mark_busy_thread();
+    g_spin_cap = CPU_COUNT(&g_allowed) / 2 > 1 ? CPU_COUNT(&g_allowed) / 2 : 1;
+    g_wait_mode = wait_mode;
+    g_spin_ns = spin_ns;
+    g_slot_owner = calloc(g_nslots, sizeof *g_slot_owner);
+    if (!g_slot_owner)
+        return -1;
     pp_header *h = (pp_header *)g_base;
-    pp_request *ring = pp_ring(g_base);
-    for (uint64_t ticket = 0;; ticket++) {
-        pp_request *r = &ring[ticket % g_nslots];
-        if (await_request(h, r, ticket + 1, wait_mode, spin_ns))
-            return 0;
-        serve_one(r, ticket + 1);
+    pp_bind *ring = pp_ring(g_base);
+    unsigned want = g_max_threads < PPW_SPARE_THREADS ? g_max_threads : PPW_SPARE_THREADS;
+    while (g_nspares < want) {
+        ppw_thread *spare = start_thread(0);
+        if (!spare)
+            break;
+        g_spares[g_nspares++] = spare;
     }
+    for (uint64_t ticket = 0;; ticket++) {
+        pp_bind *r = &ring[ticket % g_nslots];
+        if (await_bind(h, r, ticket + 1))
+            break;
+        bind_slot(r->slot);
+    }
+    stop_threads();
+    return 0;
 }
 
 void ppw_stop(void)

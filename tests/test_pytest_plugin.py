@@ -275,7 +275,11 @@ HANGING = """
         open("worker.pid", "w").write(str(bundle.pid))
         add = isolated_runtime.resolve_guest_contract(
             isolated_runtime.find_guest_contract(guest_contract_id("test.add", 1), 1))
-        add.call(1, struct.pack("<II", 1, 2), 4)
+        open("calling", "w").close()
+        try:
+            add.call(1, struct.pack("<II", 1, 2), 4)
+        finally:
+            open("ended", "w").close()
 
     def test_after_it():
         pass
@@ -299,9 +303,23 @@ def test_timeout_signal_method_and_a_shorter_call_timeout_end_in_call_timeout(py
 
 def test_timeout_signal_method_cannot_end_a_call_without_call_timeout(pytester):
     pidfile = hanging(pytester)
-    with pytest.raises(pytester.TimeoutExpired):
-        pytester.runpytest_subprocess(timeout=6)  # 3x the test's own timeout(2): it never fired
-    pid = int(pidfile.read_text())
+    session = pytester.popen(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        # However slow the session was to get there, from the moment the call is
+        # made, 3x the test's own timeout(2) passes without the call ending.
+        wait_until(lambda: (pytester.path / "calling").exists(), timeout=60)
+        with pytest.raises(subprocess.TimeoutExpired):
+            session.wait(timeout=6)
+        assert not (pytester.path / "ended").exists()
+        pid = int(pidfile.read_text())
+        assert not gone(pid)  # its worker still holds the call
+    finally:
+        session.kill()
+        session.wait()
     wait_until(lambda: gone(pid))  # killing the host took its worker along
 
 

@@ -253,7 +253,7 @@ static int await_request(pp_header *h, pp_request *r, uint64_t seq, int wait_mod
                                                        : pp_now_ns() + spin_ns;
     int same_cpu = pp_same_cpu(&h->worker_cpu, &h->host_cpu);
     /* Spinning sides want a CPU each; sleeping ones wake each other fastest
-     * on one CPU (no cross-CPU wake-up), so wait=block stays put. */
+     * on one CPU, so wait=block never steps aside (nor does it co-locate them). */
     if (same_cpu && wait_mode != PP_WAIT_BLOCK)
         step_aside(atomic_load_explicit(&h->host_cpu, memory_order_relaxed));
     else

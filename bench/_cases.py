@@ -426,6 +426,16 @@ def raw_call(contract):
     return call
 
 
+def typed_calls(rt):
+    """``add_primitive(2, 3)`` through the typed proxy from api.toml: positional, and with keywords."""
+    add = rt.contract("test.add")
+    positional = functools.partial(add.add_primitive, 2, 3)
+    keywords = functools.partial(add.add_primitive, a=2, b=3)
+    if positional() != 5 or keywords() != 5:
+        raise RuntimeError("the typed add_primitive(2, 3) is not 5")
+    return positional, keywords
+
+
 def packed_call(contract, plan: Plan):
     """``call_packed`` of ``plan.packed_records`` (a, b) records, checked once."""
     records = plan.packed_records

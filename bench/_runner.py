@@ -78,6 +78,20 @@ ROWS = {
         True,
     ),
     "isolated.auto": ("isolated, wait=auto", "isolated", "inproc", "GuestContract.call(1, args, 4)", False),
+    "isolated.typed": (
+        "isolated, auto, typed call",
+        "isolated",
+        "isolated.auto",
+        "rt.contract('test.add').add_primitive(2, 3) -> 5",
+        False,
+    ),
+    "isolated.typed.kw": (
+        "isolated, auto, typed call, keywords",
+        "isolated",
+        "isolated.auto",
+        "add_primitive(a=2, b=3)",
+        False,
+    ),
     "isolated.auto.raw": (
         "isolated, auto, pp_call_small alone (diag)",
         "isolated",
@@ -310,9 +324,12 @@ class Runner:
         cffi = self._server("serve-cffi", self.adder)
         call = functools.partial(contract.call, _cases.ADD_PRIMITIVE, _cases.ARGS, 4)
         raw = _cases.raw_call(contract)
+        typed, typed_kw = _cases.typed_calls(self._auto[0])
         sides = [
             cffi.side("inproc", n, warmup),
             _cases.local_side("isolated.auto", call, n, warmup),
+            _cases.local_side("isolated.typed", typed, n, warmup),
+            _cases.local_side("isolated.typed.kw", typed_kw, n, warmup),
             cffi.side("inproc.raw", n, warmup),
             _cases.local_side("isolated.auto.raw", raw, n, warmup),
             cffi.side("timer", n, warmup),
@@ -337,6 +354,8 @@ class Runner:
             }
             rates["isolated.auto"] = throughput(call, plan.throughput_n)
             rates["isolated.auto.raw"] = throughput(raw, plan.throughput_n)
+            rates["isolated.typed"] = throughput(typed, plan.throughput_n)
+            rates["isolated.typed.kw"] = throughput(typed_kw, plan.throughput_n)
             if polyplug is not None:
                 for name in ("polyplug", "polyplug.ctypes"):
                     rates[name] = polyplug.calls_per_s(name, plan.throughput_n)

@@ -36,6 +36,8 @@ ALWAYS = {
     "isolated.spin",
     "isolated.auto",
     "isolated.auto.raw",
+    "isolated.typed",
+    "isolated.typed.kw",
     "isolated.block.unplaced",
     "call_packed",
     "call_many",

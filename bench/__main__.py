@@ -27,7 +27,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Benchmark polyplug_isolated against in-process calls, polyplug 0.1.3, "
         "multiprocessing.Pipe and the C-to-C floor (the adder and payload fixtures).",
     )
-    parser.add_argument("--quick", action="store_true", help="small sample counts, < 20 s (CI smoke test)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small sample counts: seconds on a quiet machine (the CI smoke test)",
+    )
     parser.add_argument("--json", type=Path, metavar="PATH", help="write the results as JSON")
     parser.add_argument("--plot", type=Path, metavar="PATH", help="write a PNG plot (needs matplotlib)")
     parser.add_argument(

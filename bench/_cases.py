@@ -78,8 +78,8 @@ class Plan:
                 idle_settle_s=0.5,
                 idle_window_s=1.0,
                 budget_s=0.4,
-                round_n=10_000,
-                block_round_n=400,
+                round_n=5_000,
+                block_round_n=300,
                 batch_round_repeats=3,
                 rounds=_rounds.RoundPlan(rounds=9, min_clean=6, max_rounds=18),
             )

@@ -161,11 +161,6 @@ class PolyplugContract:
             raise RuntimeError(f"polyplug call failed: AbiError {err.code}")
         return out.raw
 
-    def close(self) -> None:
-        for iface_ptr, (instance, _) in self._bound.items():
-            self._host.destroy_guest_instance(self._runtime.host, iface_ptr, instance)
-        self._bound.clear()
-
 
 def _polyplug_sides(request: dict) -> dict[str, Callable[[], object]]:
     if not os.environ.get("POLYPLUG_LIB"):

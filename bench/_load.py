@@ -102,7 +102,7 @@ def run_delay_ns(pids: list[int]) -> int:
 # hypervisor stole more than STEAL_LIMIT of a core, or other processes used
 # more than FOREIGN_LIMIT cores. The tick-based signals (10 ms) need a few
 # ticks before they count: a stray tick over a short round means nothing.
-WAIT_LIMIT = 0.05
+WAIT_LIMIT = 0.10
 STEAL_LIMIT = 0.05
 FOREIGN_LIMIT = 0.3
 MIN_TICKS = 3

@@ -91,18 +91,17 @@ def _short(name: str, labels: dict) -> str:
     return labels.get(name, name)
 
 
-def print_table(document: dict, plain: bool = False) -> None:
-    """Rich tables as wide as the terminal (the case column wraps), or plain text."""
+def print_table(document: dict, plain: bool = False, console=None) -> None:
+    """Rich tables as wide as the terminal (the case column wraps), or plain text off a terminal."""
     title = (
         f"polyplug_isolated benchmark ({'quick' if document['meta']['quick'] else 'full'}, "
         f"{document['meta']['wall_s']:.1f} s)"
     )
-    console = None
-    if not plain and sys.stdout.isatty():
+    if console is None and not plain and sys.stdout.isatty():
         try:
             from rich.console import Console
         except ImportError:
-            console = None
+            pass
         else:
             console = Console()
     if console is None:
@@ -113,7 +112,7 @@ def print_table(document: dict, plain: bool = False) -> None:
 
     cases = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     for i, column in enumerate(COLUMNS):
-        cases.add_column(column, justify="right" if i in RIGHT else "left", no_wrap=i in RIGHT, ratio=None)
+        cases.add_column(column, justify="right" if i in RIGHT else "left", no_wrap=i in RIGHT)
     for row in rows(document):
         cases.add_row(*row, style="dim" if row[0].endswith("(diag)") else None)
     console.print(cases)
@@ -208,6 +207,17 @@ def write_plot(document: dict, path: Path) -> str | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return "matplotlib is not installed (pip install -e '.[bench]')"
+    fig = figure(document)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None
+
+
+def figure(document: dict):
+    """The plot as a matplotlib Figure: latencies, payload sizes (byte units), host threads (two
+    y-axes, one legend); a red "CONTENDED RUN" band when rounds were disturbed."""
+    import matplotlib.pyplot as plt
+
     cases = document["cases"]
     single = [c for c in ordered(cases) if c["kind"] == "latency" and c["group"] != "payload"]
     payload_in = sorted(
@@ -281,6 +291,4 @@ def write_plot(document: dict, path: Path) -> str | None:
             va="bottom",
         )
     fig.tight_layout(rect=(0, 0.04, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return None
+    return fig

@@ -15,8 +15,10 @@ import subprocess
 import sys
 import time
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from . import _measure, _rounds
 
@@ -131,9 +133,9 @@ class Case:
     per: int = 1
     note: str = ""
     diagnostic: bool = False
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         return _measure.summarize(self.hist, self.per)
 
 
@@ -176,7 +178,7 @@ def floor_case(floor, mode: str, plan: Plan) -> Case:
 # ---- in-process baselines (subprocesses) -------------------------------------
 
 
-def _inproc(request: dict, plan: Plan) -> dict:
+def _inproc(request: dict[str, Any], plan: Plan) -> dict[str, Any]:
     request = {**request, "budget_s": plan.budget_s}
     proc = subprocess.run(
         [sys.executable, "-m", "bench._inproc"],
@@ -219,7 +221,7 @@ class BaselineServer:
     own side; between requests it sleeps on its stdin.
     """
 
-    def __init__(self, mode: str, bundle: Path, plan: Plan):
+    def __init__(self, mode: str, bundle: Path, plan: Plan) -> None:
         self.mode = mode
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bench._inproc"],
@@ -232,7 +234,7 @@ class BaselineServer:
         self.pid = self.proc.pid
         self.sides = self._ask({"mode": mode, "bundle": str(bundle), "budget_s": plan.budget_s})["ready"]
 
-    def _ask(self, request: dict) -> dict:
+    def _ask(self, request: dict[str, Any]) -> dict[str, Any]:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         try:
             self.proc.stdin.write(json.dumps(request) + "\n")
@@ -247,7 +249,7 @@ class BaselineServer:
         return json.loads(line)
 
     def side(self, name: str, n: int, warmup: int) -> _rounds.Side:
-        def measure() -> tuple[float, object]:
+        def measure() -> tuple[float, Any]:
             answer = self._ask({"side": name, "n": n, "warmup": warmup})
             return answer["p50_ns"], _measure.decode(answer["hist"])
 
@@ -270,30 +272,30 @@ class BaselineServer:
                 stream.close()
 
 
-def local_side(name: str, fn, n: int, warmup: int) -> _rounds.Side:
+def local_side(name: str, fn: Callable[[], object], n: int, warmup: int) -> _rounds.Side:
     """A side measured in this process: one round of ``n`` timed calls of ``fn``."""
 
-    def measure() -> tuple[float, object]:
+    def measure() -> tuple[float, Any]:
         samples = _measure.time_each(fn, n, warmup)
         return _measure.median(samples), _measure.histogram_of(samples)
 
     return _rounds.Side(name, measure)
 
 
-def rate_side(name: str, fn, repeats: int, records: int) -> _rounds.Side:
+def rate_side(name: str, fn: Callable[[], object], repeats: int, records: int) -> _rounds.Side:
     """A batch side: one round times ``repeats`` batches; its value is records per second."""
 
-    def measure() -> tuple[float, object]:
+    def measure() -> tuple[float, Any]:
         samples = _measure.time_each(fn, repeats, 1)
         return records * len(samples) * 1e9 / max(sum(samples), 1), _measure.histogram_of(samples)
 
     return _rounds.Side(name, measure)
 
 
-def floor_side(floor, mode: str, n: int, budget_s: float, cpus: set[int]) -> _rounds.Side:
+def floor_side(floor: Any, mode: str, n: int, budget_s: float, cpus: set[int]) -> _rounds.Side:
     """One round of the C floor binary (a fresh pair of processes each round), started on ``cpus``."""
 
-    def measure() -> tuple[float, object]:
+    def measure() -> tuple[float, Any]:
         pinned = os.sched_getaffinity(0)
         os.sched_setaffinity(0, cpus)
         try:
@@ -415,7 +417,7 @@ def isolated_single(contract, wait: str, plan: Plan) -> Case:
     )
 
 
-def raw_call(contract):
+def raw_call(contract: Any) -> Callable[[], int]:
     """The one cffi call ``GuestContract.call`` makes (``pp_call_small``): an int, no Python wrapper."""
     from polyplug_isolated._channel_ffi import lib
 
@@ -426,7 +428,7 @@ def raw_call(contract):
     return call
 
 
-def typed_calls(rt):
+def typed_calls(rt: Any) -> tuple[Callable[[], int], Callable[[], int]]:
     """``add_primitive(2, 3)`` through the typed proxy from api.toml: positional, and with keywords."""
     add = rt.contract("test.add")
     positional = functools.partial(add.add_primitive, 2, 3)
@@ -436,7 +438,7 @@ def typed_calls(rt):
     return positional, keywords
 
 
-def packed_call(contract, plan: Plan):
+def packed_call(contract: Any, plan: Plan) -> Callable[[], bytes]:
     """``call_packed`` of ``plan.packed_records`` (a, b) records, checked once."""
     records = plan.packed_records
     packed = array("I", [2, 3]) * records
@@ -447,14 +449,14 @@ def packed_call(contract, plan: Plan):
     return call
 
 
-def many_call(contract, plan: Plan):
+def many_call(contract: Any, plan: Plan) -> Callable[[], list[bytes]]:
     """``call_many`` of ``plan.list_records`` tuples (Struct.pack of each included), checked once."""
     records = plan.list_records
     pairs = [(i, i + 1) for i in range(records)]
     pack = struct.Struct("<II").pack
     call_many = contract.call_many
 
-    def call() -> list:
+    def call() -> list[bytes]:
         return call_many(ADD_PRIMITIVE, itertools.starmap(pack, pairs), 4)
 
     outs = call()
@@ -523,7 +525,7 @@ def cpu_ns(pid: int) -> int:
     return total
 
 
-def idle_worker(contract, pid: int, plan: Plan) -> dict:
+def idle_worker(contract, pid: int, plan: Plan) -> dict[str, Any]:
     """After a burst of calls, waits out the spin window and measures the worker's CPU use."""
     call = functools.partial(contract.call, ADD_PRIMITIVE, ARGS, 4)
     burst_cpu, burst_t0 = cpu_ns(pid), time.perf_counter_ns()

@@ -87,7 +87,7 @@ class ShimContract:
         raise NotImplementedError("the baseline has only the hot path")
 
 
-def _cffi_sides(request: dict) -> dict[str, Callable[[], object]]:
+def _cffi_sides(request: dict[str, Any]) -> dict[str, Callable[[], object]]:
     from . import _shim
 
     wffi, wlib = _load_serve_ffi(Path(request["bundle"]), "adder")
@@ -162,7 +162,7 @@ class PolyplugContract:
         return out.raw
 
 
-def _polyplug_sides(request: dict) -> dict[str, Callable[[], object]]:
+def _polyplug_sides(request: dict[str, Any]) -> dict[str, Callable[[], object]]:
     if not os.environ.get("POLYPLUG_LIB"):
         # polyplug looks its runtime library up by name unless told where the wheel put it.
         arch = {"x86_64": "x64", "amd64": "x64", "aarch64": "arm64"}[os.uname().machine.lower()]
@@ -219,7 +219,7 @@ def _serve(sides: dict[str, Callable[[], object]]) -> None:
         )
 
 
-def _cffi_payload(request: dict) -> dict:
+def _cffi_payload(request: dict[str, Any]) -> dict[str, Any]:
     ffi, lib = _load_serve_ffi(Path(request["bundle"]), "payload")
     invoke = lib.ppw_invoke
     err = ffi.new("AbiError *")
@@ -233,7 +233,8 @@ def _cffi_payload(request: dict) -> dict:
             invoke(0, 0, args, out, err)
             if err.code:
                 raise RuntimeError(f"echo failed: {err.code}")
-            return unpack(out, size)
+            data: bytes = unpack(out, size)
+            return data
 
         if echo() != args[8:]:
             raise SystemExit(f"bench._inproc: in-process echo of {size} bytes came back different")
@@ -246,7 +247,7 @@ def _cffi_payload(request: dict) -> dict:
     return {"cases": cases}
 
 
-def _reply(answer: dict) -> None:
+def _reply(answer: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(answer) + "\n")
     sys.stdout.flush()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -65,7 +66,7 @@ class LoadMeter:
         self._busy, self._steal = _machine()
         self._mine = _tree()
 
-    def stop(self) -> dict:
+    def stop(self) -> dict[str, Any]:
         wall = time.monotonic() - self._wall
         busy, steal = _machine()
         mine = _tree()
@@ -119,7 +120,7 @@ class RoundMeter:
         self._delay = run_delay_ns(self.pids)
         self._load.start()
 
-    def stop(self) -> dict:
+    def stop(self) -> dict[str, Any]:
         load = self._load.stop()
         waited = (run_delay_ns(self.pids) - self._delay) / 1e9
         load["wait_frac"] = waited / max(load["wall_s"], 1e-6)

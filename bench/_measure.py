@@ -18,6 +18,7 @@ import threading
 import time
 from array import array
 from collections import Counter
+from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
@@ -156,7 +157,7 @@ def median(samples) -> float:
     return float(ordered[mid]) if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
-def summarize(hist: HdrHistogram, per: int = 1) -> dict:
+def summarize(hist: HdrHistogram, per: int = 1) -> dict[str, Any]:
     """p50/p99/p99.9/mean/max in ns of one call (a histogram of batches is divided by ``per``)."""
     return {
         "p50_ns": hist.get_value_at_percentile(50) / per,

@@ -6,7 +6,9 @@ import json
 import math
 import sys
 import textwrap
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from ._cases import size_label
 
@@ -19,7 +21,7 @@ SHORT = {
     "polyplug": "polyplug",
 }
 ORDER = ("baseline", "isolated", "batch", "threads", "payload", "pipe", "floor")
-RIGHT = {1, 2, 3, 4, 5}
+RIGHT = frozenset({1, 2, 3, 4, 5})
 
 
 def fmt_ns(value: float | None) -> str:
@@ -48,10 +50,10 @@ def fmt_ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
-def rows(document: dict) -> list[tuple[str, ...]]:
+def rows(document: dict[str, Any]) -> list[tuple[str, ...]]:
     """The case table as text cells, one tuple per case."""
     labels = {case["name"]: case["label"] for case in document["cases"]}
-    out = []
+    out: list[tuple[str, ...]] = []
     for case in ordered(document["cases"]):
         vs = "" if case["baseline"] == case["name"] else _short(case["baseline"], labels)
         ratio = fmt_ratio(case["ratio"])
@@ -72,26 +74,26 @@ def rows(document: dict) -> list[tuple[str, ...]]:
     return out
 
 
-def target_rows(document: dict) -> list[tuple[str, ...]]:
+def target_rows(document: dict[str, Any]) -> list[tuple[str, ...]]:
     """One row per target: what it asks, of which case, and the verdict with its spread."""
     return [(t["text"], t["case"], t["measured_text"]) for t in document["targets"]]
 
 
-def ordered(cases: list[dict]) -> list[dict]:
+def ordered(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Display order: by group (ORDER), then as measured."""
     rank = {group: i for i, group in enumerate(ORDER)}
     return sorted(cases, key=lambda case: rank.get(case["group"], len(ORDER)))
 
 
-def _short(name: str, labels: dict) -> str:
+def _short(name: str, labels: dict[str, Any]) -> str:
     if name in SHORT:
         return SHORT[name]
     if name.startswith("payload.inproc."):
         return "in-process echo"
-    return labels.get(name, name)
+    return str(labels.get(name, name))
 
 
-def print_table(document: dict, plain: bool = False, console=None) -> None:
+def print_table(document: dict[str, Any], plain: bool = False, console: Any = None) -> None:
     """Rich tables as wide as the terminal (the case column wraps), or plain text off a terminal."""
     title = (
         f"polyplug_isolated benchmark ({'quick' if document['meta']['quick'] else 'full'}, "
@@ -127,18 +129,18 @@ def print_table(document: dict, plain: bool = False, console=None) -> None:
         console.print(line, highlight=False, soft_wrap=False)
 
 
-def plain_table(document: dict, title: str) -> str:
+def plain_table(document: dict[str, Any], title: str) -> str:
     out = [title, *_plain(COLUMNS, rows(document), RIGHT), "", *_plain(TARGET_COLUMNS, target_rows(document))]
     out.extend(textwrap.fill(line, 110, subsequent_indent="  ") for line in footer(document))
     return "\n".join(out)
 
 
 def _plain(
-    columns: tuple[str, ...], table_rows: list[tuple[str, ...]], right: set[int] = frozenset()
+    columns: tuple[str, ...], table_rows: list[tuple[str, ...]], right: frozenset[int] = frozenset()
 ) -> list[str]:
     widths = [max(len(columns[i]), *(len(row[i]) for row in table_rows)) for i in range(len(columns))]
 
-    def line(cells) -> str:
+    def line(cells: Iterable[str]) -> str:
         return "  ".join(
             cell.rjust(widths[i]) if i in right else cell.ljust(widths[i]) for i, cell in enumerate(cells)
         ).rstrip()
@@ -146,7 +148,7 @@ def _plain(
     return [line(columns), line("-" * w for w in widths), *(line(row) for row in table_rows)]
 
 
-def footer(document: dict) -> list[str]:
+def footer(document: dict[str, Any]) -> list[str]:
     met = [t for t in document["targets"] if t["met"] is not None]
     lines = [
         f"targets met: {sum(t['met'] for t in met)} of {len(document['targets'])} "
@@ -194,11 +196,11 @@ def footer(document: dict) -> list[str]:
     return lines
 
 
-def write_json(document: dict, path: Path) -> None:
+def write_json(document: dict[str, Any], path: Path) -> None:
     path.write_text(json.dumps(document, indent=2) + "\n")
 
 
-def write_plot(document: dict, path: Path) -> str | None:
+def write_plot(document: dict[str, Any], path: Path) -> str | None:
     """Writes the PNG; returns why it could not, or None."""
     try:
         import matplotlib
@@ -213,7 +215,7 @@ def write_plot(document: dict, path: Path) -> str | None:
     return None
 
 
-def figure(document: dict):
+def figure(document: dict[str, Any]) -> Any:
     """The plot as a matplotlib Figure: latencies, payload sizes (byte units), host threads (two
     y-axes, one legend); a red "CONTENDED RUN" band when rounds were disturbed."""
     import matplotlib.pyplot as plt

@@ -45,10 +45,10 @@ class Rounds:
     """Every round of one comparison: per side its value, and the round's load."""
 
     sides: list[str]
-    rounds: list[dict] = field(default_factory=list)
+    rounds: list[dict[str, Any]] = field(default_factory=list)
     hists: dict[str, Any] = field(default_factory=dict)
 
-    def clean(self) -> list[dict]:
+    def clean(self) -> list[dict[str, Any]]:
         return [r for r in self.rounds if not r["disturbed"]]
 
     def values(self, side: str, clean: bool = True) -> list[float]:
@@ -57,7 +57,7 @@ class Rounds:
     def ratios(self, num: str, den: str, clean: bool = True) -> list[float]:
         return [r["values"][num] / r["values"][den] for r in (self.clean() if clean else self.rounds)]
 
-    def as_json(self) -> dict:
+    def as_json(self) -> dict[str, Any]:
         return {"sides": self.sides, "rounds": self.rounds}
 
 
@@ -83,7 +83,7 @@ def alternate(sides: list[Side], plan: RoundPlan, meter: RoundMeter) -> Rounds:
     return out
 
 
-def spread(values: list[float]) -> dict:
+def spread(values: list[float]) -> dict[str, Any]:
     """Median and interquartile range (min-max below four values)."""
     if len(values) >= 4:
         low, median, high = statistics.quantiles(values, n=4, method="inclusive")
@@ -92,13 +92,13 @@ def spread(values: list[float]) -> dict:
     return {"median": median, "low": low, "high": high, "n": len(values)}
 
 
-def judge(kind: str, limit: float, rounds: Rounds, values: list[float], plan: RoundPlan) -> dict:
+def judge(kind: str, limit: float, rounds: Rounds, values: list[float], plan: RoundPlan) -> dict[str, Any]:
     """The verdict of one target over its clean rounds' values (ratios, or calls/s for "rate").
 
     kind: "ratio" (at most ``limit``), "faster" (below ``limit``) or "rate" (at least ``limit``).
     """
     total, clean = len(rounds.rounds), len(rounds.clean())
-    out: dict = {"rounds": total, "clean_rounds": clean}
+    out: dict[str, Any] = {"rounds": total, "clean_rounds": clean}
     if clean < plan.min_clean or not values:
         out.update(verdict="n/a (disturbed)", met=None)
         reasons = sorted({r["disturbed"] for r in rounds.rounds if r["disturbed"]})
@@ -120,7 +120,7 @@ def fmt_value(kind: str, value: float) -> str:
     return f"{value / 1e6:.1f} M/s" if kind == "rate" else f"{value:.2f}x"
 
 
-def verdict_text(kind: str, result: dict) -> str:
+def verdict_text(kind: str, result: dict[str, Any]) -> str:
     """E.g. ``yes 1.21x [1.18-1.25]`` or ``n/a (disturbed: 2 of 21 rounds clean)``."""
     if result["verdict"].startswith("n/a"):
         text = f"n/a (disturbed: {result['clean_rounds']} of {result['rounds']} rounds clean)"

@@ -8,9 +8,14 @@ import gc
 import os
 import sys
 import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
 
 from . import _cases, _rounds
 from ._load import LoadMeter, RoundMeter
+
+T = TypeVar("T")
 
 # (id, case, text, kind, limit, comparison, numerator side, denominator side).
 # kind "ratio": numerator/denominator at most limit; "faster": below limit;
@@ -121,7 +126,9 @@ ROWS = {
 class Runner:
     """Runs the steps in order, keeping the runtimes the steps share open between them."""
 
-    def __init__(self, plan: _cases.Plan, groups: set[str], progress, pin: bool = True):
+    def __init__(
+        self, plan: _cases.Plan, groups: set[str], progress: Callable[[int], Any], pin: bool = True
+    ) -> None:
         self.plan = plan
         self.all_cpus = os.sched_getaffinity(0)
         # The measuring thread runs on one CPU, and so do the baseline
@@ -132,21 +139,21 @@ class Runner:
         self.groups = groups
         self.cases: dict[str, _cases.Case] = {}
         self.comparisons: dict[str, _rounds.Rounds] = {}
-        self.skipped: list[dict] = []
-        self.errors: list[dict] = []
-        self.idle: dict | None = None
-        self.step_log: list[dict] = []
+        self.skipped: list[dict[str, Any]] = []
+        self.errors: list[dict[str, Any]] = []
+        self.idle: dict[str, Any] | None = None
+        self.step_log: list[dict[str, Any]] = []
         self.stack = contextlib.ExitStack()
         self.meter = RoundMeter()
-        self._auto: tuple | None = None
+        self._auto: tuple[Any, Any, Any] | None = None
         self.steps = self._steps()
         self.progress = progress(len(self.steps))
 
     # -- the steps -------------------------------------------------------------------
 
-    def _steps(self) -> list[tuple[str, object]]:
+    def _steps(self) -> list[tuple[str, Callable[[], object]]]:
         c, plan, groups = _cases, self.plan, self.groups
-        steps: list[tuple[str, object]] = [("build fixtures", self._build)]
+        steps: list[tuple[str, Callable[[], object]]] = [("build fixtures", self._build)]
         if "floor" in groups:
             steps += [(f"C floor: {mode}", functools.partial(self._floor, mode)) for mode in c.FLOOR_LABELS]
         steps.append(("wait=auto vs in-process and polyplug, alternating", self._compare_auto))
@@ -160,12 +167,7 @@ class Runner:
             steps.append(("call_packed and call_many, alternating", self._compare_batch))
         if "threads" in groups:
             for count in plan.thread_counts:
-                steps.append(
-                    (
-                        f"host threads: {count}",
-                        lambda n=count: self._add(c.threads(self._contract(), n, plan)),
-                    )
-                )
+                steps.append((f"host threads: {count}", functools.partial(self._threads, count)))
         if "idle" in groups:
             steps.append(("idle worker CPU", self._idle))
         steps.append(("close the wait=auto runtime", self._close_auto))
@@ -210,7 +212,7 @@ class Runner:
         self.stack.close()
 
     @contextlib.contextmanager
-    def _pinned(self):
+    def _pinned(self) -> Iterator[None]:
         """The calling thread on ``host_cpu`` (processes it starts meanwhile inherit it)."""
         if self.host_cpu is None:
             yield
@@ -221,12 +223,12 @@ class Runner:
         finally:
             os.sched_setaffinity(0, self.all_cpus)
 
-    def _p(self, fn, *args):
+    def _p(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` pinned; load bundles before, so workers do not inherit the pin."""
         with self._pinned():
             return fn(*args)
 
-    def _add(self, *cases) -> None:
+    def _add(self, *cases: Any) -> None:
         for case in cases:
             if isinstance(case, list):
                 self._add(*case)
@@ -245,7 +247,7 @@ class Runner:
     def _floor(self, mode: str) -> None:
         self._add(_cases.floor_case(self.floor, mode, self.plan))
 
-    def _runtime(self, wait: str, **options):
+    def _runtime(self, wait: str, **options: Any) -> Any:
         from polyplug_isolated import Runtime
 
         rt = Runtime(wait=wait, **options)
@@ -268,14 +270,14 @@ class Runner:
                 )
             self._add(case)
 
-    def _contract(self):
+    def _contract(self) -> Any:
         if self._auto is None:
             rt = self._runtime("auto")
             bundle = rt.load_bundle(self.adder)
             self._auto = (rt, bundle, _cases.contract_of(rt, "test.add"))
         return self._auto[2]
 
-    def _server(self, mode: str, bundle) -> _cases.BaselineServer:
+    def _server(self, mode: str, bundle: Path) -> _cases.BaselineServer:
         server = self._p(_cases.BaselineServer, mode, bundle, self.plan)
         self.stack.callback(server.close)
         self.meter.pids.append(server.pid)
@@ -291,7 +293,7 @@ class Runner:
         for name in rounds.sides:
             label, group, baseline, note, diagnostic = ROWS[name]
             clean = rounds.clean() or rounds.rounds
-            extra: dict = {"comparison": key}
+            extra: dict[str, Any] = {"comparison": key}
             if baseline in rounds.sides and baseline != name:
                 extra["round_ratio"] = _rounds.spread(
                     [r["values"][name] / r["values"][baseline] for r in clean]
@@ -324,6 +326,7 @@ class Runner:
         cffi = self._server("serve-cffi", self.adder)
         call = functools.partial(contract.call, _cases.ADD_PRIMITIVE, _cases.ARGS, 4)
         raw = _cases.raw_call(contract)
+        assert self._auto is not None  # _contract() started it
         typed, typed_kw = _cases.typed_calls(self._auto[0])
         sides = [
             cffi.side("inproc", n, warmup),
@@ -405,6 +408,9 @@ class Runner:
         for name in rounds.sides:
             self.cases[name].calls_per_s = 1e9 / max(self.cases[name].stats()["mean_ns"], 1)
 
+    def _threads(self, count: int) -> None:
+        self._add(_cases.threads(self._contract(), count, self.plan))
+
     def _idle(self) -> None:
         contract = self._contract()
         self.idle = _cases.idle_worker(contract, contract.bundle.pid, self.plan)
@@ -433,7 +439,7 @@ class Runner:
 
     # -- the results -----------------------------------------------------------------
 
-    def document(self, meta: dict, leaked: list) -> dict:
+    def document(self, meta: dict[str, Any], leaked: list[tuple[int, str]]) -> dict[str, Any]:
         cases = []
         stats = {name: case.stats() for name, case in self.cases.items()}
         for name, case in self.cases.items():
@@ -479,10 +485,16 @@ class Runner:
             "leaked_workers": [{"pid": pid, "cmdline": cmd} for pid, cmd in leaked],
         }
 
-    def _targets(self) -> list[dict]:
+    def _targets(self) -> list[dict[str, Any]]:
         out = []
         for target_id, case_name, text, kind, limit, key, num, den in TARGETS:
-            entry: dict = {"id": target_id, "case": case_name, "text": text, "kind": kind, "limit": limit}
+            entry: dict[str, Any] = {
+                "id": target_id,
+                "case": case_name,
+                "text": text,
+                "kind": kind,
+                "limit": limit,
+            }
             rounds = self.comparisons.get(key) if key else None
             if kind == "idle":
                 if self.idle is not None:

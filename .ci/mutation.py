@@ -115,7 +115,11 @@ def build(tree: Path) -> None:
         "import sys; sys.path.insert(0, 'polyplug_isolated'); import _build_ffi as b; "
         "b.host_ffi.compile(tmpdir='.', verbose=False); b.worker_ffi.compile(tmpdir='.', verbose=False)"
     )
-    subprocess.run([sys.executable, "-c", script], cwd=tree, check=True, capture_output=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=tree, capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        sys.exit(f"building the scratch copy's C hot path failed (cffi needs setuptools):\n{proc.stderr}")
 
 
 def run_tests(tree: Path, tests: tuple[str, ...]) -> tuple[int, str]:

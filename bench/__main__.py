@@ -44,7 +44,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--no-pin",
         action="store_true",
-        help="do not pin the measuring thread and the baselines to one CPU (workers are never pinned)",
+        help="pin nothing: the measuring thread, the baselines and wait=block's worker stay "
+        "where the scheduler puts them (the wait=block target is then skipped)",
     )
     args = parser.parse_args(argv)
     if args.only:

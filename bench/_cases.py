@@ -15,10 +15,12 @@ import subprocess
 import sys
 import time
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from . import _measure
+from . import _measure, _rounds
 
 ROOT = Path(__file__).resolve().parent.parent
 ARGS = struct.pack("<II", 2, 3)
@@ -51,6 +53,10 @@ class Plan:
     idle_settle_s: float
     idle_window_s: float
     budget_s: float  # the longest any one timing loop may run
+    round_n: int  # calls per side per round of an interleaved comparison
+    block_round_n: int  # the same for wait=block and its floor
+    batch_round_repeats: int  # batches per side per round of the rate targets
+    rounds: _rounds.RoundPlan
 
     @classmethod
     def make(cls, quick: bool) -> Plan:
@@ -74,6 +80,10 @@ class Plan:
                 idle_settle_s=0.5,
                 idle_window_s=1.0,
                 budget_s=0.4,
+                round_n=5_000,
+                block_round_n=300,
+                batch_round_repeats=3,
+                rounds=_rounds.RoundPlan(rounds=9, min_clean=6, max_rounds=18),
             )
         return cls(
             quick=False,
@@ -102,6 +112,10 @@ class Plan:
             idle_settle_s=0.5,
             idle_window_s=2.0,
             budget_s=4.0,
+            round_n=40_000,
+            block_round_n=4_000,
+            batch_round_repeats=20,
+            rounds=_rounds.RoundPlan(rounds=21, min_clean=14, max_rounds=42),
         )
 
 
@@ -119,9 +133,9 @@ class Case:
     per: int = 1
     note: str = ""
     diagnostic: bool = False
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         return _measure.summarize(self.hist, self.per)
 
 
@@ -143,7 +157,6 @@ FLOOR_LABELS = {
     "spin": "C floor: spin (atomics + pause)",
     "sem": "C floor: sem_t",
     "sem-1cpu": "C floor: sem_t, one CPU (diag)",
-    "sem-2cpu": "C floor: sem_t, two CPUs (diag)",
 }
 
 
@@ -158,14 +171,14 @@ def floor_case(floor, mode: str, plan: Plan) -> Case:
         hist=_measure.histogram_of(samples),
         calls_per_s=summary["rounds"] * 1e9 / summary["wall_ns"],
         baseline="inproc",
-        diagnostic=mode in ("sem-1cpu", "sem-2cpu"),
+        diagnostic=mode == "sem-1cpu",
     )
 
 
 # ---- in-process baselines (subprocesses) -------------------------------------
 
 
-def _inproc(request: dict, plan: Plan) -> dict:
+def _inproc(request: dict[str, Any], plan: Plan) -> dict[str, Any]:
     request = {**request, "budget_s": plan.budget_s}
     proc = subprocess.run(
         [sys.executable, "-m", "bench._inproc"],
@@ -179,56 +192,6 @@ def _inproc(request: dict, plan: Plan) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"bench._inproc {request['mode']} failed ({proc.returncode}):\n{proc.stderr}")
     return json.loads(proc.stdout)
-
-
-def inproc_adder(bundle: Path, plan: Plan) -> list[Case]:
-    answer = _inproc(
-        {
-            "mode": "cffi-adder",
-            "bundle": str(bundle),
-            "n": plan.latency_n,
-            "warmup": plan.warmup,
-            "tput_n": plan.throughput_n,
-        },
-        plan,
-    )
-    cases = answer["cases"]
-    variant = answer["variant"]
-    return [
-        Case(
-            name="inproc",
-            label="in-process cffi (baseline)",
-            group="baseline",
-            kind="latency",
-            hist=_measure.decode(cases["inproc"]["hist"]),
-            calls_per_s=cases["inproc"]["calls_per_s"],
-            baseline="inproc",
-            note=f"ppw_invoke via cffi API mode, err check, bytes via {variant}",
-            extra={"variant": variant, "variant_calls_per_s": answer["variant_calls_per_s"]},
-        ),
-        Case(
-            name="inproc.bare",
-            label="in-process cffi, bare call (diag)",
-            group="baseline",
-            kind="latency",
-            hist=_measure.decode(cases["bare"]["hist"]),
-            calls_per_s=cases["bare"]["calls_per_s"],
-            baseline="inproc",
-            note="the cffi call alone: no err check, no bytes",
-            diagnostic=True,
-        ),
-        Case(
-            name="timer",
-            label="timer loop, empty call (diag)",
-            group="baseline",
-            kind="latency",
-            hist=_measure.decode(cases["timer"]["hist"]),
-            calls_per_s=cases["timer"]["calls_per_s"],
-            baseline="inproc",
-            note="2x perf_counter_ns + a Python call: in every p50",
-            diagnostic=True,
-        ),
-    ]
 
 
 def inproc_payload(bundle: Path, plan: Plan) -> list[Case]:
@@ -251,28 +214,104 @@ def inproc_payload(bundle: Path, plan: Plan) -> list[Case]:
     return out
 
 
-def polyplug_adder(bundle: Path, plan: Plan) -> Case:
-    answer = _inproc(
-        {
-            "mode": "polyplug-adder",
-            "bundle": str(bundle),
-            "n": plan.latency_n,
-            "warmup": plan.warmup,
-            "tput_n": plan.throughput_n,
-        },
-        plan,
-    )
-    case = answer["cases"]["polyplug"]
-    return Case(
-        name="polyplug",
-        label="polyplug 0.1.3 in-process, ctypes",
-        group="baseline",
-        kind="latency",
-        hist=_measure.decode(case["hist"]),
-        calls_per_s=case["calls_per_s"],
-        baseline="inproc",
-        note=answer["backend"],
-    )
+class BaselineServer:
+    """A ``bench._inproc`` subprocess answering one round of one side per request.
+
+    Started inside ``pinned()``, it runs on the measuring CPU like the bench's
+    own side; between requests it sleeps on its stdin.
+    """
+
+    def __init__(self, mode: str, bundle: Path, plan: Plan) -> None:
+        self.mode = mode
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench._inproc"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        self.pid = self.proc.pid
+        self.sides = self._ask({"mode": mode, "bundle": str(bundle), "budget_s": plan.budget_s})["ready"]
+
+    def _ask(self, request: dict[str, Any]) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        try:
+            self.proc.stdin.write(json.dumps(request) + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait(30)
+            stderr = self.proc.stderr.read() if self.proc.stderr else ""
+            raise RuntimeError(f"bench._inproc {self.mode} exited with {self.proc.returncode}:\n{stderr}")
+        return json.loads(line)
+
+    def side(self, name: str, n: int, warmup: int) -> _rounds.Side:
+        def measure() -> tuple[float, Any]:
+            answer = self._ask({"side": name, "n": n, "warmup": warmup})
+            return answer["p50_ns"], _measure.decode(answer["hist"])
+
+        return _rounds.Side(name, measure)
+
+    def calls_per_s(self, name: str, n: int) -> float:
+        return self._ask({"side": name, "n": n, "kind": "throughput"})["calls_per_s"]
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def local_side(name: str, fn: Callable[[], object], n: int, warmup: int) -> _rounds.Side:
+    """A side measured in this process: one round of ``n`` timed calls of ``fn``."""
+
+    def measure() -> tuple[float, Any]:
+        samples = _measure.time_each(fn, n, warmup)
+        return _measure.median(samples), _measure.histogram_of(samples)
+
+    return _rounds.Side(name, measure)
+
+
+def rate_side(name: str, fn: Callable[[], object], repeats: int, records: int) -> _rounds.Side:
+    """A batch side: one round times ``repeats`` batches; its value is records per second."""
+
+    def measure() -> tuple[float, Any]:
+        samples = _measure.time_each(fn, repeats, 1)
+        return records * len(samples) * 1e9 / max(sum(samples), 1), _measure.histogram_of(samples)
+
+    return _rounds.Side(name, measure)
+
+
+def floor_side(floor: Any, mode: str, n: int, budget_s: float, cpus: set[int]) -> _rounds.Side:
+    """One round of the C floor binary (a fresh pair of processes each round), started on ``cpus``."""
+
+    def measure() -> tuple[float, Any]:
+        pinned = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, cpus)
+        try:
+            samples, _ = floor.run(mode, n, max(100, n // 20), budget_s)
+        finally:
+            os.sched_setaffinity(0, pinned)
+        return _measure.median(samples), _measure.histogram_of(samples)
+
+    return _rounds.Side(f"floor.{mode}", measure)
+
+
+def pin_process(pid: int, cpus: set[int]) -> None:
+    """Every thread of ``pid`` on ``cpus``."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(int(tid), cpus)
 
 
 # ---- multiprocessing.Pipe --------------------------------------------------------
@@ -378,79 +417,52 @@ def isolated_single(contract, wait: str, plan: Plan) -> Case:
     )
 
 
-def isolated_raw(contract, plan: Plan) -> Case | None:
-    """The same call through ``pp_call_small`` directly: the C round trip without the Python wrapper."""
+def raw_call(contract: Any) -> Callable[[], int]:
+    """The one cffi call ``GuestContract.call`` makes (``pp_call_small``): an int, no Python wrapper."""
     from polyplug_isolated._channel_ffi import lib
 
     _, conn, index = contract.route()
-    if not hasattr(lib, "pp_call_small"):
-        return None
     call = functools.partial(lib.pp_call_small, conn, index, ADD_PRIMITIVE, ARGS, len(ARGS), 4, -1.0)
-    try:
-        if call() != 5:
-            return None
-    except TypeError:  # the private C entry point changed its signature
-        return None
-    samples, placement = timed_with_switches(contract, call, plan.latency_n, plan.warmup)
-    return Case(
-        name="isolated.auto.raw",
-        label="isolated, wait=auto, raw C call (diag)",
-        group="isolated",
-        kind="latency",
-        hist=_measure.histogram_of(samples),
-        calls_per_s=_measure.throughput(call, plan.latency_n),
-        baseline="inproc",
-        note="the one cffi call GuestContract.call makes; returns an int",
-        diagnostic=True,
-        extra=placement,
-    )
+    if call() != 5:
+        raise RuntimeError("pp_call_small changed: add_primitive(2, 3) did not answer 5")
+    return call
 
 
-def batch_packed(contract, plan: Plan) -> Case:
+def typed_calls(rt: Any) -> tuple[Callable[[], int], Callable[[], int]]:
+    """``add_primitive(2, 3)`` through the typed proxy from api.toml: positional, and with keywords."""
+    add = rt.contract("test.add")
+    positional = functools.partial(add.add_primitive, 2, 3)
+    keywords = functools.partial(add.add_primitive, a=2, b=3)
+    if positional() != 5 or keywords() != 5:
+        raise RuntimeError("the typed add_primitive(2, 3) is not 5")
+    return positional, keywords
+
+
+def packed_call(contract: Any, plan: Plan) -> Callable[[], bytes]:
+    """``call_packed`` of ``plan.packed_records`` (a, b) records, checked once."""
     records = plan.packed_records
     packed = array("I", [2, 3]) * records
     call = functools.partial(contract.call_packed, ADD_PRIMITIVE, packed, 8, 4)
     out = call()
     if len(out) != 4 * records or out[:4] != EXPECTED or out[-4:] != EXPECTED:
         raise RuntimeError("call_packed answered wrongly")
-    samples = _measure.time_each(call, plan.packed_repeats, 2)
-    return Case(
-        name="call_packed",
-        label=f"call_packed, {records // 1000}k records",
-        group="batch",
-        kind="throughput",
-        hist=_measure.histogram_of(samples),
-        per=records,
-        calls_per_s=_measure.throughput(call, plan.packed_repeats, records),
-        baseline="inproc",
-        note="array('I') in, bytes out; latency = batch time / records",
-    )
+    return call
 
 
-def batch_list(contract, plan: Plan) -> Case:
+def many_call(contract: Any, plan: Plan) -> Callable[[], list[bytes]]:
+    """``call_many`` of ``plan.list_records`` tuples (Struct.pack of each included), checked once."""
     records = plan.list_records
     pairs = [(i, i + 1) for i in range(records)]
     pack = struct.Struct("<II").pack
     call_many = contract.call_many
 
-    def call() -> list:
+    def call() -> list[bytes]:
         return call_many(ADD_PRIMITIVE, itertools.starmap(pack, pairs), 4)
 
     outs = call()
     if len(outs) != records or outs[-1] != struct.pack("<I", 2 * records - 1):
         raise RuntimeError("call_many answered wrongly")
-    samples = _measure.time_each(call, plan.list_repeats, 2)
-    return Case(
-        name="call_many",
-        label=f"call_many, {records // 1000}k tuples",
-        group="batch",
-        kind="throughput",
-        hist=_measure.histogram_of(samples),
-        per=records,
-        calls_per_s=_measure.throughput(call, plan.list_repeats, records),
-        baseline="inproc",
-        note="includes Struct.pack of each tuple; list of bytes out",
-    )
+    return call
 
 
 def threads(contract, count: int, plan: Plan) -> list[Case]:
@@ -516,7 +528,7 @@ def cpu_ns(pid: int) -> int:
     return total
 
 
-def idle_worker(contract, pid: int, plan: Plan) -> dict:
+def idle_worker(contract, pid: int, plan: Plan) -> dict[str, Any]:
     """After a burst of calls, waits out the spin window and measures the worker's CPU use."""
     call = functools.partial(contract.call, ADD_PRIMITIVE, ARGS, 4)
     burst_cpu, burst_t0 = cpu_ns(pid), time.perf_counter_ns()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -65,7 +66,7 @@ class LoadMeter:
         self._busy, self._steal = _machine()
         self._mine = _tree()
 
-    def stop(self) -> dict:
+    def stop(self) -> dict[str, Any]:
         wall = time.monotonic() - self._wall
         busy, steal = _machine()
         mine = _tree()
@@ -78,3 +79,57 @@ class LoadMeter:
             "steal_cores": (steal - self._steal) / ticks,
             "steal_ticks": steal - self._steal,
         }
+
+
+def run_delay_ns(pids: list[int]) -> int:
+    """Time every thread of ``pids`` spent runnable but waiting for a CPU (schedstat, ns)."""
+    total = 0
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue  # gone: nothing of it can wait any more
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[1])
+            except (OSError, IndexError, ValueError):
+                continue  # a thread that just ended
+    return total
+
+
+# A round is disturbed when, over its wall time, the measured processes waited
+# for a CPU more than WAIT_LIMIT of the time (someone else had it), or the
+# hypervisor stole more than STEAL_LIMIT of a core, or other processes used
+# more than FOREIGN_LIMIT cores. The tick-based signals (10 ms) need a few
+# ticks before they count: a stray tick over a short round means nothing.
+WAIT_LIMIT = 0.10
+STEAL_LIMIT = 0.05
+FOREIGN_LIMIT = 0.3
+MIN_TICKS = 3
+
+
+class RoundMeter:
+    """``LoadMeter`` plus the run-queue wait of the processes a round measures."""
+
+    def __init__(self) -> None:
+        self._load = LoadMeter()
+        self.pids: list[int] = [os.getpid()]
+
+    def start(self) -> None:
+        self._delay = run_delay_ns(self.pids)
+        self._load.start()
+
+    def stop(self) -> dict[str, Any]:
+        load = self._load.stop()
+        waited = (run_delay_ns(self.pids) - self._delay) / 1e9
+        load["wait_frac"] = waited / max(load["wall_s"], 1e-6)
+        reasons = []
+        if load["wait_frac"] > WAIT_LIMIT:
+            reasons.append(f"measured processes waited for a CPU {100 * load['wait_frac']:.0f}% of the time")
+        if load["steal_ticks"] >= MIN_TICKS and load["steal_cores"] > STEAL_LIMIT:
+            reasons.append(f"steal {load['steal_cores']:.2f} cores")
+        if load["foreign_ticks"] >= MIN_TICKS and load["foreign_cores"] > FOREIGN_LIMIT:
+            reasons.append(f"other processes used {load['foreign_cores']:.2f} cores")
+        load["disturbed"] = "; ".join(reasons)
+        return load

@@ -18,6 +18,7 @@ import threading
 import time
 from array import array
 from collections import Counter
+from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
@@ -147,7 +148,16 @@ def _run_for(fn, n: int) -> int:
     return done
 
 
-def summarize(hist: HdrHistogram, per: int = 1) -> dict:
+def median(samples) -> float:
+    """The median of one round's samples (the value each round contributes to a ratio)."""
+    ordered = sorted(samples)
+    if not ordered:
+        raise ValueError("no samples")
+    mid = len(ordered) // 2
+    return float(ordered[mid]) if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def summarize(hist: HdrHistogram, per: int = 1) -> dict[str, Any]:
     """p50/p99/p99.9/mean/max in ns of one call (a histogram of batches is divided by ``per``)."""
     return {
         "p50_ns": hist.get_value_at_percentile(50) / per,

@@ -1,5 +1,9 @@
 """Our fixtures answer through polyplug_isolated exactly as through the real polyplug runtime.
 
+Every well-behaved fixture (adder, crasher's returning functions, slow, multi,
+kitchen_sink, payload, probe_v1, probe_v2, environ) is called both ways; the
+misbehaving ones must be refused alike.
+
 The real runtime (PyPI ``polyplug``, ``polyplug-abi``, ``polyplug-loaders-native``
 0.1.3: the ``compare`` extra) is driven by ``_polyplug_reference.py`` in a
 subprocess, one per fixture, with every call of the test in one batch. Without
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import random
 import re
 import struct
 import subprocess
@@ -39,8 +44,10 @@ from polyplug_isolated import (  # noqa: E402
     PluginCallError,
     Runtime,
     guest_contract_id,
+    parse_api,
 )
 from polyplug_isolated._fixtures import fixture_path  # noqa: E402
+from polyplug_isolated._layout import Layout  # noqa: E402
 
 REFERENCE_SCRIPT = Path(__file__).with_name("_polyplug_reference.py")
 NOT_FOUND = 0xFFFFFFFF
@@ -52,6 +59,10 @@ SLOW = guest_contract_id("test.slow", 1)
 MUL = guest_contract_id("test.mul", 1)
 SUB = guest_contract_id("test.sub", 1)
 REGFAIL = guest_contract_id("regfail.add", 1)
+KITCHEN = guest_contract_id("test.kitchen", 1)
+PAYLOAD = guest_contract_id("test.payload", 1)
+PROBE = guest_contract_id("test.probe", 1)
+ENV = guest_contract_id("test.env", 1)
 
 # Pairs every arithmetic function gets besides the random ones: zero and wrap-around.
 EDGE_PAIRS = [(0, 0), (1, 2), (U32_MAX, 1), (1, U32_MAX), (U32_MAX, U32_MAX), (0x10000, 0x10000)]
@@ -226,6 +237,85 @@ def test_multi_answers_like_polyplug():
         ours.random_pairs([(MUL, 0), (SUB, 0)])
         ours.compare_with_reference()
     assert set(ours.contracts) == {MUL, SUB}
+
+
+def random_record(rng: random.Random, fmt: str) -> bytes:
+    """Bytes of a struct ``fmt`` (standard sizes) with random valid values: bools 0/1, finite floats."""
+    values = []
+    for count, code in re.findall(r"(\d*)([a-zA-Z?])", fmt):
+        if code == "x":
+            continue
+        for _ in range(int(count or 1)):
+            if code == "?":
+                values.append(rng.random() < 0.5)
+            elif code in "fd":
+                values.append(struct.unpack("<f", struct.pack("<f", rng.uniform(-1e6, 1e6)))[0])
+            else:
+                bits = 8 * struct.calcsize(code)
+                low = -(1 << (bits - 1)) if code.islower() else 0
+                values.append(rng.randrange(low, low + (1 << bits)))
+    return struct.pack("=" + fmt, *values)
+
+
+def test_kitchen_sink_answers_like_polyplug():
+    """Every test.kitchen function whose arguments and answer hold no pointer (a view's pointer
+    only means something in one process), with random values, and divide's plugin errors."""
+    api = parse_api(fixture_path("kitchen_sink"))
+    layout = Layout(api)
+    kitchen = api.contracts[0]
+    rng = random.Random(17)
+    compared = []
+    with Runtime() as rt:
+        ours = Ours(rt, "kitchen_sink")
+        for function in kitchen.functions:
+            args = layout.args(kitchen, function)
+            returns = layout.of(function.returns) if function.returns is not None else None
+            if (args and args.views) or (returns and returns.views):
+                continue
+            compared.append(function.name)
+            for _ in range(1 if args is None else 8):
+                data = b"" if args is None else random_record(rng, args.format)
+                ours.call(Call(KITCHEN, function.index, data, returns.size if returns else 0))
+        divide = kitchen.function("divide").index
+        for a, b in ((7, 2), (1, 0), (-(2**31), -1)):
+            ours.call(Call(KITCHEN, divide, struct.pack("<ii", a, b), 4))
+        ours.compare_with_reference()
+    assert {"echo_u8", "echo_f64", "echo_scalars", "mixed", "sum_ints", "nothing", "magic"} <= set(compared)
+    assert {answer["code"] for answer in ours.answers[-2:]} == {256, 257}  # the plugin's own errors
+
+
+def test_payload_answers_like_polyplug():
+    with Runtime() as rt:
+        ours = Ours(rt, "payload")
+        for size in (0, 1, 7, 8, 255, 4096, 65_536):
+            blob = struct.pack("<Q", size) + bytes(random.Random(size).randbytes(size))
+            ours.call(Call(PAYLOAD, 0, blob, size))  # echo
+            ours.call(Call(PAYLOAD, 1, blob, 8))  # checksum
+        ours.compare_with_reference()
+    assert bytes.fromhex(ours.answers[8]["out_hex"]) == random.Random(255).randbytes(255)
+
+
+@pytest.mark.parametrize("name", ["probe_v1", "probe_v2"])
+def test_probe_answers_like_polyplug(name):
+    with Runtime() as rt:
+        ours = Ours(rt, name)
+        ours.call(Call(PROBE, 0, b"", 4))  # generation()
+        ours.random_pairs([(PROBE, 1)])
+        ours.compare_with_reference()
+    assert ours.answers[0]["out_hex"] == u32(int(name[-1])).hex()
+
+
+def test_environ_answers_like_polyplug(monkeypatch):
+    """getenv of variables both processes inherit from this one (set, empty, unset)."""
+    monkeypatch.setenv("POLYPLUG_COMPARE_SET", "same in both")
+    monkeypatch.setenv("POLYPLUG_COMPARE_EMPTY", "")
+    monkeypatch.delenv("POLYPLUG_COMPARE_UNSET", raising=False)
+    with Runtime() as rt:
+        ours = Ours(rt, "environ")
+        for key in ("POLYPLUG_COMPARE_SET", "POLYPLUG_COMPARE_EMPTY", "POLYPLUG_COMPARE_UNSET"):
+            ours.call(Call(ENV, 0, key.encode().ljust(64, b"\0"), 1024))
+        ours.compare_with_reference()
+    assert bytes.fromhex(ours.answers[0]["out_hex"]).rstrip(b"\0") == b"same in both"
 
 
 # The real runtime's refusals read "init failed for bundle `NAME`: CAUSE" or

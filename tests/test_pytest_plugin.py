@@ -275,7 +275,11 @@ HANGING = """
         open("worker.pid", "w").write(str(bundle.pid))
         add = isolated_runtime.resolve_guest_contract(
             isolated_runtime.find_guest_contract(guest_contract_id("test.add", 1), 1))
-        add.call(1, struct.pack("<II", 1, 2), 4)
+        open("calling", "w").close()
+        try:
+            add.call(1, struct.pack("<II", 1, 2), 4)
+        finally:
+            open("ended", "w").close()
 
     def test_after_it():
         pass

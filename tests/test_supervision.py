@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+import time
 
 import pytest
 from conftest import CRASH, SLOW, as_u32, u32
@@ -97,8 +98,12 @@ def test_calls_wait_out_a_pending_restart_up_to_their_timeout(bundle_dir):
         with pytest.raises(WorkerCrashed):
             crasher.call(0, b"", 0)
         events.next(BundleEventKind.RESTARTING)
+        assert crasher.bundle.restart_pending and crasher.bundle.proxy is None  # 30 s away
+        started = time.monotonic()
         with pytest.raises(BundleUnavailable, match="a restart is scheduled"):
             crasher.call(4, u32(1), 4, timeout=0.2)
+        assert time.monotonic() - started >= 0.2  # it waited its whole timeout, not less
+        assert crasher.bundle.restart_pending  # and the restart is still coming
         rt.unload_bundle(crasher.bundle.id)  # cancels the pending restart
         assert crasher.bundle.state is BundleState.UNLOADED
 

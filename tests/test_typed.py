@@ -5,7 +5,8 @@ isolated typed proxy with random values of every type, against the same call
 made in-process: this file run as a script (``python tests/test_typed.py
 BUNDLE_DIR``) loads the bundle with the worker's own C (``_serve_ffi``, one
 bundle per process, hence a subprocess), packs the arguments with cffi from
-the same IDL (``ffi.new`` of the declared structs, not our struct formats) and
+the fixture's own C declarations (``ffi.new`` of kitchen_sink.c's structs,
+tests/_fixture_c.py; neither our declarations nor our struct formats) and
 calls ``ppw_invoke``; pickled requests on stdin, pickled answers on stdout.
 """
 
@@ -45,7 +46,6 @@ from polyplug_isolated import (
 )
 from polyplug_isolated._fixtures import FIXTURES_DIR
 from polyplug_isolated._idl import Enum, Scalar, Struct, View
-from polyplug_isolated._layout import Layout, args_tag, c_type
 from polyplug_isolated._marshal import _Breach, _View
 from polyplug_isolated._typed import _return_room
 
@@ -101,8 +101,10 @@ def _serve_reference(bundle_dir: str) -> None:
     for i in range(wlib.ppw_registration_count()):
         wlib.ppw_registration(i, info)
         worker_index[info.contract_id] = i
+    from _fixture_c import args_struct, c_spelling, fixture_ffi
+
     api = parse_api(bundle_dir)
-    ffi = Layout(api).ffi
+    ffi, structs = fixture_ffi(Path(bundle_dir).name)
     libc_ffi = cffi.FFI()
     libc_ffi.cdef("void free(void *);")
     libc = libc_ffi.dlopen(None)
@@ -135,17 +137,17 @@ def _serve_reference(bundle_dir: str) -> None:
         return cdata
 
     def call(contract_name, function_name, args):
-        ci, contract = next((i, c) for i, c in enumerate(api.contracts) if c.name == contract_name)
+        contract = next(c for c in api.contracts if c.name == contract_name)
         fn = contract.function(function_name)
         keep: list = []
         if not fn.params:
             pointer = ffi.NULL
         elif len(fn.params) == 1:
-            pointer = ffi.new(f"{c_type(fn.params[0].type)} *", init(fn.params[0].type, args[0], keep))
+            pointer = ffi.new(f"{c_spelling(fn.params[0].type)} *", init(fn.params[0].type, args[0], keep))
         else:
             fields = {p.name: init(p.type, a, keep) for p, a in zip(fn.params, args, strict=True)}
-            pointer = ffi.new(f"struct {args_tag(ci, fn)} *", fields)
-        out = ffi.new(f"{c_type(fn.returns)} *") if fn.returns is not None else ffi.NULL
+            pointer = ffi.new(f"{args_struct(structs, fn)} *", fields)
+        out = ffi.new(f"{c_spelling(fn.returns)} *") if fn.returns is not None else ffi.NULL
         err = wffi.new("AbiError *")
         refused = wlib.ppw_invoke(worker_index[contract.id], fn.index, pointer, out, err)
         assert refused == wffi.NULL

@@ -71,13 +71,28 @@ def test_a_drain_past_the_timeout_kills_the_worker_and_says_so(bundle_dir):
 
 def test_calls_on_a_draining_bundle_fail_at_once(rt, bundle_dir):
     slow = slow_contract(rt, bundle_dir)
-    blocker = threading.Thread(target=slow.call, args=(0, u32(2000), 4))  # keeps DRAINING observable
+    worker = slow.bundle.proxy.process
+    outcomes: dict[str, object] = {}
+
+    def record(name, fn, *args):
+        try:
+            outcomes[name] = fn(*args)
+        except Exception as exc:
+            outcomes[name] = exc
+
+    # The blocking call keeps DRAINING observable; it must still be answered.
+    blocker = threading.Thread(target=record, args=("blocker", slow.call, 0, u32(2000), 4))
     blocker.start()
     wait_until(lambda: slow.bundle.inflight == 1)
-    unloader = threading.Thread(target=rt.unload_bundle, args=(slow.bundle.id,))
+    unloader = threading.Thread(target=record, args=("unload", rt.unload_bundle, slow.bundle.id))
     unloader.start()
     wait_until(lambda: slow.bundle.state is BundleState.DRAINING)
     with pytest.raises(BundleUnavailable, match="DRAINING"):
         slow.call(1, u32(1), 4)
     blocker.join(10)
     unloader.join(10)
+    assert not blocker.is_alive() and not unloader.is_alive()
+    assert outcomes["blocker"] == u32(2000)  # the call in flight finished with its answer
+    assert outcomes["unload"] is None  # the unload itself succeeded
+    assert slow.bundle.state is BundleState.UNLOADED
+    assert worker.returncode == 0  # a drained worker exits cleanly

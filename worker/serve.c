@@ -291,7 +291,7 @@ static int await_frame(pp_header *h, pp_slot *s, uint64_t served, int may_retire
     uint64_t spin_until = mode == PP_WAIT_SPIN ? UINT64_MAX : mode == PP_WAIT_BLOCK ? 0 : pp_now_ns() + g_spin_ns;
     int same_cpu = pp_same_cpu(&h->worker_cpu, &h->host_cpu);
     /* Spinning sides want a CPU each; sleeping ones wake each other fastest
-     * on one CPU (no cross-CPU wake-up), so wait=block stays put. */
+     * on one CPU, so wait=block never steps aside (nor does it co-locate them). */
     if (same_cpu && mode != PP_WAIT_BLOCK)
         step_aside(atomic_load_explicit(&h->host_cpu, memory_order_relaxed));
     else

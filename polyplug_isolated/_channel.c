@@ -44,7 +44,14 @@ struct pp_conn {
     _Atomic uint64_t calls;
     _Atomic uint64_t failures;
     uint32_t *answers; /* per slot: answers taken, to hold against the slot's own count */
+    uint64_t owner;    /* who answers this worker's calls back (pp_on_callback) */
 };
+
+/* The conns whose workers wait on this thread for the answer to a call back:
+ * a call into one of them would wait for itself. */
+#define WAITING_MAX 64
+static _Thread_local pp_conn *waiting_on[WAITING_MAX];
+static _Thread_local int waiting_depth;
 
 /* Why the calling thread's last call failed (read by Python on failure only). */
 static _Thread_local pp_result last_result;
@@ -123,6 +130,8 @@ void pp_conn_destroy(pp_conn *c)
     free(c->answers);
     free(c);
 }
+
+void pp_conn_set_owner(pp_conn *c, uint64_t owner) { c->owner = owner; }
 
 int64_t pp_conn_inflight(pp_conn *c) { return atomic_load(&c->inflight); }
 
@@ -256,6 +265,35 @@ static int stray_answer(pp_conn *c)
                                           : "the worker answered a call twice (or wrote into a waiting slot)");
 }
 
+/* The worker asked for something while serving this call (worker/callback.h):
+ * answer it on this thread, the one the plugin's call came from, then wake
+ * the worker. The request is read once, bounds-checked, by the handler. */
+static int call_back(pp_conn *c, pp_slot *s, uint64_t asked)
+{
+    uint32_t len = *(volatile uint32_t *)&s->cb_len;
+    if (len > PP_CB_CAP)
+        return violation("the worker's call-back request is longer than the call-back area");
+    int pushed = waiting_depth < WAITING_MAX;
+    if (pushed)
+        waiting_on[waiting_depth++] = c;
+    int64_t reply = pp_on_callback(c->owner, s->cb, len, PP_CB_CAP);
+    if (pushed)
+        waiting_depth--;
+    s->cb_len = reply > 0 && reply <= PP_CB_CAP ? (uint32_t)reply : 0;
+    atomic_store_explicit(&s->cb_done, asked, memory_order_release);
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(&s->worker_waiting, memory_order_relaxed) && atomic_exchange(&s->worker_waiting, 0))
+        pp_futex_wake(&s->worker_waiting, 1);
+    return PP_CALL_OK;
+}
+
+/* A call back waits on this slot: its sequence number, else 0. */
+static inline uint64_t asked(pp_slot *s)
+{
+    uint64_t seq = atomic_load_explicit(&s->cb_seq, memory_order_acquire);
+    return seq != atomic_load_explicit(&s->cb_done, memory_order_relaxed) ? seq : 0;
+}
+
 static int await_answer(pp_conn *c, pp_slot *s, uint64_t seq, uint64_t deadline)
 {
     uint64_t now = pp_now_ns();
@@ -272,6 +310,16 @@ static int await_answer(pp_conn *c, pp_slot *s, uint64_t seq, uint64_t deadline)
          * an earlier call on this slot, or scribbling. */
         if (done != 0)
             return stray_answer(c);
+        uint64_t request = asked(s);
+        if (request) {
+            int rc = call_back(c, s, request);
+            if (rc != PP_CALL_OK)
+                return rc;
+            i = first; /* the answer follows soon: spin again */
+            now = pp_now_ns();
+            spin_until = c->wait_mode == PP_WAIT_SPIN ? UINT64_MAX : c->wait_mode == PP_WAIT_BLOCK ? now : now + c->spin_ns;
+            continue;
+        }
         if ((i & 127) == 0) {
             now = pp_now_ns();
             if (atomic_load_explicit(&c->state, memory_order_relaxed) == PP_CONN_DEAD)
@@ -294,6 +342,14 @@ static int await_answer(pp_conn *c, pp_slot *s, uint64_t seq, uint64_t deadline)
         }
         if (done != 0)
             return stray_answer(c);
+        uint64_t request = asked(s);
+        if (request) {
+            atomic_store(&s->host_waiting, 0);
+            int rc = call_back(c, s, request);
+            if (rc != PP_CALL_OK)
+                return rc;
+            continue;
+        }
         if (atomic_load(&c->state) == PP_CONN_DEAD)
             return PP_CALL_DEAD;
         if (segment_scribbled(c))
@@ -365,6 +421,9 @@ static int run(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *
     if (spill == PP_IN_ARENA && need > c->arena_cap)
         return PP_CALL_TOO_LARGE;
 
+    for (int i = 0; i < waiting_depth; i++)
+        if (waiting_on[i] == c)
+            return PP_CALL_REENTRANT;
     int rc;
     atomic_fetch_add(&c->inflight, 1);
     if (atomic_load(&c->state) != PP_CONN_READY) {

@@ -20,6 +20,7 @@
 #define PP_CALL_PROTOCOL 5     /* the worker wrote an impossible answer */
 #define PP_CALL_TOO_LARGE 6    /* args + out fit neither a slot nor the arena */
 #define PP_CALL_REFUSED 7      /* the worker rejected the request */
+#define PP_CALL_REENTRANT 8    /* the worker waits on this thread (a call back): nothing was sent */
 
 typedef struct pp_conn pp_conn;
 
@@ -38,6 +39,10 @@ size_t pp_segment_bytes(uint32_t nslots, uint64_t payload_cap, uint64_t arena_ca
 pp_conn *pp_conn_create(int fd, uint32_t nslots, uint64_t payload_cap, uint64_t arena_cap, int wait_mode,
                         uint64_t spin_ns);
 void pp_conn_destroy(pp_conn *c);
+/* Calls back (worker/callback.h) from this conn's worker are answered by
+ * pp_on_callback(owner, ...), implemented in Python (polyplug_isolated/_callbacks.py). */
+void pp_conn_set_owner(pp_conn *c, uint64_t owner);
+int64_t pp_on_callback(uint64_t owner, uint8_t *area, uint32_t len, uint32_t cap);
 int64_t pp_conn_inflight(pp_conn *c);
 uint64_t pp_conn_calls(pp_conn *c);
 uint64_t pp_conn_failures(pp_conn *c);

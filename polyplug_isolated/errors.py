@@ -8,7 +8,9 @@
     │   ├── ManifestMissingFile     no library file for this platform
     │   ├── UnsupportedBundleSource code/bytes source given to the native loader
     │   ├── InitSymbolMissing       no polyplug_init export
-    │   └── InitFailed              dlopen error, ABI mismatch, init error/crash/timeout, ...
+    │   ├── InitFailed              dlopen error, ABI mismatch, init error/crash/timeout, ...
+    │   ├── DependencyNotFound      a [[dependency]] no loaded bundle satisfies
+    │   └── DependencyInUse         unloading a bundle that loaded bundles depend on
     ├── CallError                   a call failed (.bundle, .function)
     │   ├── PluginCallError         the plugin answered with a non-Ok AbiError (.code, .message)
     │   ├── WorkerCrashed           the worker died (.signal or .exitcode, .stderr_tail)
@@ -55,6 +57,14 @@ class InitSymbolMissing(LoaderError):
 
 class InitFailed(LoaderError):
     """The worker could not bring the bundle up (see the message for why)."""
+
+
+class DependencyNotFound(LoaderError):
+    """A ``[[dependency]]`` of the bundle is satisfied by no loaded bundle: load the provider first."""
+
+
+class DependencyInUse(LoaderError):
+    """Loaded bundles declared a dependency on the bundle: unload them first."""
 
 
 class CallError(PolyplugIsolatedError):

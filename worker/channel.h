@@ -62,13 +62,14 @@
 #include <time.h>
 #include <unistd.h>
 
-#define PP_PROTOCOL_VERSION 6u
+#define PP_PROTOCOL_VERSION 7u
 #define PP_MAGIC 0x70706c67u /* "pplg" */
 #define PP_CACHE_LINE 64
 #define PP_ERR_CAP 1024 /* bytes of an AbiError message carried back */
 #define PP_INLINE_ARGS 24
 #define PP_INLINE_OUT 32
 #define PP_MAX_SLOTS 4096
+#define PP_CB_CAP 16384 /* bytes of a call-back request or reply */
 #define PP_ALIGN8(n) (((n) + 7u) & ~(uint64_t)7u)
 #define PP_ROUND_LINE(n) ((((size_t)(n)) + PP_CACHE_LINE - 1) / PP_CACHE_LINE * PP_CACHE_LINE)
 
@@ -147,6 +148,16 @@ typedef struct pp_slot {
     /* wake-up line */
     alignas(PP_CACHE_LINE) _Atomic uint32_t host_waiting;
     char err_msg[PP_ERR_CAP];
+    /* Calls back (worker/callback.h): while it serves this slot's call, the
+     * worker may ask the host thread waiting here for something (a host
+     * contract, another bundle) and waits for the answer in the same place.
+     * cb_seq counts requests (worker), cb_done answers (host); cb_len is the
+     * request's, then the reply's, length in cb[]. */
+    alignas(PP_CACHE_LINE) _Atomic uint64_t cb_seq;
+    _Atomic uint64_t cb_done;
+    _Atomic uint32_t worker_waiting; /* futex word: the worker sleeps here for the answer */
+    uint32_t cb_len;
+    alignas(PP_CACHE_LINE) uint8_t cb[PP_CB_CAP];
 } pp_slot;
 
 _Static_assert(sizeof(pp_request) == PP_CACHE_LINE, "a request is one cache line");

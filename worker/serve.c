@@ -202,7 +202,9 @@ static void serve_one(pp_request *r, uint64_t seq)
         int fault = ppw_fault_before(PPW_PHASE_CALL, contract, function, &err);
         if (fault == PPW_SKIP)
             break;
+        ppw_cb_serving(s); /* the plugin may call back through this slot */
         refused = ppw_invoke_on(contract, instance, function, args ? args + done * args_len : NULL, one_out, &err);
+        ppw_cb_serving(NULL);
         if (refused || err.code != ABI_OK)
             break;
         if (fault == PPW_RUN_CORRUPT && one_out)
@@ -286,6 +288,7 @@ int ppw_serve(int wait_mode, uint64_t spin_ns)
         CPU_ZERO(&g_allowed); /* then step_aside never moves */
     ppw_thread_alt_stack();
     ppw_mark_busy_thread();
+    ppw_cb_spin(spin_ns);
     pp_header *h = (pp_header *)g_base;
     pp_request *ring = pp_ring(g_base);
     for (uint64_t ticket = 0;; ticket++) {

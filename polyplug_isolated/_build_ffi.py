@@ -40,6 +40,8 @@ host_ffi.cdef(
     #define PP_CALL_PROTOCOL ...
     #define PP_CALL_TOO_LARGE ...
     #define PP_CALL_REFUSED ...
+    #define PP_CALL_PENDING ...
+    #define PP_CALL_LEASE_LOST ...
     #define PP_CALL_REENTRANT ...
 
     typedef struct pp_conn pp_conn;
@@ -64,12 +66,12 @@ host_ffi.cdef(
     } pp_fixup;
 
     size_t pp_segment_bytes(uint32_t nslots, uint64_t payload_cap, uint64_t arena_cap);
-    pp_conn *pp_conn_create(int fd, uint32_t nslots, uint64_t payload_cap, uint64_t arena_cap, int wait_mode,
-                            uint64_t spin_ns);
+    pp_conn *pp_conn_create(int fd, uint32_t nslots, uint32_t max_threads, uint64_t payload_cap,
+                            uint64_t arena_cap, int wait_mode, uint64_t spin_ns);
     void pp_conn_destroy(pp_conn *c);
     void pp_conn_set_owner(pp_conn *c, uint64_t owner);
-    extern "Python+C" int64_t pp_on_callback(uint64_t owner, uint8_t *area, uint32_t len, uint32_t cap);
-    #define PP_CB_CAP ...
+    extern "Python+C" int64_t pp_on_callback(uint64_t owner, uint8_t *request, uint32_t len, uint8_t *reply,
+                                              uint32_t cap);
     #define PP_CB_HOST_GET ...
     #define PP_CB_HOST_IFACE ...
     #define PP_CB_HOST_CALL ...
@@ -92,15 +94,26 @@ host_ffi.cdef(
     int pp_conn_wait_drained(pp_conn *c, double timeout_s);
     void pp_conn_mark_dead(pp_conn *c);
     pp_result *pp_last_result(void);
-    int pp_call(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *args, size_t args_len,
-                uint8_t *out, size_t out_size, double timeout_s);
-    int64_t pp_call_small(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *args,
-                          size_t args_len, size_t out_size, double timeout_s);
-    int pp_call_batch(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *args, size_t args_len,
-                      size_t count, uint8_t *out, size_t out_size, double timeout_s);
-    int pp_call_ex(pp_conn *c, uint32_t contract, uint32_t function, uint32_t instance, const uint8_t *args,
-                   size_t args_len, const pp_fixup *fixups, uint32_t nfixups, uint8_t *out, size_t out_size,
-                   uint8_t *ret, size_t ret_cap, double timeout_s);
+    int64_t pp_lease_take(pp_conn *c, double timeout_s);
+    void pp_lease_release(pp_conn *c, int64_t lease);
+    int pp_call(pp_conn *c, int64_t lease, uint32_t contract, uint32_t function, const uint8_t *args,
+                size_t args_len, uint8_t *out, size_t out_size, double timeout_s);
+    int64_t pp_call_small(pp_conn *c, int64_t lease, uint32_t contract, uint32_t function,
+                          const uint8_t *args, size_t args_len, size_t out_size, double timeout_s);
+    int64_t pp_small_result(size_t out_size);
+    int pp_call_batch(pp_conn *c, int64_t lease, uint32_t contract, uint32_t function, const uint8_t *args,
+                      size_t args_len, size_t count, uint8_t *out, size_t out_size, double timeout_s);
+    int pp_call_ex(pp_conn *c, int64_t lease, uint32_t contract, uint32_t function, uint32_t instance,
+                   const uint8_t *args, size_t args_len, const pp_fixup *fixups, uint32_t nfixups,
+                   uint8_t *out, size_t out_size, uint8_t *ret, size_t ret_cap, double timeout_s);
+    int pp_submit(pp_conn *c, int64_t lease, uint32_t contract, uint32_t function, uint32_t instance,
+                  const uint8_t *args, size_t args_len, const pp_fixup *fixups, uint32_t nfixups,
+                  uint8_t *out, size_t out_size, uint8_t *ret, size_t ret_cap, double timeout_s);
+    int pp_resume(pp_conn *c, int64_t lease);
+    int pp_poll(pp_conn *c, int64_t lease);
+    void pp_abandon(pp_conn *c, int64_t lease);
+    uint32_t pp_bell(pp_conn *c);
+    void pp_bell_wait(pp_conn *c, uint32_t seen, double timeout_s);
     """
 )
 host_ffi.set_source(

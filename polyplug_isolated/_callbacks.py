@@ -42,20 +42,22 @@ _depth = threading.local()
 
 
 @ffi.def_extern()
-def pp_on_callback(owner: int, area: Any, length: int, cap: int) -> int:
-    """C calls this (with the GIL taken) when a worker asks something during a call."""
+def pp_on_callback(owner: int, request: Any, length: int, reply: Any, cap: int) -> int:
+    """C calls this (taking the GIL) when a worker asks something while serving a call;
+    returns the length of the reply written at ``reply``."""
     answerer = _answerers.get(owner)
-    request = ffi.buffer(area, length)[:]
+    data = ffi.buffer(request, length)[:]
     if answerer is None:
         answer = _wire.reply(_wire.GENERIC, "polyplug_isolated: this worker is no longer served")
     else:
-        answer = answerer.answer(request)
+        answer = answerer.answer(data)
     if len(answer) > cap:
         answer = _wire.reply(
-            2,
-            f"polyplug_isolated: the answer ({len(answer)} bytes) exceeds the {cap} bytes of a call back",
+            2, f"polyplug_isolated: the answer ({len(answer)} bytes) exceeds the {cap} bytes left in the slot"
         )
-    ffi.memmove(area, answer, len(answer))
+    if len(answer) > cap:
+        return -1
+    ffi.memmove(reply, answer, len(answer))
     return len(answer)
 
 

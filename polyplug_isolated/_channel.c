@@ -1,11 +1,19 @@
 /*
- * Host side of the data plane: submit calls into a worker's segment and wait
- * for the answers, in one C call that runs without the GIL.
+ * Host side of the data plane: lease slots to host threads, submit calls
+ * into a worker's segment and wait for the answers, in C calls that run
+ * without the GIL.
  *
- * The segment layout and the hand-off protocol are in worker/channel.h. This
+ * The segment layout and the slot protocol are in worker/channel.h. This
  * file adds the host-private connection state that a hostile worker cannot
- * touch: the ticket counter, the free-slot bitmap, the in-flight count used
- * to drain, the arena lock, and the DEAD flag the liveness monitor raises.
+ * touch: per slot its lease word (who owns it, whether a frame is in flight),
+ * its sequence numbers and answer count, the in-flight count used to drain,
+ * the arena owner, and the DEAD flag the liveness monitor raises.
+ *
+ * Lease words: 0 free; L = gen << 16 | slot owned and idle; L | BUSY owned
+ * with a frame in flight; ORPHAN | slot a call whose waiter gave up
+ * (interrupted, cancelled, its thread gone) and whose answer is still due.
+ * The owner moves L <-> L | BUSY with one CAS per call; everything else
+ * (take, release, reap) happens under lease_lock, never while waiting.
  */
 #define _GNU_SOURCE
 #include "channel.h"
@@ -22,29 +30,63 @@
 /* Longest single sleep on a word the worker can write to: every blocked
  * waiter re-checks the host-private state this often. */
 #define SLICE_NS 50000000ull
-#define BITMAP_WORDS (PP_MAX_SLOTS / 64)
+/* How long the main thread sleeps in a call before it returns to Python
+ * (PP_CALL_PENDING) so that signal handlers (Ctrl-C) run. */
+#define INTERRUPT_SLICE_NS 20000000ull
+#define LEASE_BUSY (1ull << 63)
+#define LEASE_ORPHAN (1ull << 62)
+#define LEASE_SLOT(lease) ((uint32_t)((lease) & 0xFFFFu))
+
+/* A call between submit and finish, kept here so that a waiter can return to
+ * Python (PENDING) and resume, or give the call up, without losing it. */
+typedef struct pp_pending {
+    uint32_t count;
+    uint32_t table;
+    uint64_t out_size;
+    uint8_t *out;
+    uint8_t *ret;
+    uint32_t ret_cap;
+    int spill;
+    pp_layout layout;
+    uint64_t deadline;
+} pp_pending;
+
+typedef struct pp_hslot {
+    alignas(PP_CACHE_LINE) _Atomic uint64_t lease;
+    uint64_t seq;     /* down_seq of the last frame written */
+    uint32_t answers; /* answers taken, to hold against the slot's own count */
+    uint32_t gen;
+    int threaded; /* a worker thread serves the slot (BIND sent, no RETIRE since) */
+    int retiring; /* a RETIRE (frame `seq`) is unanswered */
+    pp_pending call;
+} pp_hslot;
 
 struct pp_conn {
     uint8_t *base;
     size_t size;
     pp_header *hdr;
     uint32_t nslots;
+    uint32_t max_threads;
     uint64_t payload_cap;
     uint64_t arena_cap;
     int wait_mode;
     uint64_t spin_ns;
-    alignas(PP_CACHE_LINE) _Atomic uint64_t tickets;
-    alignas(PP_CACHE_LINE) _Atomic uint64_t free_slots[BITMAP_WORDS];
+    alignas(PP_CACHE_LINE) _Atomic uint64_t tickets; /* BIND ring */
+    pthread_mutex_t lease_lock;
+    uint32_t owned; /* slots leased or orphaned (under lease_lock) */
+    uint32_t orphans;
     _Atomic uint32_t slot_waiters;
     sem_t slot_freed;
     alignas(PP_CACHE_LINE) _Atomic uint32_t state;
     _Atomic int64_t inflight;
     sem_t drained; /* posted when the last call leaves a non-READY conn */
-    pthread_mutex_t arena_lock;
+    _Atomic uint32_t arena_owner; /* slot + 1 of the call holding the arena, or 0 */
+    _Atomic uint32_t arena_waiters;
+    sem_t arena_freed;
     _Atomic uint64_t calls;
     _Atomic uint64_t failures;
-    uint32_t *answers; /* per slot: answers taken, to hold against the slot's own count */
-    uint64_t owner;    /* who answers this worker's calls back (pp_on_callback) */
+    pp_hslot *slots;
+    uint64_t owner; /* who answers this worker's calls back (pp_on_callback) */
 };
 
 /* The conns whose workers wait on this thread for the answer to a call back:
@@ -53,8 +95,13 @@ struct pp_conn {
 static _Thread_local pp_conn *waiting_on[WAITING_MAX];
 static _Thread_local int waiting_depth;
 
+void pp_conn_set_owner(pp_conn *c, uint64_t owner) { c->owner = owner; }
+
 /* Why the calling thread's last call failed (read by Python on failure only). */
 static _Thread_local pp_result last_result;
+/* The out of the calling thread's last small call (pp_call_small): kept
+ * here, not in the slot's state, which the slot's next owner overwrites. */
+static _Thread_local uint8_t small_out[8];
 
 pp_result *pp_last_result(void) { return &last_result; }
 
@@ -70,15 +117,17 @@ static void init_segment(pp_conn *c)
     h->magic = PP_MAGIC;
     h->protocol_version = PP_PROTOCOL_VERSION;
     h->nslots = c->nslots;
+    h->max_threads = c->max_threads;
     h->payload_cap = c->payload_cap;
     h->arena_cap = c->arena_cap;
     h->worker_cpu = h->host_cpu = UINT32_MAX;
 }
 
-pp_conn *pp_conn_create(int fd, uint32_t nslots, uint64_t payload_cap, uint64_t arena_cap, int wait_mode,
-                        uint64_t spin_ns)
+pp_conn *pp_conn_create(int fd, uint32_t nslots, uint32_t max_threads, uint64_t payload_cap, uint64_t arena_cap,
+                        int wait_mode, uint64_t spin_ns)
 {
-    if (nslots == 0 || nslots > PP_MAX_SLOTS || payload_cap > UINT32_MAX || arena_cap > UINT32_MAX) {
+    if (nslots == 0 || nslots > PP_MAX_SLOTS || max_threads == 0 || max_threads > nslots ||
+        payload_cap > UINT32_MAX || arena_cap > UINT32_MAX) {
         errno = EINVAL;
         return NULL;
     }
@@ -88,33 +137,31 @@ pp_conn *pp_conn_create(int fd, uint32_t nslots, uint64_t payload_cap, uint64_t 
     void *base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (base == MAP_FAILED)
         return NULL;
-    pp_conn *c;
-    if (posix_memalign((void **)&c, PP_CACHE_LINE, sizeof *c) != 0) {
+    pp_conn *c = NULL;
+    pp_hslot *slots = NULL;
+    if (posix_memalign((void **)&c, PP_CACHE_LINE, sizeof *c) != 0 ||
+        posix_memalign((void **)&slots, PP_CACHE_LINE, nslots * sizeof *slots) != 0) {
+        free(c);
         munmap(base, size);
         errno = ENOMEM;
         return NULL;
     }
     memset(c, 0, sizeof *c);
+    memset(slots, 0, nslots * sizeof *slots);
     c->base = base;
     c->size = size;
     c->hdr = base;
     c->nslots = nslots;
+    c->max_threads = max_threads;
     c->payload_cap = payload_cap;
     c->arena_cap = arena_cap;
     c->wait_mode = wait_mode;
     c->spin_ns = spin_ns;
-    for (uint32_t i = 0; i < nslots; i++)
-        c->free_slots[i / 64] |= 1ull << (i % 64);
-    c->answers = calloc(nslots, sizeof *c->answers);
-    if (!c->answers) {
-        munmap(base, size);
-        free(c);
-        errno = ENOMEM;
-        return NULL;
-    }
+    c->slots = slots;
+    pthread_mutex_init(&c->lease_lock, NULL);
     sem_init(&c->slot_freed, 0, 0);
     sem_init(&c->drained, 0, 0);
-    pthread_mutex_init(&c->arena_lock, NULL);
+    sem_init(&c->arena_freed, 0, 0);
     init_segment(c);
     return c;
 }
@@ -124,14 +171,13 @@ pp_conn *pp_conn_create(int fd, uint32_t nslots, uint64_t payload_cap, uint64_t 
 void pp_conn_destroy(pp_conn *c)
 {
     munmap(c->base, c->size);
+    pthread_mutex_destroy(&c->lease_lock);
     sem_destroy(&c->slot_freed);
     sem_destroy(&c->drained);
-    pthread_mutex_destroy(&c->arena_lock);
-    free(c->answers);
+    sem_destroy(&c->arena_freed);
+    free(c->slots);
     free(c);
 }
-
-void pp_conn_set_owner(pp_conn *c, uint64_t owner) { c->owner = owner; }
 
 int64_t pp_conn_inflight(pp_conn *c) { return atomic_load(&c->inflight); }
 
@@ -145,15 +191,72 @@ void pp_conn_set_draining(pp_conn *c)
     atomic_compare_exchange_strong(&c->state, &ready, PP_CONN_DRAINING);
 }
 
+static uint64_t min_u64(uint64_t a, uint64_t b) { return a < b ? a : b; }
+
+static pp_slot *slot_at(pp_conn *c, uint32_t i) { return pp_slot_at(c->base, c->nslots, c->payload_cap, i); }
+
+static void wake_peer(_Atomic uint32_t *flag)
+{
+    /* Dekker with the other side's "set the flag, re-check the sequence". */
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(flag, memory_order_relaxed) && atomic_exchange(flag, 0))
+        pp_futex_wake(flag, 1);
+}
+
+static void release_arena(pp_conn *c, uint32_t slot)
+{
+    uint32_t mine = slot + 1;
+    if (atomic_compare_exchange_strong(&c->arena_owner, &mine, 0) && atomic_load(&c->arena_waiters))
+        sem_post(&c->arena_freed);
+}
+
+/* The call that ended (answered, given up, or its worker gone) leaves the
+ * in-flight count; the last one out of a non-READY conn wakes the drainer. */
+static void leave(pp_conn *c)
+{
+    if (atomic_fetch_sub(&c->inflight, 1) == 1 && atomic_load(&c->state) != PP_CONN_READY)
+        sem_post(&c->drained);
+}
+
+/* Takes the answers of orphaned calls that arrived: their slots become free
+ * (their threads retire on the next take). Under lease_lock. */
+static void reap_orphans(pp_conn *c)
+{
+    if (!c->orphans)
+        return;
+    for (uint32_t i = 0; i < c->nslots; i++) {
+        pp_hslot *hs = &c->slots[i];
+        if (atomic_load(&hs->lease) != (LEASE_ORPHAN | i))
+            continue;
+        pp_slot *s = slot_at(c, i);
+        if (atomic_load_explicit(&s->up_seq, memory_order_acquire) != hs->seq ||
+            *(volatile uint16_t *)&s->up_kind != PP_UP_ANSWER)
+            continue;
+        hs->answers++;
+        release_arena(c, i);
+        c->orphans--;
+        c->owned--;
+        atomic_store(&hs->lease, 0);
+        leave(c);
+    }
+}
+
 int pp_conn_wait_drained(pp_conn *c, double timeout_s)
 {
     uint64_t deadline = pp_now_ns() + (uint64_t)(timeout_s * 1e9);
-    while (atomic_load(&c->inflight) != 0) {
-        if (pp_now_ns() >= deadline)
+    for (;;) {
+        pthread_mutex_lock(&c->lease_lock);
+        reap_orphans(c);
+        uint32_t orphans = c->orphans;
+        pthread_mutex_unlock(&c->lease_lock);
+        if (atomic_load(&c->inflight) == 0)
+            return 1;
+        uint64_t now = pp_now_ns();
+        if (now >= deadline)
             return 0;
-        pp_sem_wait_until(&c->drained, deadline);
+        /* An orphan's answer posts nothing: look again soon. */
+        pp_sem_wait_until(&c->drained, orphans ? min_u64(deadline, now + SLICE_NS / 5) : deadline);
     }
-    return 1;
 }
 
 /* Wakes every caller of a worker that is gone: blocked callers return at
@@ -162,7 +265,7 @@ void pp_conn_mark_dead(pp_conn *c)
 {
     atomic_store(&c->state, PP_CONN_DEAD);
     for (uint32_t i = 0; i < c->nslots; i++) {
-        pp_slot *s = pp_slot_at(c->base, c->nslots, c->payload_cap, i);
+        pp_slot *s = slot_at(c, i);
         /* A waiter between its last state check and its futex_wait(1) would
          * miss a bare wake-up and sleep a whole slice: the changed word makes
          * that futex_wait return at once. */
@@ -170,10 +273,11 @@ void pp_conn_mark_dead(pp_conn *c)
         pp_futex_wake(&s->host_waiting, INT32_MAX);
         sem_post(&c->slot_freed);
     }
+    atomic_fetch_add(&c->hdr->async_bell, 1);
+    pp_futex_wake(&c->hdr->async_bell, INT32_MAX);
+    sem_post(&c->arena_freed);
     sem_post(&c->drained);
 }
-
-static uint64_t min_u64(uint64_t a, uint64_t b) { return a < b ? a : b; }
 
 /* Records why the worker's answer cannot be trusted (for ProtocolError). */
 static int violation(const char *why)
@@ -185,72 +289,6 @@ static int violation(const char *why)
     return PP_CALL_PROTOCOL;
 }
 
-static int take_free_bit(pp_conn *c)
-{
-    for (uint32_t w = 0; w < (c->nslots + 63) / 64; w++) {
-        uint64_t bits = atomic_load_explicit(&c->free_slots[w], memory_order_relaxed);
-        while (bits) {
-            int bit = __builtin_ctzll(bits);
-            if (atomic_compare_exchange_weak(&c->free_slots[w], &bits, bits & ~(1ull << bit)))
-                return (int)(w * 64 + (uint32_t)bit);
-        }
-    }
-    return -1;
-}
-
-/* Returns a slot number, or -PP_CALL_TIMEOUT / -PP_CALL_DEAD. */
-static int take_slot(pp_conn *c, uint64_t deadline)
-{
-    for (;;) {
-        int idx = take_free_bit(c);
-        if (idx >= 0)
-            return idx;
-        if (atomic_load(&c->state) == PP_CONN_DEAD)
-            return -PP_CALL_DEAD;
-        uint64_t now = pp_now_ns();
-        if (now >= deadline)
-            return -PP_CALL_TIMEOUT;
-        /* Dekker with give_slot: announce, re-check, then sleep. */
-        atomic_fetch_add(&c->slot_waiters, 1);
-        idx = take_free_bit(c);
-        if (idx < 0)
-            pp_sem_wait_until(&c->slot_freed, min_u64(deadline, now + SLICE_NS));
-        atomic_fetch_sub(&c->slot_waiters, 1);
-        if (idx >= 0)
-            return idx;
-    }
-}
-
-static void give_slot(pp_conn *c, uint32_t idx)
-{
-    atomic_fetch_or(&c->free_slots[idx / 64], 1ull << (idx % 64));
-    if (atomic_load(&c->slot_waiters))
-        sem_post(&c->slot_freed);
-}
-
-static int lock_arena(pp_conn *c, uint64_t deadline)
-{
-    for (;;) {
-        if (atomic_load(&c->state) == PP_CONN_DEAD)
-            return PP_CALL_DEAD;
-        uint64_t now = pp_now_ns();
-        if (now >= deadline)
-            return PP_CALL_TIMEOUT;
-        uint64_t until = min_u64(deadline, now + SLICE_NS);
-        struct timespec ts = {(time_t)(until / 1000000000u), (long)(until % 1000000000u)};
-        if (pthread_mutex_clocklock(&c->arena_lock, CLOCK_MONOTONIC, &ts) == 0)
-            return PP_CALL_OK;
-    }
-}
-
-static void wake_worker(pp_header *h)
-{
-    /* Dekker with the worker's "set sleeping, re-check the ring". */
-    atomic_thread_fence(memory_order_seq_cst);
-    if (atomic_load_explicit(&h->worker_sleeping, memory_order_relaxed) && atomic_exchange(&h->worker_sleeping, 0))
-        pp_futex_wake(&h->worker_sleeping, 1);
-}
-
 /* The header is written once, by us: a worker that changed it is
  * scribbling over the segment, and no answer from it can be trusted. */
 static int segment_scribbled(pp_conn *c)
@@ -259,42 +297,21 @@ static int segment_scribbled(pp_conn *c)
     return h->magic != PP_MAGIC || h->protocol_version != PP_PROTOCOL_VERSION || h->nslots != c->nslots;
 }
 
+/* While the host waits for frame `seq`, the worker may only have written
+ * seq - 1 (not answered yet) or seq. */
 static int stray_answer(pp_conn *c)
 {
     return violation(segment_scribbled(c) ? "the worker overwrote the segment header"
-                                          : "the worker answered a call twice (or wrote into a waiting slot)");
+                                          : "the worker answered a frame twice or out of turn");
 }
 
-/* The worker asked for something while serving this call (worker/callback.h):
- * answer it on this thread, the one the plugin's call came from, then wake
- * the worker. The request is read once, bounds-checked, by the handler. */
-static int call_back(pp_conn *c, pp_slot *s, uint64_t asked)
-{
-    uint32_t len = *(volatile uint32_t *)&s->cb_len;
-    if (len > PP_CB_CAP)
-        return violation("the worker's call-back request is longer than the call-back area");
-    int pushed = waiting_depth < WAITING_MAX;
-    if (pushed)
-        waiting_on[waiting_depth++] = c;
-    int64_t reply = pp_on_callback(c->owner, s->cb, len, PP_CB_CAP);
-    if (pushed)
-        waiting_depth--;
-    s->cb_len = reply > 0 && reply <= PP_CB_CAP ? (uint32_t)reply : 0;
-    atomic_store_explicit(&s->cb_done, asked, memory_order_release);
-    atomic_thread_fence(memory_order_seq_cst);
-    if (atomic_load_explicit(&s->worker_waiting, memory_order_relaxed) && atomic_exchange(&s->worker_waiting, 0))
-        pp_futex_wake(&s->worker_waiting, 1);
-    return PP_CALL_OK;
-}
+static int interruptible(void) { return gettid() == getpid(); }
 
-/* A call back waits on this slot: its sequence number, else 0. */
-static inline uint64_t asked(pp_slot *s)
-{
-    uint64_t seq = atomic_load_explicit(&s->cb_seq, memory_order_acquire);
-    return seq != atomic_load_explicit(&s->cb_done, memory_order_relaxed) ? seq : 0;
-}
-
-static int await_answer(pp_conn *c, pp_slot *s, uint64_t seq, uint64_t deadline)
+/* Waits until the worker responded to frame `seq` on slot `s` (PP_CALL_OK),
+ * or the conn died, the deadline passed, the worker broke the protocol, or
+ * (main thread only, `may_pend`) INTERRUPT_SLICE_NS passed asleep:
+ * PP_CALL_PENDING, so Python can run its signal handlers and resume. */
+static int await_frame(pp_conn *c, pp_slot *s, uint64_t seq, uint64_t deadline, int may_pend)
 {
     uint64_t now = pp_now_ns();
     uint64_t spin_until = c->wait_mode == PP_WAIT_SPIN    ? UINT64_MAX
@@ -302,24 +319,11 @@ static int await_answer(pp_conn *c, pp_slot *s, uint64_t seq, uint64_t deadline)
                                                           : now + c->spin_ns;
     unsigned first = pp_same_cpu(&c->hdr->host_cpu, &c->hdr->worker_cpu) ? PP_PAUSE_SPINS : 1;
     for (unsigned i = first; c->wait_mode != PP_WAIT_BLOCK; i++) {
-        uint64_t done = atomic_load_explicit(&s->done_seq, memory_order_acquire);
-        if (done == seq)
+        uint64_t up = atomic_load_explicit(&s->up_seq, memory_order_acquire);
+        if (up == seq)
             return PP_CALL_OK;
-        /* The worker serves in ticket order: while this call waits, the only
-         * value it may write here is seq. Anything else is a second answer to
-         * an earlier call on this slot, or scribbling. */
-        if (done != 0)
+        if (up != seq - 1)
             return stray_answer(c);
-        uint64_t request = asked(s);
-        if (request) {
-            int rc = call_back(c, s, request);
-            if (rc != PP_CALL_OK)
-                return rc;
-            i = first; /* the answer follows soon: spin again */
-            now = pp_now_ns();
-            spin_until = c->wait_mode == PP_WAIT_SPIN ? UINT64_MAX : c->wait_mode == PP_WAIT_BLOCK ? now : now + c->spin_ns;
-            continue;
-        }
         if ((i & 127) == 0) {
             now = pp_now_ns();
             if (atomic_load_explicit(&c->state, memory_order_relaxed) == PP_CONN_DEAD)
@@ -333,23 +337,16 @@ static int await_answer(pp_conn *c, pp_slot *s, uint64_t seq, uint64_t deadline)
         }
         pp_spin_step(i);
     }
+    uint64_t pend_at = may_pend && interruptible() ? pp_now_ns() + INTERRUPT_SLICE_NS : UINT64_MAX;
     for (;;) {
         atomic_store(&s->host_waiting, 1);
-        uint64_t done = atomic_load(&s->done_seq);
-        if (done == seq) {
+        uint64_t up = atomic_load(&s->up_seq);
+        if (up == seq) {
             atomic_store(&s->host_waiting, 0);
             return PP_CALL_OK;
         }
-        if (done != 0)
+        if (up != seq - 1)
             return stray_answer(c);
-        uint64_t request = asked(s);
-        if (request) {
-            atomic_store(&s->host_waiting, 0);
-            int rc = call_back(c, s, request);
-            if (rc != PP_CALL_OK)
-                return rc;
-            continue;
-        }
         if (atomic_load(&c->state) == PP_CONN_DEAD)
             return PP_CALL_DEAD;
         if (segment_scribbled(c))
@@ -357,7 +354,170 @@ static int await_answer(pp_conn *c, pp_slot *s, uint64_t seq, uint64_t deadline)
         now = pp_now_ns();
         if (now >= deadline)
             return PP_CALL_TIMEOUT;
-        pp_futex_wait_until(&s->host_waiting, 1, min_u64(deadline, now + SLICE_NS));
+        if (now >= pend_at)
+            return PP_CALL_PENDING;
+        pp_futex_wait_until(&s->host_waiting, 1, min_u64(min_u64(deadline, pend_at), now + SLICE_NS));
+    }
+}
+
+/* Writes the down frame's sequence number and wakes the slot's thread. */
+static void publish(pp_slot *s, pp_hslot *hs)
+{
+    atomic_store_explicit(&s->down_seq, ++hs->seq, memory_order_release);
+    wake_peer(&s->worker_waiting);
+}
+
+/* ---- leases ---------------------------------------------------------------- */
+
+/* A RETIRE on slot i (idle, threaded): its thread answers and exits. */
+static void send_retire(pp_conn *c, uint32_t i)
+{
+    pp_hslot *hs = &c->slots[i];
+    pp_slot *s = slot_at(c, i);
+    s->kind = PP_DOWN_RETIRE;
+    s->flags = 0;
+    publish(s, hs);
+    hs->threaded = 0;
+    hs->retiring = 1;
+}
+
+/* Readies a slot just claimed (lease word newL | BUSY) for its new owner:
+ * the previous thread retired (its RETIRE answered), then BIND. */
+static int prepare_slot(pp_conn *c, uint32_t i, uint64_t deadline)
+{
+    pp_hslot *hs = &c->slots[i];
+    pp_slot *s = slot_at(c, i);
+    if (hs->threaded)
+        send_retire(c, i);
+    if (hs->retiring) {
+        int rc = await_frame(c, s, hs->seq, deadline, 0);
+        if (rc != PP_CALL_OK)
+            return rc;
+        if (*(volatile uint32_t *)&s->answers != hs->answers + 1)
+            return violation("the slot's answer count does not match: an answer was forged or repeated");
+        hs->answers++;
+        hs->retiring = 0;
+    }
+    uint64_t ticket = atomic_fetch_add(&c->tickets, 1);
+    pp_bind *r = &pp_ring(c->base)[ticket % c->nslots];
+    r->slot = i;
+    atomic_store_explicit(&r->seq, ticket + 1, memory_order_release);
+    wake_peer(&c->hdr->worker_sleeping);
+    hs->threaded = 1;
+    return PP_CALL_OK;
+}
+
+/* Claims a slot for a new lease (under lease_lock): a free one while fewer
+ * than max_threads are owned, else an idle one taken over from its owner.
+ * Returns the slot or -1. */
+static int claim_slot(pp_conn *c, uint64_t *lease)
+{
+    reap_orphans(c);
+    int idle = -1;
+    for (uint32_t i = 0; i < c->nslots; i++) {
+        uint64_t word = atomic_load(&c->slots[i].lease);
+        if (word == 0 && c->owned < c->max_threads) {
+            uint32_t gen = ++c->slots[i].gen & 0xFFFFFFFu;
+            if (gen == 0)
+                gen = c->slots[i].gen = 1;
+            *lease = (uint64_t)gen << 16 | i;
+            if (atomic_compare_exchange_strong(&c->slots[i].lease, &word, *lease | LEASE_BUSY)) {
+                c->owned++;
+                return (int)i;
+            }
+        } else if (idle < 0 && word && !(word & (LEASE_BUSY | LEASE_ORPHAN))) {
+            idle = (int)i;
+        }
+    }
+    if (c->owned < c->max_threads || idle < 0)
+        return -1;
+    /* Past max_threads: take over an idle slot; its owner's next call finds
+     * its lease gone and takes another (PP_CALL_LEASE_LOST). */
+    for (uint32_t i = (uint32_t)idle; i < c->nslots; i++) {
+        pp_hslot *hs = &c->slots[i];
+        uint64_t word = atomic_load(&hs->lease);
+        if (!word || (word & (LEASE_BUSY | LEASE_ORPHAN)))
+            continue;
+        uint32_t gen = ++hs->gen & 0xFFFFFFFu;
+        if (gen == 0)
+            gen = hs->gen = 1;
+        *lease = (uint64_t)gen << 16 | i;
+        if (atomic_compare_exchange_strong(&hs->lease, &word, *lease | LEASE_BUSY))
+            return (int)i;
+    }
+    return -1;
+}
+
+int64_t pp_lease_take(pp_conn *c, double timeout_s)
+{
+    uint64_t deadline = timeout_s < 0 ? UINT64_MAX : pp_now_ns() + (uint64_t)(timeout_s * 1e9);
+    for (;;) {
+        if (atomic_load(&c->state) == PP_CONN_DEAD)
+            return -PP_CALL_DEAD;
+        uint64_t lease = 0;
+        /* Dekker with the slot givers: announce, claim, then sleep. */
+        atomic_fetch_add(&c->slot_waiters, 1);
+        pthread_mutex_lock(&c->lease_lock);
+        int i = claim_slot(c, &lease);
+        pthread_mutex_unlock(&c->lease_lock);
+        if (i < 0) {
+            uint64_t now = pp_now_ns();
+            if (now < deadline)
+                pp_sem_wait_until(&c->slot_freed, min_u64(deadline, now + SLICE_NS));
+        }
+        atomic_fetch_sub(&c->slot_waiters, 1);
+        if (i >= 0) {
+            int rc = prepare_slot(c, (uint32_t)i, deadline);
+            if (rc != PP_CALL_OK)
+                return -rc; /* the slot stays claimed: its worker is dying or broke the protocol */
+            atomic_store(&c->slots[i].lease, lease);
+            return (int64_t)lease;
+        }
+        if (pp_now_ns() >= deadline)
+            return -PP_CALL_TIMEOUT;
+    }
+}
+
+static void announce_free(pp_conn *c)
+{
+    if (atomic_load(&c->slot_waiters))
+        sem_post(&c->slot_freed);
+}
+
+void pp_lease_release(pp_conn *c, int64_t lease)
+{
+    uint32_t i = LEASE_SLOT(lease);
+    if (lease <= 0 || i >= c->nslots || atomic_load(&c->state) == PP_CONN_DEAD)
+        return;
+    pp_hslot *hs = &c->slots[i];
+    pthread_mutex_lock(&c->lease_lock);
+    uint64_t word = (uint64_t)lease;
+    if (atomic_compare_exchange_strong(&hs->lease, &word, (uint64_t)lease | LEASE_BUSY)) {
+        send_retire(c, i); /* answered before the slot's next BIND (prepare_slot) */
+        c->owned--;
+        atomic_store(&hs->lease, 0);
+    }
+    pthread_mutex_unlock(&c->lease_lock);
+    announce_free(c);
+}
+
+/* ---- calls ----------------------------------------------------------------- */
+
+static int lock_arena(pp_conn *c, uint32_t slot, uint64_t deadline)
+{
+    for (;;) {
+        uint32_t none = 0;
+        if (atomic_compare_exchange_strong(&c->arena_owner, &none, slot + 1))
+            return PP_CALL_OK;
+        if (atomic_load(&c->state) == PP_CONN_DEAD)
+            return PP_CALL_DEAD;
+        uint64_t now = pp_now_ns();
+        if (now >= deadline)
+            return PP_CALL_TIMEOUT;
+        atomic_fetch_add(&c->arena_waiters, 1);
+        if (atomic_load(&c->arena_owner) != 0)
+            pp_sem_wait_until(&c->arena_freed, min_u64(deadline, now + SLICE_NS));
+        atomic_fetch_sub(&c->arena_waiters, 1);
     }
 }
 
@@ -365,7 +525,7 @@ static int await_answer(pp_conn *c, pp_slot *s, uint64_t seq, uint64_t deadline)
  * read once (volatile) and bounds-checked: it may change under our feet. */
 static int read_status(pp_slot *s, uint32_t count)
 {
-    uint32_t status = *(volatile uint32_t *)&s->status;
+    uint32_t status = *(volatile uint16_t *)&s->status;
     uint32_t code = *(volatile uint32_t *)&s->err_code;
     uint32_t len = *(volatile uint32_t *)&s->err_len;
     uint32_t done = *(volatile uint32_t *)&s->done_count;
@@ -397,15 +557,108 @@ typedef struct pp_extra {
     uint32_t nfixups;
     uint8_t *ret;
     uint32_t ret_cap;
+    uint8_t flags;
 } pp_extra;
 
-static const pp_extra PLAIN = {0, NULL, 0, NULL, 0};
+static const pp_extra PLAIN = {0, NULL, 0, NULL, 0, 0};
 
-/* The whole call: slot, request, wait, answer. `out` receives count *
- * out_size bytes when the call succeeds (and the completed prefix of a batch
- * when it fails). */
-static int run(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *args, uint64_t args_len,
-               uint32_t count, uint8_t *out, uint64_t out_size, const pp_extra *x, double timeout_s)
+/* A CALLBACK frame (worker/callback.h has what it carries): the worker
+ * serving this slot's call asks for something. It runs here, on the thread
+ * that made the call (pp_on_callback, in Python), and the REPLY carries the
+ * answer's length; the call's flags stay (an async call still rings). The
+ * request and the reply live in the slot's payload where the worker put
+ * them: both are bounds-checked here, once. */
+static void reply_callback(pp_conn *c, pp_slot *s, pp_hslot *hs)
+{
+    uint64_t offset = *(volatile uint32_t *)&s->cb_offset;
+    uint64_t len = *(volatile uint32_t *)&s->cb_args_len;
+    uint64_t cap = *(volatile uint32_t *)&s->cb_out_size;
+    int64_t n = -1;
+    /* Each is at most 2^32: the sum cannot wrap. */
+    if (offset % 8 == 0 && offset + PP_ALIGN8(len) + cap <= c->payload_cap) {
+        uint8_t *request = pp_payload(s) + offset;
+        int pushed = waiting_depth < WAITING_MAX;
+        if (pushed)
+            waiting_on[waiting_depth++] = c;
+        n = pp_on_callback(c->owner, request, (uint32_t)len, request + PP_ALIGN8(len), (uint32_t)cap);
+        if (pushed)
+            waiting_depth--;
+    }
+    s->kind = PP_DOWN_REPLY;
+    s->count = n >= 0 ? PP_STATUS_OK : PP_STATUS_BAD_REQUEST;
+    s->function = 0;
+    s->out_size = n >= 0 && (uint64_t)n <= cap ? (uint32_t)n : 0;
+    s->args_len = 0;
+    publish(s, hs);
+}
+
+/* Waits for the answer to slot i's call and takes it (copying the outs where
+ * the pending call says). Returns PENDING to be resumed, or the outcome; on
+ * any outcome but PENDING the call has left the conn. */
+static int settle(pp_conn *c, uint32_t i, int may_pend)
+{
+    pp_hslot *hs = &c->slots[i];
+    pp_pending *p = &hs->call;
+    pp_slot *s = slot_at(c, i);
+    uint32_t count = p->count;
+    int rc;
+    for (;;) {
+        rc = await_frame(c, s, hs->seq, p->deadline, may_pend);
+        if (rc != PP_CALL_OK)
+            break;
+        uint32_t kind = *(volatile uint16_t *)&s->up_kind;
+        if (kind == PP_UP_ANSWER)
+            break;
+        if (kind != PP_UP_CALLBACK) {
+            rc = violation("the worker answered with an unknown frame kind");
+            break;
+        }
+        reply_callback(c, s, hs);
+    }
+    if (rc == PP_CALL_PENDING)
+        return rc;
+    if (rc == PP_CALL_OK && *(volatile uint32_t *)&s->answers != hs->answers + 1)
+        rc = violation("the slot's answer count does not match: an answer was forged or repeated");
+    if (rc == PP_CALL_OK) {
+        hs->answers++;
+        uint8_t *region = p->spill == PP_IN_ARENA ? c->base + pp_arena_offset(c->nslots, c->payload_cap)
+                                                  : pp_payload(s);
+        rc = read_status(s, p->count);
+        uint64_t done = last_result.done_count;
+        if (rc == PP_CALL_OK || rc == PP_CALL_PLUGIN_ERROR) {
+            const uint8_t *from = p->layout.out_inline ? s->out : region + p->layout.out_offset;
+            if (done && p->out_size)
+                memcpy(p->out ? p->out : small_out, from, (size_t)(done * p->out_size));
+        }
+        if (rc == PP_CALL_OK && p->table) {
+            uint32_t ret_len = *(volatile uint32_t *)&s->ret_len;
+            if (ret_len > p->ret_cap)
+                rc = violation("the worker's return area length is out of range");
+            else
+                memcpy(p->ret, region + p->layout.spill_bytes, ret_len);
+            last_result.ret_len = ret_len;
+        }
+        if (p->spill == PP_IN_ARENA)
+            release_arena(c, i);
+        atomic_store(&hs->lease, atomic_load(&hs->lease) & ~LEASE_BUSY);
+        announce_free(c); /* past max_threads, an idle slot can be taken over */
+    }
+    /* After a timeout or a death the slot stays taken: the worker that might
+     * still write into it is being killed and the conn is never reused. */
+    atomic_fetch_add_explicit(&c->calls, count, memory_order_relaxed);
+    if (rc != PP_CALL_OK)
+        atomic_fetch_add_explicit(&c->failures, 1, memory_order_relaxed);
+    leave(c);
+    return rc;
+}
+
+/* Hands a call to lease's worker thread. Returns PP_CALL_PENDING once it is
+ * on its way (settle takes the answer), or why nothing was sent. `out`
+ * receives count * out_size bytes when the call succeeds (and the completed
+ * prefix of a batch when it fails). */
+static int submit(pp_conn *c, int64_t lease, uint32_t contract, uint32_t function, const uint8_t *args,
+                  uint64_t args_len, uint32_t count, uint8_t *out, uint64_t out_size, const pp_extra *x,
+                  double timeout_s)
 {
     last_result.done_count = 0;
     last_result.err_len = 0;
@@ -420,128 +673,178 @@ static int run(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *
     int spill = need <= c->payload_cap ? PP_IN_SLOT : PP_IN_ARENA;
     if (spill == PP_IN_ARENA && need > c->arena_cap)
         return PP_CALL_TOO_LARGE;
-
-    for (int i = 0; i < waiting_depth; i++)
-        if (waiting_on[i] == c)
+    for (int w = 0; w < waiting_depth; w++)
+        if (waiting_on[w] == c)
             return PP_CALL_REENTRANT;
+    uint32_t i = LEASE_SLOT(lease);
+    if (lease <= 0 || i >= c->nslots)
+        return PP_CALL_LEASE_LOST;
+    pp_hslot *hs = &c->slots[i];
+    uint64_t idle = (uint64_t)lease;
+    if (!atomic_compare_exchange_strong(&hs->lease, &idle, idle | LEASE_BUSY))
+        return PP_CALL_LEASE_LOST; /* taken over, or given up with a call in flight */
+
     int rc;
     atomic_fetch_add(&c->inflight, 1);
     if (atomic_load(&c->state) != PP_CONN_READY) {
         rc = PP_CALL_UNAVAILABLE; /* draining or gone: nothing was sent, so a caller may go elsewhere */
-        goto leave;
+        goto unsent;
     }
     uint64_t deadline = deadline_of(timeout_s);
-    if (spill == PP_IN_ARENA && (rc = lock_arena(c, deadline)) != PP_CALL_OK)
-        goto leave;
-    int idx = take_slot(c, deadline);
-    if (idx < 0) {
-        rc = -idx;
-        goto unlock;
-    }
-    pp_slot *s = pp_slot_at(c->base, c->nslots, c->payload_cap, (uint32_t)idx);
-    /* We zero done_seq when we take an answer, and count the answers: anything
-     * else here is the worker answering a call twice, or scribbling. */
-    if (atomic_load_explicit(&s->done_seq, memory_order_relaxed) != 0 ||
-        *(volatile uint32_t *)&s->answers != c->answers[idx]) {
+    if (spill == PP_IN_ARENA && (rc = lock_arena(c, i, deadline)) != PP_CALL_OK)
+        goto unsent;
+    pp_slot *s = slot_at(c, i);
+    /* The worker answers each frame once: a slot whose count moved since our
+     * last answer was answered twice, or scribbled on. */
+    if (*(volatile uint32_t *)&s->answers != hs->answers ||
+        atomic_load_explicit(&s->up_seq, memory_order_relaxed) != hs->seq) {
         rc = violation("the worker answered a call twice (or wrote into an idle slot)");
-        goto unlock;
+        goto unsent;
     }
     uint8_t *region = spill == PP_IN_ARENA ? c->base + pp_arena_offset(c->nslots, c->payload_cap) : pp_payload(s);
-    uint64_t ticket = atomic_fetch_add(&c->tickets, 1);
-    pp_request *r = &pp_ring(c->base)[ticket % c->nslots];
-    r->slot = (uint32_t)idx;
-    r->contract = contract;
-    r->function = function;
-    r->count = count;
-    r->args_len = (uint32_t)args_len;
-    r->out_size = (uint32_t)out_size;
-    r->instance = x->instance;
-    r->fixups = (uint16_t)table;
-    r->spill = (uint8_t)spill;
+    s->kind = PP_DOWN_CALL;
+    s->flags = x->flags;
+    s->spill = (uint8_t)spill;
+    s->contract = contract;
+    s->function = function;
+    s->count = count;
+    s->args_len = (uint32_t)args_len;
+    s->out_size = (uint32_t)out_size;
+    s->instance = x->instance;
+    s->fixups = (uint16_t)table;
     if (args_len)
-        memcpy(layout.args_inline ? r->args : region, args, (size_t)(args_len * count));
+        memcpy(layout.args_inline ? s->args : region, args, (size_t)(args_len * count));
     if (table) {
         pp_fixup *fix = (pp_fixup *)(region + layout.fixup_offset);
         memcpy(fix, x->fixups, x->nfixups * sizeof *fix);
         fix[x->nfixups] = (pp_fixup){x->ret_cap, PP_FIX_RETURN_CAP};
     }
-    atomic_store_explicit(&r->seq, ticket + 1, memory_order_release);
-    wake_worker(c->hdr);
+    hs->call = (pp_pending){count, table, out_size, out, x->ret, x->ret_cap, spill, layout, deadline};
+    memset(small_out, 0, sizeof small_out);
+    publish(s, hs);
+    return PP_CALL_PENDING;
 
-    rc = await_answer(c, s, ticket + 1, deadline);
-    if (rc == PP_CALL_OK && *(volatile uint32_t *)&s->answers != c->answers[idx] + 1)
-        rc = violation("the slot's answer count does not match: an answer was forged or repeated");
-    if (rc == PP_CALL_OK) {
-        c->answers[idx]++;
-        rc = read_status(s, count);
-        uint64_t done = last_result.done_count;
-        if (rc == PP_CALL_OK || rc == PP_CALL_PLUGIN_ERROR) {
-            const uint8_t *from = layout.out_inline ? s->out : region + layout.out_offset;
-            if (done && out_size)
-                memcpy(out, from, (size_t)(done * out_size));
-        }
-        if (rc == PP_CALL_OK && table) {
-            uint32_t ret_len = *(volatile uint32_t *)&s->ret_len;
-            if (ret_len > x->ret_cap)
-                rc = violation("the worker's return area length is out of range");
-            else
-                memcpy(x->ret, region + layout.spill_bytes, ret_len);
-            last_result.ret_len = ret_len;
-        }
-        atomic_store_explicit(&s->done_seq, 0, memory_order_relaxed);
-        give_slot(c, (uint32_t)idx);
-    }
-    /* After a timeout or a death the slot stays taken: the worker that might
-     * still write into it is being killed and the conn is never reused. */
-unlock:
+unsent:
     if (spill == PP_IN_ARENA)
-        pthread_mutex_unlock(&c->arena_lock);
-leave:
+        release_arena(c, i);
+    if (rc != PP_CALL_PROTOCOL)
+        atomic_store(&hs->lease, (uint64_t)lease);
     atomic_fetch_add_explicit(&c->calls, count, memory_order_relaxed);
-    if (rc != PP_CALL_OK)
-        atomic_fetch_add_explicit(&c->failures, 1, memory_order_relaxed);
-    if (atomic_fetch_sub(&c->inflight, 1) == 1 && atomic_load(&c->state) != PP_CONN_READY)
-        sem_post(&c->drained);
+    atomic_fetch_add_explicit(&c->failures, 1, memory_order_relaxed);
+    leave(c);
     return rc;
 }
 
-int pp_call(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *args, size_t args_len, uint8_t *out,
-            size_t out_size, double timeout_s)
+static int run(pp_conn *c, int64_t lease, uint32_t contract, uint32_t function, const uint8_t *args,
+               uint64_t args_len, uint32_t count, uint8_t *out, uint64_t out_size, const pp_extra *x,
+               double timeout_s)
 {
-    return run(c, contract, function, args, args_len, 1, out, out_size, &PLAIN, timeout_s);
+    int rc = submit(c, lease, contract, function, args, args_len, count, out, out_size, x, timeout_s);
+    return rc == PP_CALL_PENDING ? settle(c, LEASE_SLOT(lease), 1) : rc;
 }
 
-int pp_call_ex(pp_conn *c, uint32_t contract, uint32_t function, uint32_t instance, const uint8_t *args,
-               size_t args_len, const pp_fixup *fixups, uint32_t nfixups, uint8_t *out, size_t out_size,
-               uint8_t *ret, size_t ret_cap, double timeout_s)
+int pp_call(pp_conn *c, int64_t lease, uint32_t contract, uint32_t function, const uint8_t *args, size_t args_len,
+            uint8_t *out, size_t out_size, double timeout_s)
+{
+    return run(c, lease, contract, function, args, args_len, 1, out, out_size, &PLAIN, timeout_s);
+}
+
+int pp_call_ex(pp_conn *c, int64_t lease, uint32_t contract, uint32_t function, uint32_t instance,
+               const uint8_t *args, size_t args_len, const pp_fixup *fixups, uint32_t nfixups, uint8_t *out,
+               size_t out_size, uint8_t *ret, size_t ret_cap, double timeout_s)
 {
     if (ret_cap > UINT32_MAX)
         return PP_CALL_TOO_LARGE;
-    pp_extra x = {instance, fixups, nfixups, ret, (uint32_t)ret_cap};
-    return run(c, contract, function, args, args_len, 1, out, out_size, &x, timeout_s);
+    pp_extra x = {instance, fixups, nfixups, ret, (uint32_t)ret_cap, 0};
+    return run(c, lease, contract, function, args, args_len, 1, out, out_size, &x, timeout_s);
 }
 
-int64_t pp_call_small(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *args, size_t args_len,
-                      size_t out_size, double timeout_s)
+static int64_t small_value(const uint8_t *out, size_t out_size)
 {
-    uint8_t out[8] = {0};
-    if (out_size > 7)
-        return -PP_CALL_TOO_LARGE;
-    int rc = run(c, contract, function, args, args_len, 1, out, out_size, &PLAIN, timeout_s);
-    if (rc != PP_CALL_OK)
-        return -rc;
     uint64_t value = 0;
     for (size_t i = out_size; i-- > 0;)
         value = value << 8 | out[i];
     return (int64_t)value;
 }
 
-int pp_call_batch(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *args, size_t args_len,
-                  size_t count, uint8_t *out, size_t out_size, double timeout_s)
+int64_t pp_call_small(pp_conn *c, int64_t lease, uint32_t contract, uint32_t function, const uint8_t *args,
+                      size_t args_len, size_t out_size, double timeout_s)
+{
+    if (out_size > 7)
+        return -PP_CALL_TOO_LARGE;
+    int rc = run(c, lease, contract, function, args, args_len, 1, NULL, out_size, &PLAIN, timeout_s);
+    if (rc != PP_CALL_OK)
+        return -rc;
+    return small_value(small_out, out_size);
+}
+
+int64_t pp_small_result(size_t out_size) { return small_value(small_out, out_size < 8 ? out_size : 7); }
+
+int pp_call_batch(pp_conn *c, int64_t lease, uint32_t contract, uint32_t function, const uint8_t *args,
+                  size_t args_len, size_t count, uint8_t *out, size_t out_size, double timeout_s)
 {
     if (count > UINT32_MAX)
         return PP_CALL_TOO_LARGE;
-    return run(c, contract, function, args, args_len, (uint32_t)count, out, out_size, &PLAIN, timeout_s);
+    return run(c, lease, contract, function, args, args_len, (uint32_t)count, out, out_size, &PLAIN, timeout_s);
+}
+
+int pp_submit(pp_conn *c, int64_t lease, uint32_t contract, uint32_t function, uint32_t instance,
+              const uint8_t *args, size_t args_len, const pp_fixup *fixups, uint32_t nfixups, uint8_t *out,
+              size_t out_size, uint8_t *ret, size_t ret_cap, double timeout_s)
+{
+    if (ret_cap > UINT32_MAX)
+        return PP_CALL_TOO_LARGE;
+    pp_extra x = {instance, fixups, nfixups, ret, (uint32_t)ret_cap, PP_FLAG_ASYNC};
+    return submit(c, lease, contract, function, args, args_len, 1, out, out_size, &x, timeout_s);
+}
+
+static int lease_in_flight(pp_conn *c, int64_t lease)
+{
+    uint32_t i = LEASE_SLOT(lease);
+    return lease > 0 && i < c->nslots && atomic_load(&c->slots[i].lease) == ((uint64_t)lease | LEASE_BUSY);
+}
+
+int pp_resume(pp_conn *c, int64_t lease)
+{
+    if (!lease_in_flight(c, lease))
+        return PP_CALL_LEASE_LOST;
+    return settle(c, LEASE_SLOT(lease), 1);
+}
+
+int pp_poll(pp_conn *c, int64_t lease)
+{
+    if (!lease_in_flight(c, lease))
+        return PP_CALL_LEASE_LOST;
+    uint32_t i = LEASE_SLOT(lease);
+    pp_hslot *hs = &c->slots[i];
+    pp_slot *s = slot_at(c, i);
+    uint64_t up = atomic_load_explicit(&s->up_seq, memory_order_acquire);
+    if (up == hs->seq - 1 && atomic_load(&c->state) != PP_CONN_DEAD && pp_now_ns() < hs->call.deadline)
+        return PP_CALL_PENDING;
+    return settle(c, i, 0);
+}
+
+void pp_abandon(pp_conn *c, int64_t lease)
+{
+    if (!lease_in_flight(c, lease))
+        return;
+    uint32_t i = LEASE_SLOT(lease);
+    pthread_mutex_lock(&c->lease_lock);
+    uint64_t busy = (uint64_t)lease | LEASE_BUSY;
+    if (atomic_compare_exchange_strong(&c->slots[i].lease, &busy, LEASE_ORPHAN | i))
+        c->orphans++;
+    reap_orphans(c);
+    pthread_mutex_unlock(&c->lease_lock);
+}
+
+uint32_t pp_bell(pp_conn *c) { return atomic_load(&c->hdr->async_bell); }
+
+void pp_bell_wait(pp_conn *c, uint32_t seen, double timeout_s)
+{
+    pp_header *h = c->hdr;
+    atomic_store(&h->async_waiting, 1);
+    if (atomic_load(&h->async_bell) == seen && atomic_load(&c->state) != PP_CONN_DEAD)
+        pp_futex_wait_until(&h->async_bell, seen, pp_now_ns() + (uint64_t)(timeout_s * 1e9));
 }
 
 _Static_assert(sizeof(((pp_result *)0)->err_msg) == PP_ERR_CAP, "pp_result carries a whole message");

@@ -20,7 +20,9 @@
 #define PP_CALL_PROTOCOL 5     /* the worker wrote an impossible answer */
 #define PP_CALL_TOO_LARGE 6    /* args + out fit neither a slot nor the arena */
 #define PP_CALL_REFUSED 7      /* the worker rejected the request */
-#define PP_CALL_REENTRANT 8    /* the worker waits on this thread (a call back): nothing was sent */
+#define PP_CALL_PENDING 8      /* on its way: resume (pp_resume) or poll (pp_poll) for the outcome */
+#define PP_CALL_LEASE_LOST 9   /* the lease is no longer the caller's: take another (nothing was sent) */
+#define PP_CALL_REENTRANT 10   /* the worker waits on this thread (a call back): nothing was sent */
 
 typedef struct pp_conn pp_conn;
 
@@ -36,13 +38,14 @@ typedef struct pp_result {
 
 
 size_t pp_segment_bytes(uint32_t nslots, uint64_t payload_cap, uint64_t arena_cap);
-pp_conn *pp_conn_create(int fd, uint32_t nslots, uint64_t payload_cap, uint64_t arena_cap, int wait_mode,
-                        uint64_t spin_ns);
+pp_conn *pp_conn_create(int fd, uint32_t nslots, uint32_t max_threads, uint64_t payload_cap, uint64_t arena_cap,
+                        int wait_mode, uint64_t spin_ns);
 void pp_conn_destroy(pp_conn *c);
 /* Calls back (worker/callback.h) from this conn's worker are answered by
- * pp_on_callback(owner, ...), implemented in Python (polyplug_isolated/_callbacks.py). */
+ * pp_on_callback(owner, request, len, reply, cap) -> reply length (< 0: none),
+ * implemented in Python (polyplug_isolated/_callbacks.py). */
 void pp_conn_set_owner(pp_conn *c, uint64_t owner);
-int64_t pp_on_callback(uint64_t owner, uint8_t *area, uint32_t len, uint32_t cap);
+int64_t pp_on_callback(uint64_t owner, uint8_t *request, uint32_t len, uint8_t *reply, uint32_t cap);
 int64_t pp_conn_inflight(pp_conn *c);
 uint64_t pp_conn_calls(pp_conn *c);
 uint64_t pp_conn_failures(pp_conn *c);
@@ -51,22 +54,48 @@ int pp_conn_wait_drained(pp_conn *c, double timeout_s);
 void pp_conn_mark_dead(pp_conn *c);
 pp_result *pp_last_result(void);
 
+/* Leases: a slot (and with it a worker thread of its own) for one host
+ * thread, or one async call. Returns a lease > 0, or -PP_CALL_*. */
+int64_t pp_lease_take(pp_conn *c, double timeout_s);
+/* Gives a lease back: the slot's worker thread retires. */
+void pp_lease_release(pp_conn *c, int64_t lease);
+
+/* Calls on a lease. Each returns PP_CALL_PENDING when the calling thread is
+ * the process's main thread and slept INTERRUPT_SLICE_NS: Python runs its
+ * signal handlers, then pp_resume (or pp_abandon on an exception). */
+
 /* One call; out receives out_size bytes. */
-int pp_call(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *args, size_t args_len, uint8_t *out,
-            size_t out_size, double timeout_s);
+int pp_call(pp_conn *c, int64_t lease, uint32_t contract, uint32_t function, const uint8_t *args, size_t args_len,
+            uint8_t *out, size_t out_size, double timeout_s);
 /* One call whose out is at most 7 bytes: returns them as a little-endian
- * integer, or -PP_CALL_* (saves allocating an out buffer per call). */
-int64_t pp_call_small(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *args, size_t args_len,
-                      size_t out_size, double timeout_s);
+ * integer, or -PP_CALL_* (saves allocating an out buffer per call). After
+ * PENDING and a successful pp_resume, pp_small_result has the value. */
+int64_t pp_call_small(pp_conn *c, int64_t lease, uint32_t contract, uint32_t function, const uint8_t *args,
+                      size_t args_len, size_t out_size, double timeout_s);
+int64_t pp_small_result(size_t out_size);
 /* `count` calls over packed args records, one hand-off; out receives
  * count * out_size bytes (the completed prefix on a plugin error). */
-int pp_call_batch(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *args, size_t args_len,
-                  size_t count, uint8_t *out, size_t out_size, double timeout_s);
-
+int pp_call_batch(pp_conn *c, int64_t lease, uint32_t contract, uint32_t function, const uint8_t *args,
+                  size_t args_len, size_t count, uint8_t *out, size_t out_size, double timeout_s);
 /* One call with an instance, pointer fixups (see PP_FIX_* in channel.h)
  * and a return area of up to ret_cap bytes copied into `ret`. */
-int pp_call_ex(pp_conn *c, uint32_t contract, uint32_t function, uint32_t instance, const uint8_t *args,
-               size_t args_len, const pp_fixup *fixups, uint32_t nfixups, uint8_t *out, size_t out_size,
-               uint8_t *ret, size_t ret_cap, double timeout_s);
+int pp_call_ex(pp_conn *c, int64_t lease, uint32_t contract, uint32_t function, uint32_t instance,
+               const uint8_t *args, size_t args_len, const pp_fixup *fixups, uint32_t nfixups, uint8_t *out,
+               size_t out_size, uint8_t *ret, size_t ret_cap, double timeout_s);
+
+/* Async: pp_submit hands the call over and returns PP_CALL_PENDING at once
+ * (out and ret must stay alive until it settles); the worker rings the
+ * header's bell when it answers; pp_poll settles it when the answer is there
+ * (else PENDING). pp_bell_wait sleeps until the bell moves from `seen`. */
+int pp_submit(pp_conn *c, int64_t lease, uint32_t contract, uint32_t function, uint32_t instance,
+              const uint8_t *args, size_t args_len, const pp_fixup *fixups, uint32_t nfixups, uint8_t *out,
+              size_t out_size, uint8_t *ret, size_t ret_cap, double timeout_s);
+int pp_resume(pp_conn *c, int64_t lease);
+int pp_poll(pp_conn *c, int64_t lease);
+/* Gives up the call in flight on a lease (interrupted or cancelled): its
+ * answer is dropped when it comes, and the slot then serves someone else. */
+void pp_abandon(pp_conn *c, int64_t lease);
+uint32_t pp_bell(pp_conn *c);
+void pp_bell_wait(pp_conn *c, uint32_t seen, double timeout_s);
 
 #endif

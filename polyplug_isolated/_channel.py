@@ -4,11 +4,20 @@ The segment is created with posix_ipc (random name, mode 0600) and unlinked
 at once: the worker inherits the open fd, so no name exists that a crash of
 either side could leak. Calls go through ``pp_call`` in _channel.c, one cffi
 call that releases the GIL while it waits.
+
+Each host thread calls on a slot leased to it on its first call (and with
+the slot, a worker thread of its own, see worker/channel.h); the lease lives
+in a ``threading.local`` and goes back when the thread ends. A call that
+sleeps in the main thread returns to Python every few milliseconds
+(PP_CALL_PENDING), so that Ctrl-C interrupts it; the call is then abandoned.
 """
 
 from __future__ import annotations
 
 import os
+import threading
+import time
+from typing import Any
 
 import posix_ipc
 
@@ -35,18 +44,47 @@ class ChannelFailure(Exception):
         return cls(status, result.err_code, message, result.done_count)
 
 
+_PENDING = lib.PP_CALL_PENDING
+_LEASE_LOST = lib.PP_CALL_LEASE_LOST
+# Longest single wait for a slot: the main thread returns to Python this
+# often, so that a Ctrl-C is not held up while all slots are busy.
+_TAKE_SLICE = 0.02
+
+
+class Lease:
+    """A slot (and its worker thread) held by one host thread or one async call.
+
+    Dropping it gives the slot back, and the worker thread retires: a
+    thread-local that holds it drops it when its thread ends.
+    """
+
+    __slots__ = ("conn", "id")
+
+    def __init__(self, conn: Any, lease_id: int):
+        self.conn = conn
+        self.id = lease_id
+
+    def __del__(self) -> None:
+        lib.pp_lease_release(self.conn, self.id)
+
+
 class Channel:
     """The call slots shared with one worker.
 
     ``conn`` is what the C calls take; GuestContract calls ``pp_call_small``
-    on it directly, the one path where an extra Python frame would show.
+    on it directly with the lease in ``local``, the one path where an extra
+    Python frame would show.
     """
 
-    def __init__(self, slots: int, payload_cap: int, arena_cap: int, wait: str, spin_ns: int):
+    def __init__(
+        self, slots: int, max_threads: int, payload_cap: int, arena_cap: int, wait: str, spin_ns: int
+    ):
         memory = posix_ipc.SharedMemory(None, posix_ipc.O_CREX, mode=0o600)
         try:
             memory.unlink()
-            conn = lib.pp_conn_create(memory.fd, slots, payload_cap, arena_cap, WAIT_MODES[wait], spin_ns)
+            conn = lib.pp_conn_create(
+                memory.fd, slots, max_threads, payload_cap, arena_cap, WAIT_MODES[wait], spin_ns
+            )
             if conn == ffi.NULL:
                 err = ffi.errno
                 raise OSError(err, f"cannot set up a {slots}-slot shared-memory segment: {os.strerror(err)}")
@@ -59,6 +97,8 @@ class Channel:
         self.conn = ffi.gc(conn, lib.pp_conn_destroy)
         self.payload_cap = payload_cap
         self.arena_cap = arena_cap
+        self.local = threading.local()  # .lease: the calling thread's lease id; .holder: its Lease
+        self.async_calls: Any = None  # the _async.Reactor, made on the first awaited call
 
     @property
     def fd(self) -> int:
@@ -70,18 +110,81 @@ class Channel:
         if self._memory.fd >= 0:
             self._memory.close_fd()
 
+    # ---- leases ----------------------------------------------------------------
+
+    def lease(self, timeout: float) -> int:
+        """The calling thread's lease, taken on its first call (waits up to ``timeout`` for a slot)."""
+        try:
+            return self.local.lease
+        except AttributeError:
+            holder = self.take_lease(timeout)
+            self.local.holder = holder
+            self.local.lease = holder.id
+            return holder.id
+
+    def renew_lease(self, timeout: float) -> int:
+        """A new lease for the calling thread: its old one was taken over or its call abandoned."""
+        self.local.__dict__.clear()
+        return self.lease(timeout)
+
+    def take_lease(self, timeout: float) -> Lease:
+        """A slot of its own, waiting up to ``timeout`` (< 0: no limit) while all are busy."""
+        deadline = None if timeout < 0 else time.monotonic() + timeout
+        while True:
+            left = _TAKE_SLICE if deadline is None else min(_TAKE_SLICE, deadline - time.monotonic())
+            lease_id = lib.pp_lease_take(self.conn, max(left, 0.0))
+            if lease_id > 0:
+                return Lease(self.conn, lease_id)
+            if lease_id != -lib.PP_CALL_TIMEOUT or (deadline is not None and time.monotonic() >= deadline):
+                raise ChannelFailure.last(-lease_id)
+
+    def settle(self, status: int, lease: int) -> int:
+        """Waits out a call that came back PENDING (letting signal handlers run in between).
+
+        An exception raised meanwhile (KeyboardInterrupt) abandons the call:
+        its answer is dropped when it comes, and this thread's next call takes
+        a fresh slot and worker thread.
+        """
+        try:
+            while status == _PENDING:
+                status = lib.pp_resume(self.conn, lease)
+        except BaseException:
+            lib.pp_abandon(self.conn, lease)
+            raise
+        return status
+
+    def _run(self, timeout: float, call) -> int:
+        """Runs ``call(lease)`` (a C call) on this thread's lease, renewing a lost one."""
+        lease = self.lease(timeout)
+        status = self.settle(call(lease), lease)
+        while status == _LEASE_LOST:
+            lease = self.renew_lease(timeout)
+            status = self.settle(call(lease), lease)
+        return status
+
+    # ---- calls -------------------------------------------------------------------
+
     def call(self, contract: int, function: int, args, out_size: int, timeout: float) -> bytes:
         """One call (timeout < 0: none); returns the out bytes or raises ChannelFailure."""
         # A bytearray, not ffi.new: big cffi buffers come from fresh pages, and
         # their first-touch faults cost more than the copy (1 MiB: ~2 ms vs ~0.2 ms).
         out = bytearray(out_size)
         source = args if type(args) is bytes else ffi.from_buffer(args)
-        status = lib.pp_call(
-            self.conn, contract, function, source, len(args), ffi.from_buffer(out), out_size, timeout
+        target = ffi.from_buffer(out)
+        status = self._run(
+            timeout,
+            lambda lease: lib.pp_call(
+                self.conn, lease, contract, function, source, len(args), target, out_size, timeout
+            ),
         )
         if status != lib.PP_CALL_OK:
             raise ChannelFailure.last(status)
         return bytes(out)
+
+    def finish_small(self, value: int, lease: int, out_size: int) -> int:
+        """The rest of a ``pp_call_small`` that came back negative: its value, or ``-status``."""
+        status = self.settle(-value, lease)
+        return lib.pp_small_result(out_size) if status == lib.PP_CALL_OK else -status
 
     def call_batch(
         self, contract: int, function: int, packed, record: int, count: int, out_size: int, timeout: float
@@ -93,8 +196,11 @@ class Channel:
         """
         out = ffi.new("uint8_t[]", count * out_size) if out_size else ffi.NULL
         source = packed if type(packed) is bytes else ffi.from_buffer(packed)
-        status = lib.pp_call_batch(
-            self.conn, contract, function, source, record, count, out, out_size, timeout
+        status = self._run(
+            timeout,
+            lambda lease: lib.pp_call_batch(
+                self.conn, lease, contract, function, source, record, count, out, out_size, timeout
+            ),
         )
         if status != lib.PP_CALL_OK:
             raise ChannelFailure.last(status)
@@ -124,20 +230,24 @@ class Channel:
         ret = ffi.new("uint8_t[]", ret_cap) if ret_cap else ffi.NULL
         table = ffi.new("pp_fixup[]", fixups) if fixups else ffi.NULL
         source = args if type(args) is bytes else ffi.from_buffer(args)
-        status = lib.pp_call_ex(
-            self.conn,
-            contract,
-            function,
-            instance,
-            source,
-            len(args),
-            table,
-            len(fixups),
-            out,
-            out_size,
-            ret,
-            ret_cap,
+        status = self._run(
             timeout,
+            lambda lease: lib.pp_call_ex(
+                self.conn,
+                lease,
+                contract,
+                function,
+                instance,
+                source,
+                len(args),
+                table,
+                len(fixups),
+                out,
+                out_size,
+                ret,
+                ret_cap,
+                timeout,
+            ),
         )
         if status != lib.PP_CALL_OK:
             raise ChannelFailure.last(status)

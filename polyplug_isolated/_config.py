@@ -51,7 +51,11 @@ class RuntimeConfig:
         wait: "auto" spins for ``spin_ns`` then sleeps; "spin" only spins; "block"
             only sleeps (both host and worker side).
         spin_ns: the spin window of "auto".
-        slots: concurrent calls per worker.
+        slots: concurrent calls per worker: each host thread that calls a
+            bundle holds one slot, served by a worker thread of its own.
+        max_threads: most worker threads (slots in use) per worker; None: ``slots``.
+            Past it, a call from yet another host thread waits for an idle
+            slot and takes it over (its owner's next call gets another).
         payload_capacity: bytes per call slot for args + out (args rounded up to 8).
         prestart: keep one worker process started ahead of need, so that a load,
             reload or restart skips the worker's interpreter start-up (~60 ms
@@ -68,6 +72,7 @@ class RuntimeConfig:
     wait: str = "auto"
     spin_ns: int = 50_000
     slots: int = 64
+    max_threads: int | None = None
     payload_capacity: int = 64 * 1024
     arena_capacity: int = 4 * 1024 * 1024
     restart: RestartPolicy = RestartPolicy()
@@ -78,6 +83,10 @@ class RuntimeConfig:
             raise ValueError(f"wait must be one of {WAITS}, not {self.wait!r}")
         if not 1 <= self.slots <= 4096:  # PP_MAX_SLOTS
             raise ValueError(f"slots must be between 1 and 4096, not {self.slots}")
+        if self.max_threads is not None and not 1 <= self.max_threads <= self.slots:
+            raise ValueError(
+                f"max_threads must be between 1 and slots ({self.slots}), not {self.max_threads}"
+            )
         if not 8 <= self.payload_capacity <= 1 << 30:
             raise ValueError(
                 f"payload_capacity must be between 8 bytes and 1 GiB, not {self.payload_capacity}"

@@ -29,6 +29,10 @@ if TYPE_CHECKING:
 
 _DEFAULT = object()
 _call_small = lib.pp_call_small
+_PENDING = -lib.PP_CALL_PENDING
+# Small-path outcomes after which the full path runs the call: too large for
+# the small path, or the lease was taken over (nothing was sent either way).
+_NOT_SENT = (-lib.PP_CALL_TOO_LARGE, -lib.PP_CALL_LEASE_LOST)
 
 
 class AbiErrorCode(enum.IntEnum):
@@ -71,8 +75,10 @@ class GuestContract:
         self.version: tuple[int, int, int] = (0, 0, 0)
         self.function_count = 0
         # (worker, its conn, the contract's index there), replaced in one
-        # assignment so that threads calling at once never mix two workers'.
+        # assignment so that threads calling at once never mix two workers';
+        # _fast adds the channel's thread-local lease holder for the hot path.
         self._binding: tuple = (None, None, 0)
+        self._fast: tuple = (None, None, 0, None)
         self._timeout = _seconds(config.call_timeout)
         self._bind(bundle.proxy)
 
@@ -107,7 +113,9 @@ class GuestContract:
         self.name = contract["name"]
         self.version = tuple(contract["version"])
         self.function_count = contract["function_count"]
-        self._binding = (proxy, proxy.channel.conn, contract["index"])
+        channel = proxy.channel
+        self._fast = (proxy, channel.conn, contract["index"], channel.local)
+        self._binding = (proxy, channel.conn, contract["index"])
         return self._binding
 
     def call(
@@ -128,21 +136,28 @@ class GuestContract:
                 for an index past the contract's function_count).
             WorkerCrashed, CallTimeout, BundleUnavailable, ProtocolError, PayloadTooLarge.
         """
-        # The hot path: an out of at most 7 bytes, the default timeout. One C
-        # call checks everything else (argument types in cffi, sizes in C, the
-        # index in the worker) and hands the out back as an int; anything
-        # unusual takes the full path. A worker replaced by a reload refuses
-        # the call before sending it, and the call is rerouted (_failed).
+        # The hot path: an out of at most 7 bytes, the default timeout, a
+        # thread that called this worker before (it holds a lease: a slot and
+        # a worker thread of its own). One C call checks everything else
+        # (argument types in cffi, sizes in C, the index in the worker) and
+        # hands the out back as an int; anything unusual takes the full path.
+        # A worker replaced by a reload refuses the call before sending it,
+        # and the call is rerouted (_failed).
         if timeout is _DEFAULT:
-            proxy, conn, index = self._binding
+            proxy, conn, index, local = self._fast
             try:
-                value = _call_small(conn, index, fn_index, args, len(args), out_size, self._timeout)
-            except (TypeError, OverflowError):
-                pass  # an index or size C cannot take: the full path says what is wrong
+                lease = local.lease
+                value = _call_small(conn, lease, index, fn_index, args, len(args), out_size, self._timeout)
+            except (AttributeError, TypeError, OverflowError):
+                pass  # no lease yet, or an index or size C cannot take: the full path says what is wrong
             else:
                 if value >= 0:
                     return value.to_bytes(out_size, "little")
-                if value != -lib.PP_CALL_TOO_LARGE:  # too large for the small path: nothing was sent
+                if value == _PENDING:  # the main thread came up for signal handlers
+                    value = proxy.channel.finish_small(value, lease, out_size)
+                    if value >= 0:
+                        return value.to_bytes(out_size, "little")
+                if value not in _NOT_SENT:
                     return self._failed(ChannelFailure.last(-value), proxy, fn_index, args, out_size, timeout)
         return self._call(fn_index, args, out_size, timeout)
 

@@ -95,7 +95,12 @@ class WorkerProxy:
             undo.callback(self._discard)
             self._monitor.watch(self, process)
             channel = Channel(
-                config.slots, config.payload_capacity, config.arena_capacity, config.wait, config.spin_ns
+                config.slots,
+                config.max_threads or config.slots,
+                config.payload_capacity,
+                config.arena_capacity,
+                config.wait,
+                config.spin_ns,
             )
             undo.callback(channel.close_fd)
             self.channel = channel

@@ -58,6 +58,7 @@ EXPECTED_EXPORTS: dict[str, tuple[set[str], int | None]] = {
     "probe_v2": ({ABI_VERSION, INIT}, 1),
     "register_fail": ({ABI_VERSION, INIT}, 1),
     "slow": ({ABI_VERSION, INIT}, 1),
+    "threads": ({ABI_VERSION, INIT}, 1),
 }
 
 # contract name -> function count, for every fixture that registers contracts
@@ -79,6 +80,7 @@ EXPECTED_CONTRACTS: dict[str, dict[str, int]] = {
     "probe_v2": {"test.probe": 2},
     "register_fail": {"regfail.add": 1},
     "slow": {"test.slow": 2},
+    "threads": {"test.threads": 4},
 }
 
 # no api.toml where the IDL cannot say it (payload's length-prefixed blob,

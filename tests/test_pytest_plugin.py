@@ -297,21 +297,15 @@ def test_timeout_signal_method_and_a_shorter_call_timeout_end_in_call_timeout(py
     result.stdout.no_fnmatch_line("*Timeout (>2.0s) from pytest-timeout*")
 
 
-def test_timeout_signal_method_cannot_end_a_call_without_call_timeout(pytester):
-    pidfile = hanging(pytester)
-    with pytest.raises(pytester.TimeoutExpired):
-        pytester.runpytest_subprocess(timeout=6)  # 3x the test's own timeout(2): it never fired
-    pid = int(pidfile.read_text())
-    wait_until(lambda: gone(pid))  # killing the host took its worker along
-
-
-def test_timeout_signal_method_fires_only_when_a_longer_call_timeout_ends_the_call(pytester):
-    hanging(pytester, options='{"call_timeout": 3.0, "close_grace": 0.5}')
-    result = pytester.runpytest_subprocess("--durations=1")
+def test_timeout_signal_method_interrupts_a_call_blocked_in_a_worker(pytester):
+    """SIGALRM's handler runs while the call waits (the wait wakes for it): the test fails at 2 s."""
+    pidfile = hanging(pytester, options='{"drain_timeout": 0.5, "close_grace": 0.5}')
+    result = pytester.runpytest_subprocess(timeout=60)  # the hang never ends on its own
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*Failed: Timeout (>2.0s) from pytest-timeout*"])
-    result.stdout.re_match_lines([r"([3-9]|\d\d+)\.\d+s call +\S+::test_hangs$"])  # not before 3 s
     result.stdout.no_fnmatch_line("E *CallTimeout*")
+    pid = int(pidfile.read_text())
+    wait_until(lambda: gone(pid))
 
 
 def test_timeout_thread_method_ends_the_whole_session_and_its_workers(pytester):

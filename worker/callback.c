@@ -80,24 +80,29 @@ static uint8_t *begin(pp_cb_request *q, uint32_t op, uint32_t *room)
 }
 
 /* Sends the request (header q, then args_len bytes already at area + 48) and
- * parses the reply; -1 when the host could not be asked or answered nonsense. */
+ * parses the reply; -1 when the host could not be asked or answered nonsense.
+ * The message and the tail are kept (t_kept) until this thread's next call back. */
 static int exchange(uint8_t *area, const pp_cb_request *q, reply *r)
 {
     memcpy(area, q, sizeof *q);
-    int64_t n = ppw_cb_roundtrip((uint32_t)sizeof *q + q->args_len);
+    const uint8_t *at;
+    int64_t n = ppw_cb_roundtrip((uint32_t)sizeof *q + q->args_len, &at);
     if (n < (int64_t)sizeof(pp_cb_reply))
         return -1;
     pp_cb_reply h;
-    memcpy(&h, area, sizeof h);
+    memcpy(&h, at, sizeof h);
     uint64_t out_at = PP_ALIGN8(sizeof h + (uint64_t)h.msg_len);
     uint64_t tail_at = PP_ALIGN8(out_at + h.out_len);
-    if (h.msg_len > PP_CB_CAP || h.out_len > PP_CB_CAP || h.tail_len > PP_CB_CAP || tail_at + h.tail_len > (uint64_t)n)
+    if (h.msg_len > (uint64_t)n || h.out_len > (uint64_t)n || h.tail_len > (uint64_t)n ||
+        tail_at + h.tail_len > (uint64_t)n)
         return -1;
-    if (!t_kept && !(t_kept = malloc(2 * PP_CB_CAP)))
+    uint8_t *kept = realloc(t_kept, (size_t)h.msg_len + h.tail_len + 1);
+    if (!kept)
         return -1;
-    memcpy(t_kept, area + sizeof h, h.msg_len);
-    memcpy(t_kept + PP_CB_CAP, area + tail_at, h.tail_len);
-    *r = (reply){h.code, h.value, t_kept, h.msg_len, area + out_at, h.out_len, t_kept + PP_CB_CAP, h.tail_len};
+    t_kept = kept;
+    memcpy(kept, at + sizeof h, h.msg_len);
+    memcpy(kept + h.msg_len, at + tail_at, h.tail_len);
+    *r = (reply){h.code, h.value, kept, h.msg_len, at + out_at, h.out_len, kept + h.msg_len, h.tail_len};
     return 0;
 }
 
@@ -113,8 +118,8 @@ static const char NO_TRANSPORT[] =
     "(or runs polyplug_init)";
 static const char NO_ANSWER[] = "polyplug_isolated: the host did not answer the call back";
 static const char TOO_LARGE[] =
-    "polyplug_isolated: the arguments (with the bytes their StringViews and Buffers point at) exceed the "
-    "16 KiB a call back carries";
+    "polyplug_isolated: the arguments (with the bytes their StringViews and Buffers point at) exceed the room "
+    "a call back has in the slot's payload; raise Runtime(payload_capacity=...)";
 static const char UNDESCRIBED[] =
     "polyplug_isolated: no api.toml describes this function, so its arguments cannot be copied to where it "
     "runs; put the contract's api.toml beside the provider's manifest.toml (or pass api= to "

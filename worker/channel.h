@@ -5,43 +5,82 @@
  * unlinked before the worker starts: the worker inherits the fd):
  *
  *   +---------------------+  0
- *   | pp_header           |  magic, protocol, geometry; worker_sleeping
- *   |                     |  (a futex word: the worker sleeps on it)
+ *   | pp_header           |  magic, protocol, geometry, max_threads;
+ *   |                     |  worker_sleeping (the dispatcher's futex word);
+ *   |                     |  async_bell (the host's completion futex word)
  *   +---------------------+  PP_HEADER_SIZE
- *   | ring[nslots]        |  requests in arrival order, one cache line each:
- *   |                     |  seq, slot, contract, function, count, sizes,
- *   |                     |  and up to PP_INLINE_ARGS bytes of args
+ *   | ring[nslots]        |  BIND messages in arrival order, one cache line
+ *   |                     |  each: "give slot i a thread of its own"
  *   +---------------------+  pp_slots_offset(nslots)
- *   | slot 0              |  response line: done_seq, status, AbiError code,
- *   |                     |  up to PP_INLINE_OUT bytes of out; then the
- *   |                     |  wake-up line (host_waiting, a futex word), the
- *   |                     |  error message, and payload_cap bytes of payload
+ *   | slot 0              |  down line (host -> worker frame), up line
+ *   |                     |  (worker -> host frame), wake line (two futex
+ *   |                     |  flags + the call-back descriptor), the error
+ *   |                     |  message, and payload_cap bytes of payload
  *   | slot 1 ...          |
  *   +---------------------+  pp_arena_offset(...)
  *   | arena               |  arena_cap bytes for the one call at a time whose
  *   |                     |  args + out exceed a slot's payload
  *   +---------------------+
  *
- * A call: the host takes a free slot (host-private bitmap), writes request
- * ticket t into ring[t % nslots] and publishes it with seq = t + 1 (release).
- * The worker takes ring entries in order, runs the call, writes the answer
- * into the slot's response line and stores done_seq = t + 1 (release). A small
- * call (args <= PP_INLINE_ARGS, out <= PP_INLINE_OUT) thus moves two cache
- * lines, one each way. Bigger args and outs go to the slot's payload, then to
- * the arena (`spill`). A batch (count > 1) runs one function over `count`
- * packed argument records with one hand-off.
+ * THREADS. A slot is a conversation between one host thread T and one worker
+ * thread W(T). The host leases slot i to T on T's first call (host-private
+ * state: lease words in _channel.c) and sends BIND(i) through the ring; the
+ * worker's dispatcher thread hands slot i to a parked spare thread (it keeps
+ * PPW_SPARE_THREADS parked, so a first call does not wait for
+ * pthread_create) and makes a new spare. From then on W(T) serves every
+ * frame on slot i, and only those: T's calls run on W(T), calls of other
+ * host threads on other worker threads, at the same time. When T exits (or
+ * its lease is taken over, see below), the host sends RETIRE on the slot:
+ * W(T) answers it and exits, so the next owner of slot i gets a fresh thread
+ * (fresh thread-local state), never T's.
  *
- * Why ring entry t is free when ticket t + nslots is taken: the taker holds a
- * slot, so of the nslots tickets before it at least one has been answered
- * (each unanswered one holds a slot); the worker serves in ticket order, so
- * ticket t was served before any later one.
+ * FRAMES. Each slot carries one frame at a time, alternately written by the
+ * two sides; every frame has a sequence number, and both numbers only grow:
  *
- * Waiting: either side spins for a bounded window, then sets a flag word and
- * sleeps on it with futex(2); the other side wakes it only when it sees the
- * flag (Dekker: the flag store and the re-check are sequentially consistent
- * on both sides, so no wake-up is lost). Raw futex calls, not sem_t: glibc
- * aborts the calling process when a semaphore it is handed was scribbled
- * over, and the host must survive a worker that scribbles.
+ *     host                               worker thread W(T)
+ *     down_seq = k   CALL  ----------->  runs the call
+ *                    <-----------  ANSWER  up_seq = k        (call done)
+ *   or, while the call runs, a call back:
+ *                    <---------  CALLBACK  up_seq = k        (cb descriptor)
+ *     runs it on T
+ *     down_seq = k+1 REPLY ----------->  the plugin goes on
+ *                    <-----------  ANSWER  up_seq = k+1      (call done)
+ *   a nested call (the call back calls this bundle again) is a CALL in
+ *   place of the REPLY: W(T) serves it on its own stack, answers it, and
+ *   waits on for the REPLY (up to PP_MAX_DEPTH frames deep).
+ *     down_seq = k   RETIRE ---------->  W(T) answers and exits
+ *                    <-----------  ANSWER  up_seq = k
+ *
+ * So the worker writes up_seq = down_seq of the frame it responds to, and
+ * the host writes down_seq = up_seq + 1: while the host waits for frame k,
+ * up_seq is k - 1 or k, and anything else is a forged answer or scribbling.
+ * A CALL's fields are on the down line (small args inline); its answer's on
+ * the up line (small outs inline); bigger args and outs go to the slot's
+ * payload, then to the arena (`spill`). A batch (count > 1) runs one
+ * function over `count` packed argument records with one hand-off.
+ *
+ * CALL BACKS (protocol level; no plugin API emits them yet): a CALLBACK frame
+ * names in the wake line's cb_* fields what to run (cb_target: a host
+ * contract id or a bundle id, cb_function, cb_depth) and where its args and
+ * out live: cb_args_len bytes at payload offset cb_offset (8-aligned, at or
+ * past the running call's own spill bytes), its out (cb_out_size bytes) right
+ * after them. The host answers with a REPLY frame whose `status` is a
+ * PP_STATUS_*, `function` the AbiError code, `out_size` the out bytes written,
+ * and the message in err_msg. A host that serves no call backs replies
+ * PP_STATUS_NO_CALLBACKS (AbiError HostContractNotFound).
+ *
+ * Async calls (flag PP_FLAG_ASYNC): after the ANSWER, the worker also bumps
+ * the header's async_bell and wakes it, so one host thread can wait for the
+ * answers of many slots at once.
+ *
+ * Waiting: either side spins for a bounded window, then sets its flag word
+ * (worker_waiting / host_waiting) and sleeps on it with futex(2); the other
+ * side wakes it only when it sees the flag (Dekker: the flag store and the
+ * re-check are sequentially consistent on both sides, so no wake-up is
+ * lost). Raw futex calls, not sem_t: glibc aborts the calling process when a
+ * semaphore it is handed was scribbled over, and the host must survive a
+ * worker that scribbles. Parked threads (spares, threads of idle slots) are
+ * asleep in the kernel and cost nothing.
  *
  * Trust: the host never follows a pointer from the segment, computes every
  * offset itself, and reads each length the worker wrote once, bounds-checked
@@ -69,7 +108,7 @@
 #define PP_INLINE_ARGS 24
 #define PP_INLINE_OUT 32
 #define PP_MAX_SLOTS 4096
-#define PP_CB_CAP 16384 /* bytes of a call-back request or reply */
+#define PP_MAX_DEPTH 16 /* nested call-back frames on one slot */
 #define PP_ALIGN8(n) (((n) + 7u) & ~(uint64_t)7u)
 #define PP_ROUND_LINE(n) ((((size_t)(n)) + PP_CACHE_LINE - 1) / PP_CACHE_LINE * PP_CACHE_LINE)
 
@@ -99,36 +138,40 @@
 #define PP_FIX_RETURN_CAP 3  /* offset = the most return-area bytes the host will read */
 #define PP_NULL_OFFSET UINT64_MAX
 
-/* Response status, written by the worker. */
-#define PP_STATUS_OK 0          /* the plugin ran; err_code is its AbiError code */
-#define PP_STATUS_BAD_REQUEST 1 /* the worker refused the request (err_* say why) */
+/* Response status, written by the worker (and by the host in a REPLY). */
+#define PP_STATUS_OK 0           /* the plugin ran; err_code is its AbiError code */
+#define PP_STATUS_BAD_REQUEST 1  /* the worker refused the request (err_* say why) */
+#define PP_STATUS_NO_CALLBACKS 2 /* REPLY: this host serves no call backs */
+
+/* Frame kinds: down (host -> worker) and up (worker -> host). */
+#define PP_DOWN_CALL 1
+#define PP_DOWN_REPLY 2
+#define PP_DOWN_RETIRE 3
+#define PP_UP_ANSWER 1
+#define PP_UP_CALLBACK 2
+
+/* Down-frame flags. */
+#define PP_FLAG_ASYNC 1u /* ring the header's async_bell after the answer */
 
 typedef struct pp_header {
     uint32_t magic;
     uint32_t protocol_version;
     uint32_t nslots;
-    uint32_t reserved;
+    uint32_t max_threads; /* slot threads the worker may run at once */
     uint64_t payload_cap;
     uint64_t arena_cap;
-    alignas(PP_CACHE_LINE) _Atomic uint32_t worker_sleeping;
+    alignas(PP_CACHE_LINE) _Atomic uint32_t worker_sleeping; /* the dispatcher sleeps on it */
     _Atomic uint32_t worker_cpu; /* where each side last waited (see pp_same_cpu) */
     _Atomic uint32_t host_cpu;
+    alignas(PP_CACHE_LINE) _Atomic uint32_t async_bell; /* bumped after each async answer */
+    _Atomic uint32_t async_waiting;                     /* the host sleeps on async_bell */
 } pp_header;
 
-typedef struct pp_request {
+/* A ring entry: BIND(slot). */
+typedef struct pp_bind {
     alignas(PP_CACHE_LINE) _Atomic uint64_t seq; /* ticket + 1 once published */
     uint32_t slot;
-    uint32_t contract; /* index of the interface in the worker's registry */
-    uint32_t function;
-    uint32_t count;    /* calls in this request: 1, or a batch */
-    uint32_t args_len; /* per call */
-    uint32_t out_size; /* per call */
-    uint32_t instance; /* 0: the contract's default instance, else a PP_FN_CREATE_INSTANCE handle */
-    uint16_t fixups;   /* entries in the fixup table (only with count == 1) */
-    uint8_t spill;     /* PP_IN_SLOT or PP_IN_ARENA */
-    uint8_t reserved;
-    uint8_t args[PP_INLINE_ARGS];
-} pp_request;
+} pp_bind;
 
 typedef struct pp_fixup {
     uint32_t offset;
@@ -136,39 +179,52 @@ typedef struct pp_fixup {
 } pp_fixup;
 
 typedef struct pp_slot {
-    /* response line: written by the worker, done_seq last */
-    alignas(PP_CACHE_LINE) _Atomic uint64_t done_seq;
-    uint32_t status;
+    /* down line: written by the host, down_seq last */
+    alignas(PP_CACHE_LINE) _Atomic uint64_t down_seq;
+    uint16_t kind;     /* PP_DOWN_* */
+    uint8_t flags;     /* PP_FLAG_* */
+    uint8_t spill;     /* PP_IN_SLOT or PP_IN_ARENA */
+    uint32_t contract; /* index of the interface in the worker's registry */
+    uint32_t function; /* REPLY: the AbiError code */
+    uint32_t count;    /* calls in this request: 1, or a batch; REPLY: its PP_STATUS_* */
+    uint32_t args_len; /* per call */
+    uint32_t out_size; /* per call; REPLY: out bytes written */
+    uint32_t instance; /* 0: the contract's default instance, else a PP_FN_CREATE_INSTANCE handle */
+    uint16_t fixups;   /* entries in the fixup table (only with count == 1) */
+    uint16_t reserved;
+    uint8_t args[PP_INLINE_ARGS];
+    /* up line: written by the worker, up_seq last */
+    alignas(PP_CACHE_LINE) _Atomic uint64_t up_seq;
+    uint16_t up_kind; /* PP_UP_* */
+    uint16_t status;
     uint32_t err_code;
     uint32_t err_len;
     uint32_t done_count; /* calls that completed Ok (a batch stops at the first error) */
     uint8_t out[PP_INLINE_OUT];
     uint32_t ret_len; /* bytes of the return area used (fixups) */
     uint32_t answers; /* answers written to this slot so far (wraps): lets the host spot a second one */
-    /* wake-up line */
+    /* wake line: the two sleep flags, and the descriptor of a CALLBACK frame */
     alignas(PP_CACHE_LINE) _Atomic uint32_t host_waiting;
+    _Atomic uint32_t worker_waiting;
+    uint64_t cb_target; /* host contract id or bundle id */
+    uint32_t cb_function;
+    uint32_t cb_depth;
+    uint32_t cb_offset; /* payload offset of the call back's args; its out follows them */
+    uint32_t cb_args_len;
+    uint32_t cb_out_size;
     char err_msg[PP_ERR_CAP];
-    /* Calls back (worker/callback.h): while it serves this slot's call, the
-     * worker may ask the host thread waiting here for something (a host
-     * contract, another bundle) and waits for the answer in the same place.
-     * cb_seq counts requests (worker), cb_done answers (host); cb_len is the
-     * request's, then the reply's, length in cb[]. */
-    alignas(PP_CACHE_LINE) _Atomic uint64_t cb_seq;
-    _Atomic uint64_t cb_done;
-    _Atomic uint32_t worker_waiting; /* futex word: the worker sleeps here for the answer */
-    uint32_t cb_len;
-    alignas(PP_CACHE_LINE) uint8_t cb[PP_CB_CAP];
 } pp_slot;
 
-_Static_assert(sizeof(pp_request) == PP_CACHE_LINE, "a request is one cache line");
-_Static_assert(offsetof(pp_slot, host_waiting) == PP_CACHE_LINE, "the response is one cache line");
+_Static_assert(sizeof(pp_bind) == PP_CACHE_LINE, "a ring entry is one cache line");
+_Static_assert(offsetof(pp_slot, up_seq) == PP_CACHE_LINE, "the down frame is one cache line");
+_Static_assert(offsetof(pp_slot, host_waiting) == 2 * PP_CACHE_LINE, "the up frame is one cache line");
 
 #define PP_HEADER_SIZE PP_ROUND_LINE(sizeof(pp_header))
 #define PP_SLOT_HEADER_SIZE PP_ROUND_LINE(sizeof(pp_slot))
 
 static inline size_t pp_slots_offset(uint32_t nslots)
 {
-    return PP_HEADER_SIZE + (size_t)nslots * sizeof(pp_request);
+    return PP_HEADER_SIZE + (size_t)nslots * sizeof(pp_bind);
 }
 
 static inline size_t pp_slot_stride(uint64_t payload_cap)
@@ -186,7 +242,7 @@ static inline size_t pp_segment_size(uint32_t nslots, uint64_t payload_cap, uint
     return pp_arena_offset(nslots, payload_cap) + PP_ROUND_LINE(arena_cap);
 }
 
-static inline pp_request *pp_ring(uint8_t *base) { return (pp_request *)(base + PP_HEADER_SIZE); }
+static inline pp_bind *pp_ring(uint8_t *base) { return (pp_bind *)(base + PP_HEADER_SIZE); }
 
 static inline pp_slot *pp_slot_at(uint8_t *base, uint32_t nslots, uint64_t payload_cap, uint32_t i)
 {

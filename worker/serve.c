@@ -1,7 +1,8 @@
 /*
- * The worker's serve loop: takes calls from the shared-memory ring in order
- * of arrival and runs them, without touching Python (the loop is entered
- * through cffi with the GIL released and only returns on ppw_stop).
+ * The worker's serve loops, without touching Python: a dispatcher (entered
+ * through cffi with the GIL released; it returns on ppw_stop) takes BIND
+ * messages from the ring and gives each bound slot a thread of its own,
+ * which then serves that slot's frames (see the protocol in channel.h).
  *
  * Also the parent watchdog: a thread that ends the process when the control
  * socket hangs up, whatever the plugin is doing. It is used instead of
@@ -15,13 +16,21 @@
 
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+/* Parked threads kept ready for the next BIND (at most max_threads). */
+#define PPW_SPARE_THREADS 2
+
 static uint8_t *g_base;
 static uint32_t g_nslots;
+static uint32_t g_max_threads;
+static int g_wait_mode;
+static uint64_t g_spin_ns;
 static uint64_t g_payload_cap;
 static uint64_t g_arena_cap;
 static _Atomic int g_stop;
@@ -47,30 +56,40 @@ int ppw_attach(int fd)
     }
     g_base = base;
     g_nslots = h->nslots;
+    g_max_threads = h->max_threads;
     g_payload_cap = h->payload_cap;
+    ppw_cb_geometry(h->payload_cap);
     g_arena_cap = h->arena_cap;
     return 0;
 }
 
 static void answer(pp_slot *s, uint64_t seq, uint32_t status, uint32_t done, uint32_t ret_len, const AbiError *err)
 {
+    int ring_bell = s->flags & PP_FLAG_ASYNC;
     size_t len = err->message.ptr ? err->message.len : 0;
     if (len > PP_ERR_CAP)
         len = PP_ERR_CAP;
     if (len)
         memcpy(s->err_msg, err->message.ptr, len);
-    s->status = status;
+    s->up_kind = PP_UP_ANSWER;
+    s->status = (uint16_t)status;
     s->err_code = err->code;
     s->err_len = (uint32_t)len;
     s->done_count = done;
     s->ret_len = ret_len;
     s->answers++;
     /* Publishes the fields above, then the Dekker half that pairs with the
-     * host's "set host_waiting, re-check done_seq". */
-    atomic_store_explicit(&s->done_seq, seq, memory_order_release);
+     * host's "set host_waiting, re-check up_seq". */
+    atomic_store_explicit(&s->up_seq, seq, memory_order_release);
     atomic_thread_fence(memory_order_seq_cst);
     if (atomic_load_explicit(&s->host_waiting, memory_order_relaxed) && atomic_exchange(&s->host_waiting, 0))
         pp_futex_wake(&s->host_waiting, 1);
+    if (ring_bell) {
+        pp_header *h = (pp_header *)g_base;
+        atomic_fetch_add(&h->async_bell, 1);
+        if (atomic_load(&h->async_waiting) && atomic_exchange(&h->async_waiting, 0))
+            pp_futex_wake(&h->async_bell, INT32_MAX);
+    }
 }
 
 static void refuse(pp_slot *s, uint64_t seq, const char *why)
@@ -153,20 +172,17 @@ static uint32_t copy_back(const pp_fixup *fix, uint32_t n, uint8_t *out, uint64_
     return failed ? 0 : (uint32_t)used;
 }
 
-static void serve_one(pp_request *r, uint64_t seq)
+static void serve_one(pp_slot *s, uint64_t seq)
 {
-    uint32_t slot_index = r->slot, count = r->count, spill = r->spill, nfix = r->fixups;
-    uint32_t contract = r->contract, function = r->function, instance = r->instance;
-    uint64_t args_len = r->args_len, out_size = r->out_size;
-    if (slot_index >= g_nslots)
-        return; /* nowhere to answer: the host's deadline or the monitor ends the call */
-    pp_slot *s = pp_slot_at(g_base, g_nslots, g_payload_cap, slot_index);
+    uint32_t count = s->count, spill = s->spill, nfix = s->fixups;
+    uint32_t contract = s->contract, function = s->function, instance = s->instance;
+    uint64_t args_len = s->args_len, out_size = s->out_size;
     pp_layout layout = pp_layout_of(count, args_len, out_size, nfix);
     uint64_t region_cap = spill == PP_IN_ARENA ? g_arena_cap : g_payload_cap;
     if (count == 0 || spill > PP_IN_ARENA || layout.spill_bytes > region_cap || (nfix && count != 1))
         return refuse(s, seq, "request does not fit its region");
     uint8_t *region = spill == PP_IN_ARENA ? g_base + pp_arena_offset(g_nslots, g_payload_cap) : pp_payload(s);
-    uint8_t *args = args_len == 0 ? NULL : layout.args_inline ? r->args : region;
+    uint8_t *args = args_len == 0 ? NULL : layout.args_inline ? s->args : region;
     uint8_t *out = out_size == 0 ? NULL : layout.out_inline ? s->out : region + layout.out_offset;
     const pp_fixup *fix = (const pp_fixup *)(region + layout.fixup_offset);
     uint64_t ret_cap = region_cap - layout.spill_bytes;
@@ -195,6 +211,10 @@ static void serve_one(pp_request *r, uint64_t seq)
     }
 
     uint32_t done = 0;
+    ppw_mark_busy_thread();
+    /* The plugin may call back through this slot (cb_transport.c), in the
+     * payload past this call's own bytes; each call back moves seq on. */
+    ppw_cb_serving(s, seq, spill == PP_IN_ARENA ? 0 : layout.spill_bytes);
     ppw_busy_contract = (int32_t)contract;
     ppw_busy_function = (int32_t)function;
     for (; done < count; done++) {
@@ -202,15 +222,14 @@ static void serve_one(pp_request *r, uint64_t seq)
         int fault = ppw_fault_before(PPW_PHASE_CALL, contract, function, &err);
         if (fault == PPW_SKIP)
             break;
-        ppw_cb_serving(s); /* the plugin may call back through this slot */
         refused = ppw_invoke_on(contract, instance, function, args ? args + done * args_len : NULL, one_out, &err);
-        ppw_cb_serving(NULL);
         if (refused || err.code != ABI_OK)
             break;
         if (fault == PPW_RUN_CORRUPT && one_out)
             ppw_fault_corrupt(one_out, out_size);
     }
     ppw_busy_contract = ppw_busy_function = -1;
+    seq = ppw_cb_served();
     if (refused)
         return refuse(s, seq, refused);
     uint32_t ret_len = 0;
@@ -230,13 +249,13 @@ static void serve_one(pp_request *r, uint64_t seq)
 #define COLOCATED_BEFORE_MOVING 64
 
 static cpu_set_t g_allowed;
-static unsigned g_colocated;
+static _Thread_local unsigned t_colocated;
 
 static void step_aside(uint32_t host_cpu)
 {
-    if (++g_colocated < COLOCATED_BEFORE_MOVING)
+    if (++t_colocated < COLOCATED_BEFORE_MOVING)
         return;
-    g_colocated = 0;
+    t_colocated = 0;
     cpu_set_t elsewhere = g_allowed;
     if (host_cpu < CPU_SETSIZE)
         CPU_CLR(host_cpu, &elsewhere);
@@ -246,23 +265,23 @@ static void step_aside(uint32_t host_cpu)
         sched_setaffinity(0, sizeof g_allowed, &g_allowed);
 }
 
-/* Waits until ring entry `r` carries ticket `seq - 1`. Returns 0 when it
- * does, 1 when asked to stop. */
-static int await_request(pp_header *h, pp_request *r, uint64_t seq, int wait_mode, uint64_t spin_ns)
+/* Waits until the slot's down_seq moves past `served`. Returns 0 when it
+ * does, 1 when asked to stop. Spins for the wait window first (the host's
+ * next call usually follows at once), then sleeps on worker_waiting. */
+static int await_frame(pp_header *h, pp_slot *s, uint64_t served)
 {
-    uint64_t spin_until = wait_mode == PP_WAIT_SPIN    ? UINT64_MAX
-                          : wait_mode == PP_WAIT_BLOCK ? 0
-                                                       : pp_now_ns() + spin_ns;
+    int mode = g_wait_mode;
+    uint64_t spin_until = mode == PP_WAIT_SPIN ? UINT64_MAX : mode == PP_WAIT_BLOCK ? 0 : pp_now_ns() + g_spin_ns;
     int same_cpu = pp_same_cpu(&h->worker_cpu, &h->host_cpu);
     /* Spinning sides want a CPU each; sleeping ones wake each other fastest
      * on one CPU (no cross-CPU wake-up), so wait=block stays put. */
-    if (same_cpu && wait_mode != PP_WAIT_BLOCK)
+    if (same_cpu && mode != PP_WAIT_BLOCK)
         step_aside(atomic_load_explicit(&h->host_cpu, memory_order_relaxed));
     else
-        g_colocated = 0;
+        t_colocated = 0;
     unsigned first = same_cpu ? PP_PAUSE_SPINS : 1;
-    for (unsigned i = first; wait_mode != PP_WAIT_BLOCK; i++) {
-        if (atomic_load_explicit(&r->seq, memory_order_acquire) == seq)
+    for (unsigned i = first; mode != PP_WAIT_BLOCK; i++) {
+        if (atomic_load_explicit(&s->down_seq, memory_order_acquire) != served)
             return 0;
         if (atomic_load_explicit(&g_stop, memory_order_relaxed))
             return 1;
@@ -270,6 +289,130 @@ static int await_request(pp_header *h, pp_request *r, uint64_t seq, int wait_mod
             break;
         pp_spin_step(i);
     }
+    for (;;) {
+        atomic_store(&s->worker_waiting, 1);
+        if (atomic_load(&s->down_seq) != served) {
+            atomic_store(&s->worker_waiting, 0);
+            return 0;
+        }
+        if (atomic_load(&g_stop))
+            return 1;
+        pp_futex_wait_until(&s->worker_waiting, 1, UINT64_MAX);
+    }
+}
+
+/* W(T): serves one slot's frames until RETIRE or stop. It starts from the
+ * slot's last answer: the previous thread of the slot answered everything
+ * up to it (RETIRE last), and the host writes the next frame after it. */
+static void serve_slot(uint32_t index)
+{
+    pp_header *h = (pp_header *)g_base;
+    pp_slot *s = pp_slot_at(g_base, g_nslots, g_payload_cap, index);
+    uint64_t served = atomic_load_explicit(&s->up_seq, memory_order_acquire);
+    while (!await_frame(h, s, served)) {
+        served = atomic_load_explicit(&s->down_seq, memory_order_acquire);
+        uint32_t kind = s->kind;
+        AbiError ok = {ABI_OK, {NULL, 0}};
+        if (kind == PP_DOWN_RETIRE)
+            return answer(s, served, PP_STATUS_OK, 0, 0, &ok);
+        if (kind == PP_DOWN_CALL) {
+            serve_one(s, served);
+            served = atomic_load_explicit(&s->up_seq, memory_order_relaxed); /* past its calls back */
+        } else
+            refuse(s, served, "a frame that is neither a call nor a retire, with no call back waiting");
+    }
+}
+
+/* A worker thread: parked as a spare until the dispatcher assigns it a slot
+ * (assigned = slot + 1), then W(T) for that slot. */
+typedef struct ppw_thread {
+    pthread_t id;
+    _Atomic uint32_t assigned;
+    struct ppw_thread *next; /* in g_threads */
+} ppw_thread;
+
+static ppw_thread *g_threads;     /* every thread started, for ppw_stop (dispatcher-private) */
+static ppw_thread **g_slot_owner; /* per slot: its thread, or NULL */
+static ppw_thread *g_spares[PPW_SPARE_THREADS];
+static unsigned g_nspares;
+
+static void *slot_thread(void *arg)
+{
+    ppw_thread *t = arg;
+    ppw_thread_alt_stack();
+    uint32_t assigned;
+    while ((assigned = atomic_load(&t->assigned)) == 0) {
+        if (atomic_load(&g_stop))
+            return NULL;
+        pp_futex_wait_until(&t->assigned, 0, UINT64_MAX);
+    }
+    serve_slot(assigned - 1);
+    stack_t off = {.ss_flags = SS_DISABLE}, alt;
+    if (sigaltstack(&off, &alt) == 0 && !(alt.ss_flags & SS_DISABLE))
+        free(alt.ss_sp); /* ppw_thread_alt_stack's */
+    return NULL;
+}
+
+static ppw_thread *start_thread(uint32_t assigned)
+{
+    ppw_thread *t = calloc(1, sizeof *t);
+    if (!t)
+        return NULL;
+    atomic_store(&t->assigned, assigned);
+    if (pthread_create(&t->id, NULL, slot_thread, t) != 0) {
+        free(t);
+        return NULL;
+    }
+    t->next = g_threads;
+    g_threads = t;
+    return t;
+}
+
+static void forget_thread(ppw_thread *gone)
+{
+    for (ppw_thread **p = &g_threads; *p; p = &(*p)->next)
+        if (*p == gone) {
+            *p = gone->next;
+            break;
+        }
+    free(gone);
+}
+
+/* BIND(index): the slot's previous thread (if any) answered RETIRE before
+ * the host could send this, so it is exiting: join it, then hand the slot to
+ * a spare and start the next spare. A slot that gets no thread (no memory)
+ * is never answered: the host's deadline or close ends its calls. */
+static void bind_slot(uint32_t index)
+{
+    if (index >= g_nslots)
+        return;
+    ppw_thread *old = g_slot_owner[index];
+    if (old) {
+        pthread_join(old->id, NULL);
+        forget_thread(old);
+    }
+    ppw_thread *t = NULL;
+    if (g_nspares) {
+        t = g_spares[--g_nspares];
+        atomic_store(&t->assigned, index + 1);
+        pp_futex_wake(&t->assigned, 1);
+    } else {
+        t = start_thread(index + 1);
+    }
+    g_slot_owner[index] = t;
+    unsigned want = g_max_threads < PPW_SPARE_THREADS ? g_max_threads : PPW_SPARE_THREADS;
+    while (g_nspares < want) {
+        ppw_thread *spare = start_thread(0);
+        if (!spare)
+            break;
+        g_spares[g_nspares++] = spare;
+    }
+}
+
+/* Waits until ring entry `r` carries ticket `seq - 1` (BINDs are rare: the
+ * dispatcher sleeps at once). Returns 0 when it does, 1 when asked to stop. */
+static int await_bind(pp_header *h, pp_bind *r, uint64_t seq)
+{
     for (;;) {
         atomic_store(&h->worker_sleeping, 1);
         if (atomic_load(&r->seq) == seq) {
@@ -282,21 +425,48 @@ static int await_request(pp_header *h, pp_request *r, uint64_t seq, int wait_mod
     }
 }
 
+static void stop_threads(void)
+{
+    for (uint32_t i = 0; i < g_nslots; i++) {
+        pp_slot *s = pp_slot_at(g_base, g_nslots, g_payload_cap, i);
+        atomic_store(&s->worker_waiting, 0);
+        pp_futex_wake(&s->worker_waiting, INT32_MAX);
+    }
+    for (ppw_thread *t = g_threads; t; t = t->next)
+        pp_futex_wake(&t->assigned, 1);
+    while (g_threads) {
+        pthread_join(g_threads->id, NULL);
+        forget_thread(g_threads);
+    }
+}
+
 int ppw_serve(int wait_mode, uint64_t spin_ns)
 {
     if (sched_getaffinity(0, sizeof g_allowed, &g_allowed) != 0)
         CPU_ZERO(&g_allowed); /* then step_aside never moves */
-    ppw_thread_alt_stack();
-    ppw_mark_busy_thread();
+    g_wait_mode = wait_mode;
+    g_spin_ns = spin_ns;
     ppw_cb_spin(spin_ns);
+    g_slot_owner = calloc(g_nslots, sizeof *g_slot_owner);
+    if (!g_slot_owner)
+        return -1;
     pp_header *h = (pp_header *)g_base;
-    pp_request *ring = pp_ring(g_base);
-    for (uint64_t ticket = 0;; ticket++) {
-        pp_request *r = &ring[ticket % g_nslots];
-        if (await_request(h, r, ticket + 1, wait_mode, spin_ns))
-            return 0;
-        serve_one(r, ticket + 1);
+    pp_bind *ring = pp_ring(g_base);
+    unsigned want = g_max_threads < PPW_SPARE_THREADS ? g_max_threads : PPW_SPARE_THREADS;
+    while (g_nspares < want) {
+        ppw_thread *spare = start_thread(0);
+        if (!spare)
+            break;
+        g_spares[g_nspares++] = spare;
     }
+    for (uint64_t ticket = 0;; ticket++) {
+        pp_bind *r = &ring[ticket % g_nslots];
+        if (await_bind(h, r, ticket + 1))
+            break;
+        bind_slot(r->slot);
+    }
+    stop_threads();
+    return 0;
 }
 
 void ppw_stop(void)

@@ -71,11 +71,18 @@ const struct GuestContractInterface *ppw_local_interface(uint32_t index);
 int ppw_set_dependencies(const struct DependencyInfo *deps, size_t n);
 
 /* cb_transport.c: how a call back reaches the host (see callback.h) */
-void ppw_cb_serving(void *slot); /* the pp_slot this thread serves now, or NULL */
+/* serve.c: this thread now serves the call of frame seq on slot (a pp_slot),
+ * whose payload is free past `free_from`; then the seq of the last frame it
+ * got (a call back's REPLY moves it on), which the answer must carry. */
+void ppw_cb_serving(void *slot, uint64_t seq, uint64_t free_from);
+uint64_t ppw_cb_served(void);
 void ppw_cb_in_init(int on);
 void ppw_cb_spin(uint64_t spin_ns);
+void ppw_cb_geometry(uint64_t payload_cap);
+/* callback.c: where to write a request (NULL: the host cannot be asked from
+ * this thread); then send it and get the reply's place and length (< 0: none). */
 uint8_t *ppw_cb_begin(uint32_t *cap);
-int64_t ppw_cb_roundtrip(uint32_t len);
+int64_t ppw_cb_roundtrip(uint32_t len, const uint8_t **reply);
 
 /* callback.c: the HostApi functions that ask the host; the int ones return 0
  * when the host cannot be asked from this thread */

@@ -1,0 +1,231 @@
+"""Calls run concurrently, each host thread on a worker thread of its own.
+
+Against the ``threads`` fixture: ``tid`` answers the worker thread's id,
+``count`` a ``__thread`` counter, ``sleep_ms`` sleeps, ``process_threads``
+counts the worker's threads. Every test runs real workers under the leak guard.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from conftest import as_u32, u32, wait_until
+
+from polyplug_isolated import CallTimeout, Runtime, WorkerCrashed, guest_contract_id
+
+THREADS = guest_contract_id("test.threads", 1)
+TID, COUNT, SLEEP_MS, PROCESS_THREADS = range(4)
+
+
+def threads_contract(rt, bundle_dir):
+    rt.load_bundle(bundle_dir("threads"))
+    return rt.resolve_guest_contract(rt.find_guest_contract(THREADS, 1))
+
+
+def ask(contract, fn: int, args: bytes = b"", **options) -> int:
+    return as_u32(contract.call(fn, args, 4, **options))
+
+
+def on_threads(count: int, work):
+    """Runs ``work(i)`` on ``count`` fresh threads released together; returns results in order."""
+    start = threading.Barrier(count)
+
+    def run(i: int):
+        start.wait()
+        return work(i)
+
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(run, range(count)))
+
+
+def test_calls_from_different_threads_run_at_the_same_time(rt, bundle_dir):
+    contract = threads_contract(rt, bundle_dir)
+    on_threads(8, lambda i: ask(contract, TID))  # every thread has its worker thread
+    began = time.monotonic()
+    tids = on_threads(8, lambda i: ask(contract, SLEEP_MS, u32(200)))
+    elapsed = time.monotonic() - began
+    assert len(set(tids)) == 8
+    # One call at a time would take 8 x 200 ms; at once, about 200 ms. The
+    # bound is far from both, for a busy machine.
+    assert elapsed < 8 * 0.2 * 0.6
+
+
+def test_one_host_thread_always_runs_on_the_same_worker_thread(rt, bundle_dir):
+    contract = threads_contract(rt, bundle_dir)
+
+    def calls(i: int) -> tuple[set[int], list[int]]:
+        tids = {ask(contract, TID) for _ in range(50)}
+        counts = [ask(contract, COUNT) for _ in range(20)]
+        return tids, counts
+
+    seen = on_threads(4, calls)
+    for tids, counts in seen:
+        assert len(tids) == 1
+        assert counts == list(range(1, 21))  # its own __thread counter, nobody else's
+    assert len({next(iter(tids)) for tids, _ in seen}) == 4
+    assert os.getpid() not in {next(iter(tids)) for tids, _ in seen}
+
+
+def test_typed_and_batched_calls_run_on_the_calling_threads_worker_thread(rt, bundle_dir):
+    contract = threads_contract(rt, bundle_dir)
+    own = ask(contract, TID)
+    assert {as_u32(out) for out in contract.call_many(SLEEP_MS, [u32(0)] * 5, 4)} == {own}
+    assert ask(contract, TID, timeout=5.0) == own  # the full path, same lease
+
+
+def test_a_host_thread_that_exits_frees_its_worker_thread(rt, bundle_dir):
+    contract = threads_contract(rt, bundle_dir)
+    main_tid = ask(contract, TID)
+    wait_until(lambda: ask(contract, PROCESS_THREADS) == ask(contract, PROCESS_THREADS))
+    before = ask(contract, PROCESS_THREADS)
+    first: list[int] = []
+    worker = threading.Thread(target=lambda: first.extend([ask(contract, TID), ask(contract, COUNT)]))
+    worker.start()
+    worker.join()
+    # The thread's worker thread retires (a spare is started in its place, so
+    # the worker's thread count goes back to what it was).
+    wait_until(lambda: ask(contract, PROCESS_THREADS) == before)
+    later: list[int] = []
+    other = threading.Thread(target=lambda: later.extend([ask(contract, TID), ask(contract, COUNT)]))
+    other.start()
+    other.join()
+    assert first[1] == later[1] == 1  # a fresh thread-local counter: not the exited thread's thread
+    assert later[0] not in (first[0], main_tid)
+    assert ask(contract, TID) == main_tid
+
+
+def test_past_max_threads_calls_wait_for_an_idle_worker_thread(bundle_dir):
+    with Runtime(max_threads=2, load_timeout=5.0) as rt:
+        contract = threads_contract(rt, bundle_dir)
+        base = ask(contract, PROCESS_THREADS)
+        results = on_threads(6, lambda i: [ask(contract, COUNT) > 0 for _ in range(200)])
+        assert all(all(answers) for answers in results)
+        assert ask(contract, PROCESS_THREADS) <= base + 1  # at most 2 slot threads (main's is one)
+
+
+def test_max_threads_must_fit_the_slots():
+    with pytest.raises(ValueError, match="max_threads must be between 1 and slots"):
+        Runtime(slots=4, max_threads=5)
+
+
+def start_sleepers(contract, count: int, ms: int, **options):
+    """``count`` threads each in a ``sleep_ms(ms)`` call; returns (threads, outcomes)."""
+    outcomes: list[object] = [None] * count
+
+    def sleeper(i: int) -> None:
+        try:
+            outcomes[i] = ask(contract, SLEEP_MS, u32(ms), **options)
+        except Exception as exc:  # the outcome under test
+            outcomes[i] = exc
+
+    threads = [threading.Thread(target=sleeper, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: contract.bundle.inflight == count)
+    return threads, outcomes
+
+
+def test_a_crash_wakes_every_call_in_flight_at_once(rt, bundle_dir):
+    contract = threads_contract(rt, bundle_dir)
+    threads, outcomes = start_sleepers(contract, 8, 30_000)
+    began = time.monotonic()
+    os.kill(contract.bundle.pid, signal.SIGSEGV)
+    for thread in threads:
+        thread.join(20)
+    assert time.monotonic() - began < 10  # not after the 30 s calls
+    assert all(isinstance(outcome, WorkerCrashed) for outcome in outcomes), outcomes
+
+
+def test_a_timeout_kills_the_worker_and_names_itself_in_the_others_errors(rt, bundle_dir):
+    contract = threads_contract(rt, bundle_dir)
+    threads, outcomes = start_sleepers(contract, 7, 30_000)
+    with pytest.raises(CallTimeout):
+        ask(contract, SLEEP_MS, u32(30_000), timeout=0.5)
+    for thread in threads:
+        thread.join(20)
+    assert all(isinstance(outcome, WorkerCrashed) for outcome in outcomes), outcomes
+    for outcome in outcomes:
+        assert "killed after a call to test.threads function 2 timed out (0.5 s)" in str(outcome)
+
+
+def test_unload_drains_every_threads_call(rt, bundle_dir):
+    contract = threads_contract(rt, bundle_dir)
+    threads, outcomes = start_sleepers(contract, 8, 300)
+    rt.unload_bundle(contract.bundle.id)
+    assert all(isinstance(outcome, int) for outcome in outcomes), outcomes
+    assert len(set(outcomes)) == 8
+    for thread in threads:
+        thread.join()
+
+
+def test_after_a_reload_each_threads_next_call_goes_to_the_new_worker(rt, bundle_dir):
+    contract = threads_contract(rt, bundle_dir)
+    before = on_threads(3, lambda i: (ask(contract, COUNT), ask(contract, COUNT)))
+    assert before == [(1, 2)] * 3
+    gate = threading.Event()
+    reloaded = threading.Event()
+    outcomes: list[tuple[int, int]] = []
+
+    def caller() -> None:
+        ask(contract, COUNT)
+        gate.set()
+        reloaded.wait()
+        outcomes.append((ask(contract, COUNT), contract.bundle.pid))
+
+    thread = threading.Thread(target=caller)
+    thread.start()
+    gate.wait()
+    rt.reload_bundle(bundle_dir("threads"))
+    reloaded.set()
+    thread.join()
+    assert outcomes == [(1, contract.bundle.pid)]  # a fresh worker thread in the new worker
+
+
+INTERRUPTED = """
+    import os, sys, threading
+    from polyplug_isolated import Runtime, guest_contract_id
+
+    with Runtime(drain_timeout=0.5, close_grace=0.5) as rt:
+        rt.load_bundle(sys.argv[1])
+        threads = rt.resolve_guest_contract(rt.find_guest_contract(guest_contract_id("test.threads", 1), 1))
+        threads.call(0, b"", 4)
+
+        def announce():  # once the call below is in flight, the parent sends SIGINT
+            while threads.bundle.inflight == 0:
+                pass
+            print("in call", flush=True)
+
+        threading.Thread(target=announce).start()
+        try:
+            threads.call(2, (60_000).to_bytes(4, "little"), 4)  # a minute, no timeout
+            print("returned", flush=True)
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+        print("next call", int.from_bytes(threads.call(1, b"", 4), "little"), flush=True)
+"""
+
+
+def test_ctrl_c_interrupts_a_call_blocked_in_a_worker(bundle_dir, tmp_path):
+    script = tmp_path / "interrupted.py"
+    script.write_text(textwrap.dedent(INTERRUPTED))
+    host = subprocess.Popen(
+        [sys.executable, str(script), str(bundle_dir("threads"))], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert host.stdout.readline() == "in call\n"
+        host.send_signal(signal.SIGINT)
+        out, _ = host.communicate(timeout=30)  # the call alone would take 60 s
+    finally:
+        host.kill()
+        host.wait()
+    # The next call runs on a fresh worker thread (the old one still sleeps).
+    assert out == "interrupted\nnext call 1\n"
+    assert host.returncode == 0

@@ -155,9 +155,9 @@ class NativeHostContract(HostContract):
             iface.dispatch.vm.call(
                 iface.dispatch.vm.loader_data, {"data": _ffi.NULL}, index, args, out, _ffi.NULL, err
             )
-        message = _ffi.unpack(_ffi.cast("char *", err.message.ptr), err.message.len).decode(
-            "utf-8", "replace"
-        )
+        view, message = err.message, ""
+        if view.ptr != _ffi.NULL and view.len:
+            message = _ffi.unpack(_ffi.cast("char *", view.ptr), view.len).decode("utf-8", "replace")
         if err.code != 0 or not size:
             return _wire.reply(err.code, message)
         record = bytearray(_ffi.buffer(out, size))

@@ -19,7 +19,7 @@ import traceback
 from pathlib import Path
 
 _ROOT = Path(__file__).resolve().parent.parent
-GROUPS = ("floor", "polyplug", "pipe", "isolated", "batch", "threads", "idle", "payload")
+GROUPS = ("floor", "polyplug", "pipe", "isolated", "batch", "threads", "idle", "payload", "callbacks")
 
 # (id, case, text, kind, limit, reference case). kind "ratio": case p50 over the
 # reference's p50 at most limit; "faster": case p50 below the reference's p50;
@@ -213,6 +213,13 @@ class Runner:
         steps.append(("close the wait=auto runtime", self._close_auto))
         if "isolated" in self.groups:
             steps.append(("isolated, wait=block", lambda: self._isolated_alone("block")))
+        if "callbacks" in self.groups:
+            steps.append(
+                (
+                    "calls back: host contract, other bundle",
+                    lambda: self._add(c.callbacks(plan, self._pinned)),
+                )
+            )
         if "payload" in self.groups:
             steps.append(("payload sizes, in-process (subprocess)", self._payload_inproc))
             steps.append(("payload sizes, isolated", self._payload_isolated))

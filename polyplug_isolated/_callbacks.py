@@ -17,10 +17,12 @@ channel refuses it (ReentrantCall, code 9), and chains deeper than
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import threading
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import _idl, _wire
@@ -39,6 +41,11 @@ _logger = logging.getLogger("polyplug_isolated")
 _answerers: weakref.WeakValueDictionary[int, Answerer] = weakref.WeakValueDictionary()
 _ids = itertools.count(1)
 _depth = threading.local()
+_QUICK_KEY = 32  # op, function, id, handle, instance: what a cached answer depends on
+
+
+def _header(request: _wire.Request) -> bytes:
+    return _wire.REQUEST.pack(*request[:6], 0, 0, 0)[:_QUICK_KEY]
 
 
 @ffi.def_extern()
@@ -69,6 +76,11 @@ class Directory:
         self.host_contracts = HostContracts()
         self._shapes: dict[tuple[str, int, int], list[_wire.FunctionShape]] = {}
         self._lock = threading.Lock()
+        self.revision = 0  # moves whenever the registry changes: cached routes are dropped
+
+    def changed(self) -> None:
+        """The registry changed (a load, reload or unload): handles may name other bundles now."""
+        self.revision += 1
 
     @property
     def runtime(self) -> Runtime:
@@ -111,6 +123,10 @@ class Answerer:
         self._bundle = bundle
         self._api = bundle.path / "api.toml"
         self._contracts: dict[int, GuestContract] = {}
+        # Requests answered before, by header (op, function, ids): how to answer them again
+        # without parsing or looking anything up (the hot path of a call back).
+        self._quick: dict[bytes, Callable[[bytes], bytes]] = {}
+        self._revision = directory.revision
         self.initialising = False  # during polyplug_init lookups see declared dependencies only
         self._ops = {
             lib.PP_CB_HOST_GET: self._host_get,
@@ -133,6 +149,18 @@ class Answerer:
 
     def answer(self, data: bytes) -> bytes:
         """The reply to one request (never raises: a failure is an AbiError for the plugin)."""
+        if self._revision != self._directory.revision:
+            self._quick.clear()
+            self._revision = self._directory.revision
+        quick = self._quick.get(data[:_QUICK_KEY])
+        if quick is not None:
+            depth = getattr(_depth, "value", 0)
+            if depth < MAX_DEPTH:
+                _depth.value = depth + 1
+                try:
+                    return quick(data)
+                finally:
+                    _depth.value = depth
         try:
             request = _wire.parse_request(data)
         except _wire.BadRequest as exc:
@@ -175,7 +203,12 @@ class Answerer:
         return self._host_iface(request, host.instance(contract))
 
     def _host_call(self, request: _wire.Request) -> bytes:
-        return self._directory.host_contracts.call(request.instance, request, self._api)
+        host = self._directory.host_contracts
+        answer = host.call(request.instance, request, self._api)
+        quick = host.quick(request.instance, request.function)
+        if quick is not None:
+            self._quick[_header(request)] = quick
+        return answer
 
     def _host_create(self, request: _wire.Request) -> bytes:
         host = self._directory.host_contracts
@@ -242,7 +275,9 @@ class Answerer:
         out_size = 0 if request.out_null else shape.out_size
         views = [] if request.out_null else shape.out_views
         if not shape.arg_views and not views and out_size <= 7 and request.instance == 0:
-            return self._plain_call(contract, request, out_size)
+            answer = functools.partial(self._plain_call, contract, request.function, out_size)
+            self._quick[_header(request)] = answer
+            return answer(_wire.REQUEST.pack(*request[:6], 0, 0, 0) + (request.args or b""))
         fixups = [(offset, lib.PP_FIX_ARG_POINTER) for offset, _ in shape.arg_views] if request.args else []
         fixups += [(o, lib.PP_FIX_OUT_BUFFER if owned else lib.PP_FIX_OUT_VIEW) for o, owned in views]
         try:
@@ -256,10 +291,10 @@ class Answerer:
         return _wire.reply(out=out, tail=ret)
 
     @staticmethod
-    def _plain_call(contract: GuestContract, request: _wire.Request, out_size: int) -> bytes:
+    def _plain_call(contract: GuestContract, function: int, out_size: int, data: bytes) -> bytes:
         """No views, a small out, the default instance: the raw call's fast path."""
         try:
-            out = contract.call(request.function, request.args or b"", out_size)
+            out = contract.call(function, data[_wire.REQUEST.size :], out_size)
         except PluginCallError as error:
             return _wire.reply(error.code, error.message)
         except CallError as error:

@@ -372,6 +372,7 @@ class Runtime:
         handles minted before a reload stay valid (as in polyplug); a contract
         it no longer provides is vacated; a new one takes a free slot.
         """
+        self._directory.changed()
         fresh = {contract["contract_id"]: contract for contract in proxy.contracts}
         for slot in self._slots:
             if slot.bundle is bundle:
@@ -391,6 +392,7 @@ class Runtime:
             vacant.bundle = bundle
 
     def _unpublish(self, bundle: Bundle) -> None:
+        self._directory.changed()
         for slot in self._slots:
             if slot.bundle is bundle:
                 slot.bundle = None

@@ -157,3 +157,28 @@ def test_calls_back_nest_no_deeper_than_the_limit(rt, bundle_dir):
     assert code == 9  # ReentrantCall
     code, *_ = _wire.REPLY.unpack_from(answerer.answer(request))
     assert code == 0
+
+
+def test_a_blocking_host_contract_stalls_only_its_caller(rt, bundle_dir):
+    entered, release = threading.Event(), threading.Event()
+
+    class Slow(Logger):
+        def get_level(self) -> int:
+            entered.set()
+            release.wait(10.0)
+            return 1
+
+    rt.register_host_contract(Slow(), api=bundle_dir("reporter") / "api.toml")
+    rt.load_bundle(bundle_dir("reporter"))
+    reporter = rt.contract("reporter.test")
+    results: list[int] = []
+    blocked = threading.Thread(target=lambda: results.append(reporter.level()))
+    blocked.start()
+    try:
+        assert entered.wait(10.0)
+        assert reporter.status() == 0  # this thread's call runs on its own worker thread meanwhile
+        assert reporter.report(1) == 1
+    finally:
+        release.set()
+        blocked.join()
+    assert results == [1]

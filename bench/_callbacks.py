@@ -5,8 +5,9 @@ Three calls into the same kind of worker, each returning a u32:
 * plain:  reporter.status()          -- the call alone (the baseline of the two others)
 * host:   reporter.level()           -- the call, plus one call back to a host contract
                                         (host.logger@1 get_level, a Python method) returning u32
-* cross:  cross_caller.add_default() -- the call, plus one call into cross_target's add,
-                                        routed through the host thread waiting on the call
+* cross:  depender.target_add()      -- the call, plus one call into cross_target's add
+                                        (through the handle its init found), routed through
+                                        the host thread waiting on the call
 
 The three are timed interleaved, in rounds of ``ROUND`` calls each, so that a
 contended machine weighs on all of them alike. The p50 of a row minus the
@@ -51,12 +52,12 @@ def callbacks(plan, pinned) -> list:
         rt.register_host_contract(Logger(), api=fixture_path("reporter") / "api.toml")
         rt.load_bundle(fixture_path("reporter"))
         rt.load_bundle(fixture_path("cross_target"))
-        rt.load_bundle(fixture_path("cross_caller"))
-        reporter, caller = _contract(rt, "reporter.test"), _contract(rt, "cross.caller")
+        rt.load_bundle(fixture_path("depender"))
+        reporter, depender = _contract(rt, "reporter.test"), _contract(rt, "depender.test")
         calls = {
             "plain": (lambda: reporter.call(2, b"", 4), 0),
             "host": (lambda: reporter.call(1, b"", 4), 7),
-            "cross": (lambda: caller.call(3, PAIR, 4), 5),
+            "cross": (lambda: depender.call(2, PAIR, 4), 5),
         }
         for name, (call, expected) in calls.items():
             if int.from_bytes(call(), "little") != expected:

@@ -70,6 +70,8 @@ host_ffi.cdef(
                             uint64_t arena_cap, int wait_mode, uint64_t spin_ns);
     void pp_conn_destroy(pp_conn *c);
     void pp_conn_set_owner(pp_conn *c, uint64_t owner);
+    int pp_callback_depth_limit(int limit);
+    #define PP_CB_MAX_DEPTH ...
     extern "Python+C" int64_t pp_on_callback(uint64_t owner, uint8_t *request, uint32_t len, uint8_t *reply,
                                               uint32_t cap);
     #define PP_CB_HOST_GET ...

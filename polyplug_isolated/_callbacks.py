@@ -12,7 +12,7 @@ Nested chains work (A calls B, B calls a host contract, which calls C): each
 level is one more call back on the same host thread. A call into a bundle
 whose worker is already waiting on this thread would wait for itself; the
 channel refuses it (ReentrantCall, code 9), and chains deeper than
-``MAX_DEPTH`` are refused too.
+``MAX_DEPTH`` are refused too (both in _channel.c, before any Python runs).
 """
 
 from __future__ import annotations
@@ -36,11 +36,10 @@ if TYPE_CHECKING:
     from ._bundle import Bundle
     from ._runtime import Runtime
 
-MAX_DEPTH = 8
+MAX_DEPTH = lib.PP_CB_MAX_DEPTH  # nested calls back on one host thread (enforced in _channel.c)
 _logger = logging.getLogger("polyplug_isolated")
-_answerers: weakref.WeakValueDictionary[int, Answerer] = weakref.WeakValueDictionary()
+_answerers: dict[int, Answerer] = {}  # by owner id; an answerer leaves when its worker ends
 _ids = itertools.count(1)
-_depth = threading.local()
 _QUICK_KEY = 32  # op, function, id, handle, instance: what a cached answer depends on
 
 
@@ -48,7 +47,7 @@ def _header(request: _wire.Request) -> bytes:
     return _wire.REQUEST.pack(*request[:6], 0, 0, 0)[:_QUICK_KEY]
 
 
-@ffi.def_extern()
+@ffi.def_extern()  # type: ignore[untyped-decorator]
 def pp_on_callback(owner: int, request: Any, length: int, reply: Any, cap: int) -> int:
     """C calls this (taking the GIL) when a worker asks something while serving a call;
     returns the length of the reply written at ``reply``."""
@@ -118,7 +117,6 @@ class Answerer:
 
     def __init__(self, directory: Directory, bundle: Bundle):
         self.id = next(_ids)
-        _answerers[self.id] = self
         self._directory = directory
         self._bundle = bundle
         self._api = bundle.path / "api.toml"
@@ -145,7 +143,12 @@ class Answerer:
 
     def attach(self, conn: Any) -> None:
         """Makes this the answerer of the calls back that come through ``conn``."""
+        _answerers[self.id] = self
         lib.pp_conn_set_owner(conn, self.id)
+
+    def close(self) -> None:
+        """The worker ended: nothing comes through its conn any more."""
+        _answerers.pop(self.id, None)
 
     def answer(self, data: bytes) -> bytes:
         """The reply to one request (never raises: a failure is an AbiError for the plugin)."""
@@ -154,13 +157,7 @@ class Answerer:
             self._revision = self._directory.revision
         quick = self._quick.get(data[:_QUICK_KEY])
         if quick is not None:
-            depth = getattr(_depth, "value", 0)
-            if depth < MAX_DEPTH:
-                _depth.value = depth + 1
-                try:
-                    return quick(data)
-                finally:
-                    _depth.value = depth
+            return quick(data)
         try:
             request = _wire.parse_request(data)
         except _wire.BadRequest as exc:
@@ -170,14 +167,6 @@ class Answerer:
             return _wire.reply(
                 _wire.FUNCTION_NOT_AVAILABLE, f"polyplug_isolated: unknown call back {request.op}"
             )
-        depth = getattr(_depth, "value", 0)
-        if depth >= MAX_DEPTH:
-            return _wire.reply(
-                _wire.REENTRANT_CALL,
-                f"polyplug_isolated: calls between bundles and the host nest {MAX_DEPTH} deep on this thread "
-                f"(bundle {self._bundle.name!r} asked for one more); so deep a chain is most likely a cycle",
-            )
-        _depth.value = depth + 1
         try:
             return op(request)
         except Refused as refused:
@@ -185,8 +174,6 @@ class Answerer:
         except Exception as exc:  # the host keeps running; the plugin gets the text
             _logger.exception("bundle %r: answering a call back failed", self._bundle.name)
             return _wire.reply(_wire.GENERIC, f"polyplug_isolated: the host failed to answer: {exc}")
-        finally:
-            _depth.value = depth
 
     # ---- host contracts ---------------------------------------------------------------
 

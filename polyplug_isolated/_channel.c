@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "_channel.h"
+#include "callback.h"
 
 /* Longest single sleep on a word the worker can write to: every blocked
  * waiter re-checks the host-private state this often. */
@@ -94,8 +95,29 @@ struct pp_conn {
 #define WAITING_MAX 64
 static _Thread_local pp_conn *waiting_on[WAITING_MAX];
 static _Thread_local int waiting_depth;
+static _Atomic int depth_limit = PP_CB_MAX_DEPTH;
 
 void pp_conn_set_owner(pp_conn *c, uint64_t owner) { c->owner = owner; }
+
+int pp_callback_depth_limit(int limit)
+{
+    return limit > 0 && limit <= WAITING_MAX ? atomic_exchange(&depth_limit, limit) : atomic_load(&depth_limit);
+}
+
+/* The reply to a call back nested deeper than the limit (callback.h's wire format). */
+static int64_t too_deep(uint8_t *reply, uint32_t cap)
+{
+    static const char why[] = "polyplug_isolated: calls between bundles and the host nest too deep on this thread "
+                              "(most likely a cycle); the limit is pp_callback_depth_limit";
+    pp_cb_reply head = {ABI_REENTRANT_CALL_CODE, sizeof why - 1, 0, 0, 0};
+    uint64_t size = sizeof head + PP_ALIGN8(sizeof why - 1);
+    if (size > cap)
+        return -1;
+    memset(reply, 0, size);
+    memcpy(reply, &head, sizeof head);
+    memcpy(reply + sizeof head, why, sizeof why - 1);
+    return (int64_t)size;
+}
 
 /* Why the calling thread's last call failed (read by Python on failure only). */
 static _Thread_local pp_result last_result;
@@ -577,12 +599,13 @@ static void reply_callback(pp_conn *c, pp_slot *s, pp_hslot *hs)
     /* Each is at most 2^32: the sum cannot wrap. */
     if (offset % 8 == 0 && offset + PP_ALIGN8(len) + cap <= c->payload_cap) {
         uint8_t *request = pp_payload(s) + offset;
-        int pushed = waiting_depth < WAITING_MAX;
-        if (pushed)
+        if (waiting_depth >= atomic_load_explicit(&depth_limit, memory_order_relaxed)) {
+            n = too_deep(request + PP_ALIGN8(len), (uint32_t)cap);
+        } else {
             waiting_on[waiting_depth++] = c;
-        n = pp_on_callback(c->owner, request, (uint32_t)len, request + PP_ALIGN8(len), (uint32_t)cap);
-        if (pushed)
+            n = pp_on_callback(c->owner, request, (uint32_t)len, request + PP_ALIGN8(len), (uint32_t)cap);
             waiting_depth--;
+        }
     }
     s->kind = PP_DOWN_REPLY;
     s->count = n >= 0 ? PP_STATUS_OK : PP_STATUS_BAD_REQUEST;

@@ -45,6 +45,9 @@ void pp_conn_destroy(pp_conn *c);
  * pp_on_callback(owner, request, len, reply, cap) -> reply length (< 0: none),
  * implemented in Python (polyplug_isolated/_callbacks.py). */
 void pp_conn_set_owner(pp_conn *c, uint64_t owner);
+/* How deep calls back may nest on one host thread (default PP_CB_MAX_DEPTH);
+ * sets it when 1..64, returns the previous value. */
+int pp_callback_depth_limit(int limit);
 int64_t pp_on_callback(uint64_t owner, uint8_t *request, uint32_t len, uint8_t *reply, uint32_t cap);
 int64_t pp_conn_inflight(pp_conn *c);
 uint64_t pp_conn_calls(pp_conn *c);

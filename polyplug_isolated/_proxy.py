@@ -281,6 +281,8 @@ class WorkerProxy:
     def on_exit(self, returncode: int) -> None:
         sig, code, description = describe_exit(returncode)
         process = self.process
+        if self.answerer is not None:
+            self.answerer.close()
         if not self._handshake.done():
             self._handshake.set_result({"t": "exited", "description": description, "tail": process.tail()})
             self._init_calls.put(None)

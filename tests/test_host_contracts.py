@@ -10,10 +10,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _host_logger import LOGGER_ID, LoggerState, logger_interface
+from _host_logger import LoggerState, logger_interface
+from polyplug_isolated._channel_ffi import lib
 
-from polyplug_isolated import PluginCallError, Runtime, _callbacks, _wire
+from polyplug_isolated import PluginCallError, Runtime, guest_contract_id
 from polyplug_isolated._host_contracts import version_matches
+
+REPORTER = guest_contract_id("reporter.test", 1)
 
 
 class Logger:
@@ -145,18 +148,20 @@ def test_registration_errors(rt, bundle_dir):
 
 
 def test_calls_back_nest_no_deeper_than_the_limit(rt, bundle_dir):
-    rt.register_host_contract(Logger(), api=bundle_dir("reporter") / "api.toml")
-    bundle = rt.load_bundle(bundle_dir("reporter"))
-    request = _wire.REQUEST.pack(3, 1, LOGGER_ID, 0, 1, 0, 0, 4, 1)  # HOST_CALL get_level
-    answerer = bundle.proxy.answerer
-    _callbacks._depth.value = _callbacks.MAX_DEPTH
+    """cross_caller -> reporter -> host.logger nests two calls back on this thread."""
+    rt.register_host_contract(Logger(level=5), api=bundle_dir("reporter") / "api.toml")
+    rt.load_bundle(bundle_dir("reporter"))
+    caller = rt.load_bundle(bundle_dir("cross_caller")).contract("cross.caller")
+    assert caller.call_u32(REPORTER, 1) == 5
+    previous = lib.pp_callback_depth_limit(1)
     try:
-        code, *_ = _wire.REPLY.unpack_from(answerer.answer(request))
+        with pytest.raises(PluginCallError) as caught:
+            caller.call_u32(REPORTER, 1)
     finally:
-        _callbacks._depth.value = 0
-    assert code == 9  # ReentrantCall
-    code, *_ = _wire.REPLY.unpack_from(answerer.answer(request))
-    assert code == 0
+        lib.pp_callback_depth_limit(previous)
+    assert caught.value.code == 9  # ReentrantCall, from reporter's refused call back
+    assert "nest too deep" in caught.value.message
+    assert caller.call_u32(REPORTER, 1) == 5
 
 
 def test_a_blocking_host_contract_stalls_only_its_caller(rt, bundle_dir):

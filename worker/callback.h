@@ -41,6 +41,9 @@
 #define PP_CB_GUEST_DESTROY 11 /* handle, instance */
 #define PP_CB_LIST_BUNDLES 12 /* -> out: u64 bundle ids */
 
+#define PP_CB_MAX_DEPTH 8       /* calls back nested on one host thread (host-side limit) */
+#define ABI_REENTRANT_CALL_CODE 9 /* what a call back past the limit answers */
+
 #define PP_CB_ARGS_NULL 1u /* flags: the plugin passed args == NULL */
 #define PP_CB_OUT_NULL 2u  /* flags: the plugin passed out == NULL */
 #define PP_CB_UNKNOWN 0xFFFFFFFFu

@@ -453,7 +453,7 @@ def batch_list(contract, plan: Plan) -> Case:
     )
 
 
-def threads(contract, count: int, plan: Plan) -> Case:
+def threads(contract, count: int, plan: Plan) -> list[Case]:
     n_each = max(1, plan.thread_total // count)
 
     def make_fn():
@@ -466,7 +466,7 @@ def threads(contract, count: int, plan: Plan) -> Case:
         "worker_switches_per_call": (switches(pid) - worker_before) / max(calls, 1),
         "host_switches_per_call": (switches(os.getpid()) - host_before) / max(calls, 1),
     }
-    return Case(
+    case = Case(
         name=f"threads.{count}",
         label=f"isolated, auto, {count} thread{'s' if count > 1 else ''}",
         group="threads",
@@ -477,6 +477,9 @@ def threads(contract, count: int, plan: Plan) -> Case:
         note="p50/p99 per call; calls/s of all threads together",
         extra={"threads": count, **placement},
     )
+    from . import _threads  # mirrored threads: add and a 1 ms sleep, isolated beside in-process
+
+    return [case, *_threads.cases(count, plan)]
 
 
 def payload(contract, size: int, n: int) -> Case:

@@ -47,6 +47,7 @@ host_ffi.cdef(
     typedef struct pp_conn pp_conn;
     #define PP_FN_CREATE_INSTANCE ...
     #define PP_FN_DESTROY_INSTANCE ...
+    #define PP_FN_CALL_BACK_PROBE ...
     #define PP_FIX_ARG_POINTER ...
     #define PP_FIX_OUT_VIEW ...
     #define PP_FIX_OUT_BUFFER ...
@@ -96,12 +97,13 @@ host_ffi.cdef(
     int pp_conn_wait_drained(pp_conn *c, double timeout_s);
     void pp_conn_mark_dead(pp_conn *c);
     pp_result *pp_last_result(void);
-    int64_t pp_lease_take(pp_conn *c, double timeout_s);
+    int64_t pp_lease_take(pp_conn *c, double timeout_s, int may_take_over);
     void pp_lease_release(pp_conn *c, int64_t lease);
     int pp_call(pp_conn *c, int64_t lease, uint32_t contract, uint32_t function, const uint8_t *args,
                 size_t args_len, uint8_t *out, size_t out_size, double timeout_s);
-    int64_t pp_call_small(pp_conn *c, int64_t lease, uint32_t contract, uint32_t function,
-                          const uint8_t *args, size_t args_len, size_t out_size, double timeout_s);
+    int64_t pp_call_small(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *args,
+                          size_t args_len, size_t out_size, double timeout_s);
+    void pp_use_lease(pp_conn *c, int64_t lease);
     int64_t pp_small_result(size_t out_size);
     int pp_call_batch(pp_conn *c, int64_t lease, uint32_t contract, uint32_t function, const uint8_t *args,
                       size_t args_len, size_t count, uint8_t *out, size_t out_size, double timeout_s);
@@ -115,6 +117,7 @@ host_ffi.cdef(
     int pp_poll(pp_conn *c, int64_t lease);
     void pp_abandon(pp_conn *c, int64_t lease);
     uint32_t pp_bell(pp_conn *c);
+    void pp_bell_ring(pp_conn *c);
     void pp_bell_wait(pp_conn *c, uint32_t seen, double timeout_s);
     """
 )

@@ -72,6 +72,7 @@ struct pp_conn {
     uint64_t arena_cap;
     int wait_mode;
     uint64_t spin_ns;
+    uint64_t serial; /* unique per conn: the key of the thread's lease cache */
     alignas(PP_CACHE_LINE) _Atomic uint64_t tickets; /* BIND ring */
     pthread_mutex_t lease_lock;
     uint32_t owned; /* slots leased or orphaned (under lease_lock) */
@@ -119,11 +120,25 @@ static int64_t too_deep(uint8_t *reply, uint32_t cap)
     return (int64_t)size;
 }
 
-/* Why the calling thread's last call failed (read by Python on failure only). */
-static _Thread_local pp_result last_result;
-/* The out of the calling thread's last small call (pp_call_small): kept
- * here, not in the slot's state, which the slot's next owner overwrites. */
-static _Thread_local uint8_t small_out[8];
+/* Per host thread: why its last call failed (read by Python on failure
+ * only); the out of its last small call (kept here, not in the slot's
+ * state, which the slot's next owner overwrites); and its leases of the last
+ * few conns it called, so that the hot path finds its lease without Python. */
+#define LEASE_CACHE 4
+typedef struct pp_thread_state {
+    pp_result result;
+    uint8_t small_out[8];
+    struct {
+        uint64_t conn_serial;
+        int64_t lease;
+    } leases[LEASE_CACHE];
+    unsigned next_lease;
+} pp_thread_state;
+
+static _Thread_local pp_thread_state me;
+static _Atomic uint64_t conn_serials;
+#define last_result (me.result)
+#define small_out (me.small_out)
 
 pp_result *pp_last_result(void) { return &last_result; }
 
@@ -180,6 +195,7 @@ pp_conn *pp_conn_create(int fd, uint32_t nslots, uint32_t max_threads, uint64_t 
     c->wait_mode = wait_mode;
     c->spin_ns = spin_ns;
     c->slots = slots;
+    c->serial = atomic_fetch_add(&conn_serials, 1) + 1;
     pthread_mutex_init(&c->lease_lock, NULL);
     sem_init(&c->slot_freed, 0, 0);
     sem_init(&c->drained, 0, 0);
@@ -430,9 +446,9 @@ static int prepare_slot(pp_conn *c, uint32_t i, uint64_t deadline)
 }
 
 /* Claims a slot for a new lease (under lease_lock): a free one while fewer
- * than max_threads are owned, else an idle one taken over from its owner.
- * Returns the slot or -1. */
-static int claim_slot(pp_conn *c, uint64_t *lease)
+ * than max_threads are owned, else (may_take_over) an idle one taken over
+ * from its owner. Returns the slot or -1. */
+static int claim_slot(pp_conn *c, uint64_t *lease, int may_take_over)
 {
     reap_orphans(c);
     int idle = -1;
@@ -451,7 +467,7 @@ static int claim_slot(pp_conn *c, uint64_t *lease)
             idle = (int)i;
         }
     }
-    if (c->owned < c->max_threads || idle < 0)
+    if (c->owned < c->max_threads || idle < 0 || !may_take_over)
         return -1;
     /* Past max_threads: take over an idle slot; its owner's next call finds
      * its lease gone and takes another (PP_CALL_LEASE_LOST). */
@@ -470,7 +486,7 @@ static int claim_slot(pp_conn *c, uint64_t *lease)
     return -1;
 }
 
-int64_t pp_lease_take(pp_conn *c, double timeout_s)
+int64_t pp_lease_take(pp_conn *c, double timeout_s, int may_take_over)
 {
     uint64_t deadline = timeout_s < 0 ? UINT64_MAX : pp_now_ns() + (uint64_t)(timeout_s * 1e9);
     for (;;) {
@@ -480,7 +496,7 @@ int64_t pp_lease_take(pp_conn *c, double timeout_s)
         /* Dekker with the slot givers: announce, claim, then sleep. */
         atomic_fetch_add(&c->slot_waiters, 1);
         pthread_mutex_lock(&c->lease_lock);
-        int i = claim_slot(c, &lease);
+        int i = claim_slot(c, &lease, may_take_over);
         pthread_mutex_unlock(&c->lease_lock);
         if (i < 0) {
             uint64_t now = pp_now_ns();
@@ -587,31 +603,38 @@ static const pp_extra PLAIN = {0, NULL, 0, NULL, 0, 0};
 /* A CALLBACK frame (worker/callback.h has what it carries): the worker
  * serving this slot's call asks for something. It runs here, on the thread
  * that made the call (pp_on_callback, in Python), and the REPLY carries the
- * answer's length; the call's flags stay (an async call still rings). The
- * request and the reply live in the slot's payload where the worker put
- * them: both are bounds-checked here, once. */
+ * reply's length as its out_size; the call's flags stay (an async call
+ * still rings). The request and the reply live in the slot's payload where
+ * the worker put them: both are bounds-checked here, once. */
 static void reply_callback(pp_conn *c, pp_slot *s, pp_hslot *hs)
 {
     uint64_t offset = *(volatile uint32_t *)&s->cb_offset;
     uint64_t len = *(volatile uint32_t *)&s->cb_args_len;
     uint64_t cap = *(volatile uint32_t *)&s->cb_out_size;
     int64_t n = -1;
+    const char *why = "polyplug_isolated: the worker laid out a call back outside its slot's payload";
+    if (len < sizeof(pp_cb_request))
+        why = "polyplug_isolated: a call back this host cannot read (shorter than a request header)";
     /* Each is at most 2^32: the sum cannot wrap. */
-    if (offset % 8 == 0 && offset + PP_ALIGN8(len) + cap <= c->payload_cap) {
+    else if (offset % 8 == 0 && offset + len + cap <= c->payload_cap) {
         uint8_t *request = pp_payload(s) + offset;
         if (waiting_depth >= atomic_load_explicit(&depth_limit, memory_order_relaxed)) {
-            n = too_deep(request + PP_ALIGN8(len), (uint32_t)cap);
+            n = too_deep(request + len, (uint32_t)cap);
         } else {
             waiting_on[waiting_depth++] = c;
-            n = pp_on_callback(c->owner, request, (uint32_t)len, request + PP_ALIGN8(len), (uint32_t)cap);
+            n = pp_on_callback(c->owner, request, (uint32_t)len, request + len, (uint32_t)cap);
             waiting_depth--;
         }
     }
     s->kind = PP_DOWN_REPLY;
     s->count = n >= 0 ? PP_STATUS_OK : PP_STATUS_BAD_REQUEST;
-    s->function = 0;
+    s->function = n >= 0 ? 0 : 1; /* AbiError Generic when nobody could answer */
     s->out_size = n >= 0 && (uint64_t)n <= cap ? (uint32_t)n : 0;
     s->args_len = 0;
+    if (n < 0) {
+        s->args_len = (uint32_t)strlen(why);
+        memcpy(s->err_msg, why, s->args_len);
+    }
     publish(s, hs);
 }
 
@@ -663,7 +686,8 @@ static int settle(pp_conn *c, uint32_t i, int may_pend)
         }
         if (p->spill == PP_IN_ARENA)
             release_arena(c, i);
-        atomic_store(&hs->lease, atomic_load(&hs->lease) & ~LEASE_BUSY);
+        atomic_store_explicit(&hs->lease, atomic_load_explicit(&hs->lease, memory_order_relaxed) & ~LEASE_BUSY,
+                              memory_order_release);
         announce_free(c); /* past max_threads, an idle slot can be taken over */
     }
     /* After a timeout or a death the slot stays taken: the worker that might
@@ -790,11 +814,29 @@ static int64_t small_value(const uint8_t *out, size_t out_size)
     return (int64_t)value;
 }
 
-int64_t pp_call_small(pp_conn *c, int64_t lease, uint32_t contract, uint32_t function, const uint8_t *args,
-                      size_t args_len, size_t out_size, double timeout_s)
+void pp_use_lease(pp_conn *c, int64_t lease)
+{
+    for (unsigned k = 0; k < LEASE_CACHE; k++)
+        if (me.leases[k].conn_serial == c->serial) {
+            me.leases[k].lease = lease;
+            return;
+        }
+    unsigned k = me.next_lease++ % LEASE_CACHE;
+    me.leases[k].conn_serial = c->serial;
+    me.leases[k].lease = lease;
+}
+
+int64_t pp_call_small(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *args, size_t args_len,
+                      size_t out_size, double timeout_s)
 {
     if (out_size > 7)
         return -PP_CALL_TOO_LARGE;
+    int64_t lease = 0;
+    for (unsigned k = 0; k < LEASE_CACHE; k++)
+        if (me.leases[k].conn_serial == c->serial)
+            lease = me.leases[k].lease;
+    if (!lease)
+        return -PP_CALL_LEASE_LOST;
     int rc = run(c, lease, contract, function, args, args_len, 1, NULL, out_size, &PLAIN, timeout_s);
     if (rc != PP_CALL_OK)
         return -rc;
@@ -861,6 +903,12 @@ void pp_abandon(pp_conn *c, int64_t lease)
 }
 
 uint32_t pp_bell(pp_conn *c) { return atomic_load(&c->hdr->async_bell); }
+
+void pp_bell_ring(pp_conn *c)
+{
+    atomic_fetch_add(&c->hdr->async_bell, 1);
+    pp_futex_wake(&c->hdr->async_bell, INT32_MAX);
+}
 
 void pp_bell_wait(pp_conn *c, uint32_t seen, double timeout_s)
 {

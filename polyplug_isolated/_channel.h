@@ -58,8 +58,10 @@ void pp_conn_mark_dead(pp_conn *c);
 pp_result *pp_last_result(void);
 
 /* Leases: a slot (and with it a worker thread of its own) for one host
- * thread, or one async call. Returns a lease > 0, or -PP_CALL_*. */
-int64_t pp_lease_take(pp_conn *c, double timeout_s);
+ * thread, or one async call. Past max_threads slots in use, takes an idle
+ * slot over from its owner if `may_take_over` (host threads do; the async
+ * pool waits for its own slots instead). Returns a lease > 0, or -PP_CALL_*. */
+int64_t pp_lease_take(pp_conn *c, double timeout_s, int may_take_over);
 /* Gives a lease back: the slot's worker thread retires. */
 void pp_lease_release(pp_conn *c, int64_t lease);
 
@@ -70,11 +72,14 @@ void pp_lease_release(pp_conn *c, int64_t lease);
 /* One call; out receives out_size bytes. */
 int pp_call(pp_conn *c, int64_t lease, uint32_t contract, uint32_t function, const uint8_t *args, size_t args_len,
             uint8_t *out, size_t out_size, double timeout_s);
-/* One call whose out is at most 7 bytes: returns them as a little-endian
- * integer, or -PP_CALL_* (saves allocating an out buffer per call). After
+/* One call whose out is at most 7 bytes, on the calling thread's lease as
+ * pp_use_lease last set it for this conn (-PP_CALL_LEASE_LOST: none):
+ * returns the out as a little-endian integer, or -PP_CALL_* (saves
+ * allocating an out buffer per call, and a lease lookup in Python). After
  * PENDING and a successful pp_resume, pp_small_result has the value. */
-int64_t pp_call_small(pp_conn *c, int64_t lease, uint32_t contract, uint32_t function, const uint8_t *args,
-                      size_t args_len, size_t out_size, double timeout_s);
+int64_t pp_call_small(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *args, size_t args_len,
+                      size_t out_size, double timeout_s);
+void pp_use_lease(pp_conn *c, int64_t lease);
 int64_t pp_small_result(size_t out_size);
 /* `count` calls over packed args records, one hand-off; out receives
  * count * out_size bytes (the completed prefix on a plugin error). */
@@ -99,6 +104,8 @@ int pp_poll(pp_conn *c, int64_t lease);
  * answer is dropped when it comes, and the slot then serves someone else. */
 void pp_abandon(pp_conn *c, int64_t lease);
 uint32_t pp_bell(pp_conn *c);
+/* Moves the bell (the host side: a new call to look at). */
+void pp_bell_ring(pp_conn *c);
 void pp_bell_wait(pp_conn *c, uint32_t seen, double timeout_s);
 
 #endif

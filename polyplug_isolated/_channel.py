@@ -14,14 +14,19 @@ sleeps in the main thread returns to Python every few milliseconds
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import posix_ipc
 
 from ._channel_ffi import ffi, lib
+
+# What the C calls take as args: bytes as they are, other buffers through ffi.from_buffer.
+Buffer = bytes | bytearray | memoryview
 
 WAIT_MODES = {"auto": lib.PP_WAIT_AUTO, "spin": lib.PP_WAIT_SPIN, "block": lib.PP_WAIT_BLOCK}
 
@@ -72,8 +77,7 @@ class Channel:
     """The call slots shared with one worker.
 
     ``conn`` is what the C calls take; GuestContract calls ``pp_call_small``
-    on it directly with the lease in ``local``, the one path where an extra
-    Python frame would show.
+    on it directly, the one path where an extra Python frame would show.
     """
 
     def __init__(
@@ -113,14 +117,27 @@ class Channel:
     # ---- leases ----------------------------------------------------------------
 
     def lease(self, timeout: float) -> int:
-        """The calling thread's lease, taken on its first call (waits up to ``timeout`` for a slot)."""
+        """The calling thread's lease, taken on its first call (waits up to ``timeout`` for a slot).
+
+        A new lease is also put in the C side's per-thread cache, where
+        ``pp_call_small`` finds it; ``cache_lease`` puts it back there.
+        """
         try:
-            return self.local.lease
+            return int(self.local.lease)
         except AttributeError:
             holder = self.take_lease(timeout)
             self.local.holder = holder
             self.local.lease = holder.id
+            lib.pp_use_lease(self.conn, holder.id)
             return holder.id
+
+    def cache_lease(self, timeout: float) -> None:
+        """Makes the calling thread's lease (taken if need be) the one ``pp_call_small`` uses.
+
+        Failing to take one is left to the call that follows, which says why.
+        """
+        with contextlib.suppress(ChannelFailure):
+            lib.pp_use_lease(self.conn, self.lease(timeout))
 
     def renew_lease(self, timeout: float) -> int:
         """A new lease for the calling thread: its old one was taken over or its call abandoned."""
@@ -132,7 +149,7 @@ class Channel:
         deadline = None if timeout < 0 else time.monotonic() + timeout
         while True:
             left = _TAKE_SLICE if deadline is None else min(_TAKE_SLICE, deadline - time.monotonic())
-            lease_id = lib.pp_lease_take(self.conn, max(left, 0.0))
+            lease_id = lib.pp_lease_take(self.conn, max(left, 0.0), 1)
             if lease_id > 0:
                 return Lease(self.conn, lease_id)
             if lease_id != -lib.PP_CALL_TIMEOUT or (deadline is not None and time.monotonic() >= deadline):
@@ -147,13 +164,13 @@ class Channel:
         """
         try:
             while status == _PENDING:
-                status = lib.pp_resume(self.conn, lease)
+                status = int(lib.pp_resume(self.conn, lease))
         except BaseException:
             lib.pp_abandon(self.conn, lease)
             raise
         return status
 
-    def _run(self, timeout: float, call) -> int:
+    def _run(self, timeout: float, call: Callable[[int], int]) -> int:
         """Runs ``call(lease)`` (a C call) on this thread's lease, renewing a lost one."""
         lease = self.lease(timeout)
         status = self.settle(call(lease), lease)
@@ -164,7 +181,7 @@ class Channel:
 
     # ---- calls -------------------------------------------------------------------
 
-    def call(self, contract: int, function: int, args, out_size: int, timeout: float) -> bytes:
+    def call(self, contract: int, function: int, args: Buffer, out_size: int, timeout: float) -> bytes:
         """One call (timeout < 0: none); returns the out bytes or raises ChannelFailure."""
         # A bytearray, not ffi.new: big cffi buffers come from fresh pages, and
         # their first-touch faults cost more than the copy (1 MiB: ~2 ms vs ~0.2 ms).
@@ -181,13 +198,20 @@ class Channel:
             raise ChannelFailure.last(status)
         return bytes(out)
 
-    def finish_small(self, value: int, lease: int, out_size: int) -> int:
-        """The rest of a ``pp_call_small`` that came back negative: its value, or ``-status``."""
-        status = self.settle(-value, lease)
-        return lib.pp_small_result(out_size) if status == lib.PP_CALL_OK else -status
+    def finish_small(self, value: int, out_size: int) -> int:
+        """The rest of a ``pp_call_small`` that came back PENDING: its value, or ``-status``."""
+        status = self.settle(-value, self.local.lease)
+        return int(lib.pp_small_result(out_size)) if status == lib.PP_CALL_OK else -status
 
     def call_batch(
-        self, contract: int, function: int, packed, record: int, count: int, out_size: int, timeout: float
+        self,
+        contract: int,
+        function: int,
+        packed: Buffer,
+        record: int,
+        count: int,
+        out_size: int,
+        timeout: float,
     ) -> bytes:
         """``count`` calls over ``record``-byte args records packed in ``packed``, one hand-off.
 
@@ -211,7 +235,7 @@ class Channel:
         contract: int,
         function: int,
         instance: int,
-        args,
+        args: Buffer,
         fixups: list[tuple[int, int]],
         out_size: int,
         ret_cap: int,

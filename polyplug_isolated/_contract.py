@@ -8,9 +8,11 @@ it is retried on the new worker: a reload loses no call.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from typing import TYPE_CHECKING
 
+from ._async import Reactor
 from ._bundle import Bundle, BundleState
 from ._channel import ChannelFailure
 from ._channel_ffi import lib
@@ -30,9 +32,8 @@ if TYPE_CHECKING:
 _DEFAULT = object()
 _call_small = lib.pp_call_small
 _PENDING = -lib.PP_CALL_PENDING
-# Small-path outcomes after which the full path runs the call: too large for
-# the small path, or the lease was taken over (nothing was sent either way).
-_NOT_SENT = (-lib.PP_CALL_TOO_LARGE, -lib.PP_CALL_LEASE_LOST)
+_NO_LEASE = -lib.PP_CALL_LEASE_LOST
+_TOO_LARGE = -lib.PP_CALL_TOO_LARGE
 
 
 class AbiErrorCode(enum.IntEnum):
@@ -76,9 +77,7 @@ class GuestContract:
         self.function_count = 0
         # (worker, its conn, the contract's index there), replaced in one
         # assignment so that threads calling at once never mix two workers';
-        # _fast adds the channel's thread-local lease holder for the hot path.
         self._binding: tuple = (None, None, 0)
-        self._fast: tuple = (None, None, 0, None)
         self._timeout = _seconds(config.call_timeout)
         self._bind(bundle.proxy)
 
@@ -113,9 +112,7 @@ class GuestContract:
         self.name = contract["name"]
         self.version = tuple(contract["version"])
         self.function_count = contract["function_count"]
-        channel = proxy.channel
-        self._fast = (proxy, channel.conn, contract["index"], channel.local)
-        self._binding = (proxy, channel.conn, contract["index"])
+        self._binding = (proxy, proxy.channel.conn, contract["index"])
         return self._binding
 
     def call(
@@ -136,28 +133,28 @@ class GuestContract:
                 for an index past the contract's function_count).
             WorkerCrashed, CallTimeout, BundleUnavailable, ProtocolError, PayloadTooLarge.
         """
-        # The hot path: an out of at most 7 bytes, the default timeout, a
-        # thread that called this worker before (it holds a lease: a slot and
-        # a worker thread of its own). One C call checks everything else
-        # (argument types in cffi, sizes in C, the index in the worker) and
-        # hands the out back as an int; anything unusual takes the full path.
-        # A worker replaced by a reload refuses the call before sending it,
-        # and the call is rerouted (_failed).
+        # The hot path: an out of at most 7 bytes, the default timeout. One C
+        # call finds the thread's lease (its slot and worker thread), checks
+        # everything else (argument types in cffi, sizes in C, the index in
+        # the worker) and hands the out back as an int; anything unusual
+        # takes the full path. A worker replaced by a reload refuses the call
+        # before sending it, and the call is rerouted (_failed).
         if timeout is _DEFAULT:
-            proxy, conn, index, local = self._fast
+            proxy, conn, index = self._binding
             try:
-                lease = local.lease
-                value = _call_small(conn, lease, index, fn_index, args, len(args), out_size, self._timeout)
-            except (AttributeError, TypeError, OverflowError):
-                pass  # no lease yet, or an index or size C cannot take: the full path says what is wrong
+                value = _call_small(conn, index, fn_index, args, len(args), out_size, self._timeout)
+            except (TypeError, OverflowError):
+                pass  # an index or size C cannot take: the full path says what is wrong
             else:
                 if value >= 0:
                     return value.to_bytes(out_size, "little")
                 if value == _PENDING:  # the main thread came up for signal handlers
-                    value = proxy.channel.finish_small(value, lease, out_size)
+                    value = proxy.channel.finish_small(value, out_size)
                     if value >= 0:
                         return value.to_bytes(out_size, "little")
-                if value not in _NOT_SENT:
+                if value == _NO_LEASE:  # a first call, or its lease was taken over: make the next one fast
+                    proxy.channel.cache_lease(self._timeout)
+                elif value != _TOO_LARGE:  # too large for the small path: nothing was sent
                     return self._failed(ChannelFailure.last(-value), proxy, fn_index, args, out_size, timeout)
         return self._call(fn_index, args, out_size, timeout)
 
@@ -187,6 +184,56 @@ class GuestContract:
             self.route()  # bind to the bundle's current worker, then try there
             return self.call(fn_index, args, out_size, timeout=timeout)
         raise self._error(failure, proxy, fn_index, wait)
+
+    async def acall(
+        self,
+        fn_index: int,
+        args: bytes | bytearray | memoryview,
+        out_size: int,
+        *,
+        timeout: float | None = _DEFAULT,
+    ) -> bytes:
+        """``call``, awaited: the event loop runs on while the worker does the call.
+
+        Calls awaited at once run at once in the worker, each on a worker
+        thread of the bundle's async pool. Cancelling the awaiting task does not
+        stop the plugin function: its answer is dropped when it comes. Raises
+        what ``call`` raises.
+        """
+        out, _ = await self.acall_ex(fn_index, 0, args, [], out_size, 0, timeout=timeout)
+        return out
+
+    async def acall_ex(
+        self,
+        fn_index: int,
+        instance: int,
+        args: bytes | bytearray | memoryview,
+        fixups: list[tuple[int, int]],
+        out_size: int,
+        ret_cap: int,
+        *,
+        timeout: float | None = _DEFAULT,
+    ) -> tuple[bytes, bytes]:
+        """An awaited call with an instance, pointer fixups and a return area (see Channel.call_ex)."""
+        wait = self._timeout if timeout is _DEFAULT else _seconds(timeout)
+        if self._bundle.proxy is None and self._bundle.restart_pending:
+            await asyncio.to_thread(self._bundle.await_worker, None if wait < 0 else wait)
+        proxy, _, index = self.route()
+        if type(fn_index) is not int or not 0 <= fn_index < self.function_count:
+            raise self._no_such_function(fn_index)
+        if type(args) is not bytes:
+            args = _as_bytes_view(args)
+        if type(out_size) is not int or out_size < 0:
+            raise ValueError(f"out_size must be a non-negative int, not {out_size!r}")
+        reactor = Reactor.of(proxy.channel)
+        try:
+            return await reactor.call(index, fn_index, instance, args, fixups, out_size, ret_cap, wait)
+        except ChannelFailure as failure:
+            if failure.status == lib.PP_CALL_UNAVAILABLE and self._rerouted(failure, proxy):
+                return await self.acall_ex(
+                    fn_index, instance, args, fixups, out_size, ret_cap, timeout=timeout
+                )
+            raise self._error(failure, proxy, fn_index, wait) from None
 
     def call_many(
         self, fn_index: int, args_list, out_size: int, *, timeout: float | None = _DEFAULT

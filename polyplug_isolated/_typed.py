@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import inspect
 import operator
 import os
@@ -317,6 +318,13 @@ class TypedContract:
         self._calls = {f.name: _Call(idl, f, self._layout, self._types) for f in idl.functions}
         self.functions = {name: _method(call, self._route) for name, call in self._calls.items()}
         _attach(self, self.functions)
+
+    @functools.cached_property
+    def aio(self) -> Any:
+        """The functions as coroutine functions: ``await proxy.aio.add(1, 2)`` (README: asyncio)."""
+        from ._typed_async import async_methods
+
+        return async_methods(self)
 
     def instance(self, config: Any = None, *, config_type: str | None = None) -> ContractInstance:
         """Runs the contract's ``create_instance(config)`` in the worker.

@@ -26,6 +26,7 @@ import os
 import queue
 import signal
 import struct
+import threading
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -428,6 +429,36 @@ class Lifecycle(RuleBasedStateMachine):
             return [unpack(out) for out in outs]
 
         self._check(name, expected, run)
+
+    @precondition(lambda self: any(m.state == "ready" and not m.armed for m in self.models.values()))
+    @rule(data=st.data(), threads=st.integers(2, 4))
+    def calls_from_threads(self, data, threads):
+        """Several host threads call one bundle at once (each on its own worker thread)."""
+        name = data.draw(
+            st.sampled_from(sorted(n for n, m in self.models.items() if m.state == "ready" and not m.armed))
+        )
+        model = self.models[name]
+        _, _, contract_name, functions = BUNDLES[name]
+        calls = st.sampled_from(functions).flatmap(
+            lambda fn: st.tuples(st.just(fn), st.tuples(*[st.integers(0, U32)] * fn.arity))
+        )
+        plans = [data.draw(st.lists(calls, min_size=1, max_size=5)) for _ in range(threads)]
+        expected = [[model.outcome(contract_name, fn, args) for fn, args in plan] for plan in plans]
+        got: list[list] = [[] for _ in range(threads)]
+
+        def run(k: int) -> None:
+            for fn, args in plans[k]:
+                try:
+                    got[k].append(("ok", unpack(model.contract.call(fn.index, pack(fn, args), 4))))
+                except PluginCallError as exc:
+                    got[k].append(("error", exc.code, exc.message))
+
+        pool = [threading.Thread(target=run, args=(k,)) for k in range(threads)]
+        for thread in pool:
+            thread.start()
+        for thread in pool:
+            thread.join(SAFETY_TIMEOUT)
+        assert got == expected
 
     @precondition(lambda self: self.models)
     @rule(data=st.data())

@@ -18,8 +18,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from conftest import as_u32, u32, wait_until
+from polyplug_isolated._channel_ffi import lib
 
 from polyplug_isolated import CallTimeout, Runtime, WorkerCrashed, guest_contract_id
+from polyplug_isolated._channel import ChannelFailure
 
 THREADS = guest_contract_id("test.threads", 1)
 TID, COUNT, SLEEP_MS, PROCESS_THREADS = range(4)
@@ -100,6 +102,20 @@ def test_a_host_thread_that_exits_frees_its_worker_thread(rt, bundle_dir):
     assert first[1] == later[1] == 1  # a fresh thread-local counter: not the exited thread's thread
     assert later[0] not in (first[0], main_tid)
     assert ask(contract, TID) == main_tid
+
+
+def test_a_call_back_travels_on_the_calling_threads_slot(rt, bundle_dir):
+    """The worker thread asks its host thread for a call back; the host replies on the same slot."""
+    contract = threads_contract(rt, bundle_dir)
+    own = ask(contract, TID)
+    channel = contract.bundle.proxy.channel
+    with pytest.raises(ChannelFailure) as caught:
+        channel.call(0, lib.PP_FN_CALL_BACK_PROBE, b"", 0, 5.0)
+    failure = caught.value
+    # The host serves call backs (issue 12): an empty one is not a request it can read.
+    assert (failure.status, failure.code) == (lib.PP_CALL_PLUGIN_ERROR, 1)
+    assert "a call back this host cannot read" in failure.message
+    assert ask(contract, TID) == own  # the slot and its thread go on serving this thread
 
 
 def test_past_max_threads_calls_wait_for_an_idle_worker_thread(bundle_dir):

@@ -2,17 +2,18 @@
  * How a call back reaches the host (worker/callback.h has what it carries).
  *
  * While a worker thread W(T) serves a call, host thread T waits on the call's
- * slot: W(T) writes the request into the slot's payload past the call's own
- * bytes and sends a CALLBACK frame (worker/channel.h); T runs it and sends a
- * REPLY frame with the reply written right after the request; W(T) continues
- * the plugin's call. So a host contract runs on the thread that called the
- * plugin, as in-process. While polyplug_init runs no slot is in use: the
- * request travels as a "cb" control frame, and the host thread running the
- * load answers with a "cb_reply" frame, read here (the worker's control loop
- * only reads the socket once the load is over).
+ * slot: the request goes to the host as the args of a CALLBACK frame, T runs
+ * it and sends a REPLY frame whose out is the reply (serve.c's call_back, see
+ * CALL BACKS in worker/channel.h), and W(T) continues the plugin's call. So a
+ * host contract runs on the thread that called the plugin, as in-process.
+ * While polyplug_init runs no slot is in use: the request travels as a "cb"
+ * control frame, and the host thread running the load answers with a
+ * "cb_reply" frame, read here (the worker's control loop only reads the
+ * socket once the load is over).
  */
 #define _GNU_SOURCE
 #include "channel.h"
+#include "polyplug_abi.h"
 #include "worker.h"
 
 #include <errno.h>
@@ -20,91 +21,42 @@
 #include <string.h>
 #include <unistd.h>
 
-#define PPW_INIT_AREA 65536 /* bytes of a request plus its reply during init */
+#define PPW_AREA 65536 /* bytes of a request, and of its reply */
 
-static _Thread_local pp_slot *t_slot;  /* the slot of the call this thread serves */
-static _Thread_local uint64_t t_seq;   /* the last frame it got on that slot */
-static _Thread_local uint64_t t_free;  /* payload offset past the call's own bytes */
-static _Thread_local int t_in_init;    /* this thread runs polyplug_init */
-static uint64_t g_cb_spin_ns = 50000;  /* how long a worker spins for a reply before sleeping */
-static uint64_t g_payload_cap;
-static uint8_t g_init_area[PPW_INIT_AREA];
-
-void ppw_cb_serving(void *slot, uint64_t seq, uint64_t free_from)
-{
-    t_slot = slot;
-    t_seq = seq;
-    t_free = PP_ALIGN8(free_from);
-}
-
-uint64_t ppw_cb_served(void)
-{
-    t_slot = NULL;
-    return t_seq;
-}
+static _Thread_local int t_in_init;          /* this thread runs polyplug_init */
+static _Thread_local uint8_t *t_request;     /* PPW_AREA bytes each, per thread */
+static _Thread_local uint8_t *t_reply;
+static uint8_t g_init_area[PPW_AREA];
 
 void ppw_cb_in_init(int on) { t_in_init = on; }
 
-void ppw_cb_spin(uint64_t spin_ns) { g_cb_spin_ns = spin_ns; }
-
-void ppw_cb_geometry(uint64_t payload_cap) { g_payload_cap = payload_cap; }
-
 uint8_t *ppw_cb_begin(uint32_t *cap)
 {
-    if (t_slot) {
-        uint64_t room = g_payload_cap > t_free ? g_payload_cap - t_free : 0;
-        *cap = (uint32_t)(room > UINT32_MAX ? UINT32_MAX : room);
-        return room ? pp_payload(t_slot) + t_free : NULL;
+    *cap = PPW_AREA;
+    if (ppw_call_back_room()) {
+        if (!t_request)
+            t_request = malloc(PPW_AREA);
+        return t_request;
     }
-    *cap = PPW_INIT_AREA;
     return t_in_init ? g_init_area : NULL;
 }
 
-/* Sends the CALLBACK frame for the request at the slot's payload + t_free and
- * waits for the REPLY (only the host writes down_seq; it can only be a REPLY,
- * as this host never sends a nested CALL: it refuses calls into a worker that
- * waits on the calling thread). */
-static int64_t slot_roundtrip(pp_slot *s, uint32_t len, const uint8_t **reply)
+/* The request goes as the CALLBACK's args, the reply comes back as its out:
+ * together they take the room the call leaves in the slot's payload. */
+static int64_t slot_roundtrip(uint32_t len, const uint8_t **reply)
 {
-    uint64_t room = g_payload_cap - t_free, reply_at = PP_ALIGN8(len);
-    if (reply_at >= room)
+    uint64_t room = ppw_call_back_room();
+    if (len > room)
         return -1;
-    s->cb_offset = (uint32_t)t_free;
-    s->cb_args_len = len;
-    s->cb_out_size = (uint32_t)(room - reply_at);
-    s->cb_depth = 1;
-    s->up_kind = PP_UP_CALLBACK;
-    atomic_store_explicit(&s->up_seq, t_seq, memory_order_release);
-    /* Dekker with the host's "set host_waiting, re-check up_seq", as for an answer. */
-    atomic_thread_fence(memory_order_seq_cst);
-    if (atomic_load_explicit(&s->host_waiting, memory_order_relaxed) && atomic_exchange(&s->host_waiting, 0))
-        pp_futex_wake(&s->host_waiting, 1);
-    uint64_t spin_until = pp_now_ns() + g_cb_spin_ns;
-    for (unsigned i = 1;; i++) {
-        if (atomic_load_explicit(&s->down_seq, memory_order_acquire) != t_seq)
-            goto replied;
-        if ((i & 127) == 0 && pp_now_ns() >= spin_until)
-            break;
-        pp_spin_step(i);
-    }
-    for (;;) {
-        atomic_store(&s->worker_waiting, 1);
-        if (atomic_load(&s->down_seq) != t_seq) {
-            atomic_store(&s->worker_waiting, 0);
-            break;
-        }
-        /* The host replies, or kills this worker (the call timed out, or it is gone). */
-        pp_futex_wait_until(&s->worker_waiting, 1, UINT64_MAX);
-    }
-replied:
-    t_seq = atomic_load_explicit(&s->down_seq, memory_order_acquire);
-    if (*(volatile uint16_t *)&s->kind != PP_DOWN_REPLY || *(volatile uint32_t *)&s->count != PP_STATUS_OK)
+    uint64_t cap = room - len < PPW_AREA ? room - len : PPW_AREA;
+    if (!t_reply && !(t_reply = malloc(PPW_AREA)))
         return -1;
-    uint32_t n = *(volatile uint32_t *)&s->out_size;
-    if (n > room - reply_at)
+    memset(t_reply, 0, sizeof(uint64_t) * 3); /* no stale reply header */
+    AbiError err = {ABI_OK, {NULL, 0}};
+    if (ppw_call_back(0, 0, t_request, len, t_reply, (uint32_t)cap, &err) || err.code != ABI_OK)
         return -1;
-    *reply = pp_payload(s) + t_free + reply_at;
-    return n;
+    *reply = t_reply;
+    return (int64_t)cap; /* the reply's own header says how much of it there is */
 }
 
 /* ---- during init: control frames ---------------------------------------- */
@@ -145,7 +97,7 @@ static int64_t frame_roundtrip(uint32_t len, const uint8_t **reply)
     if (read_all(fd, prefix, 4) != 0)
         return -1;
     uint32_t size = (uint32_t)prefix[0] << 24 | (uint32_t)prefix[1] << 16 | (uint32_t)prefix[2] << 8 | prefix[3];
-    if (size > PPW_INIT_AREA + 64)
+    if (size > PPW_AREA + 64)
         return -1;
     uint8_t *body = malloc(size ? size : 1);
     if (!body || read_all(fd, body, size) != 0) {
@@ -162,7 +114,7 @@ static int64_t frame_roundtrip(uint32_t len, const uint8_t **reply)
             break;
         for (uint32_t i = 0; i < width; i++)
             n = n << 8 | body[at + 6 + i];
-        if ((uint64_t)start + n == size && n <= PPW_INIT_AREA) {
+        if ((uint64_t)start + n == size && n <= PPW_AREA) {
             memcpy(g_init_area, body + start, n);
             *reply = g_init_area;
             result = n;
@@ -175,7 +127,7 @@ static int64_t frame_roundtrip(uint32_t len, const uint8_t **reply)
 
 int64_t ppw_cb_roundtrip(uint32_t len, const uint8_t **reply)
 {
-    if (t_slot)
-        return slot_roundtrip(t_slot, len, reply);
-    return t_in_init && len <= PPW_INIT_AREA ? frame_roundtrip(len, reply) : -1;
+    if (ppw_call_back_room())
+        return slot_roundtrip(len, reply);
+    return t_in_init && len <= PPW_AREA ? frame_roundtrip(len, reply) : -1;
 }

@@ -12,9 +12,9 @@
  *   | ring[nslots]        |  BIND messages in arrival order, one cache line
  *   |                     |  each: "give slot i a thread of its own"
  *   +---------------------+  pp_slots_offset(nslots)
- *   | slot 0              |  down line (host -> worker frame), up line
- *   |                     |  (worker -> host frame), wake line (two futex
- *   |                     |  flags + the call-back descriptor), the error
+ *   | slot 0              |  down line (host -> worker frame), wake line
+ *   |                     |  (two futex flags + the call-back descriptor),
+ *   |                     |  up line (worker -> host frame), the error
  *   |                     |  message, and payload_cap bytes of payload
  *   | slot 1 ...          |
  *   +---------------------+  pp_arena_offset(...)
@@ -47,7 +47,9 @@
  *                    <-----------  ANSWER  up_seq = k+1      (call done)
  *   a nested call (the call back calls this bundle again) is a CALL in
  *   place of the REPLY: W(T) serves it on its own stack, answers it, and
- *   waits on for the REPLY (up to PP_MAX_DEPTH frames deep).
+ *   waits on for the REPLY (up to PP_MAX_DEPTH frames deep, cb_depth). The
+ *   host lays a nested call's args and out past the call back's; until it
+ *   serves call backs (a later step), the worker refuses nested CALLs.
  *     down_seq = k   RETIRE ---------->  W(T) answers and exits
  *                    <-----------  ANSWER  up_seq = k
  *
@@ -64,10 +66,11 @@
  * contract id or a bundle id, cb_function, cb_depth) and where its args and
  * out live: cb_args_len bytes at payload offset cb_offset (8-aligned, at or
  * past the running call's own spill bytes), its out (cb_out_size bytes) right
- * after them. The host answers with a REPLY frame whose `status` is a
+ * after them. The host answers with a REPLY frame whose `count` is a
  * PP_STATUS_*, `function` the AbiError code, `out_size` the out bytes written,
- * and the message in err_msg. A host that serves no call backs replies
- * PP_STATUS_NO_CALLBACKS (AbiError HostContractNotFound).
+ * `args_len` the message length and the message in err_msg. A host that
+ * serves no call backs replies PP_STATUS_NO_CALLBACKS (AbiError
+ * HostContractNotFound). PP_FN_CALL_BACK_PROBE exercises the round trip.
  *
  * Async calls (flag PP_FLAG_ASYNC): after the ANSWER, the worker also bumps
  * the header's async_bell and wakes it, so one host thread can wait for the
@@ -122,9 +125,12 @@
 #define PP_IN_SLOT 0
 #define PP_IN_ARENA 1
 
-/* Function ids past any contract's functions: instance management. */
+/* Function ids past any contract's functions: instance management, and a
+ * self-test of the call-back round trip. */
 #define PP_FN_CREATE_INSTANCE 0xFFFFFFFFu  /* args -> create_instance; out: u32 handle */
 #define PP_FN_DESTROY_INSTANCE 0xFFFFFFFEu /* destroys request.instance */
+#define PP_FN_CALL_BACK_PROBE 0xFFFFFFFDu  /* the worker thread asks for a call back (cb_target 0) and
+                                              answers with the host's REPLY: a protocol self-test */
 
 /* Pointer fixups: how pointers cross the process boundary without the host
  * ever holding one. The table (pp_fixup[fixups]) follows the args. */
@@ -193,6 +199,17 @@ typedef struct pp_slot {
     uint16_t fixups;   /* entries in the fixup table (only with count == 1) */
     uint16_t reserved;
     uint8_t args[PP_INLINE_ARGS];
+    /* wake line: the two sleep flags, and the descriptor of a CALLBACK frame.
+     * Between the down and up lines: CPUs fetch lines in 128-byte pairs, and
+     * the two hot lines, written by different sides, must not share one. */
+    alignas(PP_CACHE_LINE) _Atomic uint32_t host_waiting;
+    _Atomic uint32_t worker_waiting;
+    uint64_t cb_target; /* host contract id or bundle id */
+    uint32_t cb_function;
+    uint32_t cb_depth;
+    uint32_t cb_offset; /* payload offset of the call back's args; its out follows them */
+    uint32_t cb_args_len;
+    uint32_t cb_out_size;
     /* up line: written by the worker, up_seq last */
     alignas(PP_CACHE_LINE) _Atomic uint64_t up_seq;
     uint16_t up_kind; /* PP_UP_* */
@@ -203,21 +220,13 @@ typedef struct pp_slot {
     uint8_t out[PP_INLINE_OUT];
     uint32_t ret_len; /* bytes of the return area used (fixups) */
     uint32_t answers; /* answers written to this slot so far (wraps): lets the host spot a second one */
-    /* wake line: the two sleep flags, and the descriptor of a CALLBACK frame */
-    alignas(PP_CACHE_LINE) _Atomic uint32_t host_waiting;
-    _Atomic uint32_t worker_waiting;
-    uint64_t cb_target; /* host contract id or bundle id */
-    uint32_t cb_function;
-    uint32_t cb_depth;
-    uint32_t cb_offset; /* payload offset of the call back's args; its out follows them */
-    uint32_t cb_args_len;
-    uint32_t cb_out_size;
     char err_msg[PP_ERR_CAP];
 } pp_slot;
 
 _Static_assert(sizeof(pp_bind) == PP_CACHE_LINE, "a ring entry is one cache line");
-_Static_assert(offsetof(pp_slot, up_seq) == PP_CACHE_LINE, "the down frame is one cache line");
-_Static_assert(offsetof(pp_slot, host_waiting) == 2 * PP_CACHE_LINE, "the up frame is one cache line");
+_Static_assert(offsetof(pp_slot, host_waiting) == PP_CACHE_LINE, "the down frame is one cache line");
+_Static_assert(offsetof(pp_slot, up_seq) == 2 * PP_CACHE_LINE, "the wake line is one cache line");
+_Static_assert(offsetof(pp_slot, err_msg) == 3 * PP_CACHE_LINE, "the up frame is one cache line");
 
 #define PP_HEADER_SIZE PP_ROUND_LINE(sizeof(pp_header))
 #define PP_SLOT_HEADER_SIZE PP_ROUND_LINE(sizeof(pp_slot))

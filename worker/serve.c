@@ -58,7 +58,6 @@ int ppw_attach(int fd)
     g_nslots = h->nslots;
     g_max_threads = h->max_threads;
     g_payload_cap = h->payload_cap;
-    ppw_cb_geometry(h->payload_cap);
     g_arena_cap = h->arena_cap;
     return 0;
 }
@@ -172,8 +171,19 @@ static uint32_t copy_back(const pp_fixup *fix, uint32_t n, uint8_t *out, uint64_
     return failed ? 0 : (uint32_t)used;
 }
 
+/* The frame this thread answers next, and where its call's own bytes end in
+ * the slot's payload: a call back moves the first (its REPLY is a frame) and
+ * puts its args past the second. */
+static _Thread_local uint64_t t_seq;
+static _Thread_local uint64_t t_payload_used;
+static _Thread_local pp_slot *t_slot;
+
+static const char *call_back(uint64_t target, uint32_t function, const void *args, uint32_t args_len, void *out,
+                             uint32_t out_size, AbiError *err);
+
 static void serve_one(pp_slot *s, uint64_t seq)
 {
+    t_seq = seq;
     uint32_t count = s->count, spill = s->spill, nfix = s->fixups;
     uint32_t contract = s->contract, function = s->function, instance = s->instance;
     uint64_t args_len = s->args_len, out_size = s->out_size;
@@ -192,10 +202,17 @@ static void serve_one(pp_slot *s, uint64_t seq)
     const char *refused = fix_args(fix, nfix, args, args_len);
     if (refused)
         return refuse(s, seq, refused);
+    t_payload_used = spill == PP_IN_ARENA ? 0 : layout.spill_bytes;
     if (out)
         memset(out, 0, (size_t)(count * out_size));
     AbiError err = {ABI_OK, {NULL, 0}};
 
+    if (function == PP_FN_CALL_BACK_PROBE) {
+        refused = call_back(0, 0, NULL, 0, NULL, 0, &err);
+        if (refused)
+            return refuse(s, t_seq, refused);
+        return answer(s, t_seq, PP_STATUS_OK, err.code == ABI_OK, 0, &err);
+    }
     if (function == PP_FN_CREATE_INSTANCE || function == PP_FN_DESTROY_INSTANCE) {
         if (function == PP_FN_DESTROY_INSTANCE)
             refused = ppw_destroy_instance(contract, instance);
@@ -212,9 +229,6 @@ static void serve_one(pp_slot *s, uint64_t seq)
 
     uint32_t done = 0;
     ppw_mark_busy_thread();
-    /* The plugin may call back through this slot (cb_transport.c), in the
-     * payload past this call's own bytes; each call back moves seq on. */
-    ppw_cb_serving(s, seq, spill == PP_IN_ARENA ? 0 : layout.spill_bytes);
     ppw_busy_contract = (int32_t)contract;
     ppw_busy_function = (int32_t)function;
     for (; done < count; done++) {
@@ -229,16 +243,15 @@ static void serve_one(pp_slot *s, uint64_t seq)
             ppw_fault_corrupt(one_out, out_size);
     }
     ppw_busy_contract = ppw_busy_function = -1;
-    seq = ppw_cb_served();
     if (refused)
-        return refuse(s, seq, refused);
+        return refuse(s, t_seq, refused);
     uint32_t ret_len = 0;
     if (nfix && err.code == ABI_OK) {
         ret_len = copy_back(fix, nfix, out, out_size, region + layout.spill_bytes, ret_cap, &err);
         if (err.code != ABI_OK)
             done = 0;
     }
-    answer(s, seq, PP_STATUS_OK, done, ret_len, &err);
+    answer(s, t_seq, PP_STATUS_OK, done, ret_len, &err);
 }
 
 /* CFS keeps two processes that hand work back and forth on one core: both
@@ -301,6 +314,66 @@ static int await_frame(pp_header *h, pp_slot *s, uint64_t served)
     }
 }
 
+/* Asks the host thread waiting on this thread's slot to run a call back
+ * (see CALL BACKS in channel.h) and waits for its REPLY. Returns NULL when
+ * the host replied (err: its AbiError, the message valid until the next call
+ * back), or why it could not ask. A CALL arriving instead (a nested call) is
+ * refused for now: the host lays out nested calls once it serves call backs. */
+static const char *call_back(uint64_t target, uint32_t function, const void *args, uint32_t args_len, void *out,
+                             uint32_t out_size, AbiError *err)
+{
+    static _Thread_local char message[PP_ERR_CAP];
+    pp_slot *s = t_slot;
+    pp_header *h = (pp_header *)g_base;
+    uint64_t offset = PP_ALIGN8(t_payload_used);
+    if (!s)
+        return "a call back outside a call";
+    if (offset + args_len + out_size > g_payload_cap)
+        return "the call back's args and out do not fit the slot's payload";
+    uint8_t *payload = pp_payload(s);
+    if (args_len)
+        memcpy(payload + offset, args, args_len);
+    s->cb_target = target;
+    s->cb_function = function;
+    s->cb_depth = 1;
+    s->cb_offset = (uint32_t)offset;
+    s->cb_args_len = args_len;
+    s->cb_out_size = out_size;
+    s->up_kind = PP_UP_CALLBACK;
+    atomic_store_explicit(&s->up_seq, t_seq, memory_order_release);
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(&s->host_waiting, memory_order_relaxed) && atomic_exchange(&s->host_waiting, 0))
+        pp_futex_wake(&s->host_waiting, 1);
+    if (await_frame(h, s, t_seq))
+        return "the worker is stopping";
+    t_seq = atomic_load_explicit(&s->down_seq, memory_order_acquire);
+    if (s->kind != PP_DOWN_REPLY)
+        return "the host answered a call back with a frame that is not a REPLY";
+    uint32_t len = s->args_len < PP_ERR_CAP ? s->args_len : PP_ERR_CAP;
+    memcpy(message, s->err_msg, len);
+    err->code = s->count == PP_STATUS_OK ? s->function : s->function ? s->function : ABI_GENERIC;
+    err->message.ptr = (const uint8_t *)message;
+    err->message.len = len;
+    uint32_t got = s->out_size < out_size ? s->out_size : out_size;
+    if (got)
+        memcpy(out, payload + offset + args_len, got);
+    return NULL;
+}
+
+/* For cb_transport.c: the room a call back's args and out have in this
+ * thread's slot (0: the thread serves no slot), and the call back itself. */
+uint64_t ppw_call_back_room(void)
+{
+    uint64_t used = PP_ALIGN8(t_payload_used);
+    return t_slot && used < g_payload_cap ? g_payload_cap - used : 0;
+}
+
+const char *ppw_call_back(uint64_t target, uint32_t function, const void *args, uint32_t args_len, void *out,
+                          uint32_t out_size, AbiError *err)
+{
+    return call_back(target, function, args, args_len, out, out_size, err);
+}
+
 /* W(T): serves one slot's frames until RETIRE or stop. It starts from the
  * slot's last answer: the previous thread of the slot answered everything
  * up to it (RETIRE last), and the host writes the next frame after it. */
@@ -308,6 +381,7 @@ static void serve_slot(uint32_t index)
 {
     pp_header *h = (pp_header *)g_base;
     pp_slot *s = pp_slot_at(g_base, g_nslots, g_payload_cap, index);
+    t_slot = s;
     uint64_t served = atomic_load_explicit(&s->up_seq, memory_order_acquire);
     while (!await_frame(h, s, served)) {
         served = atomic_load_explicit(&s->down_seq, memory_order_acquire);
@@ -317,7 +391,7 @@ static void serve_slot(uint32_t index)
             return answer(s, served, PP_STATUS_OK, 0, 0, &ok);
         if (kind == PP_DOWN_CALL) {
             serve_one(s, served);
-            served = atomic_load_explicit(&s->up_seq, memory_order_relaxed); /* past its calls back */
+            served = t_seq; /* past the REPLYs of its call backs */
         } else
             refuse(s, served, "a frame that is neither a call nor a retire, with no call back waiting");
     }
@@ -446,7 +520,6 @@ int ppw_serve(int wait_mode, uint64_t spin_ns)
         CPU_ZERO(&g_allowed); /* then step_aside never moves */
     g_wait_mode = wait_mode;
     g_spin_ns = spin_ns;
-    ppw_cb_spin(spin_ns);
     g_slot_owner = calloc(g_nslots, sizeof *g_slot_owner);
     if (!g_slot_owner)
         return -1;

@@ -71,14 +71,12 @@ const struct GuestContractInterface *ppw_local_interface(uint32_t index);
 int ppw_set_dependencies(const struct DependencyInfo *deps, size_t n);
 
 /* cb_transport.c: how a call back reaches the host (see callback.h) */
-/* serve.c: this thread now serves the call of frame seq on slot (a pp_slot),
- * whose payload is free past `free_from`; then the seq of the last frame it
- * got (a call back's REPLY moves it on), which the answer must carry. */
-void ppw_cb_serving(void *slot, uint64_t seq, uint64_t free_from);
-uint64_t ppw_cb_served(void);
+/* serve.c: the room a call back has in this thread's slot (0: it serves
+ * none), and the CALLBACK/REPLY round trip (NULL, or why it failed). */
+uint64_t ppw_call_back_room(void);
+const char *ppw_call_back(uint64_t target, uint32_t function, const void *args, uint32_t args_len, void *out,
+                          uint32_t out_size, struct AbiError *err);
 void ppw_cb_in_init(int on);
-void ppw_cb_spin(uint64_t spin_ns);
-void ppw_cb_geometry(uint64_t payload_cap);
 /* callback.c: where to write a request (NULL: the host cannot be asked from
  * this thread); then send it and get the reply's place and length (< 0: none). */
 uint8_t *ppw_cb_begin(uint32_t *cap);

@@ -163,3 +163,13 @@ def test_no_call_is_lost_during_the_cascade(rt, bundle_dir):
     assert failures == []
     assert set(results) <= {5, 1005}
     assert results[-1] == 1005
+
+
+def test_during_init_a_bundle_finds_only_what_it_declared(rt, tmp_path, bundle_dir):
+    rt.load_bundle(bundle_dir("cross_target"))
+    rt.load_bundle(depender_with(tmp_path, bundle_dir, ""))  # the same bundle, no [[dependency]]
+    depender = rt.contract("depender.test")
+    assert depender.dependency_count() == 0
+    with pytest.raises(PluginCallError) as caught:
+        depender.target_add(2, 3)  # init's find_guest_contract(cross.target) found nothing
+    assert caught.value.code == 4

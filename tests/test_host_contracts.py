@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import threading
 from pathlib import Path
@@ -187,3 +188,17 @@ def test_a_blocking_host_contract_stalls_only_its_caller(rt, bundle_dir):
         release.set()
         blocked.join()
     assert results == [1]
+
+
+def test_awaited_calls_call_back_too(rt, bundle_dir):
+    logger = Logger(level=9)
+    rt.register_host_contract(logger, api=bundle_dir("reporter") / "api.toml")
+    rt.load_bundle(bundle_dir("reporter"))
+    reporter = rt.contract("reporter.test")
+
+    async def main() -> list[int]:
+        return await asyncio.gather(*[reporter.aio.level() for _ in range(20)], reporter.aio.report(3))
+
+    results = asyncio.run(asyncio.wait_for(main(), 30.0))
+    assert results == [9] * 20 + [3]
+    assert logger.lines == ["reporter ready", "report 1", "report 2", "report 3"]

@@ -138,11 +138,20 @@ class NativeHostContract(HostContract):
 
     def call(self, instance: Any, index: int, shape: _wire.FunctionShape, request: _wire.Request) -> bytes:
         args = _ffi.NULL
-        if request.args is not None and request.args:
-            args = _ffi.new("uint8_t[]", request.args)
+        if request.args is not None and shape.args_size:
+            blob = request.args
+            # The worker is untrusted and the implementation reads what args says:
+            # the record must be whole, and every view must lie inside the blob.
+            if len(blob) < shape.args_size:
+                raise Refused(_wire.GENERIC, f"the arguments are {len(blob)} bytes, not {shape.args_size}")
+            args = _ffi.new("uint8_t[]", blob)
             base = int(_ffi.cast("uintptr_t", args))
             for offset, _ in shape.arg_views:
-                (where,) = struct.unpack_from("=Q", request.args, offset)
+                where, length = struct.unpack_from("=QQ", blob, offset)
+                if where != _wire.NULL_OFFSET and (where > len(blob) or length > len(blob) - where):
+                    raise Refused(
+                        _wire.GENERIC, "an argument's StringView or Buffer lies outside the arguments"
+                    )
                 pointer = 0 if where == _wire.NULL_OFFSET else base + where
                 struct.pack_into("=Q", _ffi.buffer(args), offset, pointer)
         size = 0 if request.out_null else shape.out_size
@@ -386,6 +395,8 @@ class HostContracts:
         shape = self.shapes(contract, caller_api)[request.function]
         try:
             return contract.call(found.value, request.function, shape, request)
+        except Refused:
+            raise
         except Exception as exc:  # the plugin gets the text; the host keeps running
             raise Refused(_wire.HOST_CONTRACT_CALL_FAILED, f"{type(exc).__name__}: {exc}") from exc
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import struct
 import sys
 import threading
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _host_logger import LoggerState, logger_interface
+from _host_logger import LOGGER_ID, LoggerState, logger_interface
 from polyplug_isolated._channel_ffi import lib
 
 from polyplug_isolated import PluginCallError, Runtime, guest_contract_id
@@ -202,3 +203,21 @@ def test_awaited_calls_call_back_too(rt, bundle_dir):
     results = asyncio.run(asyncio.wait_for(main(), 30.0))
     assert results == [9] * 20 + [3]
     assert logger.lines == ["reporter ready", "report 1", "report 2", "report 3"]
+
+
+def test_a_worker_cannot_make_the_host_read_outside_its_arguments(rt, bundle_dir):
+    """A forged call back (a StringView past the arguments) is refused before the implementation runs."""
+    state = LoggerState()
+    rt.register_host_contract(logger_interface(state))
+    answerer = rt.load_bundle(bundle_dir("reporter")).proxy.answerer
+    header = struct.Struct("=IIQQQIIII")
+    token = 1  # reporter's polyplug_init got the singleton
+    for view in (struct.pack("=QQ", 1 << 40, 4), struct.pack("=QQ", 16, 1 << 20), b"\0" * 8):
+        request = header.pack(lib.PP_CB_HOST_CALL, 0, LOGGER_ID, 0, token, 0, len(view), 0, 0) + view
+        (code,) = struct.unpack_from("=I", answerer.answer(request))
+        assert code != 0
+    assert state.lines == ["reporter ready"]  # log() never ran on a forged view
+    good = struct.pack("=QQ", 16, 2) + b"ok"
+    request = header.pack(lib.PP_CB_HOST_CALL, 0, LOGGER_ID, 0, token, 0, len(good), 0, 0) + good
+    assert struct.unpack_from("=I", answerer.answer(request))[0] == 0
+    assert state.lines == ["reporter ready", "ok"]

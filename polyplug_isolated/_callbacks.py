@@ -259,6 +259,9 @@ class Answerer:
         if request.function >= len(shapes):
             raise Refused(_wire.FUNCTION_NOT_AVAILABLE, "function index is out of range for this contract")
         shape = shapes[request.function]
+        problem = _wire.misfit(request.args, shape) if request.args is not None else None
+        if problem:  # the other bundle's plugin would read what args says
+            raise Refused(_wire.GENERIC, f"polyplug_isolated: {problem}")
         out_size = 0 if request.out_null else shape.out_size
         views = [] if request.out_null else shape.out_views
         if not shape.arg_views and not views and out_size <= 7 and request.instance == 0:

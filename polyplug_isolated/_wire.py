@@ -93,6 +93,21 @@ class FunctionShape:
 UNDESCRIBED = FunctionShape(UNKNOWN, 0)
 
 
+def misfit(blob: bytes, shape: FunctionShape) -> str | None:
+    """Why args from a worker do not fit the function's shape (None: they do).
+
+    Whoever reads them next (a host contract, another worker's plugin) trusts
+    the record to be whole and every view to lie inside the bytes sent.
+    """
+    if len(blob) < shape.args_size:
+        return f"the arguments are {len(blob)} bytes, not {shape.args_size}"
+    for offset, _ in shape.arg_views:
+        where, length = struct.unpack_from("=QQ", blob, offset)
+        if where != NULL_OFFSET and (where > len(blob) or length > len(blob) - where):
+            return "an argument's StringView or Buffer lies outside the arguments"
+    return None
+
+
 def shapes(api: _idl.Api, contract: _idl.Contract) -> list[FunctionShape]:
     """The shape of each of ``contract``'s functions, from the api.toml's C layout."""
     layout = Layout(api)

@@ -59,7 +59,8 @@ def pp_on_callback(owner: int, request: Any, length: int, reply: Any, cap: int) 
         answer = answerer.answer(data)
     if len(answer) > cap:
         answer = _wire.reply(
-            2, f"polyplug_isolated: the answer ({len(answer)} bytes) exceeds the {cap} bytes left in the slot"
+            _wire.BUFFER_TOO_SMALL,
+            f"polyplug_isolated: the answer ({len(answer)} bytes) exceeds the {cap} bytes left in the slot",
         )
     if len(answer) > cap:
         return -1
@@ -265,9 +266,9 @@ class Answerer:
         out_size = 0 if request.out_null else shape.out_size
         views = [] if request.out_null else shape.out_views
         if not shape.arg_views and not views and out_size <= 7 and request.instance == 0:
-            answer = functools.partial(self._plain_call, contract, request.function, out_size)
-            self._quick[_header(request)] = answer
-            return answer(_wire.REQUEST.pack(*request[:6], 0, 0, 0) + (request.args or b""))
+            plain = functools.partial(self._plain_call, contract, request.function, out_size)
+            self._quick[_header(request)] = lambda data: plain(data[_wire.REQUEST.size :])
+            return plain(request.args or b"")
         fixups = [(offset, lib.PP_FIX_ARG_POINTER) for offset, _ in shape.arg_views] if request.args else []
         fixups += [(o, lib.PP_FIX_OUT_BUFFER if owned else lib.PP_FIX_OUT_VIEW) for o, owned in views]
         try:
@@ -281,10 +282,10 @@ class Answerer:
         return _wire.reply(out=out, tail=ret)
 
     @staticmethod
-    def _plain_call(contract: GuestContract, function: int, out_size: int, data: bytes) -> bytes:
+    def _plain_call(contract: GuestContract, function: int, out_size: int, args: bytes) -> bytes:
         """No views, a small out, the default instance: the raw call's fast path."""
         try:
-            out = contract.call(function, data[_wire.REQUEST.size :], out_size)
+            out = contract.call(function, args, out_size)
         except PluginCallError as error:
             return _wire.reply(error.code, error.message)
         except CallError as error:

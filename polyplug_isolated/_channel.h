@@ -39,7 +39,7 @@ typedef struct pp_result {
 
 size_t pp_segment_bytes(uint32_t nslots, uint64_t payload_cap, uint64_t arena_cap);
 pp_conn *pp_conn_create(int fd, uint32_t nslots, uint32_t max_threads, uint64_t payload_cap, uint64_t arena_cap,
-                        int wait_mode, uint64_t spin_ns);
+                        int wait_mode, uint64_t spin_ns, uint32_t idle_retire_ms);
 void pp_conn_destroy(pp_conn *c);
 /* Calls back (worker/callback.h) from this conn's worker are answered by
  * pp_on_callback(owner, request, len, reply, cap) -> reply length (< 0: none),

@@ -46,8 +46,13 @@ static remote g_remotes[PPW_REMOTES];
 static uint32_t g_nremotes;
 static pthread_mutex_t g_remotes_lock = PTHREAD_MUTEX_INITIALIZER;
 
-/* Bytes this thread's last call back answered with (messages, returned views). */
+/* Bytes this thread's last call back answered with (messages, returned views);
+ * freed when the thread exits (g_kept's destructor). */
 static _Thread_local uint8_t *t_kept;
+static pthread_key_t g_kept;
+static pthread_once_t g_kept_once = PTHREAD_ONCE_INIT;
+
+static void make_kept_key(void) { pthread_key_create(&g_kept, free); }
 
 static void fail(AbiError *err, uint32_t code, const char *message)
 {
@@ -99,6 +104,10 @@ static int exchange(uint8_t *area, const pp_cb_request *q, reply *r)
     uint8_t *kept = realloc(t_kept, (size_t)h.msg_len + h.tail_len + 1);
     if (!kept)
         return -1;
+    if (kept != t_kept) {
+        pthread_once(&g_kept_once, make_kept_key);
+        pthread_setspecific(g_kept, kept);
+    }
     t_kept = kept;
     memcpy(kept, at + sizeof h, h.msg_len);
     memcpy(kept + h.msg_len, at + tail_at, h.tail_len);

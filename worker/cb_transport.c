@@ -17,16 +17,21 @@
 #include "worker.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #define PPW_AREA 65536 /* bytes of a request, and of its reply */
 
-static _Thread_local int t_in_init;          /* this thread runs polyplug_init */
-static _Thread_local uint8_t *t_request;     /* PPW_AREA bytes each, per thread */
+static _Thread_local int t_in_init;      /* this thread runs polyplug_init */
+static _Thread_local uint8_t *t_request; /* PPW_AREA bytes for the request, then PPW_AREA for the reply */
 static _Thread_local uint8_t *t_reply;
 static uint8_t g_init_area[PPW_AREA];
+static pthread_key_t g_areas;            /* frees a thread's areas when it exits (idle threads retire) */
+static pthread_once_t g_areas_once = PTHREAD_ONCE_INIT;
+
+static void make_key(void) { pthread_key_create(&g_areas, free); }
 
 void ppw_cb_in_init(int on) { t_in_init = on; }
 
@@ -34,8 +39,13 @@ uint8_t *ppw_cb_begin(uint32_t *cap)
 {
     *cap = PPW_AREA;
     if (ppw_call_back_room()) {
-        if (!t_request)
-            t_request = malloc(PPW_AREA);
+        if (!t_request) {
+            pthread_once(&g_areas_once, make_key);
+            if (!(t_request = malloc(2 * PPW_AREA)))
+                return NULL;
+            t_reply = t_request + PPW_AREA;
+            pthread_setspecific(g_areas, t_request);
+        }
         return t_request;
     }
     return t_in_init ? g_init_area : NULL;
@@ -49,8 +59,6 @@ static int64_t slot_roundtrip(uint32_t len, const uint8_t **reply)
     if (len > room)
         return -1;
     uint64_t cap = room - len < PPW_AREA ? room - len : PPW_AREA;
-    if (!t_reply && !(t_reply = malloc(PPW_AREA)))
-        return -1;
     memset(t_reply, 0, sizeof(uint64_t) * 3); /* no stale reply header */
     AbiError err = {ABI_OK, {NULL, 0}};
     if (ppw_call_back(0, 0, t_request, len, t_reply, (uint32_t)cap, &err) || err.code != ABI_OK)

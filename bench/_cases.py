@@ -592,3 +592,6 @@ def worker_children() -> list[tuple[int, str]]:
 def collect() -> None:
     """Between cases: the collector is off while measuring, so clear cycles here."""
     gc.collect()
+
+
+from ._callbacks import callbacks  # noqa: E402,F401 - host contract and cross-bundle rows (bench/_callbacks.py)

@@ -174,6 +174,13 @@ class Runner:
         if "isolated" in groups:
             steps.append(("isolated, wait=block, unplaced", functools.partial(self._isolated_alone, "block")))
             steps.append(("wait=block vs the two-CPU floor, alternating", self._compare_block))
+        if "callbacks" in groups:
+            steps.append(
+                (
+                    "calls back: host contract, other bundle",
+                    lambda: self._add(c.callbacks(plan, self._pinned)),
+                )
+            )
         if "payload" in groups:
             steps.append(("payload sizes, in-process (subprocess)", self._payload_inproc))
             steps.append(("payload sizes, isolated", self._payload_isolated))

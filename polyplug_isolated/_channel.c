@@ -23,6 +23,7 @@
 
 #include "_channel.h"
 #include "_conn.h"
+#include "callback.h"
 
 
 /* Per host thread: why its last call failed (read by Python on failure
@@ -367,20 +368,81 @@ typedef struct pp_extra {
 
 static const pp_extra PLAIN = {0, NULL, 0, NULL, 0, 0};
 
-/* A CALLBACK frame: this host serves none yet, so it replies at once with
- * PP_STATUS_NO_CALLBACKS (the plugin sees HostContractNotFound). Host
- * contracts will run here, on the thread that made the call. */
-static void reply_no_callbacks(pp_conn *c, uint32_t i)
+/* ---- calls back ----------------------------------------------------------- */
+
+/* The conns whose workers wait on this thread for the answer to a call back:
+ * a call into one of them would wait for itself. */
+#define WAITING_MAX 64
+static _Thread_local pp_conn *waiting_on[WAITING_MAX];
+static _Thread_local int waiting_depth;
+static _Atomic int depth_limit = PP_CB_MAX_DEPTH;
+
+void pp_conn_set_owner(pp_conn *c, uint64_t owner) { c->owner = owner; }
+
+int pp_callback_depth_limit(int limit)
+{
+    return limit > 0 && limit <= WAITING_MAX ? atomic_exchange(&depth_limit, limit) : atomic_load(&depth_limit);
+}
+
+static int waits_on_this_thread(pp_conn *c)
+{
+    for (int w = 0; w < waiting_depth; w++)
+        if (waiting_on[w] == c)
+            return 1;
+    return 0;
+}
+
+/* The reply to a call back nested deeper than the limit (callback.h's wire format). */
+static int64_t too_deep(uint8_t *reply, uint32_t cap)
+{
+    static const char why[] = "polyplug_isolated: calls between bundles and the host nest too deep on this thread "
+                              "(most likely a cycle); the limit is pp_callback_depth_limit";
+    pp_cb_reply head = {ABI_REENTRANT_CALL_CODE, sizeof why - 1, 0, 0, 0};
+    uint64_t size = sizeof head + PP_ALIGN8(sizeof why - 1);
+    if (size > cap)
+        return -1;
+    memset(reply, 0, size);
+    memcpy(reply, &head, sizeof head);
+    memcpy(reply + sizeof head, why, sizeof why - 1);
+    return (int64_t)size;
+}
+
+/* A CALLBACK frame (worker/callback.h has what it carries): the worker
+ * serving slot i's call asks for something. It runs here, on the thread that
+ * made the call (pp_on_callback, in Python), and the REPLY carries the
+ * reply's length as its out_size; the call's flags stay (an async call still
+ * rings). The request and the reply live in the slot's payload where the
+ * worker put them: both are bounds-checked here, once. */
+static void reply_callback(pp_conn *c, uint32_t i)
 {
     pp_slot *s = ppc_slot_at(c, i);
-    static const char why[] = "polyplug_isolated: this host serves no call backs";
-    memcpy(s->err_msg, why, sizeof why - 1);
+    uint64_t offset = *(volatile uint32_t *)&s->cb_offset;
+    uint64_t len = *(volatile uint32_t *)&s->cb_args_len;
+    uint64_t cap = *(volatile uint32_t *)&s->cb_out_size;
+    int64_t n = -1;
+    const char *why = "polyplug_isolated: the worker laid out a call back outside its slot's payload";
+    if (len < sizeof(pp_cb_request))
+        why = "polyplug_isolated: a call back this host cannot read (shorter than a request header)";
+    /* Each is at most 2^32: the sum cannot wrap. */
+    else if (offset % 8 == 0 && offset + len + cap <= c->payload_cap) {
+        uint8_t *request = pp_payload(s) + offset;
+        if (waiting_depth >= atomic_load_explicit(&depth_limit, memory_order_relaxed)) {
+            n = too_deep(request + len, (uint32_t)cap);
+        } else {
+            waiting_on[waiting_depth++] = c;
+            n = pp_on_callback(c->owner, request, (uint32_t)len, request + len, (uint32_t)cap);
+            waiting_depth--;
+        }
+    }
     s->kind = PP_DOWN_REPLY;
-    s->flags = 0;
-    s->count = PP_STATUS_NO_CALLBACKS;
-    s->function = 100; /* AbiError HostContractNotFound */
-    s->out_size = 0;
-    s->args_len = sizeof why - 1;
+    s->count = n >= 0 ? PP_STATUS_OK : PP_STATUS_BAD_REQUEST;
+    s->function = n >= 0 ? 0 : 1; /* AbiError Generic when nobody could answer */
+    s->out_size = n >= 0 && (uint64_t)n <= cap ? (uint32_t)n : 0;
+    s->args_len = 0;
+    if (n < 0) {
+        s->args_len = (uint32_t)strlen(why);
+        memcpy(s->err_msg, why, s->args_len);
+    }
     ppc_publish(c, i);
 }
 
@@ -405,7 +467,7 @@ static int settle(pp_conn *c, uint32_t i, int may_pend)
             rc = ppc_violation("the worker answered with an unknown frame kind");
             break;
         }
-        reply_no_callbacks(c, i);
+        reply_callback(c, i);
     }
     if (rc == PP_CALL_PENDING)
         return rc;
@@ -466,6 +528,8 @@ static int submit(pp_conn *c, int64_t lease, uint32_t contract, uint32_t functio
     int spill = need <= c->payload_cap ? PP_IN_SLOT : PP_IN_ARENA;
     if (spill == PP_IN_ARENA && need > c->arena_cap)
         return PP_CALL_TOO_LARGE;
+    if (waiting_depth && waits_on_this_thread(c))
+        return PP_CALL_REENTRANT;
     uint32_t i = LEASE_SLOT(lease);
     if (lease <= 0 || i >= c->nslots)
         return PP_CALL_LEASE_LOST;

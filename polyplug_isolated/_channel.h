@@ -22,6 +22,7 @@
 #define PP_CALL_REFUSED 7      /* the worker rejected the request */
 #define PP_CALL_PENDING 8      /* on its way: resume (pp_resume) or poll (pp_poll) for the outcome */
 #define PP_CALL_LEASE_LOST 9   /* the lease is no longer the caller's: take another (nothing was sent) */
+#define PP_CALL_REENTRANT 10   /* the worker waits on this thread (a call back): nothing was sent */
 
 typedef struct pp_conn pp_conn;
 
@@ -40,6 +41,14 @@ size_t pp_segment_bytes(uint32_t nslots, uint64_t payload_cap, uint64_t arena_ca
 pp_conn *pp_conn_create(int fd, uint32_t nslots, uint32_t max_threads, uint64_t payload_cap, uint64_t arena_cap,
                         int wait_mode, uint64_t spin_ns, uint32_t idle_retire_ms);
 void pp_conn_destroy(pp_conn *c);
+/* Calls back (worker/callback.h) from this conn's worker are answered by
+ * pp_on_callback(owner, request, len, reply, cap) -> reply length (< 0: none),
+ * implemented in Python (polyplug_isolated/_callbacks.py). */
+void pp_conn_set_owner(pp_conn *c, uint64_t owner);
+/* How deep calls back may nest on one host thread (default PP_CB_MAX_DEPTH);
+ * sets it when 1..64, returns the previous value. */
+int pp_callback_depth_limit(int limit);
+int64_t pp_on_callback(uint64_t owner, uint8_t *request, uint32_t len, uint8_t *reply, uint32_t cap);
 int64_t pp_conn_inflight(pp_conn *c);
 uint64_t pp_conn_calls(pp_conn *c);
 uint64_t pp_conn_failures(pp_conn *c);

@@ -72,6 +72,7 @@ struct pp_conn {
     _Atomic uint64_t calls;
     _Atomic uint64_t failures;
     pp_hslot *slots;
+    uint64_t owner; /* who answers this worker's calls back (pp_on_callback, _channel.c) */
 };
 
 static inline uint64_t ppc_min_u64(uint64_t a, uint64_t b) { return a < b ? a : b; }

@@ -358,6 +358,14 @@ class GuestContract:
                 "the largest call a worker takes; pass less or raise Runtime(arena_capacity=...)",
                 **names,
             )
+        if status == lib.PP_CALL_REENTRANT:
+            return PluginCallError(
+                f"{where}: re-entrant call (ReentrantCall): the bundle's worker is waiting on this thread "
+                "for the answer to its own call back, so this call could never be served",
+                code=AbiErrorCode.REENTRANT_CALL,
+                plugin_message="re-entrant call into a bundle waiting on this thread",
+                **names,
+            )
         if status == lib.PP_CALL_REFUSED:  # the worker is fine; the request named nothing it has
             return CallError(f"{where}: the worker refused the request: {failure.message}", **names)
         proxy.kill(f"broke the shared-memory protocol (status {status}): {failure.message}")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._dependencies import Dependency, parse_dependencies
 from ._ids import bundle_id as expected_bundle_id
 from .errors import InitFailed, ManifestError, ManifestMissingFile
 
@@ -43,6 +44,8 @@ class ManifestData:
     file: Path
     path: Path
     function_count: dict[str, int] = field(default_factory=dict)
+    dependencies: tuple[Dependency, ...] = ()  # [[dependency]], see _dependencies
+    needs_reinit_on_dep_reload: bool = False
 
     @property
     def version_major(self) -> str:
@@ -158,12 +161,21 @@ def _validate(
         file=_library_path(raw.get("file"), directory, fail),
         path=directory,
         function_count=dict(function_count),
+        dependencies=parse_dependencies(raw.get("dependency"), fail),
+        needs_reinit_on_dep_reload=_flag(raw, "needs_reinit_on_dep_reload", fail),
     )
     for entry in provides if check_function_counts else ():
         key = f"{entry.split('@', 1)[0]}@{data.version_major}"
         if key not in function_count:
             raise fail(f"provides {entry!r} but [function_count] has no key {key!r}: add `{key!r} = <count>`")
     return data
+
+
+def _flag(raw: dict[str, Any], key: str, fail) -> bool:
+    value = raw.get(key, False)
+    if not isinstance(value, bool):
+        raise fail(f"`{key}` must be true or false, not {value!r}")
+    return value
 
 
 def _is_version(text: str, parts: tuple[int, ...] = (2, 3)) -> bool:

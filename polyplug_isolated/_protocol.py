@@ -13,6 +13,7 @@ names it. The shared-memory layout lives in ``worker/channel.h``; its version
      |                                          chdir, setrlimit
      |                                          attach segment, dlopen, init
      |<-- ready {abi_version, contracts: [...]}  |  or  error {kind, ...} ---|
+     |<-- cb {data} (during init: a call back) -> cb_reply {data} -----------|
      |<-- log {level, target, message} (any time, from the plugin) ----------|
      |--- faults {faults, append} -> faults_set;  sync -> synced ------------|
      |<-- fault {id, call, contract, function} (before a fault acts) --------|
@@ -50,6 +51,8 @@ FAULTS_SET = "faults_set"
 FAULT = "fault"  # worker -> host: a fault fired {id, call, contract, function}
 SYNC = "sync"  # host -> worker; answered by SYNCED once every earlier frame is out
 SYNCED = "synced"
+CB = "cb"  # worker -> host during polyplug_init: {data: a call-back request (worker/callback.h)}
+CB_REPLY = "cb_reply"  # host -> worker: {data: the reply}
 
 # Values of an ``error`` frame's ``kind``.
 DLOPEN = "dlopen"

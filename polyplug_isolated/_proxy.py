@@ -13,8 +13,10 @@ import concurrent.futures
 import contextlib
 import logging
 import os
+import queue
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -62,6 +64,9 @@ class WorkerProxy:
         self._reply: concurrent.futures.Future[dict[str, Any]] | None = None
         self._bundle_log = logging.getLogger(f"polyplug_isolated.bundle.{manifest.name}")
         self._handshake: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
+        # Calls back made by polyplug_init, for the loading thread; None: the handshake is over.
+        self._init_calls: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+        self.answerer: Any = None  # answers this worker's calls back (_callbacks.Answerer)
         self._leaving = False
         self.contracts: list[dict[str, Any]] = []
         self.death: Death | None = None
@@ -71,10 +76,17 @@ class WorkerProxy:
 
     # ---- start ----------------------------------------------------------
 
-    def start(self, process: WorkerProcess, options: WorkerOptions, faults: list[dict[str, Any]]) -> None:
+    def start(
+        self,
+        process: WorkerProcess,
+        options: WorkerOptions,
+        faults: list[dict[str, Any]],
+        answerer: Any = None,
+    ) -> None:
         """Loads the bundle in ``process`` (fresh or a spare); raises LoaderError, leaving nothing.
 
-        ``faults`` (fault specs) are armed before polyplug_init runs.
+        ``faults`` (fault specs) are armed before polyplug_init runs; ``answerer``
+        answers the worker's calls back (during init on this thread).
         """
         config = self._config
         self.process = process
@@ -93,6 +105,9 @@ class WorkerProxy:
             )
             undo.callback(channel.close_fd)
             self.channel = channel
+            self.answerer = answerer
+            if answerer is not None:
+                answerer.attach(channel.conn)
             load = proto.frame(
                 proto.LOAD,
                 protocol=proto.PROTOCOL_VERSION,
@@ -104,11 +119,12 @@ class WorkerProxy:
                 cwd=options.cwd,
                 limits=options.limits.as_dict() if options.limits else None,
                 faults=faults,
+                dependencies=[dep.as_info() for dep in self.manifest.dependencies],
             )
             process.send(load, (channel.fd,))  # if it fails, the worker is gone: on_exit says how
             channel.close_fd()
             try:
-                reply = self._handshake.result(timeout=config.load_timeout)
+                reply = self._await_handshake(config.load_timeout)
             except concurrent.futures.TimeoutError:
                 raise InitFailed(
                     f"bundle {self.manifest.name!r}: loading {self.manifest.file} did not finish within "
@@ -118,6 +134,26 @@ class WorkerProxy:
                 ) from None
             self._accept(reply)
             undo.pop_all()
+
+    def _await_handshake(self, timeout: float) -> dict[str, Any]:
+        """The ready (or error) frame; meanwhile answers what polyplug_init asks the host."""
+        deadline = time.monotonic() + timeout
+        if self.answerer is not None:
+            self.answerer.initialising = True
+        try:
+            while True:
+                try:
+                    call = self._init_calls.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    raise concurrent.futures.TimeoutError from None
+                if call is None:
+                    return self._handshake.result()
+                data = call.get("data")
+                answer = self.answerer.answer(data) if self.answerer and isinstance(data, bytes) else b""
+                self.process.send(proto.frame(proto.CB_REPLY, data=answer))
+        finally:
+            if self.answerer is not None:
+                self.answerer.initialising = False
 
     def _accept(self, reply: dict[str, Any]) -> None:
         name, library = self.manifest.name, self.manifest.file
@@ -222,6 +258,9 @@ class WorkerProxy:
             self._log_record(message)
         elif kind in (proto.READY, proto.ERROR) and not self._handshake.done():
             self._handshake.set_result(message)
+            self._init_calls.put(None)
+        elif kind == proto.CB and not self._handshake.done():
+            self._init_calls.put(message)
         elif kind == proto.CLOSED:
             pass  # the worker dlclosed; its exit (which shutdown waits for) follows
         elif kind == proto.FAULT:
@@ -243,8 +282,11 @@ class WorkerProxy:
     def on_exit(self, returncode: int) -> None:
         sig, code, description = describe_exit(returncode)
         process = self.process
+        if self.answerer is not None:
+            self.answerer.close()
         if not self._handshake.done():
             self._handshake.set_result({"t": "exited", "description": description, "tail": process.tail()})
+            self._init_calls.put(None)
             return
         if self._reply is not None and not self._reply.done():
             self._reply.set_result({"t": "exited"})

@@ -14,7 +14,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from . import _dependencies
 from ._bundle import Bundle, BundleState
+from ._callbacks import Answerer, Directory
 from ._config import ResourceLimits, RestartPolicy, RuntimeConfig, WorkerOptions
 from ._contract import GuestContract
 from ._faults import Fault
@@ -24,7 +26,7 @@ from ._process import SpareWorker, WorkerProcess
 from ._proxy import WorkerProxy
 from ._supervisor import BundleEvent, BundleEventKind, Supervisor
 from ._typed import TypedContract, open_contract
-from .errors import InitFailed, LoaderError, StaleHandle
+from .errors import DependencyInUse, DependencyNotFound, InitFailed, LoaderError, StaleHandle
 
 _logger = logging.getLogger("polyplug_isolated")
 NOT_FOUND = 0xFFFFFFFF
@@ -102,6 +104,7 @@ class Runtime:
         self._monitor = Monitor()
         self._spare = SpareWorker() if self.config.prestart else None
         self._closed = False
+        self._directory = Directory(self)  # what workers' calls back see (_callbacks)
 
     # ---- context ------------------------------------------------------------
 
@@ -119,7 +122,7 @@ class Runtime:
             self._closed = True
             bundles = list(self._bundles.values())
         self._supervisor.close()
-        for bundle in bundles:
+        for bundle in reversed(bundles):  # dependers (loaded later) first
             self._unload(bundle)
         if self._spare is not None:
             self._spare.close()
@@ -166,6 +169,14 @@ class Runtime:
             if options is not None:
                 existing.set_options(options)
             return self.reload_manifest(manifest)
+        unmet = _dependencies.missing(manifest.dependencies, self.bundles)
+        if unmet:
+            raise DependencyNotFound(
+                f"bundle {manifest.name!r}: dependency not found: "
+                + ", ".join(f"contract={dep.describe()} min_version={dep.min_version}" for dep in unmet)
+                + "; load the bundle that provides it first",
+                bundle=manifest.name,
+            )
         bundle = Bundle(manifest, options or WorkerOptions())
         proxy = self._start_worker(bundle, manifest)
         with self._lock:
@@ -209,10 +220,25 @@ class Runtime:
             if bundle.state is BundleState.CRASHED:
                 bundle.move(BundleState.RESTARTING)
                 bundle.move(BundleState.READY)
+        for depender in _dependencies.dependers(bundle, self.bundles):
+            if depender.manifest.needs_reinit_on_dep_reload:
+                self._reinit(depender, bundle)
         self._report(ReloadPhaseType.RELOADED, bundle)
         if old is not None and old.alive:
             old.shutdown(self.config.drain_timeout)
         return bundle
+
+    def _reinit(self, depender: Bundle, target: Bundle) -> None:
+        """The cascade: a fresh worker runs the depender's polyplug_init again; calls are rerouted."""
+        try:
+            self.reload_manifest(depender.manifest)
+        except LoaderError as exc:
+            raise LoaderError(
+                f"cascade reload of dependent bundle {depender.name!r} failed after {target.name!r} "
+                f"reloaded: "
+                f"{exc}",
+                bundle=depender.name,
+            ) from exc
 
     def unload_bundle(self, bundle_id: int) -> None:
         """Drains the bundle's calls in flight, then its worker dlcloses and exits.
@@ -223,6 +249,13 @@ class Runtime:
             bundle = self._bundles.get(bundle_id)
         if bundle is None:
             raise LoaderError(f"no bundle with id {bundle_id} is loaded in this runtime", bundle=None)
+        users = _dependencies.dependers(bundle, self.bundles)
+        if users:
+            raise DependencyInUse(
+                f"cannot unload bundle {bundle.name!r}: still-loaded bundles declared a dependency on it: "
+                f"{[user.name for user in users]}; unload them first",
+                bundle=bundle.name,
+            )
         self._unload(bundle)
 
     def _unload(self, bundle: Bundle) -> None:
@@ -270,7 +303,9 @@ class Runtime:
             lambda dead: self._on_death(bundle, dead),
             bundle.record_fault,
         )
-        proxy.start(process, options, bundle.fault_specs(bundle.start_faults))
+        proxy.start(
+            process, options, bundle.fault_specs(bundle.start_faults), Answerer(self._directory, bundle)
+        )
         return proxy
 
     def _on_death(self, bundle: Bundle, proxy: WorkerProxy) -> None:
@@ -337,6 +372,7 @@ class Runtime:
         handles minted before a reload stay valid (as in polyplug); a contract
         it no longer provides is vacated; a new one takes a free slot.
         """
+        self._directory.changed()
         fresh = {contract["contract_id"]: contract for contract in proxy.contracts}
         for slot in self._slots:
             if slot.bundle is bundle:
@@ -356,6 +392,7 @@ class Runtime:
             vacant.bundle = bundle
 
     def _unpublish(self, bundle: Bundle) -> None:
+        self._directory.changed()
         for slot in self._slots:
             if slot.bundle is bundle:
                 slot.bundle = None
@@ -407,6 +444,31 @@ class Runtime:
                 at a major >= ``min_version``.
         """
         return open_contract(self, name, min_version, api)
+
+    def register_host_contract(
+        self,
+        implementation: Any,
+        *,
+        api: str | os.PathLike[str] | None = None,
+        contract: str | None = None,
+        singleton: bool = True,
+    ) -> None:
+        """Offers a host contract to every bundle's ``get_host_contract``.
+
+        ``implementation`` is polyplug's ``HostContractInterface`` as its generated
+        host factories build it (a ctypes struct with callbacks and ``user_data``;
+        keep it alive), or a plain Python object whose methods are the functions of
+        the api.toml ``[[host_contract]]`` named by ``contract`` (the only one, if
+        None), called with and returning Python values. Implementations run on the
+        host thread whose plugin call asked for them. ``api`` also tells the
+        workers how a native interface's arguments are laid out; without it, the
+        calling bundle's own api.toml must declare the host contract.
+
+        Raises:
+            ValueError: a host contract with that id is already registered.
+            TypeError, LookupError, ManifestError: the implementation or api does not fit.
+        """
+        self._directory.host_contracts.register(implementation, api, contract, singleton)
 
     @property
     def bundles(self) -> list[Bundle]:

@@ -10,7 +10,9 @@
     │   ├── InitSymbolMissing       no polyplug_init export
     │   ├── InitFailed              dlopen error, ABI mismatch, init error/crash/timeout, ...
     │   ├── BundleSignatureError    unsigned, tampered or untrusted under SignaturePolicy.Required
-    │   └── HotReloadDisabled       reload_bundle with RuntimeConfig.hot_reload_enabled off
+    │   ├── HotReloadDisabled       reload_bundle with RuntimeConfig.hot_reload_enabled off
+    │   ├── DependencyNotFound      a [[dependency]] no loaded bundle satisfies
+    │   └── DependencyInUse         unloading a bundle that loaded bundles depend on
     ├── CallError                   a call failed (.bundle, .function)
     │   ├── PluginCallError         the plugin answered with a non-Ok AbiError (.code, .message)
     │   ├── WorkerCrashed           the worker died (.signal or .exitcode, .stderr_tail)
@@ -69,6 +71,14 @@ class BundleSignatureError(LoaderError):
 
 class HotReloadDisabled(LoaderError):
     """reload_bundle on a polyplug-style runtime whose config turned hot reload off."""
+
+
+class DependencyNotFound(LoaderError):
+    """A ``[[dependency]]`` of the bundle is satisfied by no loaded bundle: load the provider first."""
+
+
+class DependencyInUse(LoaderError):
+    """Loaded bundles declared a dependency on the bundle: unload them first."""
 
 
 class CallError(PolyplugIsolatedError):

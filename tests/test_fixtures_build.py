@@ -36,6 +36,12 @@ ABI_VERSION = "polyplug_abi_version"
 # fixture -> (exported entry points, value polyplug_abi_version returns or None)
 EXPECTED_EXPORTS: dict[str, tuple[set[str], int | None]] = {
     "adder": ({ABI_VERSION, INIT}, 1),
+    "cross_caller": ({ABI_VERSION, INIT}, 1),
+    "cross_target": ({ABI_VERSION, INIT}, 1),
+    "cross_target_v2": ({ABI_VERSION, INIT}, 1),
+    "depender": ({ABI_VERSION, INIT}, 1),
+    "error_chain": ({ABI_VERSION, INIT}, 1),
+    "reporter": ({ABI_VERSION, INIT}, 1),
     "crasher": ({ABI_VERSION, INIT}, 1),
     "environ": ({ABI_VERSION, INIT}, 1),
     "error_plugin": ({ABI_VERSION, INIT}, 1),
@@ -58,6 +64,12 @@ EXPECTED_EXPORTS: dict[str, tuple[set[str], int | None]] = {
 # contract name -> function count, for every fixture that registers contracts
 EXPECTED_CONTRACTS: dict[str, dict[str, int]] = {
     "adder": {"test.add": 4},
+    "cross_caller": {"cross.caller": 4},
+    "cross_target": {"cross.target": 2},
+    "cross_target_v2": {"cross.target": 2},
+    "depender": {"depender.test": 3},
+    "error_chain": {"error.test": 3},
+    "reporter": {"reporter.test": 3},
     "crasher": {"test.crash": 5},
     "environ": {"test.env": 5},
     "hostile": {"test.hostile": 6},
@@ -76,10 +88,14 @@ EXPECTED_CONTRACTS: dict[str, dict[str, int]] = {
 WITH_API = set(EXPECTED_CONTRACTS) - {"payload", "environ", "hostile", "probe_v1", "probe_v2"}
 
 # directory -> the fixture whose source it builds again (with other #defines)
-SHARED_SOURCES = {"probe_v2": "probe_v1"}
+SHARED_SOURCES = {"probe_v2": "probe_v1", "cross_target_v2": "cross_target"}
 
 # directory -> (bundle name, version) for the builds of one bundle
-VARIANTS = {"probe_v1": ("probe", "1.0.0"), "probe_v2": ("probe", "1.1.0")}
+VARIANTS = {
+    "probe_v1": ("probe", "1.0.0"),
+    "probe_v2": ("probe", "1.1.0"),
+    "cross_target_v2": ("cross_target", "1.1.0"),
+}
 
 
 def fnv1a64(text: str) -> int:

@@ -93,6 +93,15 @@ def _install_faults(specs: list[dict], append: bool) -> None:
     lib.ppw_faults_install(table, len(specs), append)
 
 
+def _declare_dependencies(dependencies: list[dict]) -> None:
+    """What get_dependencies shows the plugin during its polyplug_init."""
+    table = ffi.new("DependencyInfo[]", max(1, len(dependencies)))
+    for entry, dependency in zip(table, dependencies, strict=False):
+        for name, value in dependency.items():
+            setattr(entry, name, value)
+    lib.ppw_set_dependencies(table, len(dependencies))
+
+
 def _load(request: dict, segment_fd: int | None) -> bool:
     if (
         request.get("t") != proto.LOAD
@@ -119,6 +128,7 @@ def _load(request: dict, segment_fd: int | None) -> bool:
         _send(proto.ERROR, kind=proto.CONFINE, message=f"cannot apply the bundle's cwd or limits: {exc}")
         return False
     _install_faults(request.get("faults") or [], append=False)
+    _declare_dependencies(request.get("dependencies") or [])
     result = ffi.new("ppw_load_result *")
     bundle_dir = request["bundle_dir"]
     lib.ppw_load(request["library"].encode(), request["bundle_id"], bundle_dir, len(bundle_dir), result)

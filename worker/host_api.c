@@ -3,10 +3,11 @@
  * polyplug_init a complete HostApi, keeps what the bundle registers, and runs
  * the registered functions for the serve loop.
  *
- * One bundle per process, so the state here is process-global. Callbacks a
- * single isolated bundle cannot honour (loading other bundles, host
- * contracts, loaders) answer FunctionNotAvailable: every HostApi field is
- * non-NULL, as ABI.md requires.
+ * One bundle per process, so the state here is process-global. Host
+ * contracts, other bundles' contracts and the list of bundles come from the
+ * host (callback.c). Callbacks an isolated bundle cannot honour (loading
+ * bundles, registering host contracts or loaders) answer FunctionNotAvailable:
+ * every HostApi field is non-NULL, as ABI.md requires.
  */
 #define _GNU_SOURCE
 #include "polyplug_abi.h"
@@ -52,6 +53,8 @@ static int g_control_fd = -1;
 static pthread_mutex_t g_send_lock = PTHREAD_MUTEX_INITIALIZER;
 
 void ppw_set_control_fd(int fd) { g_control_fd = fd; }
+
+int ppw_control_fd(void) { return g_control_fd; }
 
 static int write_all(const uint8_t *p, size_t n)
 {
@@ -149,11 +152,13 @@ static void set_err(AbiError *err, uint32_t code, const char *message)
     err->message.len = message ? strlen(message) : 0;
 }
 
-static void set_last_error(const char *text)
+void ppw_set_last_error(const char *text, size_t len)
 {
-    g_last_error_len = strlen(text) < sizeof g_last_error ? strlen(text) : sizeof g_last_error - 1;
+    g_last_error_len = len < sizeof g_last_error ? len : sizeof g_last_error - 1;
     memcpy(g_last_error, text, g_last_error_len);
 }
+
+static void set_last_error(const char *text) { ppw_set_last_error(text, strlen(text)); }
 
 static char *copy_view(StringView v, size_t *len)
 {
@@ -236,14 +241,23 @@ static int matches(const registration *r, uint64_t contract_id, uint32_t min_ver
     return r->iface.contract_id == contract_id && r->iface.contract_version.major >= min_version;
 }
 
-/* A bundle sees its own registrations; other bundles live in other workers. */
-static GuestContractHandle cb_find_guest_contract(const HostApi *self, uint64_t contract_id, uint32_t min_version)
+/* This bundle's own registrations, for when the host cannot be asked (a
+ * thread of the plugin's own, serving no call). */
+static GuestContractHandle find_local(uint64_t contract_id, uint32_t min_version)
 {
-    (void)self;
     for (uint32_t i = 0; i < g_nregs; i++)
         if (matches(&g_regs[i], contract_id, min_version))
             return (GuestContractHandle){i, 0};
     return (GuestContractHandle){0xFFFFFFFFu, 0};
+}
+
+/* Lookups see every bundle of the runtime, in the host registry's order
+ * (callback.c asks the host); handles are the host's. */
+static GuestContractHandle cb_find_guest_contract(const HostApi *self, uint64_t contract_id, uint32_t min_version)
+{
+    (void)self;
+    GuestContractHandle found;
+    return ppw_find_guest_contract(contract_id, min_version, &found) ? found : find_local(contract_id, min_version);
 }
 
 static Array empty_array(size_t align) { return (Array){NULL, 0, align}; }
@@ -251,6 +265,9 @@ static Array empty_array(size_t align) { return (Array){NULL, 0, align}; }
 static Array cb_find_all_guest_contracts(const HostApi *self, uint64_t contract_id, uint32_t min_version)
 {
     (void)self;
+    Array found;
+    if (ppw_find_all_guest_contracts(contract_id, min_version, &found))
+        return found;
     GuestContractHandle *items = g_nregs ? calloc(g_nregs, sizeof *items) : NULL;
     size_t n = 0;
     for (uint32_t i = 0; items && i < g_nregs; i++)
@@ -266,27 +283,36 @@ static Array cb_find_all_guest_contracts(const HostApi *self, uint64_t contract_
 static const GuestContractInterface *cb_resolve_guest_contract(const HostApi *self, GuestContractHandle h)
 {
     (void)self;
+    const GuestContractInterface *found;
+    if (h.index != 0xFFFFFFFFu && ppw_resolve_guest_contract(h, &found))
+        return found;
     return h.index < g_nregs && h.generation == 0 ? &g_regs[h.index].iface : NULL;
+}
+
+const GuestContractInterface *ppw_local_interface(uint32_t index)
+{
+    return index < g_nregs ? &g_regs[index].iface : NULL;
 }
 
 static HostContractInstance cb_get_host_contract(const HostApi *self, uint64_t id, uint32_t min_version)
 {
-    (void)self, (void)id, (void)min_version;
-    set_last_error("host contracts are not available in an isolated worker");
-    return (HostContractInstance){NULL};
+    (void)self;
+    return ppw_get_host_contract(id, min_version);
 }
 
 static const HostContractInterface *cb_resolve_host_contract_interface(const HostApi *self, uint64_t id,
                                                                        uint32_t min_version)
 {
-    (void)self, (void)id, (void)min_version;
-    set_last_error("host contracts are not available in an isolated worker");
-    return NULL;
+    (void)self;
+    return ppw_resolve_host_contract_interface(id, min_version);
 }
 
 static Array cb_list_bundles(const HostApi *self)
 {
     (void)self;
+    Array found;
+    if (ppw_list_bundles(&found))
+        return found;
     uint64_t *ids = malloc(sizeof *ids);
     if (!ids)
         return empty_array(_Alignof(uint64_t));
@@ -294,10 +320,34 @@ static Array cb_list_bundles(const HostApi *self)
     return (Array){ids, 1, _Alignof(uint64_t)};
 }
 
+/* The bundle's [[dependency]] entries, as the host validated them; shown
+ * while its polyplug_init runs, as in polyplug. */
+static DependencyInfo *g_deps;
+static size_t g_ndeps;
+static _Thread_local int t_initialising;
+
+int ppw_set_dependencies(const DependencyInfo *deps, size_t n)
+{
+    free(g_deps);
+    g_deps = n ? malloc(n * sizeof *deps) : NULL;
+    if (n && !g_deps)
+        return -1;
+    if (n)
+        memcpy(g_deps, deps, n * sizeof *deps);
+    g_ndeps = n;
+    return 0;
+}
+
 static Array cb_get_dependencies(const HostApi *self)
 {
     (void)self;
-    return empty_array(8);
+    if (!t_initialising || g_ndeps == 0)
+        return empty_array(_Alignof(DependencyInfo));
+    DependencyInfo *items = malloc(g_ndeps * sizeof *items);
+    if (!items)
+        return empty_array(_Alignof(DependencyInfo));
+    memcpy(items, g_deps, g_ndeps * sizeof *items);
+    return (Array){items, g_ndeps, _Alignof(DependencyInfo)};
 }
 
 static const char NOT_IN_WORKER[] = "not available to a bundle running in a polyplug_isolated worker";
@@ -453,8 +503,12 @@ void ppw_load(const char *library, uint64_t bundle_id, const uint8_t *bundle_dir
     ppw_mark_busy_thread();
     ppw_busy_function = PPW_BUSY_INIT;
     AbiError err = {ABI_OK, {NULL, 0}};
+    t_initialising = 1;
+    ppw_cb_in_init(1);
     if (ppw_fault_before(PPW_PHASE_INIT, 0, 0, &err) != PPW_SKIP)
         err = init(&g_host_api, &ctx);
+    ppw_cb_in_init(0);
+    t_initialising = 0;
     ppw_busy_function = -1;
     if (err.code != ABI_OK) {
         result->kind = PPW_LOAD_INIT_FAILED;

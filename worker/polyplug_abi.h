@@ -26,6 +26,9 @@ enum {
     ABI_DUPLICATE_PROVIDER = 7,
     ABI_INVALID_POINTER = 8,
     ABI_REENTRANT_CALL = 9,
+    ABI_HOST_CONTRACT_NOT_FOUND = 100,
+    ABI_HOST_CONTRACT_VERSION_MISMATCH = 101,
+    ABI_HOST_CONTRACT_CALL_FAILED = 102,
 };
 
 enum { DISPATCH_NATIVE = 0, DISPATCH_VM = 1 };
@@ -65,6 +68,25 @@ typedef struct GuestContractInterface {
 } GuestContractInterface;
 
 typedef struct HostContractInterface HostContractInterface;
+
+/* Host contracts (host -> guest services): functions[fn_id] take the
+ * instance by value (8 bytes); min_version is packed major << 16 | minor. */
+typedef void (*HostNativeFn)(HostContractInstance instance, const void *args, void *out, AbiError *out_err);
+struct HostContractInterface {
+    uint64_t contract_id;
+    Version contract_version;
+    bool singleton;
+    uint32_t dispatch_type;
+    void *runtime;
+    void *user_data;
+    void (*create_instance)(const HostContractInterface *self, const void *args,
+                            HostContractInstance *out_instance);
+    void (*destroy_instance)(const HostContractInterface *self, HostContractInstance instance);
+    DispatchMechanisms dispatch;
+};
+
+/* What get_dependencies answers during init: one per [[dependency]]. */
+typedef struct DependencyInfo { uint64_t contract_id; uint32_t min_version; uint64_t bundle_id; } DependencyInfo;
 
 typedef struct PluginDescriptor { StringView name; StringView contract_name; Version version; } PluginDescriptor;
 typedef struct BundleInitContext { uint64_t bundle_id; StringView bundle_path; } BundleInitContext;
@@ -116,6 +138,9 @@ _Static_assert(sizeof(GuestContractInstance) == 16, "GuestContractInstance is 16
 _Static_assert(sizeof(GuestContractHandle) == 8, "GuestContractHandle is 8 bytes");
 _Static_assert(sizeof(GuestContractInterface) == 56, "GuestContractInterface is 56 bytes");
 _Static_assert(offsetof(GuestContractInterface, dispatch) == 40, "dispatch at 40");
+_Static_assert(sizeof(HostContractInterface) == 80, "HostContractInterface is 80 bytes");
+_Static_assert(offsetof(HostContractInterface, dispatch) == 64, "host dispatch at 64");
+_Static_assert(sizeof(DependencyInfo) == 24, "DependencyInfo is 24 bytes");
 _Static_assert(sizeof(PluginDescriptor) == 48, "PluginDescriptor is 48 bytes");
 _Static_assert(sizeof(BundleInitContext) == 24, "BundleInitContext is 24 bytes");
 _Static_assert(sizeof(HostApi) == 184, "HostApi is 184 bytes");

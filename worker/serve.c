@@ -380,6 +380,20 @@ static const char *call_back(uint64_t target, uint32_t function, const void *arg
     return NULL;
 }
 
+/* For cb_transport.c: the room a call back's args and out have in this
+ * thread's slot (0: the thread serves no slot), and the call back itself. */
+uint64_t ppw_call_back_room(void)
+{
+    uint64_t used = PP_ALIGN8(t_payload_used);
+    return t_slot && used < g_payload_cap ? g_payload_cap - used : 0;
+}
+
+const char *ppw_call_back(uint64_t target, uint32_t function, const void *args, uint32_t args_len, void *out,
+                          uint32_t out_size, AbiError *err)
+{
+    return call_back(target, function, args, args_len, out, out_size, err);
+}
+
 /* W(T): serves one slot's frames until RETIRE or stop. It starts from the
  * slot's last answer: the previous thread of the slot answered everything
  * up to it (RETIRE last), and the host writes the next frame after it. */

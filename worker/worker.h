@@ -58,6 +58,39 @@ const char *ppw_destroy_instance(uint32_t contract, uint32_t instance);
 /* Frees a Buffer a plugin returned, as host->free(ptr, cap, 1). */
 void ppw_free_buffer(uint8_t *ptr, size_t cap);
 
+/* host_api.c, for the call-back path */
+struct GuestContractInterface;
+struct HostContractInterface;
+struct HostContractInstance;
+struct GuestContractHandle;
+struct Array;
+struct DependencyInfo;
+int ppw_control_fd(void);
+void ppw_set_last_error(const char *text, size_t len);
+const struct GuestContractInterface *ppw_local_interface(uint32_t index);
+int ppw_set_dependencies(const struct DependencyInfo *deps, size_t n);
+
+/* cb_transport.c: how a call back reaches the host (see callback.h) */
+/* serve.c: the room a call back has in this thread's slot (0: it serves
+ * none), and the CALLBACK/REPLY round trip (NULL, or why it failed). */
+uint64_t ppw_call_back_room(void);
+const char *ppw_call_back(uint64_t target, uint32_t function, const void *args, uint32_t args_len, void *out,
+                          uint32_t out_size, struct AbiError *err);
+void ppw_cb_in_init(int on);
+/* callback.c: where to write a request (NULL: the host cannot be asked from
+ * this thread); then send it and get the reply's place and length (< 0: none). */
+uint8_t *ppw_cb_begin(uint32_t *cap);
+int64_t ppw_cb_roundtrip(uint32_t len, const uint8_t **reply);
+
+/* callback.c: the HostApi functions that ask the host; the int ones return 0
+ * when the host cannot be asked from this thread */
+struct HostContractInstance ppw_get_host_contract(uint64_t id, uint32_t min_version);
+const struct HostContractInterface *ppw_resolve_host_contract_interface(uint64_t id, uint32_t min_version);
+int ppw_find_guest_contract(uint64_t id, uint32_t min_version, struct GuestContractHandle *found);
+int ppw_find_all_guest_contracts(uint64_t id, uint32_t min_version, struct Array *found);
+int ppw_list_bundles(struct Array *found);
+int ppw_resolve_guest_contract(struct GuestContractHandle h, const struct GuestContractInterface **found);
+
 /* crash.c: last words. The serve loop and ppw_load say what is running. */
 #define PPW_BUSY_INIT (-2)
 extern volatile int32_t ppw_busy_contract; /* polyplug_init's (PPW_BUSY_INIT) */

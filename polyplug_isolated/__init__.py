@@ -19,6 +19,7 @@ _EXPORTS = {
     "._loader": ("BundleSource", "IsolatedLoader"),
     "._manifest": ("ManifestData", "parse_manifest"),
     "._runtime": ("GuestContractHandle", "ReloadPhase", "ReloadPhaseType", "Runtime"),
+    "._sandbox": ("Sandbox", "SandboxReport"),
     "._supervisor": ("BundleEvent", "BundleEventKind"),
     "._typed": ("ContractInstance", "TypedContract"),
     ".errors": (

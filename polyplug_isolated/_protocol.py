@@ -9,7 +9,8 @@ names it. The shared-memory layout lives in ``worker/channel.h``; its version
     host                                     worker
      |  spawn: python -m polyplug_isolated.worker --control-fd C  (maybe long before)
      |--- load {protocol, library, bundle_id, bundle_dir, wait, spin_ns,  --->|
-     |          cwd, limits} + the segment's fd (SCM_RIGHTS)
+     |          cwd, limits, sandbox} + the segment's fd (SCM_RIGHTS)
+     |<-- contained {mechanisms, pid} ------------ contain (see _sandbox)
      |                                          chdir, setrlimit
      |                                          attach segment, dlopen, init
      |<-- ready {abi_version, contracts: [...]}  |  or  error {kind, ...} ---|
@@ -50,6 +51,7 @@ FAULTS_SET = "faults_set"
 FAULT = "fault"  # worker -> host: a fault fired {id, call, contract, function}
 SYNC = "sync"  # host -> worker; answered by SYNCED once every earlier frame is out
 SYNCED = "synced"
+CONTAINED = "contained"  # worker -> host, before dlopen: {mechanisms: {name: state}, pid}
 
 # Values of an ``error`` frame's ``kind``.
 DLOPEN = "dlopen"

@@ -25,6 +25,7 @@ from ._config import ResourceLimits, RuntimeConfig, WorkerOptions
 from ._manifest import ManifestData
 from ._monitor import Monitor
 from ._process import WorkerProcess, describe_exit
+from ._sandbox import SandboxReport, read_report, worker_policy
 from .errors import InitFailed, InitSymbolMissing, LoaderError
 
 _LOG_LEVELS = {1: logging.ERROR, 2: logging.WARNING, 3: logging.INFO, 4: logging.DEBUG, 5: logging.DEBUG}
@@ -68,6 +69,8 @@ class WorkerProxy:
         self.options = WorkerOptions()
         self.process: WorkerProcess | None = None
         self.channel: Channel | None = None
+        self.sandbox_report: SandboxReport | None = None
+        self._policy: dict[str, Any] | None = None
 
     # ---- start ----------------------------------------------------------
 
@@ -87,6 +90,7 @@ class WorkerProxy:
             )
             undo.callback(channel.close_fd)
             self.channel = channel
+            self._policy = worker_policy(config.containment, options.sandbox, self.manifest.path, options.cwd)
             load = proto.frame(
                 proto.LOAD,
                 protocol=proto.PROTOCOL_VERSION,
@@ -96,8 +100,9 @@ class WorkerProxy:
                 wait=WAIT_MODES[config.wait],
                 spin_ns=config.spin_ns,
                 cwd=options.cwd,
-                limits=options.limits.as_dict() if options.limits else None,
+                limits=_limits(options),
                 faults=faults,
+                sandbox=self._policy,
             )
             process.send(load, (channel.fd,))  # if it fails, the worker is gone: on_exit says how
             channel.close_fd()
@@ -135,6 +140,10 @@ class WorkerProxy:
 
     @property
     def pid(self) -> int | None:
+        """The process the host started, signals and reaps. Under containment it
+        stands for the worker, which runs inside the namespaces as
+        ``sandbox_report.pid``: its signals reach the worker, its exit status
+        is the worker's."""
         return self.process.pid if self.process else None
 
     @property
@@ -216,6 +225,13 @@ class WorkerProxy:
             self._log_record(message)
         elif kind in (proto.READY, proto.ERROR) and not self._handshake.done():
             self._handshake.set_result(message)
+        elif kind == proto.CONTAINED and self.sandbox_report is None and not self._handshake.done():
+            # Sent before dlopen: only the first one is the worker's own.
+            if self._policy is None:
+                return
+            pid = message.get("pid")
+            pid = pid if isinstance(pid, int) and 0 < pid < 1 << 31 else self.process.pid
+            self.sandbox_report = read_report(self.manifest.name, pid, message, self._policy)
         elif kind == proto.CLOSED:
             pass  # the worker dlclosed; its exit (which shutdown waits for) follows
         elif kind == proto.FAULT:
@@ -245,7 +261,8 @@ class WorkerProxy:
         # A kill only explains a death it caused: a worker that segfaulted and
         # was then SIGKILLed for hanging up its socket died of the SIGSEGV.
         killed_by_us = sig == signal.SIGKILL and process.kill_reason is not None
-        description += _limit_note(self.options.limits, sig, killed_by_us)
+        limits = self.options.limits or (self.options.sandbox.limits if self.options.sandbox else None)
+        description += _limit_note(limits, sig, killed_by_us)
         self.death = Death(
             sig, code, description, process.tail(), process.kill_reason if killed_by_us else None
         )
@@ -263,6 +280,11 @@ class WorkerProxy:
         target = _text(message.get("target"))
         text = _text(message.get("message"))
         self._bundle_log.log(_LOG_LEVELS.get(level, logging.ERROR), "[%s] %s", target, text)
+
+
+def _limits(options: WorkerOptions) -> dict[str, int] | None:
+    limits = options.limits or (options.sandbox.limits if options.sandbox else None)
+    return limits.as_dict() if limits else None
 
 
 def _limit_note(limits: ResourceLimits | None, sig: signal.Signals | None, killed_by_us: bool) -> str:

@@ -19,7 +19,7 @@ import traceback
 from pathlib import Path
 
 _ROOT = Path(__file__).resolve().parent.parent
-GROUPS = ("floor", "polyplug", "pipe", "isolated", "batch", "threads", "idle", "payload")
+GROUPS = ("floor", "polyplug", "pipe", "isolated", "batch", "threads", "idle", "payload", "sandbox")
 
 # (id, case, text, kind, limit, reference case). kind "ratio": case p50 over the
 # reference's p50 at most limit; "faster": case p50 below the reference's p50;
@@ -216,6 +216,8 @@ class Runner:
         if "payload" in self.groups:
             steps.append(("payload sizes, in-process (subprocess)", self._payload_inproc))
             steps.append(("payload sizes, isolated", self._payload_isolated))
+        if "sandbox" in self.groups:
+            steps.append(("containment cost", lambda: self._add(c.sandbox(self.adder, plan))))
         return steps
 
     def run(self) -> None:
@@ -340,7 +342,7 @@ class Runner:
 
     def _idle(self) -> None:
         contract = self._auto()
-        self.idle = self._cases.idle_worker(contract, self._runtimes["auto"][1].pid, self.plan)
+        self.idle = self._cases.idle_worker(contract, self._runtimes["auto"][1].worker_pid, self.plan)
 
     def _close_auto(self) -> None:
         entry = self._runtimes.pop("auto", None)

@@ -122,6 +122,15 @@ class Bundle:
         return self.proxy.pid if self.proxy else None
 
     @property
+    def worker_pid(self) -> int | None:
+        """The pid of the process running the plugin. Under containment it runs
+        inside the worker's namespaces, a descendant of ``pid`` (which stands for
+        it: signals reach it, its exit status is the worker's); else ``pid``."""
+        proxy = self.proxy
+        report = proxy.sandbox_report if proxy else None
+        return report.pid if report is not None and report.pid else self.pid
+
+    @property
     def contracts(self) -> list[ContractInfo]:
         proxy = self.proxy or self.crash
         if proxy is None:

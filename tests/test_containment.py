@@ -57,7 +57,10 @@ def _nobody() -> tuple[list[str], dict[str, str]]:
     (site_dir / "sitecustomize.py").write_text(
         "import site\n" + "".join(f"site.addsitedir({p!r})\n" for p in packages)
     )
-    probe = "import subprocess, sys; subprocess.run([sys.executable, '-c', 'import polyplug_isolated.worker._serve_ffi'], check=True)"
+    probe = (
+        "import subprocess, sys; "
+        "subprocess.run([sys.executable, '-c', 'import polyplug_isolated.worker._serve_ffi'], check=True)"
+    )
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
     for python in (sys.executable, shutil.which(version, path="/usr/local/bin:/usr/bin")):
         if python is None:
@@ -250,6 +253,7 @@ def test_the_report_says_what_contains_each_worker(rt, bundle_dir):
     assert report.mechanisms["files"] == report.mechanisms["network"] == "off"
     # The plugin runs inside the namespaces, a descendant of the process the host started.
     host_side = psutil.Process(plugin.bundle.pid)
+    assert report.pid == plugin.bundle.worker_pid
     assert report.pid in {p.pid for p in host_side.children(recursive=True)}
     assert "pid_namespace    on" in str(report)
 

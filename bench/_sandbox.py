@@ -37,7 +37,9 @@ def measure(
 
     rounds, calls = _rounds(plan)
     samples = {side: {"start": array("q"), "call": array("q")} for side in SIDES}
-    medians: dict[str, dict[str, list[float]]] = {side: {"start": [], "call": []} for side in SIDES}
+    medians: dict[str, dict[str, list[float]]] = {
+        side: {"start": [], "call": [], "apply": []} for side in SIDES
+    }
     for round_ in range(rounds):
         order = list(SIDES) if round_ % 2 == 0 else list(reversed(SIDES))
         for side in order:
@@ -45,6 +47,9 @@ def measure(
                 t0 = time.perf_counter_ns()
                 rt.load_bundle(bundle)
                 samples[side]["start"].append(time.perf_counter_ns() - t0)
+                report = rt.sandbox_report().get("adder")
+                if report is not None:
+                    medians[side]["apply"].append(report.seconds * 1e9)
                 call = functools.partial(contract_of(rt, "test.add").call, ADD_PRIMITIVE, ARGS, 4)
                 if call() != EXPECTED:
                     raise RuntimeError(f"add_primitive(2, 3) is not 5 ({side})")
@@ -72,7 +77,7 @@ def cases(bundle: Path, plan: Plan) -> list[Case]:
                     calls_per_s=1e9 / max(statistics.median(values), 1),
                     baseline=f"sandbox.{what}.plain",
                     note="interleaved rounds; spread = min..max of per-round medians",
-                    extra={"round_medians_ns": medians[side][what]},
+                    extra={"round_medians_ns": medians[side][what], "apply_ns": medians[side]["apply"]},
                 )
             )
     return rows
@@ -94,6 +99,11 @@ def main() -> None:
         unit, scale = ("ms", 1e6) if ".start." in name else ("ns", 1.0)
         spread = f"{min(medians) / scale:.2f}..{max(medians) / scale:.2f} {unit}"
         print(f"{case.label:48} {p50 / scale:>7.2f} {unit} {spread:>32} {p50 / base:>8.3f}x")
+    applied = rows["sandbox.start.contained"].extra["apply_ns"]
+    print(
+        f"{'containment applied in the worker':48} {statistics.median(applied) / 1e6:>7.2f} ms "
+        f"{f'{min(applied) / 1e6:.2f}..{max(applied) / 1e6:.2f} ms':>32}"
+    )
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ names it. The shared-memory layout lives in ``worker/channel.h``; its version
      |  spawn: python -m polyplug_isolated.worker --control-fd C  (maybe long before)
      |--- load {protocol, library, bundle_id, bundle_dir, wait, spin_ns,  --->|
      |          cwd, limits, sandbox} + the segment's fd (SCM_RIGHTS)
-     |<-- contained {mechanisms, pid} ------------ contain (see _sandbox)
+     |<-- contained {mechanisms, pid, seconds} --- contain (see _sandbox)
      |                                          chdir, setrlimit
      |                                          attach segment, dlopen, init
      |<-- ready {abi_version, contracts: [...]}  |  or  error {kind, ...} ---|
@@ -51,7 +51,7 @@ FAULTS_SET = "faults_set"
 FAULT = "fault"  # worker -> host: a fault fired {id, call, contract, function}
 SYNC = "sync"  # host -> worker; answered by SYNCED once every earlier frame is out
 SYNCED = "synced"
-CONTAINED = "contained"  # worker -> host, before dlopen: {mechanisms: {name: state}, pid}
+CONTAINED = "contained"  # worker -> host, before dlopen: {mechanisms: {name: state}, pid, seconds}
 
 # Values of an ``error`` frame's ``kind``.
 DLOPEN = "dlopen"

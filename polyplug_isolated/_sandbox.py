@@ -38,10 +38,10 @@ MECHANISMS: dict[str, tuple[str, str]] = {
         "pid namespaces (CONFIG_PID_NS), plus a user namespace or CAP_SYS_ADMIN",
     ),
     "fresh_proc": (
-        "/proc shows only its own processes: not the host's environ, cmdline, fds or memory",
+        "sees in /proc only its own processes: not the host's environ, cmdline, fds or memory",
         "a mount namespace and a procfs mount of its pid namespace",
     ),
-    "own_session": ("signals to its process group reach only itself", "setsid"),
+    "own_session": ("reaches only itself when it signals its process group", "setsid"),
     "capabilities": ("holds no capability, not even inside its namespaces", "capset, PR_CAPBSET_DROP"),
     "no_new_privs": ("cannot gain privileges through setuid or file capabilities", "PR_SET_NO_NEW_PRIVS"),
     "landlock": (
@@ -164,12 +164,14 @@ class SandboxReport:
             "unavailable: <why>" (asked for, refused by the kernel).
         paths: under a Sandbox file view, {"read_only": [...], "writable": [...]}:
             every path the plugin can reach; empty otherwise.
+        seconds: how long the worker took to apply it (as it measured).
     """
 
     bundle: str
     pid: int | None
     mechanisms: Mapping[str, str]
     paths: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    seconds: float = 0.0
 
     @property
     def in_force(self) -> frozenset[str]:
@@ -182,10 +184,10 @@ class SandboxReport:
         return {name: state for name, state in self.mechanisms.items() if state not in (ON, OFF)}
 
     def __str__(self) -> str:
-        lines = [f"bundle {self.bundle!r} (worker {self.pid}):"]
+        lines = [f"bundle {self.bundle!r} (worker {self.pid}, applied in {self.seconds * 1e3:.1f} ms):"]
         for name, state in self.mechanisms.items():
-            what = MECHANISMS.get(name, ("", ""))[0]
-            lines.append(f"  {name:16} {state:8} {what}" if state in (ON, OFF) else f"  {name:16} {state}")
+            what = f"the plugin {MECHANISMS[name][0]}" if state == ON else ""
+            lines.append(f"  {name:16} {state:8} {what}".rstrip())
         return "\n".join(lines)
 
 
@@ -201,7 +203,11 @@ def read_report(
     }
     files = (policy or {}).get("files") or {}
     paths = {kind: tuple(files.get(kind, ())) for kind in ("read_only", "writable")} if files else {}
-    return SandboxReport(bundle, pid, {name: mechanisms.get(name, OFF) for name in MECHANISMS}, paths)
+    seconds = message.get("seconds")
+    seconds = float(seconds) if isinstance(seconds, (int, float)) and 0 <= seconds < 3600 else 0.0
+    return SandboxReport(
+        bundle, pid, {name: mechanisms.get(name, OFF) for name in MECHANISMS}, paths, seconds
+    )
 
 
 class RefusalLog:
@@ -217,10 +223,11 @@ class RefusalLog:
             self._seen.add((name, why))
             what, needs = MECHANISMS[name]
             _logger.warning(
-                "bundle %r: containment %s is %s, so its plugin is not kept from this: %s (needs %s)",
+                "bundle %r: containment %s is unavailable (%s), so this does not hold: its plugin %s. "
+                "It needs %s; Runtime.sandbox_report() shows what does hold",
                 report.bundle,
                 name,
-                why,
+                why.removeprefix("unavailable: "),
                 what,
                 needs,
             )

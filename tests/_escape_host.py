@@ -75,6 +75,15 @@ def run(scenario: str, fixtures: Path, containment: bool, lock: str | None) -> d
                 result["victim_answer"] = struct.unpack("<I", add.call(0, struct.pack("<II", 2, 3), 4))[0]
             except Exception as exc:
                 result["victim_answer"] = f"{type(exc).__name__}: {exc}"
+        elif scenario == "fallback":
+            # Run on a kernel (or in a container) that refuses namespaces: this
+            # host forbids them to itself and so to its workers.
+            attacker = escape(rt, fixtures)
+            report = rt.sandbox_report()["escape"]
+            result["mechanisms"] = dict(report.mechanisms)
+            result["host_pid"] = attempt(attacker, 1, target(pid=os.getpid()))
+            buffer = ctypes.create_string_buffer(SECRET)
+            result["peek"] = attempt(attacker, 2, target(os.getpid(), len(SECRET), ctypes.addressof(buffer)))
         elif scenario.startswith("daemon_"):
             bundle = rt.load_bundle(fixtures / "daemon", env={"POLYPLUG_TEST_DAEMON_LOCK": lock})
             print(json.dumps({"loaded": bundle.name}), flush=True)
@@ -89,6 +98,16 @@ def run(scenario: str, fixtures: Path, containment: bool, lock: str | None) -> d
     return result
 
 
+def refuse_namespaces() -> None:
+    """Forbids unshare() to this process and its children, as some containers do."""
+    from polyplug_isolated.worker._serve_ffi import lib
+
+    if lib.ppw_sb_no_new_privs() != 0 or lib.ppw_sb_seccomp(0, 0) != 0:
+        raise SystemExit("cannot install a seccomp filter in the host")
+
+
 if __name__ == "__main__":
     name, root, contained = sys.argv[1], Path(sys.argv[2]), sys.argv[3] == "1"
+    if name == "fallback":
+        refuse_namespaces()
     print(json.dumps(run(name, root, contained, sys.argv[4] if len(sys.argv) > 4 else None)), flush=True)

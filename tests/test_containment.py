@@ -196,6 +196,30 @@ def test_a_daemon_started_by_a_constructor_dies_with_its_worker(fixtures_root, d
     wait_until(lambda: lock_is_free(daemon_lock), timeout=10.0)
 
 
+@pytest.mark.parametrize("user", USERS)
+def test_where_the_kernel_refuses_namespaces_the_rest_holds_and_the_report_says_so(fixtures_root, user):
+    host = Host(fixtures_root, user)
+    done = subprocess.run(
+        host.command("fallback"),
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env={**os.environ, **host.env},
+        cwd="/",
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    mechanisms = result["mechanisms"]
+    for refused in ("user_namespace", "pid_namespace", "fresh_proc"):
+        assert mechanisms[refused].startswith("unavailable: EPERM"), mechanisms
+    for held in ("capabilities", "no_new_privs", "landlock", "landlock_scopes", "seccomp"):
+        assert mechanisms[held] == "on", mechanisms
+    assert denied(result["host_pid"]) and denied(result["peek"]), result
+    # Logged once, naming what the plugin is not kept from and what it needs.
+    assert done.stderr.count("containment pid_namespace is unavailable (EPERM") == 1, done.stderr
+    assert "It needs pid namespaces" in done.stderr
+
+
 # ---- control: the same attacks succeed without containment ------------------------------
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 from typing import Any
 
 from polyplug_isolated.worker._serve_ffi import ffi, lib
@@ -58,7 +59,7 @@ def contain(policy: dict[str, Any] | None, control_fd: int, status_fd: int = -1)
     """Applies ``policy`` to this process; returns what took effect, for the host.
 
     Returns ``{"mechanisms": {name: "on" | "off" | "unavailable: why"},
-    "pid": the worker's pid as the host sees it}``. The processes left
+    "pid": the worker's pid as the host sees it, "seconds": how long it took}``. The processes left
     outside keep ``control_fd`` open until the worker's exit status is
     theirs, so the host never sees the socket close before it can reap
     that status. In a zygote's child
@@ -67,17 +68,18 @@ def contain(policy: dict[str, Any] | None, control_fd: int, status_fd: int = -1)
     the worker's wait status (a native int) to ``status_fd`` if one is given
     and exits with the worker's exit code (128 + signal if it was killed).
     """
+    started = time.perf_counter()
     mechanisms: dict[str, str] = {}
     pid = os.getpid()
     if not policy:
-        return {"mechanisms": mechanisms, "pid": pid}
+        return {"mechanisms": mechanisms, "pid": pid, "seconds": 0.0}
     if policy.get("contain"):
         pid = _namespaces(mechanisms, control_fd, status_fd)
         _capabilities(mechanisms)
     mechanisms["no_new_privs"] = _step(lib.ppw_sb_no_new_privs())
     _landlock(mechanisms, policy)
     _seccomp(mechanisms, policy)
-    return {"mechanisms": mechanisms, "pid": pid}
+    return {"mechanisms": mechanisms, "pid": pid, "seconds": time.perf_counter() - started}
 
 
 def _step(err: int) -> str:

@@ -31,12 +31,14 @@ def _rounds(plan: Plan) -> tuple[int, int]:
 
 def measure(
     bundle: Path, plan: Plan
-) -> tuple[dict[str, dict[str, array]], dict[str, dict[str, list[float]]]]:
+) -> tuple[dict[str, dict[str, array[int]]], dict[str, dict[str, list[float]]]]:
     """({side: {"start": ns per load, "call": ns per call}}, the same as per-round medians)."""
     from polyplug_isolated import Runtime
 
     rounds, calls = _rounds(plan)
-    samples = {side: {"start": array("q"), "call": array("q")} for side in SIDES}
+    samples: dict[str, dict[str, array[int]]] = {
+        side: {"start": array("q"), "call": array("q")} for side in SIDES
+    }
     medians: dict[str, dict[str, list[float]]] = {
         side: {"start": [], "call": [], "apply": []} for side in SIDES
     }

@@ -64,6 +64,7 @@ def run(scenario: str, fixtures: Path, containment: bool, lock: str | None) -> d
             attacker = escape(rt, fixtures, inherit_env=False)
             for name, pid in (("host", os.getpid()), ("parent", 0), ("init", 1)):
                 result[name] = attempt(attacker, 4, target(pid, name=b"environ"))
+            result["host_cmdline"] = attempt(attacker, 4, target(os.getpid(), name=b"cmdline"))
         elif scenario == "scribble":
             victim = rt.load_bundle(fixtures / "adder")
             add = rt.resolve_guest_contract(rt.find_guest_contract(ADD, 1))
@@ -84,6 +85,8 @@ def run(scenario: str, fixtures: Path, containment: bool, lock: str | None) -> d
             result["host_pid"] = attempt(attacker, 1, target(pid=os.getpid()))
             buffer = ctypes.create_string_buffer(SECRET)
             result["peek"] = attempt(attacker, 2, target(os.getpid(), len(SECRET), ctypes.addressof(buffer)))
+            result["environ"] = attempt(attacker, 4, target(os.getpid(), name=b"environ"))
+            result["cmdline"] = attempt(attacker, 4, target(os.getpid(), name=b"cmdline"))
         elif scenario.startswith("daemon_"):
             bundle = rt.load_bundle(fixtures / "daemon", env={"POLYPLUG_TEST_DAEMON_LOCK": lock})
             print(json.dumps({"loaded": bundle.name}), flush=True)

@@ -9,7 +9,7 @@ builds it) and applies, in this order, each step needing the previous:
 2. a fresh /proc of the new pid namespace (the host's entries are gone);
 3. its own session (a signal to "my process group" reaches only itself);
 4. no capabilities left, in any set, and securebits locked;
-5. no_new_privs (also what lets an unprivileged process use 2 and 3 below);
+5. no_new_privs (also what lets an unprivileged process use 6 and 7);
 6. Landlock: one domain (no ptrace of, signal to, or abstract socket of
    anyone outside it) with the Sandbox's filesystem view and TCP rules;
 7. seccomp-bpf on every thread: the default denylist, plus the Sandbox's
@@ -20,10 +20,15 @@ namespace requires it, and Landlock only binds the calling thread and the
 threads it creates later. A step the kernel refuses is reported (never
 fatal): the host logs a warning and shows it in ``Runtime.sandbox_report()``.
 
-A zygote (a template process that forks workers) calls ``prepare_fork()``
-right before each fork and ``contain(policy, control_fd, status_fd)`` first thing in the
-child: the fork then creates the child as pid 1 of a new pid namespace, and
-``contain`` makes it the namespace's init and returns in a forked worker.
+A zygote (a template process that forks workers) calls it the same way, first
+thing in each forked child, while that child has one thread: the child then
+stays outside as the worker's stand-in, as a worker started by subprocess
+does. Or, to save that process, ``prepare_fork()`` in the zygote right before
+each fork (it needs CAP_SYS_ADMIN over the zygote's user namespace) and
+``contain(policy, control_fd, status_fd)`` in the child: the fork creates the
+child as pid 1 of a new pid namespace, and ``contain`` makes it the
+namespace's init (the zygote reaps it and reads the worker's wait status from
+``status_fd``) and returns in a forked worker.
 """
 
 from __future__ import annotations
@@ -107,7 +112,7 @@ def _namespaces(mechanisms: dict[str, str], control_fd: int, status_fd: int) -> 
         mechanisms["own_session"] = ON
     except OSError as exc:
         mechanisms["own_session"] = _refused(exc.errno or errno.EPERM)
-    return outer[0]
+    return int(outer[0])
 
 
 def _in_user_namespace() -> bool:

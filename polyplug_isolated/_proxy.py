@@ -100,7 +100,7 @@ class WorkerProxy:
                 wait=WAIT_MODES[config.wait],
                 spin_ns=config.spin_ns,
                 cwd=options.cwd,
-                limits=_limits(options),
+                limits=limits.as_dict() if (limits := _limits_of(options)) else None,
                 faults=faults,
                 sandbox=self._policy,
             )
@@ -141,9 +141,9 @@ class WorkerProxy:
     @property
     def pid(self) -> int | None:
         """The process the host started, signals and reaps. Under containment it
-        stands for the worker, which runs inside the namespaces as
-        ``sandbox_report.pid``: its signals reach the worker, its exit status
-        is the worker's."""
+        stands for the worker, which runs inside the namespaces (its pid is in
+        ``sandbox_report``): its signals reach the worker, its exit status is
+        the worker's."""
         return self.process.pid if self.process else None
 
     @property
@@ -261,8 +261,7 @@ class WorkerProxy:
         # A kill only explains a death it caused: a worker that segfaulted and
         # was then SIGKILLed for hanging up its socket died of the SIGSEGV.
         killed_by_us = sig == signal.SIGKILL and process.kill_reason is not None
-        limits = self.options.limits or (self.options.sandbox.limits if self.options.sandbox else None)
-        description += _limit_note(limits, sig, killed_by_us)
+        description += _limit_note(_limits_of(self.options), sig, killed_by_us)
         self.death = Death(
             sig, code, description, process.tail(), process.kill_reason if killed_by_us else None
         )
@@ -282,9 +281,9 @@ class WorkerProxy:
         self._bundle_log.log(_LOG_LEVELS.get(level, logging.ERROR), "[%s] %s", target, text)
 
 
-def _limits(options: WorkerOptions) -> dict[str, int] | None:
-    limits = options.limits or (options.sandbox.limits if options.sandbox else None)
-    return limits.as_dict() if limits else None
+def _limits_of(options: WorkerOptions) -> ResourceLimits | None:
+    """The worker's resource limits: given to load_bundle, or else in its Sandbox."""
+    return options.limits or (options.sandbox.limits if options.sandbox else None)
 
 
 def _limit_note(limits: ResourceLimits | None, sig: signal.Signals | None, killed_by_us: bool) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import logging
 import os
 import struct
 import sys
@@ -90,6 +91,7 @@ def run(scenario: str, fixtures: Path, containment: bool, lock: str | None) -> d
         elif scenario.startswith("daemon_"):
             bundle = rt.load_bundle(fixtures / "daemon", env={"POLYPLUG_TEST_DAEMON_LOCK": lock})
             print(json.dumps({"loaded": bundle.name}), flush=True)
+            sys.stdin.readline()  # the test sees the daemon run, then lets this host go on
             if scenario == "daemon_unload":
                 rt.unload_bundle(bundle.id)
                 print(json.dumps({"unloaded": True}), flush=True)
@@ -110,6 +112,7 @@ def refuse_namespaces() -> None:
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")  # to stderr
     name, root, contained = sys.argv[1], Path(sys.argv[2]), sys.argv[3] == "1"
     if name == "fallback":
         refuse_namespaces()

@@ -27,7 +27,7 @@ import psutil
 import pytest
 from conftest import wait_until
 
-from polyplug_isolated import Runtime, Sandbox, guest_contract_id
+from polyplug_isolated import ResourceLimits, Runtime, Sandbox, guest_contract_id
 from polyplug_isolated._sandbox import DEFAULT_MECHANISMS
 
 HOST = Path(__file__).with_name("_escape_host.py")
@@ -183,17 +183,23 @@ def test_a_daemon_started_by_a_constructor_dies_with_its_worker(fixtures_root, d
     command = host.command(f"daemon_{ending}", str(daemon_lock))
     env = {**os.environ, **host.env}
     with subprocess.Popen(
-        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/", env=env
+        command,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd="/",
+        env=env,
     ) as proc:
         assert json.loads(proc.stdout.readline()) == {"loaded": "daemon"}
         assert not lock_is_free(daemon_lock)  # the daemon runs, outside any call
+        proc.stdin.write("\n")  # the host goes on: unload, close or exit
+        proc.stdin.flush()
         if ending == "unload":
             assert json.loads(proc.stdout.readline()) == {"unloaded": True}
             wait_until(lambda: lock_is_free(daemon_lock), timeout=10.0)  # while the host lives on
-            proc.stdin.write("\n")
-            proc.stdin.flush()
-        proc.communicate(timeout=60)
-    assert proc.returncode == 0
+        _, stderr = proc.communicate("\n", timeout=60)
+    assert proc.returncode == 0, stderr
     wait_until(lambda: lock_is_free(daemon_lock), timeout=10.0)
 
 
@@ -365,15 +371,13 @@ def test_a_sandbox_without_network_or_spawn_refuses_them_with_eperm(rt, bundle_d
 
 
 def test_a_sandbox_takes_resource_limits(rt, bundle_dir):
-    from polyplug_isolated import ResourceLimits
-
+    limits = ResourceLimits(open_files=64)
     with pytest.raises(ValueError, match="either"):
-        rt.load_bundle(
-            bundle_dir("wellbehaved"),
-            limits=ResourceLimits(open_files=64),
-            sandbox=Sandbox(limits=ResourceLimits(open_files=64)),
-        )
+        rt.load_bundle(bundle_dir("environ"), limits=limits, sandbox=Sandbox(limits=limits))
     assert rt.bundles == []
+    rt.load_bundle(bundle_dir("environ"), sandbox=Sandbox(limits=limits))
+    environ = rt.resolve_guest_contract(rt.find_guest_contract(guest_contract_id("test.env", 1), 1))
+    assert 0 < struct.unpack("<I", environ.call(2, b"", 4))[0] < 64  # fn 2: how many more files it opens
 
 
 def test_a_sandbox_path_list_must_not_be_a_single_path():

@@ -122,6 +122,14 @@ class WorkerProxy:
         name, library = self.manifest.name, self.manifest.file
         kind = reply.get("t")
         if kind == proto.READY:
+            if self._policy is not None and self.sandbox_report is None:
+                # Fail closed: a worker program that skipped contain() would run the plugin bare.
+                raise InitFailed(
+                    f"bundle {name!r}: its worker loaded {library} without reporting its containment; "
+                    "a worker must call polyplug_isolated.worker._contain.contain() before dlopen "
+                    "(or run with Runtime(containment=False))",
+                    bundle=name,
+                )
             self.contracts = _checked_contracts(reply, self.manifest)
             return
         if kind == "exited":

@@ -20,6 +20,7 @@ from ._config import WorkerOptions
 from ._faults import Fault, FaultRecord
 from ._manifest import ManifestData
 from ._proxy import WorkerProxy
+from ._sandbox import SandboxReport
 from .errors import BundleUnavailable
 
 
@@ -129,6 +130,11 @@ class Bundle:
         proxy = self.proxy
         report = proxy.sandbox_report if proxy else None
         return report.pid if report is not None and report.pid else self.pid
+
+    @property
+    def sandbox_report(self) -> SandboxReport | None:
+        """What contains the current worker (see Runtime.sandbox_report); None without one."""
+        return self.proxy.sandbox_report if self.proxy else None
 
     @property
     def contracts(self) -> list[ContractInfo]:

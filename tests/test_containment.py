@@ -28,7 +28,7 @@ import pytest
 from conftest import wait_until
 
 from polyplug_isolated import ResourceLimits, Runtime, Sandbox, guest_contract_id
-from polyplug_isolated._sandbox import DEFAULT_MECHANISMS
+from polyplug_isolated._sandbox import DEFAULT_MECHANISMS, read_report
 
 HOST = Path(__file__).with_name("_escape_host.py")
 WELLBEHAVED = guest_contract_id("test.wellbehaved", 1)
@@ -331,6 +331,23 @@ def test_the_report_says_what_contains_each_worker(rt, bundle_dir):
     assert report.pid == plugin.bundle.worker_pid
     assert report.pid in {p.pid for p in host_side.children(recursive=True)}
     assert "pid_namespace    on" in str(report)
+    assert plugin.bundle.sandbox_report is report
+
+
+def test_a_worker_that_does_not_report_its_containment_is_refused(bundle_dir):
+    """A worker program that skipped contain() (say, a new way of starting
+    workers) must not run plugins bare: the load fails closed."""
+    from polyplug_isolated._config import RuntimeConfig
+    from polyplug_isolated._manifest import parse_manifest
+    from polyplug_isolated._proxy import WorkerProxy
+    from polyplug_isolated.errors import InitFailed
+
+    proxy = WorkerProxy(parse_manifest(bundle_dir("adder")), RuntimeConfig(), None, print, print)
+    proxy._policy = {"contain": True}
+    with pytest.raises(InitFailed, match="without reporting its containment"):
+        proxy._accept({"t": "ready", "contracts": []})
+    proxy.sandbox_report = read_report("adder", 1, {"mechanisms": {}}, proxy._policy)
+    proxy._accept({"t": "ready", "contracts": []})  # reported: accepted
 
 
 def test_no_containment_no_report(bundle_dir):

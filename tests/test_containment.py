@@ -178,9 +178,12 @@ def daemon_lock(shared_dir):
 
 @pytest.mark.parametrize("user", USERS)
 @pytest.mark.parametrize("ending", ["unload", "close", "host_exit"])
-def test_a_daemon_started_by_a_constructor_dies_with_its_worker(fixtures_root, daemon_lock, user, ending):
+@pytest.mark.parametrize("namespaces", ["", "_without_namespaces"])  # else a subreaper does it
+def test_a_daemon_started_by_a_constructor_dies_with_its_worker(
+    fixtures_root, daemon_lock, user, ending, namespaces
+):
     host = Host(fixtures_root, user)
-    command = host.command(f"daemon_{ending}", str(daemon_lock))
+    command = host.command(f"daemon_{ending}{namespaces}", str(daemon_lock))
     env = {**os.environ, **host.env}
     with subprocess.Popen(
         command,
@@ -219,6 +222,7 @@ def test_where_the_kernel_refuses_namespaces_the_rest_holds_and_the_report_says_
     mechanisms = result["mechanisms"]
     for refused in ("user_namespace", "pid_namespace", "fresh_proc"):
         assert mechanisms[refused].startswith("unavailable: EPERM"), mechanisms
+    assert "a subreaper kills what it leaves" in mechanisms["pid_namespace"]
     for held in ("capabilities", "no_new_privs", "landlock", "landlock_scopes", "seccomp"):
         assert mechanisms[held] == "on", mechanisms
     assert denied(result["host_pid"]) and denied(result["peek"]), result

@@ -103,6 +103,10 @@ def _namespaces(mechanisms: dict[str, str], control_fd: int, status_fd: int) -> 
         err = error[0]
         mechanisms["user_namespace"] = ON if entered & lib.PPW_NS_USER else _refused(err)
     mechanisms["pid_namespace"] = ON if entered & lib.PPW_NS_PID else _refused(err or errno.EPERM)
+    if entered & lib.PPW_NS_REAPER:
+        mechanisms["pid_namespace"] += (
+            "; a subreaper kills what it leaves when it ends, unless SIGKILLed first"
+        )
     if entered & lib.PPW_NS_PID and entered & lib.PPW_NS_MOUNT:
         mechanisms["fresh_proc"] = _step(lib.ppw_sb_mount_proc())
     else:

@@ -129,6 +129,60 @@ static _Noreturn void run_init(pid_t worker, int status_fd, int hold_fd)
     _exit(WIFEXITED(status) ? WEXITSTATUS(status) : 1);
 }
 
+/* A subreaper's last duty: every process the worker left behind has been
+ * reparented here; kill them, and those they leave in turn, until none is left. */
+static void kill_orphans(void)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/self/task/%d/children", (int)getpid());
+    for (int round = 0; round < 4096; round++) {
+        char list[4096];
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        ssize_t n = fd >= 0 ? read(fd, list, sizeof list - 1) : -1;
+        if (fd >= 0)
+            close(fd);
+        if (n <= 0)
+            return;
+        list[n] = 0;
+        for (char *at = list; *at;) {
+            char *end;
+            long pid = strtol(at, &end, 10);
+            if (end == at)
+                break;
+            kill((pid_t)pid, SIGKILL);
+            waitpid((pid_t)pid, NULL, 0);
+            at = end;
+        }
+    }
+}
+
+/* Without a pid namespace: this process stays outside as the worker's
+ * stand-in and a subreaper, so that what the worker leaves behind is
+ * reparented here and killed when the worker ends (not if this process is
+ * SIGKILLed first: only a pid namespace covers that). */
+static int split_as_subreaper(int hold_fd, int *outer_pid)
+{
+    sigset_t all, old;
+    sigfillset(&all);
+    sigprocmask(SIG_BLOCK, &all, &old);
+    pid_t worker = prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0 ? fork() : -1;
+    if (worker < 0) {
+        prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0);
+        sigprocmask(SIG_SETMASK, &old, NULL);
+        return 0;
+    }
+    if (worker > 0) {
+        close_fds_except(-1, hold_fd);
+        int status = supervise(worker);
+        kill_orphans();
+        mirror(status);
+    }
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    sigprocmask(SIG_SETMASK, &old, NULL);
+    *outer_pid = getpid();
+    return PPW_NS_REAPER;
+}
+
 static int outer_pid_of_self(void)
 {
     char link[32] = {0};
@@ -149,7 +203,7 @@ int ppw_sb_enter_namespaces(int hold_fd, int *error, int *outer_pid)
          * have pid and mount namespaces: capabilities are dropped later. */
         ns = PPW_NS_PID | PPW_NS_MOUNT;
         if (unshare(CLONE_NEWPID | CLONE_NEWNS) != 0)
-            return 0;
+            return split_as_subreaper(hold_fd, outer_pid);
     } else {
         int err = map_ids(uid, gid);
         if (err != 0)

@@ -11,6 +11,7 @@
 #define PPW_NS_USER 1
 #define PPW_NS_PID 2
 #define PPW_NS_MOUNT 4
+#define PPW_NS_REAPER 8 /* no pid namespace: a subreaper outside kills what the worker leaves */
 
 /* Unshares user (when needed), pid and mount namespaces and splits into
  * three processes: this one stays outside as the host's handle on the worker
@@ -18,8 +19,10 @@
  * is the namespace's init (reaps, and takes every process left in the
  * namespace with it when it exits), and the grandchild returns from here as
  * the worker, pid 2 of the new namespace. Only call it single-threaded.
- * Returns the PPW_NS_* set in force (0 when nothing could be unshared: then
- * no process was split off), with *error the first refusal (an errno) and
+ * Returns the PPW_NS_* set in force (PPW_NS_REAPER alone when no namespace
+ * could be unshared: then this process stays outside as a subreaper instead
+ * of an init; 0 if even that failed, and nothing was split off), with *error
+ * the first refusal (an errno) and
  * *outer_pid the worker's pid as the host sees it.
  * The outside process keeps hold_fd (the control socket) open, closing the
  * rest: the host sees the socket close only when it can also reap the

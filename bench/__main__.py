@@ -18,7 +18,18 @@ import time
 from pathlib import Path
 
 _ROOT = Path(__file__).resolve().parent.parent
-GROUPS = ("floor", "polyplug", "pipe", "isolated", "batch", "threads", "idle", "payload", "callbacks")
+GROUPS = (
+    "floor",
+    "polyplug",
+    "pipe",
+    "isolated",
+    "batch",
+    "threads",
+    "idle",
+    "payload",
+    "callbacks",
+    "sandbox",
+)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -386,7 +386,7 @@ def timed_with_switches(contract, fn, n: int, warmup: int) -> tuple[array, dict]
     1 or more: the worker slept or was preempted on nearly every call.
     """
     _measure.warm(fn, warmup)
-    pid = contract.bundle.pid
+    pid = contract.bundle.worker_pid
     worker_before, host_before = switches(pid), switches(os.getpid())
     samples = _measure.time_each(fn, n, 0)
     calls = max(len(samples), 1)
@@ -471,7 +471,7 @@ def threads(contract, count: int, plan: Plan) -> list[Case]:
     def make_fn():
         return functools.partial(contract.call, ADD_PRIMITIVE, ARGS, 4)
 
-    pid = contract.bundle.pid
+    pid = contract.bundle.worker_pid
     worker_before, host_before = switches(pid), switches(os.getpid())
     samples, calls_per_s, calls = _measure.threaded(make_fn, count, n_each, max(10, n_each // 20))
     placement = {
@@ -587,6 +587,13 @@ def worker_children() -> list[tuple[int, str]]:
         if ppid == me and "polyplug_isolated.worker" in cmdline:
             found.append((int(entry), cmdline))
     return found
+
+
+def sandbox(bundle: Path, plan: Plan) -> list[Case]:
+    """Worker start and call latency with and without containment (bench/_sandbox.py)."""
+    from . import _sandbox
+
+    return _sandbox.cases(bundle, plan)
 
 
 def collect() -> None:

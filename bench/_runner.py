@@ -181,6 +181,8 @@ class Runner:
                     lambda: self._add(c.callbacks(plan, self._pinned)),
                 )
             )
+        if "sandbox" in groups:
+            steps.append(("containment cost", lambda: self._add(c.sandbox(self.adder, plan))))
         if "payload" in groups:
             steps.append(("payload sizes, in-process (subprocess)", self._payload_inproc))
             steps.append(("payload sizes, isolated", self._payload_isolated))

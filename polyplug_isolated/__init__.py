@@ -20,6 +20,7 @@ _EXPORTS = {
     "._manifest": ("ManifestData", "parse_manifest"),
     "._runtime": ("GuestContractHandle", "ReloadPhase", "ReloadPhaseType", "Runtime"),
     "._signing": ("bundle_digest", "generate_signing_key", "sign_bundle"),
+    "._sandbox": ("Sandbox", "SandboxReport"),
     "._supervisor": ("BundleEvent", "BundleEventKind"),
     "._typed": ("ContractInstance", "TypedContract"),
     ".errors": (

@@ -209,14 +209,37 @@ worker_ffi.cdef(
     int ppw_faults_install(const ppw_fault_spec *specs, uint32_t n, int append);
     typedef struct { uint64_t contract_id; uint32_t min_version; uint64_t bundle_id; } DependencyInfo;
     int ppw_set_dependencies(const DependencyInfo *deps, size_t n);
+
+    #define PPW_NS_USER ...
+    #define PPW_NS_PID ...
+    #define PPW_NS_MOUNT ...
+    #define PPW_NS_REAPER ...
+    int ppw_sb_enter_namespaces(int hold_fd, int *error, int *outer_pid);
+    int ppw_sb_become_init(int status_fd, int hold_fd, int *outer_pid);
+    int ppw_sb_unshare_pid(void);
+    int ppw_sb_mount_proc(void);
+    int ppw_sb_drop_capabilities(void);
+    int ppw_sb_no_new_privs(void);
+    int ppw_sb_landlock_abi(void);
+    int ppw_sb_landlock(int scopes, int restrict_files, const char *const *read_only, uint32_t n_read_only,
+                        const char *const *writable, uint32_t n_writable, int no_tcp);
+    int ppw_sb_seccomp(int no_network, int no_spawn);
     """
 )
 worker_ffi.set_source(
     "polyplug_isolated.worker._serve_ffi",
-    '#include "channel.h"\n#include "polyplug_abi.h"\n#include "worker.h"\n',
+    '#include "channel.h"\n#include "polyplug_abi.h"\n#include "worker.h"\n#include "sandbox.h"\n',
     sources=[
         _relative(WORKER_DIR / name)
-        for name in ("serve.c", "host_api.c", "crash.c", "faults.c", "callback.c", "cb_transport.c")
+        for name in (
+            "serve.c",
+            "host_api.c",
+            "crash.c",
+            "faults.c",
+            "callback.c",
+            "cb_transport.c",
+            "sandbox.c",
+        )
     ],
     include_dirs=[_relative(WORKER_DIR)],
     extra_compile_args=CFLAGS,

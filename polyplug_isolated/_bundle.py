@@ -20,6 +20,7 @@ from ._config import WorkerOptions
 from ._faults import Fault, FaultRecord
 from ._manifest import ManifestData
 from ._proxy import WorkerProxy
+from ._sandbox import SandboxReport
 from .errors import BundleUnavailable
 
 
@@ -120,6 +121,20 @@ class Bundle:
     def pid(self) -> int | None:
         """The current worker's PID (None when no worker serves the bundle)."""
         return self.proxy.pid if self.proxy else None
+
+    @property
+    def worker_pid(self) -> int | None:
+        """The pid of the process running the plugin. Under containment it runs
+        inside the worker's namespaces, a descendant of ``pid`` (which stands for
+        it: signals reach it, its exit status is the worker's); else ``pid``."""
+        proxy = self.proxy
+        report = proxy.sandbox_report if proxy else None
+        return report.pid if report is not None and report.pid else self.pid
+
+    @property
+    def sandbox_report(self) -> SandboxReport | None:
+        """What contains the current worker (see Runtime.sandbox_report); None without one."""
+        return self.proxy.sandbox_report if self.proxy else None
 
     @property
     def contracts(self) -> list[ContractInfo]:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ._faults import Fault
+
+if TYPE_CHECKING:
+    from ._sandbox import Sandbox
 
 WAITS = ("auto", "spin", "block")
 
@@ -66,6 +70,9 @@ class RuntimeConfig:
         arena_capacity: bytes of the one shared spill area for a call (or batch) whose
             args + out exceed a slot: the largest call a worker takes. Calls that
             spill take turns; pages are only committed when touched.
+        containment: contain every worker (namespaces, no capabilities, Landlock,
+            seccomp: see README "What a plugin can and cannot do"); False only to
+            measure what it costs or on a kernel where it misbehaves.
     """
 
     call_timeout: float | None = None
@@ -81,6 +88,7 @@ class RuntimeConfig:
     arena_capacity: int = 4 * 1024 * 1024
     restart: RestartPolicy = RestartPolicy()
     prestart: bool = False
+    containment: bool = True
 
     def __post_init__(self):
         if self.wait not in WAITS:
@@ -147,6 +155,7 @@ class WorkerOptions:
         limits: resource limits for the worker.
         faults: fault plans armed in every worker of the bundle before
             polyplug_init (so ``Fault.crash().during_init()`` works), see _faults.
+        sandbox: restrictions beyond the default containment (a ``Sandbox``).
     """
 
     env: tuple[tuple[str, str], ...] = ()
@@ -155,6 +164,7 @@ class WorkerOptions:
     library_path: tuple[str, ...] = ()
     limits: ResourceLimits | None = None
     faults: tuple[Fault, ...] = ()
+    sandbox: Sandbox | None = None
 
     @property
     def needs_own_process(self) -> bool:

@@ -9,7 +9,8 @@ names it. The shared-memory layout lives in ``worker/channel.h``; its version
     host                                     worker
      |  spawn: python -m polyplug_isolated.worker --control-fd C  (maybe long before)
      |--- load {protocol, library, bundle_id, bundle_dir, wait, spin_ns,  --->|
-     |          cwd, limits} + the segment's fd (SCM_RIGHTS)
+     |          cwd, limits, sandbox} + the segment's fd (SCM_RIGHTS)
+     |<-- contained {mechanisms, pid, seconds} --- contain (see _sandbox)
      |                                          chdir, setrlimit
      |                                          attach segment, dlopen, init
      |<-- ready {abi_version, contracts: [...]}  |  or  error {kind, ...} ---|
@@ -53,6 +54,7 @@ SYNC = "sync"  # host -> worker; answered by SYNCED once every earlier frame is 
 SYNCED = "synced"
 CB = "cb"  # worker -> host during polyplug_init: {data: a call-back request (worker/callback.h)}
 CB_REPLY = "cb_reply"  # host -> worker: {data: the reply}
+CONTAINED = "contained"  # worker -> host, before dlopen: {mechanisms: {name: state}, pid, seconds}
 
 # Values of an ``error`` frame's ``kind``.
 DLOPEN = "dlopen"

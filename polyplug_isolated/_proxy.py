@@ -27,6 +27,7 @@ from ._config import ResourceLimits, RuntimeConfig, WorkerOptions
 from ._manifest import ManifestData
 from ._monitor import Monitor
 from ._process import WorkerProcess, describe_exit
+from ._sandbox import SandboxReport, read_report, worker_policy
 from .errors import InitFailed, InitSymbolMissing, LoaderError
 
 _LOG_LEVELS = {1: logging.ERROR, 2: logging.WARNING, 3: logging.INFO, 4: logging.DEBUG, 5: logging.DEBUG}
@@ -73,6 +74,8 @@ class WorkerProxy:
         self.options = WorkerOptions()
         self.process: WorkerProcess | None = None
         self.channel: Channel | None = None
+        self.sandbox_report: SandboxReport | None = None
+        self._policy: dict[str, Any] | None = None
 
     # ---- start ----------------------------------------------------------
 
@@ -108,6 +111,7 @@ class WorkerProxy:
             self.answerer = answerer
             if answerer is not None:
                 answerer.attach(channel.conn)
+            self._policy = worker_policy(config.containment, options.sandbox, self.manifest.path, options.cwd)
             load = proto.frame(
                 proto.LOAD,
                 protocol=proto.PROTOCOL_VERSION,
@@ -117,9 +121,10 @@ class WorkerProxy:
                 wait=WAIT_MODES[config.wait],
                 spin_ns=config.spin_ns,
                 cwd=options.cwd,
-                limits=options.limits.as_dict() if options.limits else None,
+                limits=limits.as_dict() if (limits := _limits_of(options)) else None,
                 faults=faults,
                 dependencies=[dep.as_info() for dep in self.manifest.dependencies],
+                sandbox=self._policy,
             )
             process.send(load, (channel.fd,))  # if it fails, the worker is gone: on_exit says how
             channel.close_fd()
@@ -159,6 +164,14 @@ class WorkerProxy:
         name, library = self.manifest.name, self.manifest.file
         kind = reply.get("t")
         if kind == proto.READY:
+            if self._policy is not None and self.sandbox_report is None:
+                # Fail closed: a worker program that skipped contain() would run the plugin bare.
+                raise InitFailed(
+                    f"bundle {name!r}: its worker loaded {library} without reporting its containment; "
+                    "a worker must call polyplug_isolated.worker._contain.contain() before dlopen "
+                    "(or run with Runtime(containment=False))",
+                    bundle=name,
+                )
             self.contracts = _checked_contracts(reply, self.manifest)
             return
         if kind == "exited":
@@ -177,6 +190,10 @@ class WorkerProxy:
 
     @property
     def pid(self) -> int | None:
+        """The process the host started, signals and reaps. Under containment it
+        stands for the worker, which runs inside the namespaces (its pid is in
+        ``sandbox_report``): its signals reach the worker, its exit status is
+        the worker's."""
         return self.process.pid if self.process else None
 
     @property
@@ -261,6 +278,13 @@ class WorkerProxy:
             self._init_calls.put(None)
         elif kind == proto.CB and not self._handshake.done():
             self._init_calls.put(message)
+        elif kind == proto.CONTAINED and self.sandbox_report is None and not self._handshake.done():
+            # Sent before dlopen: only the first one is the worker's own.
+            if self._policy is None:
+                return
+            pid = message.get("pid")
+            pid = pid if isinstance(pid, int) and 0 < pid < 1 << 31 else self.process.pid
+            self.sandbox_report = read_report(self.manifest.name, pid, message, self._policy)
         elif kind == proto.CLOSED:
             pass  # the worker dlclosed; its exit (which shutdown waits for) follows
         elif kind == proto.FAULT:
@@ -293,7 +317,7 @@ class WorkerProxy:
         # A kill only explains a death it caused: a worker that segfaulted and
         # was then SIGKILLed for hanging up its socket died of the SIGSEGV.
         killed_by_us = sig == signal.SIGKILL and process.kill_reason is not None
-        description += _limit_note(self.options.limits, sig, killed_by_us)
+        description += _limit_note(_limits_of(self.options), sig, killed_by_us)
         self.death = Death(
             sig, code, description, process.tail(), process.kill_reason if killed_by_us else None
         )
@@ -311,6 +335,11 @@ class WorkerProxy:
         target = _text(message.get("target"))
         text = _text(message.get("message"))
         self._bundle_log.log(_LOG_LEVELS.get(level, logging.ERROR), "[%s] %s", target, text)
+
+
+def _limits_of(options: WorkerOptions) -> ResourceLimits | None:
+    """The worker's resource limits: given to load_bundle, or else in its Sandbox."""
+    return options.limits or (options.sandbox.limits if options.sandbox else None)
 
 
 def _limit_note(limits: ResourceLimits | None, sig: signal.Signals | None, killed_by_us: bool) -> str:

@@ -24,6 +24,7 @@ from ._manifest import ManifestData, parse_manifest
 from ._monitor import Monitor
 from ._process import SpareWorker, WorkerProcess
 from ._proxy import WorkerProxy
+from ._sandbox import RefusalLog, Sandbox, SandboxReport
 from ._supervisor import BundleEvent, BundleEventKind, Supervisor
 from ._typed import TypedContract, open_contract
 from .errors import DependencyInUse, DependencyNotFound, InitFailed, LoaderError, StaleHandle
@@ -103,6 +104,7 @@ class Runtime:
         self._slots: list[_Slot] = []
         self._monitor = Monitor()
         self._spare = SpareWorker() if self.config.prestart else None
+        self._refusals = RefusalLog()
         self._closed = False
         self._directory = Directory(self)  # what workers' calls back see (_callbacks)
 
@@ -140,12 +142,14 @@ class Runtime:
         library_path: Iterable[str | os.PathLike[str]] = (),
         limits: ResourceLimits | None = None,
         faults: Iterable[Fault] = (),
+        sandbox: Sandbox | None = None,
     ) -> Bundle:
         """Loads the bundle at ``path`` into a new worker and publishes its contracts.
 
         Loading a bundle that is already loaded replaces its worker (as a reload).
         The keyword arguments set up the worker process (see WorkerOptions);
-        reloads and restarts keep them.
+        reloads and restarts keep them. ``sandbox`` restricts the plugin beyond
+        the default containment (see Sandbox).
 
         Raises:
             LoaderError: a subclass saying what failed; nothing is left behind.
@@ -157,7 +161,10 @@ class Runtime:
             library_path=tuple(os.fspath(p) for p in library_path),
             limits=limits,
             faults=tuple(faults),
+            sandbox=sandbox,
         )
+        if limits is not None and sandbox is not None and sandbox.limits is not None:
+            raise ValueError("give resource limits either as load_bundle(limits=...) or Sandbox(limits=...)")
         return self.load_manifest(parse_manifest(path), options)
 
     def load_manifest(self, manifest: ManifestData, options: WorkerOptions | None = None) -> Bundle:
@@ -306,6 +313,8 @@ class Runtime:
         proxy.start(
             process, options, bundle.fault_specs(bundle.start_faults), Answerer(self._directory, bundle)
         )
+        if proxy.sandbox_report is not None:
+            self._refusals.note(proxy.sandbox_report)
         return proxy
 
     def _on_death(self, bundle: Bundle, proxy: WorkerProxy) -> None:
@@ -475,6 +484,20 @@ class Runtime:
         """The loaded bundles."""
         with self._lock:
             return list(self._bundles.values())
+
+    def sandbox_report(self) -> dict[str, SandboxReport]:
+        """What contains each loaded bundle's current worker, by bundle name.
+
+        A bundle whose policy asked for nothing (``Runtime(containment=False)``
+        and no Sandbox), or with no worker right now, is absent.
+        """
+        with self._lock:
+            proxies = [(b.name, b.proxy) for b in self._bundles.values()]
+        return {
+            name: proxy.sandbox_report
+            for name, proxy in proxies
+            if proxy is not None and proxy.sandbox_report is not None
+        }
 
     def live_worker_count(self) -> int:
         """How many worker processes of this runtime are running."""

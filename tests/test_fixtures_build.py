@@ -43,8 +43,10 @@ EXPECTED_EXPORTS: dict[str, tuple[set[str], int | None]] = {
     "error_chain": ({ABI_VERSION, INIT}, 1),
     "reporter": ({ABI_VERSION, INIT}, 1),
     "crasher": ({ABI_VERSION, INIT}, 1),
+    "daemon": ({ABI_VERSION, INIT}, 1),
     "environ": ({ABI_VERSION, INIT}, 1),
     "error_plugin": ({ABI_VERSION, INIT}, 1),
+    "escape": ({ABI_VERSION, INIT}, 1),
     "init_crash": ({ABI_VERSION, INIT}, 1),
     "hostile": ({ABI_VERSION, INIT}, 1),
     "init_hang": ({ABI_VERSION, INIT}, 1),
@@ -59,6 +61,7 @@ EXPECTED_EXPORTS: dict[str, tuple[set[str], int | None]] = {
     "register_fail": ({ABI_VERSION, INIT}, 1),
     "slow": ({ABI_VERSION, INIT}, 1),
     "threads": ({ABI_VERSION, INIT}, 1),
+    "wellbehaved": ({ABI_VERSION, INIT}, 1),
 }
 
 # contract name -> function count, for every fixture that registers contracts
@@ -71,7 +74,9 @@ EXPECTED_CONTRACTS: dict[str, dict[str, int]] = {
     "error_chain": {"error.test": 3},
     "reporter": {"reporter.test": 3},
     "crasher": {"test.crash": 5},
+    "daemon": {"test.daemon": 1},
     "environ": {"test.env": 5},
+    "escape": {"test.escape": 6},
     "hostile": {"test.hostile": 6},
     "kitchen_sink": {"test.kitchen": 28, "test.counter": 5},
     "multi": {"test.mul": 1, "test.sub": 1},
@@ -81,11 +86,21 @@ EXPECTED_CONTRACTS: dict[str, dict[str, int]] = {
     "register_fail": {"regfail.add": 1},
     "slow": {"test.slow": 2},
     "threads": {"test.threads": 4},
+    "wellbehaved": {"test.wellbehaved": 5},
 }
 
 # no api.toml where the IDL cannot say it (payload's length-prefixed blob,
-# environ's char arrays) or nobody generates bindings (probes, hostile)
-WITH_API = set(EXPECTED_CONTRACTS) - {"payload", "environ", "hostile", "probe_v1", "probe_v2"}
+# environ's char arrays) or nobody generates bindings (probes, hostile, containment's)
+WITH_API = set(EXPECTED_CONTRACTS) - {
+    "payload",
+    "environ",
+    "hostile",
+    "probe_v1",
+    "probe_v2",
+    "escape",
+    "daemon",
+    "wellbehaved",
+}
 
 # directory -> the fixture whose source it builds again (with other #defines)
 SHARED_SOURCES = {"probe_v2": "probe_v1", "cross_target_v2": "cross_target"}

@@ -439,7 +439,7 @@ def test_large_strings_spill_to_the_arena_and_too_large_is_refused(kitchen):
 def test_returned_buffers_are_freed_in_the_worker(kitchen):
     """Each answer's Buffer is host->free'd by the worker once copied: its memory stays flat."""
     blob = b"\xab" * 256 * 1024
-    worker = psutil.Process(kitchen.contract.bundle.pid)
+    worker = psutil.Process(kitchen.contract.bundle.worker_pid)
     for _ in range(20):  # warm up the allocator and the arena pages
         kitchen.echo_buffer(blob)
     before = worker.memory_info().rss

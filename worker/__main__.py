@@ -17,6 +17,7 @@ import socket
 import sys
 import threading
 
+from polyplug_isolated.worker._contain import contain
 from polyplug_isolated.worker._serve_ffi import ffi, lib
 
 from polyplug_isolated import _protocol as proto
@@ -170,13 +171,18 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the host
     lib.ppw_install_crash_handlers()  # before faulthandler, which chains to it
     faulthandler.enable()
-    lib.ppw_start_watchdog(args.control_fd)
     lib.ppw_set_control_fd(args.control_fd)
     sock = socket.socket(fileno=args.control_fd)
 
     reader = proto.FrameReader()
     request, segment_fd = _first_frame(sock, reader)
-    if request is None or not _load(request, segment_fd):
+    if request is None:
+        return 0
+    # While single-threaded, and before any plugin code runs; sent at once so
+    # that no plugin code can forge the report.
+    _send(proto.CONTAINED, **contain(request.get("sandbox"), args.control_fd))
+    lib.ppw_start_watchdog(args.control_fd)
+    if not _load(request, segment_fd):
         return 0
     server = threading.Thread(
         target=lib.ppw_serve, args=(request["wait"], request["spin_ns"]), name="serve", daemon=True

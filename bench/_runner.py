@@ -330,7 +330,7 @@ class Runner:
 
         plan = self.plan
         contract = self._contract()
-        self.meter.pids.append(contract.bundle.pid)
+        self.meter.pids.append(contract.bundle.worker_pid)
         n, warmup = plan.round_n, plan.warmup
         cffi = self._server("serve-cffi", self.adder)
         call = functools.partial(contract.call, _cases.ADD_PRIMITIVE, _cases.ARGS, 4)
@@ -402,18 +402,18 @@ class Runner:
             rt.load_bundle(self.adder)
             contract = _cases.contract_of(rt, "test.add")
             # Placed as the floor places its two processes: host here, worker on the other CPU.
-            _cases.pin_process(contract.bundle.pid, other)
+            _cases.pin_process(contract.bundle.worker_pid, other)
             call = functools.partial(contract.call, _cases.ADD_PRIMITIVE, _cases.ARGS, 4)
             n = plan.block_round_n
             sides = [
                 _cases.floor_side(self.floor, "sem-2cpu", n, plan.budget_s, self.all_cpus),
                 _cases.local_side("isolated.block", call, n, max(100, n // 20)),
             ]
-            self.meter.pids.append(contract.bundle.pid)
+            self.meter.pids.append(contract.bundle.worker_pid)
             try:
                 rounds = self._compare("block", sides)
             finally:
-                self.meter.pids.remove(contract.bundle.pid)
+                self.meter.pids.remove(contract.bundle.worker_pid)
         for name in rounds.sides:
             self.cases[name].calls_per_s = 1e9 / max(self.cases[name].stats()["mean_ns"], 1)
 
@@ -422,12 +422,12 @@ class Runner:
 
     def _idle(self) -> None:
         contract = self._contract()
-        self.idle = _cases.idle_worker(contract, contract.bundle.pid, self.plan)
+        self.idle = _cases.idle_worker(contract, contract.bundle.worker_pid, self.plan)
 
     def _close_auto(self) -> None:
         if self._auto is not None:
-            if self._auto[1].pid in self.meter.pids:
-                self.meter.pids.remove(self._auto[1].pid)
+            if self._auto[1].worker_pid in self.meter.pids:
+                self.meter.pids.remove(self._auto[1].worker_pid)
             self._auto[0].close()
             self._auto = None
 

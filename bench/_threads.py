@@ -172,7 +172,7 @@ def idle_parked(bundle: Path, threads: int = 64, window_s: float = 2.0) -> dict:
         for thread in pool:
             thread.start()
         called.wait()
-        pid = loaded.pid
+        pid = loaded.worker_pid
         worker_threads = len(os.listdir(f"/proc/{pid}/task"))
         time.sleep(0.5)  # past every spin window
         before, t0 = cpu_ns(pid), time.perf_counter_ns()

@@ -54,8 +54,11 @@ def _nobody() -> tuple[list[str], dict[str, str]]:
     site_dir = Path(tempfile.mkdtemp(prefix="polyplug-nobody-site-"))
     site_dir.chmod(0o755)
     packages = [p for p in sys.path if p.endswith("site-packages") and os.path.isdir(p)]
+    # The virtualenv's packages go first: the system's own (an older cffi backend) must not shadow them.
     (site_dir / "sitecustomize.py").write_text(
-        "import site\n" + "".join(f"site.addsitedir({p!r})\n" for p in packages)
+        "import site, sys\nbefore = list(sys.path)\n"
+        + "".join(f"site.addsitedir({p!r})\n" for p in packages)
+        + "sys.path[:] = [p for p in sys.path if p not in before] + before\n"
     )
     probe = (
         "import subprocess, sys; "

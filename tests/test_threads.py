@@ -123,7 +123,7 @@ def test_a_worker_thread_idle_past_thread_idle_timeout_retires(bundle_dir):
         contract = threads_contract(rt, bundle_dir)
         first = ask(contract, TID)
         assert [ask(contract, COUNT), ask(contract, COUNT)] == [1, 2]
-        tasks = f"/proc/{contract.bundle.pid}/task"
+        tasks = f"/proc/{contract.bundle.worker_pid}/task"
         busy = len(os.listdir(tasks))
         wait_until(lambda: len(os.listdir(tasks)) == busy - 1)  # it left, with nothing in flight
         assert ask(contract, COUNT) == 1  # the next call brought a fresh thread: fresh thread-locals

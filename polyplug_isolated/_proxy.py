@@ -119,6 +119,13 @@ class WorkerProxy:
         if kind == proto.READY:
             self.contracts = _checked_contracts(reply, self.manifest)
             return
+        if kind == "malformed":
+            raise InitFailed(
+                f"bundle {name!r}: loading {library} failed: the worker sent a {reply['reason']} "
+                f"(registrations, every contract name included, must fit {proto.MAX_READY_FRAME >> 20} MiB); "
+                "the worker was killed",
+                bundle=name,
+            )
         if kind == "exited":
             raise InitFailed(
                 f"bundle {name!r}: the worker {reply['description']} while loading {library} "
@@ -228,9 +235,11 @@ class WorkerProxy:
     def on_output(self, line: str) -> None:
         self._bundle_log.info("worker output: %s", line)
 
-    def on_control_lost(self, reason: str) -> None:
+    def on_control_lost(self, reason: str, malformed: bool = False) -> None:
         # A worker that died closes its socket too: only a live one that hung
         # up (or sent garbage) is killed for it, and only then is it the reason.
+        if malformed and not self._handshake.done():
+            self._handshake.set_result({"t": "malformed", "reason": reason})
         if not self._leaving and self.process.alive():
             self.kill(reason)
 

@@ -346,8 +346,9 @@ class Runtime:
                     slot.generation += 1
                 else:
                     slot.major = contract["version"][0]
+        free = (s for s in self._slots if s.bundle is None)  # one pass, however many contracts
         for contract in fresh.values():
-            vacant = next((s for s in self._slots if s.bundle is None), None)
+            vacant = next(free, None)
             if vacant is None:
                 vacant = _Slot(0, 0, None)
                 self._slots.append(vacant)

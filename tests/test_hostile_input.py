@@ -15,10 +15,12 @@ import os
 import signal
 import threading
 
-from conftest import wait_until
+import pytest
+from conftest import as_u32, u32, wait_until
 
 from polyplug_isolated import (
     BundleState,
+    InitFailed,
     Runtime,
     WorkerCrashed,
     guest_contract_id,
@@ -85,3 +87,32 @@ def test_output_without_newline_is_cut_and_never_starves_other_workers(rt, bundl
         log.setLevel(logging.NOTSET)
     assert not thread.is_alive()
     assert [type(e) for e in errors] == [WorkerCrashed]
+
+
+# ---- item 12: oversized registrations ------------------------------------------------------------------
+
+
+def test_twenty_thousand_contracts_load_and_answer(rt, bundle_dir):
+    bundle = rt.load_bundle(bundle_dir("oversized"), env={"OVERSIZED_CONTRACTS": "20000"})
+    assert len(bundle.contracts) == 20_001
+    last = rt.resolve_guest_contract(rt.find_guest_contract(20_000, 1))
+    assert last.name == "test.many.19999"
+    assert as_u32(last.call(0, u32(41), 4)) == 42
+    own = rt.resolve_guest_contract(rt.find_guest_contract(OVERSIZED, 1))
+    assert as_u32(own.call(0, u32(1), 4)) == 2
+
+
+def test_a_one_mib_contract_name_loads(rt, bundle_dir):
+    bundle = rt.load_bundle(bundle_dir("oversized"), env={"OVERSIZED_NAME_BYTES": str(1 << 20)})
+    names = sorted(len(c.name) for c in bundle.contracts)
+    assert names == [len("test.oversized"), 1 << 20]
+    huge = rt.resolve_guest_contract(rt.find_guest_contract(0xB16, 1))
+    assert as_u32(huge.call(0, u32(7), 4)) == 8
+
+
+def test_registrations_beyond_the_handshake_cap_are_refused_not_called_a_crash(rt, bundle_dir):
+    with pytest.raises(InitFailed) as caught:
+        rt.load_bundle(bundle_dir("oversized"), env={"OVERSIZED_NAME_BYTES": str(80 << 20)})
+    message = str(caught.value)
+    assert "registrations" in message and "crash" not in message and "SIGKILL" not in message
+    assert rt.bundles == []

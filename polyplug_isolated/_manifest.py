@@ -8,9 +8,11 @@ bundle directory here, in the host, before any process starts.
 
 from __future__ import annotations
 
+import errno
 import os
 import platform
 import re
+import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +30,7 @@ NATIVE_LOADER = "native"
 # ASCII digits only, matched whole (``$`` would admit a trailing newline).
 _PROVIDES = re.compile(r"(?P<name>[^@\s]+)(@(?P<version>[0-9]+(\.[0-9]+){0,2}))?")
 _OS_NAMES = {"linux": "linux", "darwin": "macos", "win32": "windows"}
+MAX_MANIFEST_BYTES = 1 << 20  # polyplug's manifests are a few hundred bytes
 _ARCH_NAMES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
 
 
@@ -75,20 +78,46 @@ def parse_manifest(path: str | os.PathLike[str]) -> ManifestData:
     manifest_path = directory / "manifest.toml"
     where = str(directory)
     try:
-        raw = tomllib.loads(manifest_path.read_text(encoding="utf-8"))
+        text = read_capped(manifest_path).decode("utf-8")
     except FileNotFoundError:
         raise ManifestError(
             f"bundle at {where}: no manifest.toml in that directory; a polyplug bundle is a "
             "directory holding manifest.toml beside its library",
             bundle=where,
         ) from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: UnicodeDecodeError, a NUL in the path
         raise ManifestError(f"bundle at {where}: cannot read {manifest_path}: {exc}", bundle=where) from exc
-    except tomllib.TOMLDecodeError as exc:
+    try:
+        raw = tomllib.loads(text)
+    except (ValueError, RecursionError) as exc:  # TOMLDecodeError is a ValueError; nesting recurses
+        reason = "it nests too deeply" if isinstance(exc, RecursionError) else str(exc)
         raise ManifestError(
-            f"bundle at {where}: {manifest_path} is not valid TOML: {exc}", bundle=where
-        ) from exc
+            f"bundle at {where}: {manifest_path} is not valid TOML: {reason}", bundle=where
+        ) from None
     return _validate(raw, directory, manifest_path)
+
+
+def read_capped(path: Path, cap: int = MAX_MANIFEST_BYTES) -> bytes:
+    """The bytes of ``path``, a regular file of at most ``cap`` bytes; OSError otherwise.
+
+    Opened without blocking (a FIFO would wait for a writer forever) and
+    checked on the open descriptor (no swap between check and read), so a
+    FIFO, a device (/dev/zero), a directory or a huge file is refused unread.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file (a FIFO, a device or a directory?)")
+        chunks, size = [], 0
+        while size <= cap and (chunk := os.read(fd, cap + 1 - size)):  # the file may grow after fstat
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    if info.st_size > cap or size > cap:
+        raise OSError(errno.EFBIG, f"larger than {cap >> 20} MiB; a manifest is a few hundred bytes")
+    return b"".join(chunks)
 
 
 def _validate(raw: dict[str, Any], directory: Path, manifest_path: Path) -> ManifestData:

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import threading
+from pathlib import Path
 
 import pytest
 from conftest import as_u32, u32, wait_until
@@ -21,9 +23,11 @@ from conftest import as_u32, u32, wait_until
 from polyplug_isolated import (
     BundleState,
     InitFailed,
+    ManifestError,
     Runtime,
     WorkerCrashed,
     guest_contract_id,
+    parse_api,
 )
 from polyplug_isolated._monitor import OUTPUT_LINE_CAP
 
@@ -87,6 +91,74 @@ def test_output_without_newline_is_cut_and_never_starves_other_workers(rt, bundl
         log.setLevel(logging.NOTSET)
     assert not thread.is_alive()
     assert [type(e) for e in errors] == [WorkerCrashed]
+
+
+# ---- item 9: hostile manifests ----------------------------------------------------------------
+
+
+@pytest.fixture
+def bundle_copy(bundle_dir, tmp_path):
+    """A copy of the built adder bundle whose manifest.toml the test replaces."""
+    target = tmp_path / "adder"
+    shutil.copytree(bundle_dir("adder"), target)
+    (target / "manifest.toml").unlink()
+    return target
+
+
+def refused(rt: Runtime, bundle: Path, text: str) -> ManifestError:
+    """load_bundle raises ManifestError containing ``text``, in a thread that must not block."""
+    thread, errors = run_in_thread(lambda: rt.load_bundle(bundle))
+    thread.join(20)
+    assert not thread.is_alive(), "load_bundle blocked"
+    assert len(errors) == 1 and isinstance(errors[0], ManifestError), errors
+    assert text in str(errors[0])
+    assert rt.bundles == []
+    return errors[0]
+
+
+def test_a_fifo_manifest_is_refused_without_blocking(rt, bundle_copy):
+    os.mkfifo(bundle_copy / "manifest.toml")
+    refused(rt, bundle_copy, "not a regular file")
+
+
+def test_a_manifest_linked_to_a_device_is_refused(rt, bundle_copy):
+    os.symlink("/dev/zero", bundle_copy / "manifest.toml")
+    refused(rt, bundle_copy, "not a regular file")
+
+
+def test_a_directory_named_manifest_is_refused(rt, bundle_copy):
+    (bundle_copy / "manifest.toml").mkdir()
+    refused(rt, bundle_copy, "not a regular file")
+
+
+def test_a_manifest_over_the_size_cap_is_refused_unread(rt, bundle_copy):
+    with open(bundle_copy / "manifest.toml", "wb") as manifest:
+        manifest.truncate(100 << 20)  # sparse: 100 MB that cost no disk
+    refused(rt, bundle_copy, "larger than 1 MiB")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a = " + "[" * 100_000 + "]" * 100_000,
+        "a = " + "{b = " * 50_000 + "1" + "}" * 50_000,
+        'name = "\ud800"'.encode("utf-8", "surrogatepass").decode("latin-1"),
+    ],
+    ids=["deep-arrays", "deep-tables", "bad-utf8"],
+)
+def test_every_parse_error_is_a_manifest_error(rt, bundle_copy, text):
+    (bundle_copy / "manifest.toml").write_text(text, encoding="latin-1")
+    refused(rt, bundle_copy, "manifest.toml")
+
+
+def test_an_api_toml_is_read_the_same_careful_way(tmp_path):
+    os.mkfifo(tmp_path / "api.toml")
+    with pytest.raises(ManifestError, match="not a regular file"):
+        parse_api(tmp_path)
+    (tmp_path / "api.toml").unlink()
+    (tmp_path / "api.toml").write_text("a = " + "[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ManifestError, match="nests too deeply"):
+        parse_api(tmp_path)
 
 
 # ---- item 12: oversized registrations ------------------------------------------------------------------

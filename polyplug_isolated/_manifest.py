@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ._ids import bundle_id as expected_bundle_id
+from ._oserrors import describe, describe_path, loader_errors
 from .errors import InitFailed, ManifestError, ManifestMissingFile
 
 if sys.version_info >= (3, 11):
@@ -74,7 +75,8 @@ def parse_manifest(path: str | os.PathLike[str]) -> ManifestData:
         ManifestMissingFile: no library for this platform.
         InitFailed: ``id`` missing or 0 (the seed loader's error for that case).
     """
-    directory = bundle_directory(path)
+    with loader_errors(describe_path(path), "finding its directory", ManifestError):
+        directory = bundle_directory(path)
     manifest_path = directory / "manifest.toml"
     where = str(directory)
     try:
@@ -86,7 +88,9 @@ def parse_manifest(path: str | os.PathLike[str]) -> ManifestData:
             bundle=where,
         ) from None
     except (OSError, ValueError) as exc:  # ValueError: UnicodeDecodeError, a NUL in the path
-        raise ManifestError(f"bundle at {where}: cannot read {manifest_path}: {exc}", bundle=where) from exc
+        raise ManifestError(
+            f"bundle at {where}: cannot read {manifest_path}: {describe(exc)}", bundle=where
+        ) from exc
     try:
         raw = tomllib.loads(text)
     except (ValueError, RecursionError) as exc:  # TOMLDecodeError is a ValueError; nesting recurses
@@ -195,7 +199,7 @@ def _is_version(text: str, parts: tuple[int, ...] = (2, 3)) -> bool:
     numbers = text.split(".")
     return (
         len(numbers) in parts
-        and all(n.isascii() and n.isdigit() for n in numbers)
+        and all(n.isascii() and n.isdigit() and len(n) <= 10 for n in numbers)
         and all(int(n) < 1 << 32 for n in numbers)
     )
 
@@ -220,8 +224,13 @@ def _library_path(spec: Any, directory: Path, fail) -> Path:
         )
     if not isinstance(relative, str):
         raise fail('`file` must be a string or a [file] table of os.arch = "path"')
-    root = directory.resolve()
-    library = (root / relative).resolve()
+    if "\0" in relative:
+        raise fail("`file` contains a NUL character, which no file name can")
+    try:
+        root = directory.resolve()
+        library = (root / relative).resolve()
+    except (OSError, ValueError) as exc:
+        raise fail(f"`file` {describe_path(relative)!r} is not a usable path: {describe(exc)}") from exc
     if not library.is_relative_to(root):
         raise fail(
             f"artifact {relative!r} resolves outside the bundle directory (path traversal or symlink escape)"

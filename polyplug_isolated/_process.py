@@ -53,7 +53,14 @@ class WorkerProcess:
                 self.control.close()
                 raise
         self.pid = self._popen.pid
-        self.pidfd = os.pidfd_open(self.pid)
+        try:
+            self.pidfd = os.pidfd_open(self.pid)
+        except BaseException:  # EMFILE: the process must not outlive the error
+            self._popen.kill()
+            self._popen.wait()
+            self._popen.stdout.close()
+            self.control.close()
+            raise
         self.output = self._popen.stdout
         self.output_tail: collections.deque[str] = collections.deque(maxlen=OUTPUT_TAIL_LINES)
         self.returncode: int | None = None

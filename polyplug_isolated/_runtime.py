@@ -20,6 +20,7 @@ from ._contract import GuestContract
 from ._faults import Fault
 from ._manifest import ManifestData, parse_manifest
 from ._monitor import Monitor
+from ._oserrors import loader_errors
 from ._process import SpareWorker, WorkerProcess
 from ._proxy import WorkerProxy
 from ._supervisor import BundleEvent, BundleEventKind, Supervisor
@@ -244,6 +245,10 @@ class Runtime:
             bundle.move(BundleState.UNLOADED)
 
     def _start_worker(self, bundle: Bundle, manifest: ManifestData) -> WorkerProxy:
+        with loader_errors(manifest.name, "starting its worker"):
+            return self._start_worker_process(bundle, manifest)
+
+    def _start_worker_process(self, bundle: Bundle, manifest: ManifestData) -> WorkerProxy:
         try:
             os.fsencode(manifest.path).decode("utf-8")
         except UnicodeDecodeError:

@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import shutil
 import signal
 import threading
 from pathlib import Path
 
 import pytest
-from conftest import as_u32, u32, wait_until
+from conftest import ADD, as_u32, pair, u32, wait_until
 
 from polyplug_isolated import (
     BundleState,
     InitFailed,
+    LoaderError,
     ManifestError,
     Runtime,
     WorkerCrashed,
@@ -159,6 +161,59 @@ def test_an_api_toml_is_read_the_same_careful_way(tmp_path):
     (tmp_path / "api.toml").write_text("a = " + "[" * 100_000 + "]" * 100_000)
     with pytest.raises(ManifestError, match="nests too deeply"):
         parse_api(tmp_path)
+
+
+# ---- item 10: typed errors from load_bundle ------------------------------------------------------
+
+ADDER_MANIFEST = """
+id = 2548453539782603331
+name = "adder"
+version = "1.0.0"
+loader = "native"
+provides = ["test.add"]
+file = {file}
+
+[function_count]
+"test.add@1" = 4
+"""
+
+
+@pytest.mark.parametrize(
+    "file",
+    ['"lib\\u0000adder.so"', '"' + "x" * 5000 + '.so"', '"' + "d/" * 3000 + 'x.so"'],
+    ids=["nul", "long-name", "long-path"],
+)
+def test_a_bad_file_key_raises_a_loader_error(rt, bundle_copy, file):
+    (bundle_copy / "manifest.toml").write_text(ADDER_MANIFEST.format(file=file))
+    with pytest.raises(LoaderError) as caught:
+        rt.load_bundle(bundle_copy)
+    assert "'adder'" in str(caught.value)
+    assert rt.bundles == []
+
+
+def test_emfile_at_any_step_of_a_load_raises_a_loader_error_and_leaves_nothing(rt, bundle_dir):
+    """With the fd limit a few above what is open, a load fails at every step in turn."""
+    adder = bundle_dir("adder")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    failures = 0
+    try:
+        for spare in range(16):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + spare, hard))
+            try:
+                rt.load_bundle(adder)
+            except LoaderError as exc:
+                failures += 1
+                assert "adder" in str(exc)
+                assert rt.bundles == [] and rt.live_worker_count() == 0
+            else:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+                rt.unload_bundle(rt.bundles[0].id)
+                break
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert failures >= 3  # it did fail, at several steps, before there were enough fds
+    rt.load_bundle(adder)
+    assert as_u32(rt.resolve_guest_contract(rt.find_guest_contract(ADD, 1)).call(1, pair(2, 3), 4)) == 5
 
 
 # ---- item 12: oversized registrations ------------------------------------------------------------------

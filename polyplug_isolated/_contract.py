@@ -155,6 +155,8 @@ class GuestContract:
             args = _as_bytes_view(args)
         if type(out_size) is not int or out_size < 0:
             raise ValueError(f"out_size must be a non-negative int, not {out_size!r}")
+        if len(args) + out_size > proxy.channel.arena_cap:  # refused before the out is allocated
+            raise self._error(ChannelFailure(lib.PP_CALL_TOO_LARGE), proxy, fn_index, wait)
         try:
             return proxy.channel.call(index, fn_index, args, out_size, wait)
         except ChannelFailure as failure:
@@ -218,6 +220,8 @@ class GuestContract:
             raise ValueError(
                 f"call_packed: {len(view)} bytes is not a whole number of {record_size}-byte records"
             )
+        if record_size + out_size > proxy.channel.arena_cap:  # refused before the outs are allocated
+            raise self._error(ChannelFailure(lib.PP_CALL_TOO_LARGE), proxy, fn_index, wait)
         count = len(view) // record_size
         per_batch = max(1, (proxy.channel.payload_cap - 8) // (record_size + out_size))
         outs = []

@@ -16,6 +16,7 @@ import resource
 import shutil
 import signal
 import threading
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ from polyplug_isolated import (
     InitFailed,
     LoaderError,
     ManifestError,
+    PayloadTooLarge,
     Runtime,
     WorkerCrashed,
     guest_contract_id,
@@ -214,6 +216,28 @@ def test_emfile_at_any_step_of_a_load_raises_a_loader_error_and_leaves_nothing(r
     assert failures >= 3  # it did fail, at several steps, before there were enough fds
     rt.load_bundle(adder)
     assert as_u32(rt.resolve_guest_contract(rt.find_guest_contract(ADD, 1)).call(1, pair(2, 3), 4)) == 5
+
+
+# ---- item 11: a huge out_size -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("out_size", [1 << 30, 1 << 62])
+def test_a_huge_out_size_is_refused_before_anything_is_allocated(rt, bundle_dir, out_size):
+    rt.load_bundle(bundle_dir("adder"))
+    add = rt.resolve_guest_contract(rt.find_guest_contract(ADD, 1))
+    tracemalloc.start()
+    try:
+        with pytest.raises(PayloadTooLarge):
+            add.call(1, pair(1, 2), out_size)
+        with pytest.raises(PayloadTooLarge):
+            add.call_packed(1, pair(1, 2) * 3, 8, out_size)
+        with pytest.raises(PayloadTooLarge):
+            add.call_many(1, [pair(1, 2)] * 3, out_size)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+    assert as_u32(add.call(1, pair(1, 2), 4)) == 3
 
 
 # ---- item 12: oversized registrations ------------------------------------------------------------------

@@ -27,6 +27,7 @@ from ._monitor import Monitor
 from ._process import WorkerProcess, describe_exit
 from .errors import InitFailed, InitSymbolMissing, LoaderError
 
+DUMP_GRACE = 1.0  # seconds a timed-out worker gets to write its stack before SIGKILL
 _LOG_LEVELS = {1: logging.ERROR, 2: logging.WARNING, 3: logging.INFO, 4: logging.DEBUG, 5: logging.DEBUG}
 _logger = logging.getLogger("polyplug_isolated")
 
@@ -154,9 +155,14 @@ class WorkerProxy:
             self.process.kill(reason)
 
     def kill_hung(self, reason: str) -> None:
-        """Kills a worker stuck in a call, after it wrote that call's native stack to its output."""
+        """Kills a worker stuck in a call, after it wrote that call's native stack to its output.
+
+        The dump takes milliseconds: a worker that has not died within
+        DUMP_GRACE ignores the request (a plugin may ignore SIGUSR2), and
+        waiting on for close_grace would only stretch the caller's timeout.
+        """
         if self.process:
-            self.process.dump_and_kill(reason, grace=self._config.close_grace)
+            self.process.dump_and_kill(reason, grace=min(self._config.close_grace, DUMP_GRACE))
 
     def request(self, frame: bytes, timeout: float) -> bool:
         """Sends a control request and waits for its answer; False if the worker is gone first."""

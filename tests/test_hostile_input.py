@@ -16,6 +16,7 @@ import resource
 import shutil
 import signal
 import threading
+import time
 import tracemalloc
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from conftest import ADD, as_u32, pair, u32, wait_until
 
 from polyplug_isolated import (
     BundleState,
+    CallTimeout,
     InitFailed,
     LoaderError,
     ManifestError,
@@ -95,6 +97,19 @@ def test_output_without_newline_is_cut_and_never_starves_other_workers(rt, bundl
         log.setLevel(logging.NOTSET)
     assert not thread.is_alive()
     assert [type(e) for e in errors] == [WorkerCrashed]
+
+
+# ---- item 8: a plugin ignoring SIGUSR2 ------------------------------------------------------
+
+
+def test_a_plugin_ignoring_sigusr2_does_not_stretch_a_timeout_by_close_grace(bundle_dir):
+    with Runtime(close_grace=30.0, drain_timeout=5.0) as rt:
+        deaf = unruly(rt, bundle_dir)
+        started = time.monotonic()
+        with pytest.raises(CallTimeout):
+            deaf.call(DEAF_HANG, b"", 4, timeout=0.5)
+        assert time.monotonic() - started < 15.0  # 30 s with close_grace added
+        wait_until(lambda: deaf.bundle.state is BundleState.CRASHED)
 
 
 # ---- item 9: hostile manifests ----------------------------------------------------------------

@@ -225,18 +225,21 @@ class GuestContract:
         count = len(view) // record_size
         per_batch = max(1, (proxy.channel.payload_cap - 8) // (record_size + out_size))
         outs = []
-        for start in range(0, count, per_batch):
+        start = 0
+        while start < count:
             n = min(per_batch, count - start)
             chunk = view[start * record_size : (start + n) * record_size]
             try:
                 outs.append(proxy.channel.call_batch(index, fn_index, chunk, record_size, n, out_size, wait))
             except ChannelFailure as failure:
-                if start == 0 and self._rerouted(failure, proxy):
-                    return self.call_packed(fn_index, packed, record_size, out_size, timeout=timeout)
+                if self._rerouted(failure, proxy):  # a reload turned this batch away unsent, whichever it is:
+                    proxy, _, index = self.route()  # it and the rest go to the new worker
+                    continue
                 error = self._error(failure, proxy, fn_index, wait)
                 if isinstance(error, PluginCallError):
                     error.index = start + failure.done
                 raise error from None
+            start += n
         return b"".join(outs)
 
     def _rerouted(self, failure: ChannelFailure, proxy: WorkerProxy) -> bool:

@@ -27,6 +27,7 @@ _EXPORTS = {
         "CallTimeout",
         "InitFailed",
         "InitSymbolMissing",
+        "LifecycleConflict",
         "LoaderError",
         "ManifestError",
         "ManifestMissingFile",

@@ -6,11 +6,12 @@ polyplug host can switch to isolation by changing an import.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -25,7 +26,7 @@ from ._process import SpareWorker, WorkerProcess
 from ._proxy import WorkerProxy
 from ._supervisor import BundleEvent, BundleEventKind, Supervisor
 from ._typed import TypedContract, open_contract
-from .errors import InitFailed, LoaderError, StaleHandle
+from .errors import InitFailed, LifecycleConflict, LoaderError, StaleHandle
 
 _logger = logging.getLogger("polyplug_isolated")
 NOT_FOUND = 0xFFFFFFFF
@@ -103,6 +104,8 @@ class Runtime:
         self._monitor = Monitor()
         self._spare = SpareWorker() if self.config.prestart else None
         self._closed = False
+        # Lifecycle operations in progress, by bundle id: (what, thread). One at a time per bundle.
+        self._busy: dict[int, tuple[str, int]] = {}
 
     # ---- context ------------------------------------------------------------
 
@@ -159,14 +162,21 @@ class Runtime:
         return self.load_manifest(parse_manifest(path), options)
 
     def load_manifest(self, manifest: ManifestData, options: WorkerOptions | None = None) -> Bundle:
-        """Loads an already parsed manifest (what IsolatedLoader.load does)."""
-        self._check_open()
+        """Loads an already parsed manifest (what IsolatedLoader.load does).
+
+        Raises:
+            LifecycleConflict: another thread is loading, reloading or unloading this bundle.
+        """
+        with self._claim(manifest, "loaded"):
+            return self._load(manifest, options)
+
+    def _load(self, manifest: ManifestData, options: WorkerOptions | None) -> Bundle:
         with self._lock:
             existing = self._bundles.get(manifest.id)
         if existing is not None:
             if options is not None:
                 existing.set_options(options)
-            return self.reload_manifest(manifest)
+            return self._reload(existing, manifest)
         bundle = Bundle(manifest, options or WorkerOptions())
         proxy = self._start_worker(bundle, manifest)
         with self._lock:
@@ -185,11 +195,17 @@ class Runtime:
         return self.reload_manifest(parse_manifest(path))
 
     def reload_manifest(self, manifest: ManifestData) -> Bundle:
-        self._check_open()
-        with self._lock:
-            bundle = self._bundles.get(manifest.id)
-        if bundle is None:
-            return self.load_manifest(manifest)
+        """Reloads an already parsed manifest (loads it if it is not loaded).
+
+        Raises:
+            LifecycleConflict: another thread is loading, reloading or unloading this bundle.
+        """
+        with self._claim(manifest, "reloaded"):
+            with self._lock:
+                bundle = self._bundles.get(manifest.id)
+            return self._load(manifest, None) if bundle is None else self._reload(bundle, manifest)
+
+    def _reload(self, bundle: Bundle, manifest: ManifestData) -> Bundle:
         self._supervisor.forget(bundle)
         self._report(ReloadPhaseType.PREPARING, bundle)
         try:
@@ -219,12 +235,40 @@ class Runtime:
         """Drains the bundle's calls in flight, then its worker dlcloses and exits.
 
         New calls fail at once with BundleUnavailable; handles go stale.
+
+        Raises:
+            LifecycleConflict: another thread is loading, reloading or unloading this bundle.
         """
         with self._lock:
             bundle = self._bundles.get(bundle_id)
         if bundle is None:
             raise LoaderError(f"no bundle with id {bundle_id} is loaded in this runtime", bundle=None)
-        self._unload(bundle)
+        with self._claim(bundle.manifest, "unloaded"):
+            self._unload(bundle)
+
+    @contextlib.contextmanager
+    def _claim(self, manifest: ManifestData, what: str) -> Iterator[None]:
+        """Serialises lifecycle operations on one bundle: one that races another is refused.
+
+        Waiting instead would only replay the race (a load after a load starts a
+        second worker; an unload after a reload throws the new worker away):
+        the caller, who knows what it wanted, decides.
+        """
+        with self._lock:
+            self._check_open()
+            busy = self._busy.get(manifest.id)
+            if busy is not None:
+                raise LifecycleConflict(
+                    f"bundle {manifest.name!r} is being {busy[0]} by another thread: it cannot also be "
+                    f"{what} now; retry once that call has returned",
+                    bundle=manifest.name,
+                )
+            self._busy[manifest.id] = (what, threading.get_ident())
+        try:
+            yield
+        finally:
+            with self._lock:
+                del self._busy[manifest.id]
 
     def _unload(self, bundle: Bundle) -> None:
         self._supervisor.forget(bundle)

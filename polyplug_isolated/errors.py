@@ -8,7 +8,8 @@
     │   ├── ManifestMissingFile     no library file for this platform
     │   ├── UnsupportedBundleSource code/bytes source given to the native loader
     │   ├── InitSymbolMissing       no polyplug_init export
-    │   └── InitFailed              dlopen error, ABI mismatch, init error/crash/timeout, ...
+    │   ├── InitFailed              dlopen error, ABI mismatch, init error/crash/timeout, ...
+    │   └── LifecycleConflict       another thread is loading/reloading/unloading that bundle
     ├── CallError                   a call failed (.bundle, .function)
     │   ├── PluginCallError         the plugin answered with a non-Ok AbiError (.code, .message)
     │   ├── WorkerCrashed           the worker died (.signal or .exitcode, .stderr_tail)
@@ -55,6 +56,10 @@ class InitSymbolMissing(LoaderError):
 
 class InitFailed(LoaderError):
     """The worker could not bring the bundle up (see the message for why)."""
+
+
+class LifecycleConflict(LoaderError):
+    """Another thread is loading, reloading or unloading the same bundle right now."""
 
 
 class CallError(PolyplugIsolatedError):

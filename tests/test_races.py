@@ -11,9 +11,13 @@ import struct
 import threading
 
 import psutil
+import pytest
 from conftest import ADD, pair, wait_until
 
 from polyplug_isolated import (
+    BundleState,
+    Fault,
+    LifecycleConflict,
     Runtime,
 )
 
@@ -39,6 +43,45 @@ def in_thread(target):
     return thread, outcome
 
 
+# ---- item 3: racing lifecycle calls on one bundle ------------------------------------------------
+
+
+def test_unload_during_a_reload_gets_a_clear_error_and_leaves_no_orphan(rt, bundle_dir):
+    bundle = rt.load_bundle(bundle_dir("adder"), faults=[Fault.slow_start(SLOW_START_MS)])
+    before = workers()
+    thread, outcome = in_thread(lambda: rt.reload_bundle(bundle_dir("adder")))
+    wait_until(lambda: len(workers() - before) == 1)  # the new worker is starting
+    with pytest.raises(LifecycleConflict, match="'adder'.*reload"):
+        rt.unload_bundle(bundle.id)
+    thread.join(20)
+    assert outcome == [bundle]
+    assert bundle.state is BundleState.READY and rt.bundles == [bundle]
+    assert workers() == {bundle.pid}
+    rt.unload_bundle(bundle.id)
+    assert bundle.state is BundleState.UNLOADED
+    assert not rt.find_guest_contract(ADD, 1).found
+    assert workers() == set()
+
+
+def test_two_threads_loading_one_bundle_get_one_worker(rt, bundle_dir):
+    start = threading.Barrier(2)
+
+    def load():
+        start.wait()
+        return rt.load_bundle(bundle_dir("adder"), faults=[Fault.slow_start(SLOW_START_MS)])
+
+    racers = [in_thread(load) for _ in range(2)]
+    for thread, _ in racers:
+        thread.join(20)
+    outcomes = [outcome[0] for _, outcome in racers]
+    [bundle] = [o for o in outcomes if not isinstance(o, BaseException)]
+    [conflict] = [o for o in outcomes if isinstance(o, BaseException)]
+    assert isinstance(conflict, LifecycleConflict), conflict
+    assert "'adder'" in str(conflict) and "load" in str(conflict)
+    assert rt.bundles == [bundle] and workers() == {bundle.pid}
+    assert len(rt.find_all_by_contract(ADD, 1)) == 1
+
+
 # ---- item 4: a reload under batched calls -------------------------------------------------------------
 
 
@@ -62,9 +105,8 @@ def test_reloads_lose_no_batched_call_spanning_several_batches(bundle_dir):
         try:
             for _ in range(15):
                 seen = calls[0]
-                wait_until(
-                    lambda seen=seen: calls[0] > seen or outcome
-                )  # a batch is under way at each switch
+                # a batch is under way at each switch
+                wait_until(lambda seen=seen: calls[0] > seen or outcome)
                 rt.reload_bundle(bundle_dir("adder"))
         finally:
             stop.set()

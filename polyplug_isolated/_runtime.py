@@ -104,8 +104,11 @@ class Runtime:
         self._monitor = Monitor()
         self._spare = SpareWorker() if self.config.prestart else None
         self._closed = False
-        # Lifecycle operations in progress, by bundle id: (what, thread). One at a time per bundle.
+        # Lifecycle operations in progress, by bundle id: (what, thread). One
+        # at a time per bundle; close() waits for them and kills their starts.
         self._busy: dict[int, tuple[str, int]] = {}
+        self._idle = threading.Condition(self._lock)
+        self._starting: set[WorkerProxy] = set()
 
     # ---- context ------------------------------------------------------------
 
@@ -116,11 +119,19 @@ class Runtime:
         self.close()
 
     def close(self) -> None:
-        """Unloads every bundle (draining each) and stops the monitor. Idempotent."""
+        """Unloads every bundle (draining each) and stops the monitor. Idempotent.
+
+        A load racing it is cut short (its worker killed) and raises LoaderError;
+        a reload or unload in progress finishes first.
+        """
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+            for proxy in self._starting:
+                proxy.kill("the runtime was closed during the load")
+            me = threading.get_ident()
+            self._idle.wait_for(lambda: all(thread == me for _, thread in self._busy.values()))
             bundles = list(self._bundles.values())
         self._supervisor.close()
         for bundle in bundles:
@@ -269,6 +280,7 @@ class Runtime:
         finally:
             with self._lock:
                 del self._busy[manifest.id]
+                self._idle.notify_all()
 
     def _unload(self, bundle: Bundle) -> None:
         self._supervisor.forget(bundle)
@@ -289,8 +301,16 @@ class Runtime:
             bundle.move(BundleState.UNLOADED)
 
     def _start_worker(self, bundle: Bundle, manifest: ManifestData) -> WorkerProxy:
-        with loader_errors(manifest.name, "starting its worker"):
-            return self._start_worker_process(bundle, manifest)
+        try:
+            with loader_errors(manifest.name, "starting its worker"):
+                return self._start_worker_process(bundle, manifest)
+        except LoaderError as exc:
+            if self._closed:
+                raise LoaderError(
+                    f"bundle {manifest.name!r}: the runtime was closed while its worker was starting",
+                    bundle=manifest.name,
+                ) from exc
+            raise
 
     def _start_worker_process(self, bundle: Bundle, manifest: ManifestData) -> WorkerProxy:
         try:
@@ -319,7 +339,13 @@ class Runtime:
             lambda dead: self._on_death(bundle, dead),
             bundle.record_fault,
         )
-        proxy.start(process, options, bundle.fault_specs(bundle.start_faults))
+        with self._lock:
+            self._starting.add(proxy)
+        try:
+            proxy.start(process, options, bundle.fault_specs(bundle.start_faults))
+        finally:
+            with self._lock:
+                self._starting.discard(proxy)
         return proxy
 
     def _on_death(self, bundle: Bundle, proxy: WorkerProxy) -> None:

@@ -18,6 +18,7 @@ from polyplug_isolated import (
     BundleState,
     Fault,
     LifecycleConflict,
+    LoaderError,
     Runtime,
 )
 
@@ -41,6 +42,35 @@ def in_thread(target):
     thread = threading.Thread(target=body, daemon=True)
     thread.start()
     return thread, outcome
+
+
+# ---- item 2: close() racing load_bundle --------------------------------------------------------
+
+
+def test_close_during_a_load_ends_the_load_with_a_loader_error(bundle_dir):
+    rt = Runtime(load_timeout=30.0)
+    before = workers()
+    thread, outcome = in_thread(lambda: rt.load_bundle(bundle_dir("init_hang")))
+    wait_until(lambda: len(workers() - before) == 1)  # its worker runs polyplug_init, which hangs
+    rt.close()
+    thread.join(10)
+    assert not thread.is_alive(), "the load never returned"
+    [error] = outcome
+    assert isinstance(error, LoaderError) and "closed" in str(error), error
+    assert rt.bundles == []
+
+
+def test_close_during_a_reload_leaves_no_worker(bundle_dir):
+    rt = Runtime()
+    rt.load_bundle(bundle_dir("adder"), faults=[Fault.slow_start(SLOW_START_MS)])
+    before = workers()
+    thread, outcome = in_thread(lambda: rt.reload_bundle(bundle_dir("adder")))
+    wait_until(lambda: len(workers() - before) == 1)
+    rt.close()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert len(outcome) == 1
+    assert rt.bundles == []
 
 
 # ---- item 3: racing lifecycle calls on one bundle ------------------------------------------------

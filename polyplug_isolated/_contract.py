@@ -252,6 +252,8 @@ class GuestContract:
     def _unavailable(self) -> BundleUnavailable:
         bundle = self._bundle
         state = bundle.state
+        if bundle.inert:
+            return BundleUnavailable(f"bundle {bundle.name!r}: {bundle.inert}", bundle=bundle.name)
         if state in (BundleState.DRAINING, BundleState.UNLOADED):
             why = "it is being unloaded or was unloaded; load it again to call it"
         elif state is BundleState.RESTARTING:

@@ -124,13 +124,19 @@ class Monitor:
         os.close(self._wake_read)
         os.close(self._wake_write)
 
-    def forget_after_fork(self) -> None:
-        """In a fork() child: closes the copies of the monitor's descriptors; no thread runs here."""
-        self._closing = True
+    def forget_after_fork(self) -> list[Watcher]:
+        """In a fork() child (no monitor thread runs there): closes the child's copies of every
+        descriptor the monitor watches and of its own; returns the watchers, for them to go inert."""
+        watches = [key.data[1] for key in self._selector.get_map().values() if key.data is not None]
+        watches += self._incoming
         self._selector.close()
         for fd in (self._wake_read, self._wake_write):
             with contextlib.suppress(OSError):
                 os.close(fd)
+        processes = {id(watch.process): watch.process for watch in watches}
+        for process in processes.values():
+            process.forget_after_fork()
+        return list({id(watch.watcher): watch.watcher for watch in watches}.values())
 
     def _wake(self) -> None:
         with contextlib.suppress(BlockingIOError):  # full pipe: already awake

@@ -19,6 +19,7 @@ from ._bundle import Bundle, BundleState
 from ._config import ResourceLimits, RestartPolicy, RuntimeConfig, WorkerOptions
 from ._contract import GuestContract
 from ._faults import Fault
+from ._lifetime import forked_message, track
 from ._manifest import ManifestData, parse_manifest
 from ._monitor import Monitor
 from ._oserrors import loader_errors
@@ -109,6 +110,8 @@ class Runtime:
         self._busy: dict[int, tuple[str, int]] = {}
         self._idle = threading.Condition(self._lock)
         self._starting: set[WorkerProxy] = set()
+        self._parent: int | None = None  # in a fork() child: the pid whose Runtime this is
+        track(self)
 
     # ---- context ------------------------------------------------------------
 
@@ -122,8 +125,11 @@ class Runtime:
         """Unloads every bundle (draining each) and stops the monitor. Idempotent.
 
         A load racing it is cut short (its worker killed) and raises LoaderError;
-        a reload or unload in progress finishes first.
+        a reload or unload in progress finishes first. In a fork() child it does
+        nothing: the workers are the parent's.
         """
+        if self._parent is not None:
+            return
         with self._lock:
             if self._closed:
                 return
@@ -497,7 +503,28 @@ class Runtime:
 
     # ---- helpers -------------------------------------------------------------
 
+    def _forked(self) -> None:
+        """fork() hook, in the child, before any other code runs there: this copy goes inert.
+
+        Calls are refused unsent (each channel drains: host-private memory, so
+        the parent's workers see nothing), lifecycle calls raise, and the
+        child's copies of the parent's descriptors are closed.
+        """
+        self._parent = os.getppid()
+        self._lock = threading.RLock()  # a parent thread may have held the old one at the fork
+        self._idle = threading.Condition(self._lock)
+        why = forked_message(self._parent)
+        for watcher in self._monitor.forget_after_fork():
+            if isinstance(watcher, WorkerProxy) and watcher.channel is not None:
+                watcher.channel.start_draining()
+        if self._spare is not None:
+            self._spare.forget_after_fork()
+        for bundle in self._bundles.values():
+            bundle.forget_after_fork(why)
+
     def _check_open(self) -> None:
+        if self._parent is not None:
+            raise LoaderError(forked_message(self._parent), bundle=None)
         if self._closed:
             raise LoaderError("this Runtime is closed; create a new one", bundle=None)
 

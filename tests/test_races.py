@@ -7,12 +7,13 @@ autouse leak guard: no worker, segment name or fd may outlive it.
 
 from __future__ import annotations
 
+import os
 import struct
 import threading
 
 import psutil
 import pytest
-from conftest import ADD, pair, wait_until
+from conftest import ADD, as_u32, pair, wait_until
 
 from polyplug_isolated import (
     BundleState,
@@ -142,3 +143,47 @@ def test_reloads_lose_no_batched_call_spanning_several_batches(bundle_dir):
             stop.set()
             thread.join(20)
         assert outcome == [None], outcome
+
+
+# ---- item 5: fork() in the host -----------------------------------------------------------------------
+
+
+def in_child(job) -> str:
+    """Runs ``job`` in a fork() child; returns what it returned (a str) or its error's repr."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, and never return into pytest
+        try:
+            os.close(read)
+            try:
+                answer = str(job())
+            except BaseException as exc:  # reported to the parent
+                answer = f"{type(exc).__name__}: {exc}"
+            os.write(write, answer.encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        answer = pipe.read().decode()
+    wait_until(lambda: os.waitpid(pid, os.WNOHANG)[0] == pid)
+    return answer
+
+
+def test_a_fork_child_cannot_call_or_close_the_parents_workers(rt, bundle_dir):
+    bundle = rt.load_bundle(bundle_dir("adder"))
+    add = rt.resolve_guest_contract(rt.find_guest_contract(ADD, 1))
+    assert as_u32(add.call(1, pair(1, 2), 4)) == 3
+    pid = bundle.pid
+
+    called = in_child(lambda: add.call(1, pair(1, 2), 4))
+    assert called.startswith("BundleUnavailable") and "fork" in called, called
+    batched = in_child(lambda: add.call_many(1, [pair(1, 2)] * 3, 4))
+    assert batched.startswith("BundleUnavailable") and "fork" in batched, batched
+    loaded = in_child(lambda: rt.load_bundle(bundle_dir("multi")))
+    assert loaded.startswith("LoaderError") and "fork" in loaded, loaded
+    closed = in_child(lambda: (rt.close(), rt.close(), "closed")[-1])
+    assert closed == "closed"
+
+    assert bundle.pid == pid and bundle.state is BundleState.READY
+    assert as_u32(add.call(1, pair(40, 2), 4)) == 42
+    assert rt.live_worker_count() == 1

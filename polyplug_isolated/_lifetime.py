@@ -17,12 +17,19 @@ may refer to it strongly: they get :func:`weakly` bound methods.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import weakref
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ._bundle import Bundle
+    from ._monitor import Monitor
+    from ._process import SpareWorker
     from ._runtime import Runtime
+    from ._supervisor import Supervisor
 
 _live: weakref.WeakSet[Runtime] = weakref.WeakSet()
 
@@ -47,3 +54,45 @@ def forked_message(parent: int) -> str:
         f"this process (pid {os.getpid()}) is a fork() child of pid {parent}, whose Runtime and workers "
         "these are; the child cannot use them: create a new Runtime in the child"
     )
+
+
+def weakly(method: Callable[..., Any]) -> Callable[..., Any]:
+    """``method`` (bound) without keeping its object alive; a no-op returning None once it is gone."""
+    ref = weakref.WeakMethod(method)
+
+    def call(*args: Any) -> Any:
+        bound = ref()
+        return None if bound is None else bound(*args)
+
+    return call
+
+
+def reclaim(
+    supervisor: Supervisor,
+    bundles: dict[int, Bundle],
+    spare: SpareWorker | None,
+    monitor: Monitor,
+    drain_timeout: float,
+) -> None:
+    """Finalizer of an unreachable Runtime: what close() does, without events or callbacks."""
+    if threading.current_thread() is monitor.thread:  # it must reap the workers: close from elsewhere
+        args = (supervisor, bundles, spare, monitor, drain_timeout)
+        threading.Thread(target=reclaim, args=args, name="polyplug-reclaim", daemon=True).start()
+        return
+    from ._bundle import BundleState  # _bundle imports the call path; this module must stay light
+
+    supervisor.close()
+    for bundle in list(bundles.values()):
+        proxy = bundle.proxy
+        if proxy is not None and proxy.channel is not None:
+            proxy.channel.start_draining()
+        with contextlib.suppress(RuntimeError):  # already DRAINING
+            bundle.move(BundleState.DRAINING)
+        if proxy is not None and proxy.alive:
+            proxy.shutdown(drain_timeout)
+        bundle.proxy = None
+        bundle.move(BundleState.UNLOADED)
+    bundles.clear()
+    if spare is not None:
+        spare.close()
+    monitor.close()

@@ -11,6 +11,7 @@ import enum
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -19,7 +20,7 @@ from ._bundle import Bundle, BundleState
 from ._config import ResourceLimits, RestartPolicy, RuntimeConfig, WorkerOptions
 from ._contract import GuestContract
 from ._faults import Fault
-from ._lifetime import forked_message, track
+from ._lifetime import forked_message, reclaim, track, weakly
 from ._manifest import ManifestData, parse_manifest
 from ._monitor import Monitor
 from ._oserrors import loader_errors
@@ -98,7 +99,7 @@ class Runtime:
         )
         self._on_reload = on_reload
         self._on_event = on_event
-        self._supervisor = Supervisor(self.config.restart, self._restart, self._event)
+        self._supervisor = Supervisor(self.config.restart, weakly(self._restart), weakly(self._event))
         self._lock = threading.RLock()
         self._bundles: dict[int, Bundle] = {}
         self._slots: list[_Slot] = []
@@ -112,6 +113,18 @@ class Runtime:
         self._starting: set[WorkerProxy] = set()
         self._parent: int | None = None  # in a fork() child: the pid whose Runtime this is
         track(self)
+        # Closes a Runtime dropped unclosed. Not at exit: workers see the host's
+        # end by themselves, and a drain would only delay the exit.
+        self._finalizer = weakref.finalize(
+            self,
+            reclaim,
+            self._supervisor,
+            self._bundles,
+            self._spare,
+            self._monitor,
+            self.config.drain_timeout,
+        )
+        self._finalizer.atexit = False
 
     # ---- context ------------------------------------------------------------
 
@@ -145,6 +158,7 @@ class Runtime:
         if self._spare is not None:
             self._spare.close()
         self._monitor.close()
+        self._finalizer.detach()
 
     # ---- load / reload / unload -----------------------------------------
 
@@ -338,12 +352,9 @@ class Runtime:
             process = self._spare.take()
         else:
             process = WorkerProcess(options.environment(dict(os.environ)))
+        on_death = weakly(self._on_death)  # the monitor thread must not keep the runtime alive
         proxy = WorkerProxy(
-            manifest,
-            self.config,
-            self._monitor,
-            lambda dead: self._on_death(bundle, dead),
-            bundle.record_fault,
+            manifest, self.config, self._monitor, lambda dead: on_death(bundle, dead), bundle.record_fault
         )
         with self._lock:
             self._starting.add(proxy)
@@ -511,6 +522,7 @@ class Runtime:
         child's copies of the parent's descriptors are closed.
         """
         self._parent = os.getppid()
+        self._finalizer.detach()
         self._lock = threading.RLock()  # a parent thread may have held the old one at the fork
         self._idle = threading.Condition(self._lock)
         why = forked_message(self._parent)

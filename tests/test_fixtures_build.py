@@ -47,11 +47,13 @@ EXPECTED_EXPORTS: dict[str, tuple[set[str], int | None]] = {
     "no_abi_version": ({INIT}, None),
     "no_init": ({ABI_VERSION}, 1),
     "old_abi": ({ABI_VERSION, INIT}, 7),
+    "oversized": ({ABI_VERSION, INIT}, 1),
     "payload": ({ABI_VERSION, INIT}, 1),
     "probe_v1": ({ABI_VERSION, INIT}, 1),
     "probe_v2": ({ABI_VERSION, INIT}, 1),
     "register_fail": ({ABI_VERSION, INIT}, 1),
     "slow": ({ABI_VERSION, INIT}, 1),
+    "unruly": ({ABI_VERSION, INIT}, 1),
 }
 
 # contract name -> function count, for every fixture that registers contracts
@@ -62,16 +64,18 @@ EXPECTED_CONTRACTS: dict[str, dict[str, int]] = {
     "hostile": {"test.hostile": 6},
     "kitchen_sink": {"test.kitchen": 28, "test.counter": 5},
     "multi": {"test.mul": 1, "test.sub": 1},
+    "oversized": {"test.oversized": 1},
     "payload": {"test.payload": 2},
     "probe_v1": {"test.probe": 2},
     "probe_v2": {"test.probe": 2},
     "register_fail": {"regfail.add": 1},
     "slow": {"test.slow": 2},
+    "unruly": {"test.unruly": 3},
 }
 
 # no api.toml where the IDL cannot say it (payload's length-prefixed blob,
-# environ's char arrays) or nobody generates bindings (probes, hostile)
-WITH_API = set(EXPECTED_CONTRACTS) - {"payload", "environ", "hostile", "probe_v1", "probe_v2"}
+# environ's char arrays) or nobody generates bindings (probes, hostile, oversized)
+WITH_API = set(EXPECTED_CONTRACTS) - {"payload", "environ", "hostile", "probe_v1", "probe_v2", "oversized"}
 
 # directory -> the fixture whose source it builds again (with other #defines)
 SHARED_SOURCES = {"probe_v2": "probe_v1"}

@@ -7,9 +7,11 @@ autouse leak guard: no worker, segment name or fd may outlive it.
 
 from __future__ import annotations
 
+import gc
 import os
 import struct
 import threading
+import weakref
 
 import psutil
 import pytest
@@ -17,6 +19,7 @@ from conftest import ADD, as_u32, pair, wait_until
 
 from polyplug_isolated import (
     BundleState,
+    BundleUnavailable,
     Fault,
     LifecycleConflict,
     LoaderError,
@@ -187,3 +190,24 @@ def test_a_fork_child_cannot_call_or_close_the_parents_workers(rt, bundle_dir):
     assert bundle.pid == pid and bundle.state is BundleState.READY
     assert as_u32(add.call(1, pair(40, 2), 4)) == 42
     assert rt.live_worker_count() == 1
+
+
+# ---- item 7: a Runtime dropped without close() ------------------------------------------------------
+
+
+def test_a_runtime_dropped_without_close_is_reclaimed(bundle_dir):
+    rt = Runtime()
+    rt.load_bundle(bundle_dir("adder"))
+    add = rt.resolve_guest_contract(rt.find_guest_contract(ADD, 1))
+    assert as_u32(add.call(1, pair(1, 2), 4)) == 3
+    pid = add.bundle.pid
+    threads = {t for t in threading.enumerate() if t.name.startswith("polyplug")}
+    assert threads
+    dropped = weakref.ref(rt)
+    del rt
+    gc.collect()
+    assert dropped() is None
+    wait_until(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie")
+    wait_until(lambda: not any(t.is_alive() for t in threads))
+    with pytest.raises(BundleUnavailable):  # a contract kept past its runtime says so
+        add.call(1, pair(1, 2), 4)

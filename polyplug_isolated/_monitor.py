@@ -47,20 +47,21 @@ class LineSplitter:
     def __init__(self, cap: int = OUTPUT_LINE_CAP):
         self._cap = cap
         self._partial = bytearray()
+        self._line_cut = False  # pieces of the current line went out already
 
     def feed(self, data: bytes) -> list[bytes]:
         """The lines ``data`` completes (an over-long line in ``cap``-byte pieces)."""
+        *complete, rest = data.split(b"\n")
         lines = []
-        start = 0
-        while True:
-            end = data.find(b"\n", start)
-            if end < 0:
-                break
-            self._partial += data[start:end]
-            lines.extend(self._pieces(final=True))
-            start = end + 1
-        self._partial += data[start:]
-        lines.extend(self._pieces(final=False))
+        if complete:
+            self._partial += complete[0]
+            lines += self._pieces(final=True)
+            middle = complete[1:]
+            if middle and max(map(len, middle)) > self._cap:
+                middle = [piece for line in middle for piece in _cut(line, self._cap)]
+            lines += middle
+        self._partial += rest
+        lines += self._pieces(final=False)
         return lines
 
     def flush(self) -> list[bytes]:
@@ -68,13 +69,24 @@ class LineSplitter:
         return self._pieces(final=True) if self._partial else []
 
     def _pieces(self, final: bool) -> list[bytes]:
+        """Cuts whole ``cap``-byte pieces off the partial line (and, if ``final``, the rest)."""
         partial, cap = self._partial, self._cap
-        pieces = [bytes(partial[i : i + cap]) for i in range(0, len(partial) - cap + 1, cap)]
-        del partial[: len(pieces) * cap]
-        if final and (partial or not pieces):
-            pieces.append(bytes(partial))
-            partial.clear()
+        whole = len(partial) // cap * cap
+        pieces = _cut(bytes(partial[:whole]), cap) if whole else []
+        del partial[:whole]
+        if final:
+            if partial or not (pieces or self._line_cut):  # a line that was all pieces ends with them
+                pieces.append(bytes(partial))
+                partial.clear()
+            self._line_cut = False
+        elif pieces:
+            self._line_cut = True
         return pieces
+
+
+def _cut(line: bytes, cap: int) -> list[bytes]:
+    """``line`` in pieces of at most ``cap`` bytes (an empty line stays one empty line)."""
+    return [line[i : i + cap] for i in range(0, len(line), cap)] or [b""]
 
 
 class _Watch:

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 from conftest import ADD, as_u32, pair, u32, wait_until
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from polyplug_isolated import (
     BundleState,
@@ -35,7 +37,7 @@ from polyplug_isolated import (
     guest_contract_id,
     parse_api,
 )
-from polyplug_isolated._monitor import OUTPUT_LINE_CAP
+from polyplug_isolated._monitor import OUTPUT_LINE_CAP, LineSplitter
 
 UNRULY = guest_contract_id("test.unruly", 1)
 OVERSIZED = guest_contract_id("test.oversized", 1)
@@ -64,8 +66,13 @@ def run_in_thread(target) -> tuple[threading.Thread, list[BaseException]]:
 # ---- item 1: output with no newline ---------------------------------------------------
 
 
-class _Lengths(logging.Handler):
-    """Collects the length of every output line the monitor hands on."""
+class _SlowSink(logging.Handler):
+    """A slow log sink (a disk, a network handler) that notes the length of every output line.
+
+    Slow on purpose: the worker then writes faster than the monitor hands its
+    output on, and a monitor that read one worker until it ran dry would never
+    turn to the others.
+    """
 
     def __init__(self) -> None:
         super().__init__(logging.INFO)
@@ -73,12 +80,13 @@ class _Lengths(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.lengths.append(len(record.args[0]))
+        time.sleep(0.005)
 
 
 def test_output_without_newline_is_cut_and_never_starves_other_workers(rt, bundle_dir):
     spewer = unruly(rt, bundle_dir)
     adder = rt.load_bundle(bundle_dir("adder"))
-    handler = _Lengths()
+    handler = _SlowSink()
     log = logging.getLogger("polyplug_isolated.bundle.unruly")
     log.addHandler(handler)
     log.setLevel(logging.INFO)
@@ -89,7 +97,7 @@ def test_output_without_newline_is_cut_and_never_starves_other_workers(rt, bundl
         assert max(handler.lengths) <= OUTPUT_LINE_CAP
         # ...and, while it keeps spewing, another worker's death is noticed at once.
         os.kill(adder.pid, signal.SIGKILL)
-        wait_until(lambda: adder.state is BundleState.CRASHED, timeout=5)
+        wait_until(lambda: adder.state is BundleState.CRASHED, timeout=2)
         os.kill(spewer.bundle.pid, signal.SIGKILL)
         thread.join(10)
     finally:
@@ -97,6 +105,29 @@ def test_output_without_newline_is_cut_and_never_starves_other_workers(rt, bundl
         log.setLevel(logging.NOTSET)
     assert not thread.is_alive()
     assert [type(e) for e in errors] == [WorkerCrashed]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    cap=st.integers(1, 9),
+    stream=st.binary(max_size=80).map(lambda b: bytes(b"ab\n"[x % 3] for x in b)),
+    cuts=st.lists(st.integers(1, 12), max_size=40),
+)
+def test_output_lines_are_cut_at_the_cap_however_the_stream_is_read(cap, stream, cuts):
+    splitter = LineSplitter(cap)
+    lines, start = [], 0
+    for size in [*cuts, len(stream)]:
+        lines += splitter.feed(stream[start : start + size])
+        start += size
+    lines += splitter.flush()
+    expected = [
+        piece
+        for line in stream.split(b"\n")
+        for piece in ([line[i : i + cap] for i in range(0, len(line), cap)] or [b""])
+    ]
+    if stream.endswith(b"\n") or not stream:
+        expected.pop()  # a final newline ends the last line; it does not start another
+    assert lines == expected
 
 
 # ---- item 8: a plugin ignoring SIGUSR2 ------------------------------------------------------

@@ -239,6 +239,17 @@ def test_a_bad_file_key_raises_a_loader_error(rt, bundle_copy, file):
     assert rt.bundles == []
 
 
+@pytest.mark.parametrize(
+    ("where", "options"),
+    [("nul-in-path", {}), ("long-path", {}), ("nul-in-env", {"env": {"X": "a\0b"}})],
+)
+def test_a_bad_path_or_option_raises_a_loader_error(rt, bundle_dir, where, options):
+    path = {"nul-in-path": "fixtures/build/ad\0der", "long-path": "x" * 5000}.get(where, bundle_dir("adder"))
+    with pytest.raises(LoaderError):
+        rt.load_bundle(path, **options)
+    assert rt.bundles == [] and rt.live_worker_count() == 0
+
+
 def test_emfile_at_any_step_of_a_load_raises_a_loader_error_and_leaves_nothing(rt, bundle_dir):
     """With the fd limit a few above what is open, a load fails at every step in turn."""
     adder = bundle_dir("adder")

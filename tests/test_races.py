@@ -187,6 +187,15 @@ def test_a_fork_child_cannot_call_or_close_the_parents_workers(rt, bundle_dir):
     closed = in_child(lambda: (rt.close(), rt.close(), "closed")[-1])
     assert closed == "closed"
 
+    def own_runtime():  # what the message advises: a Runtime of the child's own works
+        with Runtime() as mine:
+            mine.load_bundle(bundle_dir("adder"))
+            return as_u32(
+                mine.resolve_guest_contract(mine.find_guest_contract(ADD, 1)).call(1, pair(2, 2), 4)
+            )
+
+    assert in_child(own_runtime) == "4"
+
     assert bundle.pid == pid and bundle.state is BundleState.READY
     assert as_u32(add.call(1, pair(40, 2), 4)) == 42
     assert rt.live_worker_count() == 1

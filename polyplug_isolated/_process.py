@@ -56,9 +56,8 @@ class WorkerProcess:
         try:
             self.pidfd = os.pidfd_open(self.pid)
         except BaseException:  # EMFILE: the process must not outlive the error
-            self._popen.kill()
-            self._popen.wait()
-            self._popen.stdout.close()
+            with self._popen:  # closes its pipe and reaps it
+                self._popen.kill()
             self.control.close()
             raise
         self.output = self._popen.stdout

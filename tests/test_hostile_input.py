@@ -17,6 +17,7 @@ import shutil
 import signal
 import threading
 import time
+import traceback
 import tracemalloc
 from pathlib import Path
 
@@ -251,27 +252,33 @@ def test_a_bad_path_or_option_raises_a_loader_error(rt, bundle_dir, where, optio
 
 
 def test_emfile_at_any_step_of_a_load_raises_a_loader_error_and_leaves_nothing(rt, bundle_dir):
-    """With the fd limit a few above what is open, a load fails at every step in turn."""
+    """With the fd limit raised one by one above what is open, a load fails at each step in turn."""
     adder = bundle_dir("adder")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    failures = 0
+    top = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+    fillers = []  # fill the gaps below the highest fd: a limit n above it then allows exactly n more
+    while (fd := os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)) < top:
+        fillers.append(fd)
+    os.close(fd)
+    failed_at = set()
     try:
-        for spare in range(16):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + spare, hard))
+        for spare in range(1, 32):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (top + 1 + spare, hard))
             try:
                 rt.load_bundle(adder)
             except LoaderError as exc:
-                failures += 1
-                assert "adder" in str(exc)
+                assert "bundle 'adder'" in str(exc) and "ulimit -n" in str(exc), exc
                 assert rt.bundles == [] and rt.live_worker_count() == 0
+                innermost = traceback.extract_tb(exc.__cause__.__traceback__)[-1]
+                failed_at.add((innermost.filename, innermost.lineno))
             else:
-                resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-                rt.unload_bundle(rt.bundles[0].id)
                 break
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    assert failures >= 3  # it did fail, at several steps, before there were enough fds
-    rt.load_bundle(adder)
+        for fd in fillers:
+            os.close(fd)
+    assert len(failed_at) >= 4, failed_at  # the socket pair, each of Popen's pipes, ...
+    assert rt.bundles and rt.bundles[0].state is BundleState.READY
     assert as_u32(rt.resolve_guest_contract(rt.find_guest_contract(ADD, 1)).call(1, pair(2, 3), 4)) == 5
 
 

@@ -29,6 +29,7 @@ _logger = logging.getLogger("polyplug_isolated")
 
 READ_CHUNK = 1 << 16  # one read per ready descriptor per round
 OUTPUT_LINE_CAP = 1 << 16  # longer output lines reach the host in pieces of this size
+TAIL_LINE_CAP = 4096  # of a line kept for error messages (stack lines are far shorter)
 LAST_WORDS_READS = 64  # after an exit: reads of what the worker left behind (a child may hold the pipe)
 
 
@@ -254,7 +255,7 @@ class Monitor:
 
     def _emit_line(self, watch: _Watch, line: bytes) -> None:
         text = line.decode("utf-8", "replace").rstrip("\r")
-        watch.process.output_tail.append(text)
+        watch.process.output_tail.append(text if len(text) <= TAIL_LINE_CAP else text[:TAIL_LINE_CAP] + "...")
         watch.watcher.on_output(text)
 
     # ---- exit -----------------------------------------------------------------------------

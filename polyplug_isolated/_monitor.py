@@ -101,6 +101,7 @@ class _Watch:
         self.lines = LineSplitter()
         self.control_open = True
         self.output_open = True
+        self.exit_open = True
 
 
 class Monitor:
@@ -163,6 +164,8 @@ class Monitor:
                         return
                     continue
                 kind, watch = key.data
+                if not getattr(watch, f"{kind}_open"):
+                    continue  # dropped earlier in this round (its exit): the fd may be closed, even reused
                 try:
                     getattr(self, f"_on_{kind}")(watch)
                 except Exception:  # the monitor must outlive any one worker's trouble
@@ -274,5 +277,6 @@ class Monitor:
                 break
         self._drop_control(watch)
         self._selector.unregister(watch.process.pidfd)
+        watch.exit_open = False
         returncode = watch.process.reap()
         watch.watcher.on_exit(returncode)

@@ -234,7 +234,8 @@ class Runtime:
         with self._claim(manifest, "reloaded"):
             with self._lock:
                 bundle = self._bundles.get(manifest.id)
-            return self._load(manifest, None) if bundle is None else self._reload(bundle, manifest)
+            # Not loaded: a load, through load_manifest (subclasses hook loads there).
+            return self.load_manifest(manifest) if bundle is None else self._reload(bundle, manifest)
 
     def _reload(self, bundle: Bundle, manifest: ManifestData) -> Bundle:
         self._supervisor.forget(bundle)
@@ -283,24 +284,29 @@ class Runtime:
 
         Waiting instead would only replay the race (a load after a load starts a
         second worker; an unload after a reload throws the new worker away):
-        the caller, who knows what it wanted, decides.
+        the caller, who knows what it wanted, decides. The thread holding the
+        claim may claim again (a reload of a bundle not loaded is a load).
         """
+        me = threading.get_ident()
         with self._lock:
             self._check_open()
             busy = self._busy.get(manifest.id)
-            if busy is not None:
+            if busy is not None and busy[1] != me:
                 raise LifecycleConflict(
                     f"bundle {manifest.name!r} is being {busy[0]} by another thread: it cannot also be "
                     f"{what} now; retry once that call has returned",
                     bundle=manifest.name,
                 )
-            self._busy[manifest.id] = (what, threading.get_ident())
+            outermost = busy is None
+            if outermost:
+                self._busy[manifest.id] = (what, me)
         try:
             yield
         finally:
-            with self._lock:
-                del self._busy[manifest.id]
-                self._idle.notify_all()
+            if outermost:
+                with self._lock:
+                    del self._busy[manifest.id]
+                    self._idle.notify_all()
 
     def _unload(self, bundle: Bundle) -> None:
         self._supervisor.forget(bundle)

@@ -110,6 +110,21 @@ def test_a_load_while_another_thread_loads_the_bundle_gets_a_clear_error_and_one
     assert len(rt.find_all_by_contract(ADD, 1)) == 1
 
 
+def test_a_reload_of_a_bundle_not_loaded_loads_it_through_load_manifest(bundle_dir):
+    """Serialising must not bypass load_manifest, where subclasses (the pytest plugin) hook loads."""
+
+    class Counting(Runtime):
+        loads = 0
+
+        def load_manifest(self, manifest, options=None):
+            Counting.loads += 1
+            return super().load_manifest(manifest, options)
+
+    with Counting() as rt:
+        bundle = rt.reload_bundle(bundle_dir("adder"))
+        assert Counting.loads == 1 and rt.bundles == [bundle]
+
+
 # ---- item 4: a reload under batched calls -------------------------------------------------------------
 
 

@@ -326,10 +326,12 @@ class Runtime:
             del self._bundles[bundle.id]
             bundle.move(BundleState.UNLOADED)
 
-    def _start_worker(self, bundle: Bundle, manifest: ManifestData) -> WorkerProxy:
+    def _start_worker(self, bundle: Bundle, manifest: ManifestData, cancellable: bool = True) -> WorkerProxy:
+        """A worker serving ``manifest``; ``cancellable``: close() may kill it while it starts
+        (loads and reloads; a restart is waited for, as the supervisor stops first)."""
         try:
             with loader_errors(manifest.name, "starting its worker"):
-                return self._start_worker_process(bundle, manifest)
+                return self._start_worker_process(bundle, manifest, cancellable)
         except LoaderError as exc:
             if self._closed:
                 raise LoaderError(
@@ -338,7 +340,7 @@ class Runtime:
                 ) from exc
             raise
 
-    def _start_worker_process(self, bundle: Bundle, manifest: ManifestData) -> WorkerProxy:
+    def _start_worker_process(self, bundle: Bundle, manifest: ManifestData, cancellable: bool) -> WorkerProxy:
         try:
             os.fsencode(manifest.path).decode("utf-8")
         except UnicodeDecodeError:
@@ -362,13 +364,14 @@ class Runtime:
         proxy = WorkerProxy(
             manifest, self.config, self._monitor, lambda dead: on_death(bundle, dead), bundle.record_fault
         )
+        starting = {proxy} if cancellable else set()
         with self._lock:
-            self._starting.add(proxy)
+            self._starting |= starting
         try:
             proxy.start(process, options, bundle.fault_specs(bundle.start_faults))
         finally:
             with self._lock:
-                self._starting.discard(proxy)
+                self._starting -= starting
         return proxy
 
     def _on_death(self, bundle: Bundle, proxy: WorkerProxy) -> None:
@@ -408,7 +411,7 @@ class Runtime:
                 return False
             bundle.move(BundleState.RESTARTING)
         try:
-            proxy = self._start_worker(bundle, bundle.manifest)
+            proxy = self._start_worker(bundle, bundle.manifest, cancellable=False)
         except LoaderError:
             with self._lock:
                 if bundle.state is BundleState.RESTARTING:

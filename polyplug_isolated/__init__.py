@@ -31,6 +31,7 @@ _EXPORTS = {
         "HotReloadDisabled",
         "InitFailed",
         "InitSymbolMissing",
+        "LifecycleConflict",
         "LoaderError",
         "ManifestError",
         "ManifestMissingFile",

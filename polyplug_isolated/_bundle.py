@@ -71,6 +71,7 @@ class Bundle:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # state, worker or restart outlook changed
         self.restart_pending = False
+        self.inert = ""  # why this copy of the bundle cannot be used (a fork() child), if it cannot
         self._fault_ids = itertools.count(1)
         self._faults: dict[int, Fault] = {}  # every fault ever armed, by id
         self._fault_log: list[FaultRecord] = []
@@ -116,6 +117,16 @@ class Bundle:
                 timeout,
             )
             return self.proxy is not None
+
+    def forget_after_fork(self, why: str) -> None:
+        """In a fork() child: no worker serves this copy of the bundle; calls say ``why``.
+
+        Fresh locks: a thread of the parent may have held these at the fork.
+        """
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self.inert, self.restart_pending = why, False
+        self.proxy = self.crash = None
 
     @property
     def pid(self) -> int | None:

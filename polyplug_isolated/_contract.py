@@ -167,6 +167,8 @@ class GuestContract:
             args = _as_bytes_view(args)
         if type(out_size) is not int or out_size < 0:
             raise ValueError(f"out_size must be a non-negative int, not {out_size!r}")
+        if len(args) + out_size > proxy.channel.arena_cap:  # refused before the out is allocated
+            raise self._error(ChannelFailure(lib.PP_CALL_TOO_LARGE), proxy, fn_index, wait)
         try:
             return proxy.channel.call(index, fn_index, args, out_size, wait)
         except ChannelFailure as failure:
@@ -280,21 +282,26 @@ class GuestContract:
             raise ValueError(
                 f"call_packed: {len(view)} bytes is not a whole number of {record_size}-byte records"
             )
+        if record_size + out_size > proxy.channel.arena_cap:  # refused before the outs are allocated
+            raise self._error(ChannelFailure(lib.PP_CALL_TOO_LARGE), proxy, fn_index, wait)
         count = len(view) // record_size
         per_batch = max(1, (proxy.channel.payload_cap - 8) // (record_size + out_size))
         outs = []
-        for start in range(0, count, per_batch):
+        start = 0
+        while start < count:
             n = min(per_batch, count - start)
             chunk = view[start * record_size : (start + n) * record_size]
             try:
                 outs.append(proxy.channel.call_batch(index, fn_index, chunk, record_size, n, out_size, wait))
             except ChannelFailure as failure:
-                if start == 0 and self._rerouted(failure, proxy):
-                    return self.call_packed(fn_index, packed, record_size, out_size, timeout=timeout)
+                if self._rerouted(failure, proxy):  # a reload turned this batch away unsent, whichever it is:
+                    proxy, _, index = self.route()  # it and the rest go to the new worker
+                    continue
                 error = self._error(failure, proxy, fn_index, wait)
                 if isinstance(error, PluginCallError):
                     error.index = start + failure.done
                 raise error from None
+            start += n
         return b"".join(outs)
 
     def _rerouted(self, failure: ChannelFailure, proxy: WorkerProxy) -> bool:
@@ -307,6 +314,8 @@ class GuestContract:
     def _unavailable(self) -> BundleUnavailable:
         bundle = self._bundle
         state = bundle.state
+        if bundle.inert:
+            return BundleUnavailable(f"bundle {bundle.name!r}: {bundle.inert}", bundle=bundle.name)
         if state in (BundleState.DRAINING, BundleState.UNLOADED):
             why = "it is being unloaded or was unloaded; load it again to call it"
         elif state is BundleState.RESTARTING:

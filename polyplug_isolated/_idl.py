@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ._ids import fnv1a64
+from ._manifest import read_capped
 from .errors import ManifestError
 
 if sys.version_info >= (3, 11):
@@ -209,10 +210,10 @@ def parse_api(path: str | os.PathLike[str]) -> Api:
     if path.is_dir():
         path = path / "api.toml"
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_capped(path).decode("utf-8")
     except FileNotFoundError:
         raise ManifestError(f"{path}: no such api.toml; pass the path of the contract's IDL") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except (OSError, ValueError) as exc:
         raise ManifestError(f"{path}: cannot read the api.toml: {exc}") from exc
     return parse_api_text(text, str(path))
 
@@ -221,8 +222,9 @@ def parse_api_text(text: str, source: str = "<api.toml>") -> Api:
     """Parses api.toml text; ``source`` names it in error messages."""
     try:
         raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ManifestError(f"{source}: not valid TOML: {exc}") from exc
+    except (ValueError, RecursionError) as exc:  # TOMLDecodeError is a ValueError; nesting recurses
+        reason = "it nests too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise ManifestError(f"{source}: not valid TOML: {reason}") from None
     return _Parser(source).parse(raw)
 
 

@@ -8,9 +8,11 @@ bundle directory here, in the host, before any process starts.
 
 from __future__ import annotations
 
+import errno
 import os
 import platform
 import re
+import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +20,7 @@ from typing import Any
 
 from ._dependencies import Dependency, parse_dependencies
 from ._ids import bundle_id as expected_bundle_id
+from ._oserrors import describe, describe_path, loader_errors
 from .errors import InitFailed, ManifestError, ManifestMissingFile
 
 if sys.version_info >= (3, 11):
@@ -29,6 +32,7 @@ NATIVE_LOADER = "native"
 # ASCII digits only, matched whole (``$`` would admit a trailing newline).
 _PROVIDES = re.compile(r"(?P<name>[^@\s]+)(@(?P<version>[0-9]+(\.[0-9]+){0,2}))?")
 _OS_NAMES = {"linux": "linux", "darwin": "macos", "win32": "windows"}
+MAX_MANIFEST_BYTES = 1 << 20  # polyplug's manifests are a few hundred bytes
 _ARCH_NAMES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
 
 
@@ -77,24 +81,53 @@ def parse_manifest(path: str | os.PathLike[str], *, check_function_counts: bool 
         ManifestMissingFile: no library for this platform.
         InitFailed: ``id`` missing or 0 (the seed loader's error for that case).
     """
-    directory = bundle_directory(path)
+    with loader_errors(describe_path(path), "finding its directory", ManifestError):
+        directory = bundle_directory(path)
     manifest_path = directory / "manifest.toml"
     where = str(directory)
     try:
-        raw = tomllib.loads(manifest_path.read_text(encoding="utf-8"))
+        text = read_capped(manifest_path).decode("utf-8")
     except FileNotFoundError:
         raise ManifestError(
             f"bundle at {where}: no manifest.toml in that directory; a polyplug bundle is a "
             "directory holding manifest.toml beside its library",
             bundle=where,
         ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"bundle at {where}: cannot read {manifest_path}: {exc}", bundle=where) from exc
-    except tomllib.TOMLDecodeError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: UnicodeDecodeError, a NUL in the path
         raise ManifestError(
-            f"bundle at {where}: {manifest_path} is not valid TOML: {exc}", bundle=where
+            f"bundle at {where}: cannot read {manifest_path}: {describe(exc)}", bundle=where
         ) from exc
+    try:
+        raw = tomllib.loads(text)
+    except (ValueError, RecursionError) as exc:  # TOMLDecodeError is a ValueError; nesting recurses
+        reason = "it nests too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise ManifestError(
+            f"bundle at {where}: {manifest_path} is not valid TOML: {reason}", bundle=where
+        ) from None
     return _validate(raw, directory, manifest_path, check_function_counts)
+
+
+def read_capped(path: Path, cap: int = MAX_MANIFEST_BYTES) -> bytes:
+    """The bytes of ``path``, a regular file of at most ``cap`` bytes; OSError otherwise.
+
+    Opened without blocking (a FIFO would wait for a writer forever) and
+    checked on the open descriptor (no swap between check and read), so a
+    FIFO, a device (/dev/zero), a directory or a huge file is refused unread.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file (a FIFO, a device or a directory?)")
+        chunks, size = [], 0
+        while size <= cap and (chunk := os.read(fd, cap + 1 - size)):  # the file may grow after fstat
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    if info.st_size > cap or size > cap:
+        raise OSError(errno.EFBIG, f"larger than {cap >> 20} MiB; a manifest is a few hundred bytes")
+    return b"".join(chunks)
 
 
 def _validate(
@@ -183,7 +216,7 @@ def _is_version(text: str, parts: tuple[int, ...] = (2, 3)) -> bool:
     numbers = text.split(".")
     return (
         len(numbers) in parts
-        and all(n.isascii() and n.isdigit() for n in numbers)
+        and all(n.isascii() and n.isdigit() and len(n) <= 10 for n in numbers)
         and all(int(n) < 1 << 32 for n in numbers)
     )
 
@@ -208,8 +241,13 @@ def _library_path(spec: Any, directory: Path, fail) -> Path:
         )
     if not isinstance(relative, str):
         raise fail('`file` must be a string or a [file] table of os.arch = "path"')
-    root = directory.resolve()
-    library = (root / relative).resolve()
+    if "\0" in relative:
+        raise fail("`file` contains a NUL character, which no file name can")
+    try:
+        root = directory.resolve()
+        library = (root / relative).resolve()
+    except (OSError, ValueError) as exc:
+        raise fail(f"`file` {describe_path(relative)!r} is not a usable path: {describe(exc)}") from exc
     if not library.is_relative_to(root):
         raise fail(
             f"artifact {relative!r} resolves outside the bundle directory (path traversal or symlink escape)"

@@ -1,9 +1,16 @@
 """The one thread that owns the liveness of every worker of a runtime.
 
-It waits, in one ``select``, on each worker's control socket (frames, EOF),
-its output pipe (kept as a tail for error messages) and its pidfd (exit), plus
-a wake-up pipe for new registrations. It never sleeps to poll. What it learns
-it hands to the worker's :class:`Watcher` callbacks, which must not block.
+It waits, in one epoll (no FD_SETSIZE limit: a runtime may watch thousands
+of workers), on each worker's control socket (frames, EOF), its output pipe
+(kept as a tail for error messages) and its pidfd (exit), plus a wake-up
+pipe for new registrations. It never sleeps to poll. What it learns it hands
+to the worker's :class:`Watcher` callbacks, which must not block.
+
+No worker can starve the others or grow the host without bound: each ready
+descriptor gets one bounded read per round (epoll is level-triggered, so what
+is left is read next round, after everyone else's turn), and a line of output
+is cut every ``OUTPUT_LINE_CAP`` bytes, so a plugin writing with no newline
+costs a fixed amount of memory and linear time.
 """
 
 from __future__ import annotations
@@ -16,9 +23,14 @@ import threading
 from typing import Any, Protocol
 
 from ._process import WorkerProcess
-from ._protocol import FrameError, FrameReader
+from ._protocol import MAX_READY_FRAME, FrameError, FrameReader
 
 _logger = logging.getLogger("polyplug_isolated")
+
+READ_CHUNK = 1 << 16  # one read per ready descriptor per round
+OUTPUT_LINE_CAP = 1 << 16  # longer output lines reach the host in pieces of this size
+TAIL_LINE_CAP = 4096  # of a line kept for error messages (stack lines are far shorter)
+LAST_WORDS_READS = 64  # after an exit: reads of what the worker left behind (a child may hold the pipe)
 
 
 class Watcher(Protocol):
@@ -26,8 +38,56 @@ class Watcher(Protocol):
 
     def on_frame(self, message: dict[str, Any]) -> None: ...
     def on_output(self, line: str) -> None: ...
-    def on_control_lost(self, reason: str) -> None: ...
+    def on_control_lost(self, reason: str, malformed: bool = False) -> None: ...
     def on_exit(self, returncode: int) -> None: ...
+
+
+class LineSplitter:
+    """Splits a byte stream into lines of at most ``cap`` bytes, in time linear in the stream."""
+
+    def __init__(self, cap: int = OUTPUT_LINE_CAP):
+        self._cap = cap
+        self._partial = bytearray()
+        self._line_cut = False  # pieces of the current line went out already
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The lines ``data`` completes (an over-long line in ``cap``-byte pieces)."""
+        *complete, rest = data.split(b"\n")
+        lines = []
+        if complete:
+            self._partial += complete[0]
+            lines += self._pieces(final=True)
+            middle = complete[1:]
+            if middle and max(map(len, middle)) > self._cap:
+                middle = [piece for line in middle for piece in _cut(line, self._cap)]
+            lines += middle
+        self._partial += rest
+        lines += self._pieces(final=False)
+        return lines
+
+    def flush(self) -> list[bytes]:
+        """What is left at EOF, as a last line."""
+        return self._pieces(final=True) if self._partial else []
+
+    def _pieces(self, final: bool) -> list[bytes]:
+        """Cuts whole ``cap``-byte pieces off the partial line (and, if ``final``, the rest)."""
+        partial, cap = self._partial, self._cap
+        whole = len(partial) // cap * cap
+        pieces = _cut(bytes(partial[:whole]), cap) if whole else []
+        del partial[:whole]
+        if final:
+            if partial or not (pieces or self._line_cut):  # a line that was all pieces ends with them
+                pieces.append(bytes(partial))
+                partial.clear()
+            self._line_cut = False
+        elif pieces:
+            self._line_cut = True
+        return pieces
+
+
+def _cut(line: bytes, cap: int) -> list[bytes]:
+    """``line`` in pieces of at most ``cap`` bytes (an empty line stays one empty line)."""
+    return [line[i : i + cap] for i in range(0, len(line), cap)] or [b""]
 
 
 class _Watch:
@@ -35,17 +95,20 @@ class _Watch:
         self.watcher = watcher
         self.control = process.control
         self.process = process
-        self.frames = FrameReader()
-        self.partial_line = b""
+        # The ready frame carries every registration: it may be far larger
+        # than any later frame (polyplug loads 20k contracts, 1 MiB names).
+        self.frames = FrameReader(handshake_max=MAX_READY_FRAME)
+        self.lines = LineSplitter()
         self.control_open = True
         self.output_open = True
+        self.exit_open = True
 
 
 class Monitor:
     """Liveness thread of one runtime; started on first use, stopped by close()."""
 
     def __init__(self, name: str = "polyplug-monitor"):
-        self._selector = selectors.DefaultSelector()
+        self._selector = selectors.EpollSelector()
         self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._selector.register(self._wake_read, selectors.EVENT_READ, None)
         self._lock = threading.Lock()
@@ -53,6 +116,10 @@ class Monitor:
         self._closing = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
+
+    @property
+    def thread(self) -> threading.Thread:
+        return self._thread
 
     def watch(self, watcher: Watcher, process: WorkerProcess) -> None:
         """Starts watching a worker: its frames, output and exit go to ``watcher``."""
@@ -71,6 +138,20 @@ class Monitor:
         os.close(self._wake_read)
         os.close(self._wake_write)
 
+    def forget_after_fork(self) -> list[Watcher]:
+        """In a fork() child (no monitor thread runs there): closes the child's copies of every
+        descriptor the monitor watches and of its own; returns the watchers, for them to go inert."""
+        watches = [key.data[1] for key in self._selector.get_map().values() if key.data is not None]
+        watches += self._incoming
+        self._selector.close()
+        for fd in (self._wake_read, self._wake_write):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        processes = {id(watch.process): watch.process for watch in watches}
+        for process in processes.values():
+            process.forget_after_fork()
+        return list({id(watch.watcher): watch.watcher for watch in watches}.values())
+
     def _wake(self) -> None:
         with contextlib.suppress(BlockingIOError):  # full pipe: already awake
             os.write(self._wake_write, b"x")
@@ -81,12 +162,14 @@ class Monitor:
                 if key.data is None:
                     if self._take_incoming():
                         return
-                else:
-                    kind, watch = key.data
-                    try:
-                        getattr(self, f"_on_{kind}")(watch)
-                    except Exception:  # the monitor must outlive any one worker's trouble
-                        _logger.exception("monitor: handling %s of worker %d failed", kind, watch.process.pid)
+                    continue
+                kind, watch = key.data
+                if not getattr(watch, f"{kind}_open"):
+                    continue  # dropped earlier in this round (its exit): the fd may be closed, even reused
+                try:
+                    getattr(self, f"_on_{kind}")(watch)
+                except Exception:  # the monitor must outlive any one worker's trouble
+                    _logger.exception("monitor: handling %s of worker %d failed", kind, watch.process.pid)
 
     def _take_incoming(self) -> bool:
         while True:
@@ -106,87 +189,94 @@ class Monitor:
             self._selector.register(watch.process.pidfd, selectors.EVENT_READ, ("exit", watch))
         return closing
 
+    # ---- control socket ----------------------------------------------------------------
+
     def _on_control(self, watch: _Watch) -> None:
+        self._read_control(watch, report_loss=True)
+
+    def _read_control(self, watch: _Watch, report_loss: bool) -> bool:
+        """One bounded read of frames; False when nothing more is there now (or ever).
+
+        ``report_loss``: tell the watcher when the socket is done (EOF, error,
+        garbage); after an exit that is no news.
+        """
         try:
-            data = watch.control.recv(1 << 16)
+            data = watch.control.recv(READ_CHUNK)
         except BlockingIOError:
-            return
+            return False
         except OSError as exc:
             data, reason = b"", f"control socket error: {exc}"
         else:
             reason = "the worker closed its control socket"
         if not data:
             self._drop_control(watch)
-            watch.watcher.on_control_lost(reason)
-            return
+            if report_loss:
+                watch.watcher.on_control_lost(reason)
+            return False
         try:
             frames = watch.frames.feed(data)
         except FrameError as exc:
             self._drop_control(watch)
-            watch.watcher.on_control_lost(f"malformed control frame: {exc}")
-            return
+            if report_loss:
+                watch.watcher.on_control_lost(f"malformed control frame: {exc}", malformed=True)
+            return False
         for message in frames:
             watch.watcher.on_frame(message)
+        return True
 
     def _drop_control(self, watch: _Watch) -> None:
         # Unregister only: the socket is closed by reap(), under the lock
         # that senders hold, so its fd number cannot be reused under them.
-        self._selector.unregister(watch.control)
-        watch.control_open = False
+        if watch.control_open:
+            self._selector.unregister(watch.control)
+            watch.control_open = False
+
+    # ---- output pipe --------------------------------------------------------------------
 
     def _on_output(self, watch: _Watch) -> None:
-        if not self._read_output(watch):
-            self._drop_output(watch)
-
-    def _drop_output(self, watch: _Watch) -> None:
-        self._selector.unregister(watch.process.output)
-        watch.output_open = False
+        self._read_output(watch)
 
     def _read_output(self, watch: _Watch) -> bool:
-        """Reads what is there; False at EOF."""
-        while True:
-            try:
-                data = os.read(watch.process.output.fileno(), 1 << 16)
-            except BlockingIOError:
-                return True
-            if not data:
-                if watch.partial_line:
-                    self._emit_line(watch, watch.partial_line)
-                    watch.partial_line = b""
-                return False
-            *lines, watch.partial_line = (watch.partial_line + data).split(b"\n")
-            for line in lines:
+        """One bounded read of output; False once there is nothing more now (or ever)."""
+        try:
+            data = os.read(watch.process.output.fileno(), READ_CHUNK)
+        except BlockingIOError:
+            return False
+        if not data:
+            for line in watch.lines.flush():
                 self._emit_line(watch, line)
+            self._drop_output(watch)
+            return False
+        for line in watch.lines.feed(data):
+            self._emit_line(watch, line)
+        return True
+
+    def _drop_output(self, watch: _Watch) -> None:
+        if watch.output_open:
+            self._selector.unregister(watch.process.output)
+            watch.output_open = False
 
     def _emit_line(self, watch: _Watch, line: bytes) -> None:
         text = line.decode("utf-8", "replace").rstrip("\r")
-        watch.process.output_tail.append(text)
+        watch.process.output_tail.append(text if len(text) <= TAIL_LINE_CAP else text[:TAIL_LINE_CAP] + "...")
         watch.watcher.on_output(text)
 
+    # ---- exit -----------------------------------------------------------------------------
+
     def _on_exit(self, watch: _Watch) -> None:
-        # Take the last words first: they are what an error message quotes.
-        if watch.output_open:
-            self._read_output(watch)
-            self._drop_output(watch)
-        if watch.control_open:
-            self._drain_control(watch)
+        # Take the last words first (bounded: a child of the plugin may still
+        # hold the pipe and write on): they are what an error message quotes.
+        for _ in range(LAST_WORDS_READS):
+            if not (watch.output_open and self._read_output(watch)):
+                break
+        for line in watch.lines.flush():
+            self._emit_line(watch, line)
+        self._drop_output(watch)
+        for _ in range(LAST_WORDS_READS):
+            if not (watch.control_open and self._read_control(watch, report_loss=False)):
+                break
+        self._drop_control(watch)
         self._selector.unregister(watch.process.pidfd)
+        watch.exit_open = False
         returncode = watch.process.reap()
         watch.watcher.on_exit(returncode)
-
-    def _drain_control(self, watch: _Watch) -> None:
-        """Delivers frames the worker sent just before it exited, then closes."""
-        while True:
-            try:
-                data = watch.control.recv(1 << 16)
-            except (BlockingIOError, OSError):
-                break
-            if not data:
-                break
-            try:
-                frames = watch.frames.feed(data)
-            except FrameError:
-                break
-            for message in frames:
-                watch.watcher.on_frame(message)
-        self._drop_control(watch)

@@ -53,7 +53,13 @@ class WorkerProcess:
                 self.control.close()
                 raise
         self.pid = self._popen.pid
-        self.pidfd = os.pidfd_open(self.pid)
+        try:
+            self.pidfd = os.pidfd_open(self.pid)
+        except BaseException:  # EMFILE: the process must not outlive the error
+            with self._popen:  # closes its pipe and reaps it
+                self._popen.kill()
+            self.control.close()
+            raise
         self.output = self._popen.stdout
         self.output_tail: collections.deque[str] = collections.deque(maxlen=OUTPUT_TAIL_LINES)
         self.returncode: int | None = None
@@ -109,6 +115,13 @@ class WorkerProcess:
             self.exited.set()
         return self.returncode
 
+    def forget_after_fork(self) -> None:
+        """In a fork() child: closes the child's copies of the socket, pipe and pidfd (not the parent's)."""
+        self.control.close()
+        self.output.close()
+        with contextlib.suppress(OSError):
+            os.close(self.pidfd)
+
     def alive(self) -> bool:
         """Whether the process runs (for a spare nobody watches yet: reaps it if not)."""
         return self._popen.poll() is None
@@ -143,6 +156,11 @@ class SpareWorker:
             if not self._closed and self._spare is None:
                 self._spare = WorkerProcess()
         return worker
+
+    def forget_after_fork(self) -> None:
+        """In a fork() child: the spare is the parent's; close the child's copies of its descriptors."""
+        if self._spare is not None:
+            self._spare.forget_after_fork()
 
     def close(self) -> None:
         with self._lock:

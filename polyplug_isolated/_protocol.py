@@ -24,8 +24,9 @@ names it. The shared-memory layout lives in ``worker/channel.h``; its version
      |                                          exit 0
      EOF on the socket, either way, means the other side is gone.
 
-A frame from the worker is untrusted: its length is capped (MAX_FRAME) and
-every field is checked where it is used.
+A frame from the worker is untrusted: its length is capped (MAX_FRAME; until
+the ready or error frame, MAX_READY_FRAME, since the ready frame carries every
+registration) and every field is checked where it is used.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from ._channel_ffi import lib as _channel
 
 PROTOCOL_VERSION = _channel.PP_PROTOCOL_VERSION
 MAX_FRAME = 1 << 20
+MAX_READY_FRAME = 64 << 20  # 20k contracts take ~1.5 MiB; a 1 MiB contract name fits many times
 _PREFIX = struct.Struct(">I")
 
 LOAD = "load"
@@ -96,9 +98,11 @@ def decode(payload: bytes) -> dict[str, Any]:
 class FrameReader:
     """Splits a byte stream into frames; fed by whoever reads the socket."""
 
-    def __init__(self, max_frame: int = MAX_FRAME):
+    def __init__(self, max_frame: int = MAX_FRAME, handshake_max: int | None = None):
+        """``handshake_max``: the cap until a ready or error frame has passed (then ``max_frame``)."""
         self._buffer = bytearray()
-        self._max = max_frame
+        self._max = max_frame if handshake_max is None else handshake_max
+        self._after_handshake = max_frame
 
     def feed(self, data: bytes) -> list[dict[str, Any]]:
         """Adds bytes, returns the frames they complete. Raises FrameError."""
@@ -111,6 +115,9 @@ class FrameReader:
             end = _PREFIX.size + length
             if len(self._buffer) < end:
                 break
-            frames.append(decode(bytes(self._buffer[_PREFIX.size : end])))
+            frame = decode(bytes(self._buffer[_PREFIX.size : end]))
             del self._buffer[:end]
+            if frame["t"] in (READY, ERROR):
+                self._max = self._after_handshake
+            frames.append(frame)
         return frames

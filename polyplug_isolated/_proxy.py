@@ -30,6 +30,7 @@ from ._process import WorkerProcess, describe_exit
 from ._sandbox import SandboxReport, read_report, worker_policy
 from .errors import InitFailed, InitSymbolMissing, LoaderError
 
+DUMP_GRACE = 1.0  # seconds a timed-out worker gets to write its stack before SIGKILL
 _LOG_LEVELS = {1: logging.ERROR, 2: logging.WARNING, 3: logging.INFO, 4: logging.DEBUG, 5: logging.DEBUG}
 _logger = logging.getLogger("polyplug_isolated")
 
@@ -174,6 +175,13 @@ class WorkerProxy:
                 )
             self.contracts = _checked_contracts(reply, self.manifest)
             return
+        if kind == "malformed":
+            raise InitFailed(
+                f"bundle {name!r}: loading {library} failed: the worker sent a {reply['reason']} "
+                f"(registrations, every contract name included, must fit {proto.MAX_READY_FRAME >> 20} MiB); "
+                "the worker was killed",
+                bundle=name,
+            )
         if kind == "exited":
             raise InitFailed(
                 f"bundle {name!r}: the worker {reply['description']} while loading {library} "
@@ -206,9 +214,14 @@ class WorkerProxy:
             self.process.kill(reason)
 
     def kill_hung(self, reason: str) -> None:
-        """Kills a worker stuck in a call, after it wrote that call's native stack to its output."""
+        """Kills a worker stuck in a call, after it wrote that call's native stack to its output.
+
+        The dump takes milliseconds: a worker that has not died within
+        DUMP_GRACE ignores the request (a plugin may ignore SIGUSR2), and
+        waiting on for close_grace would only stretch the caller's timeout.
+        """
         if self.process:
-            self.process.dump_and_kill(reason, grace=self._config.close_grace)
+            self.process.dump_and_kill(reason, grace=min(self._config.close_grace, DUMP_GRACE))
 
     def request(self, frame: bytes, timeout: float) -> bool:
         """Sends a control request and waits for its answer; False if the worker is gone first."""
@@ -297,9 +310,11 @@ class WorkerProxy:
     def on_output(self, line: str) -> None:
         self._bundle_log.info("worker output: %s", line)
 
-    def on_control_lost(self, reason: str) -> None:
+    def on_control_lost(self, reason: str, malformed: bool = False) -> None:
         # A worker that died closes its socket too: only a live one that hung
         # up (or sent garbage) is killed for it, and only then is it the reason.
+        if malformed and not self._handshake.done():
+            self._handshake.set_result({"t": "malformed", "reason": reason})
         if not self._leaving and self.process.alive():
             self.kill(reason)
 

@@ -6,11 +6,13 @@ polyplug host can switch to isolation by changing an import.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable, Mapping
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -20,14 +22,23 @@ from ._callbacks import Answerer, Directory
 from ._config import ResourceLimits, RestartPolicy, RuntimeConfig, WorkerOptions
 from ._contract import GuestContract
 from ._faults import Fault
+from ._lifetime import forked_message, reclaim, track, weakly
 from ._manifest import ManifestData, parse_manifest
 from ._monitor import Monitor
+from ._oserrors import loader_errors
 from ._process import SpareWorker, WorkerProcess
 from ._proxy import WorkerProxy
 from ._sandbox import RefusalLog, Sandbox, SandboxReport
 from ._supervisor import BundleEvent, BundleEventKind, Supervisor
 from ._typed import TypedContract, open_contract
-from .errors import DependencyInUse, DependencyNotFound, InitFailed, LoaderError, StaleHandle
+from .errors import (
+    DependencyInUse,
+    DependencyNotFound,
+    InitFailed,
+    LifecycleConflict,
+    LoaderError,
+    StaleHandle,
+)
 
 _logger = logging.getLogger("polyplug_isolated")
 NOT_FOUND = 0xFFFFFFFF
@@ -98,7 +109,7 @@ class Runtime:
         )
         self._on_reload = on_reload
         self._on_event = on_event
-        self._supervisor = Supervisor(self.config.restart, self._restart, self._event)
+        self._supervisor = Supervisor(self.config.restart, weakly(self._restart), weakly(self._event))
         self._lock = threading.RLock()
         self._bundles: dict[int, Bundle] = {}
         self._slots: list[_Slot] = []
@@ -107,6 +118,25 @@ class Runtime:
         self._refusals = RefusalLog()
         self._closed = False
         self._directory = Directory(self)  # what workers' calls back see (_callbacks)
+        # Lifecycle operations in progress, by bundle id: (what, thread). One
+        # at a time per bundle; close() waits for them and kills their starts.
+        self._busy: dict[int, tuple[str, int]] = {}
+        self._idle = threading.Condition(self._lock)
+        self._starting: set[WorkerProxy] = set()
+        self._parent: int | None = None  # in a fork() child: the pid whose Runtime this is
+        track(self)
+        # Closes a Runtime dropped unclosed. Not at exit: workers see the host's
+        # end by themselves, and a drain would only delay the exit.
+        self._finalizer = weakref.finalize(
+            self,
+            reclaim,
+            self._supervisor,
+            self._bundles,
+            self._spare,
+            self._monitor,
+            self.config.drain_timeout,
+        )
+        self._finalizer.atexit = False
 
     # ---- context ------------------------------------------------------------
 
@@ -117,11 +147,22 @@ class Runtime:
         self.close()
 
     def close(self) -> None:
-        """Unloads every bundle (draining each) and stops the monitor. Idempotent."""
+        """Unloads every bundle (draining each) and stops the monitor. Idempotent.
+
+        A load racing it is cut short (its worker killed) and raises LoaderError;
+        a reload or unload in progress finishes first. In a fork() child it does
+        nothing: the workers are the parent's.
+        """
+        if self._parent is not None:
+            return
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+            for proxy in self._starting:
+                proxy.kill("the runtime was closed during the load")
+            me = threading.get_ident()
+            self._idle.wait_for(lambda: all(thread == me for _, thread in self._busy.values()))
             bundles = list(self._bundles.values())
         self._supervisor.close()
         for bundle in reversed(bundles):  # dependers (loaded later) first
@@ -129,6 +170,7 @@ class Runtime:
         if self._spare is not None:
             self._spare.close()
         self._monitor.close()
+        self._finalizer.detach()
 
     # ---- load / reload / unload -----------------------------------------
 
@@ -168,14 +210,21 @@ class Runtime:
         return self.load_manifest(parse_manifest(path), options)
 
     def load_manifest(self, manifest: ManifestData, options: WorkerOptions | None = None) -> Bundle:
-        """Loads an already parsed manifest (what IsolatedLoader.load does)."""
-        self._check_open()
+        """Loads an already parsed manifest (what IsolatedLoader.load does).
+
+        Raises:
+            LifecycleConflict: another thread is loading, reloading or unloading this bundle.
+        """
+        with self._claim(manifest, "loaded"):
+            return self._load(manifest, options)
+
+    def _load(self, manifest: ManifestData, options: WorkerOptions | None) -> Bundle:
         with self._lock:
             existing = self._bundles.get(manifest.id)
         if existing is not None:
             if options is not None:
                 existing.set_options(options)
-            return self.reload_manifest(manifest)
+            return self._reload(existing, manifest)
         unmet = _dependencies.missing(manifest.dependencies, self.bundles)
         if unmet:
             raise DependencyNotFound(
@@ -202,11 +251,18 @@ class Runtime:
         return self.reload_manifest(parse_manifest(path))
 
     def reload_manifest(self, manifest: ManifestData) -> Bundle:
-        self._check_open()
-        with self._lock:
-            bundle = self._bundles.get(manifest.id)
-        if bundle is None:
-            return self.load_manifest(manifest)
+        """Reloads an already parsed manifest (loads it if it is not loaded).
+
+        Raises:
+            LifecycleConflict: another thread is loading, reloading or unloading this bundle.
+        """
+        with self._claim(manifest, "reloaded"):
+            with self._lock:
+                bundle = self._bundles.get(manifest.id)
+            # Not loaded: a load, through load_manifest (subclasses hook loads there).
+            return self.load_manifest(manifest) if bundle is None else self._reload(bundle, manifest)
+
+    def _reload(self, bundle: Bundle, manifest: ManifestData) -> Bundle:
         self._supervisor.forget(bundle)
         self._report(ReloadPhaseType.PREPARING, bundle)
         try:
@@ -251,6 +307,9 @@ class Runtime:
         """Drains the bundle's calls in flight, then its worker dlcloses and exits.
 
         New calls fail at once with BundleUnavailable; handles go stale.
+
+        Raises:
+            LifecycleConflict: another thread is loading, reloading or unloading this bundle.
         """
         with self._lock:
             bundle = self._bundles.get(bundle_id)
@@ -263,7 +322,38 @@ class Runtime:
                 f"{[user.name for user in users]}; unload them first",
                 bundle=bundle.name,
             )
-        self._unload(bundle)
+        with self._claim(bundle.manifest, "unloaded"):
+            self._unload(bundle)
+
+    @contextlib.contextmanager
+    def _claim(self, manifest: ManifestData, what: str) -> Iterator[None]:
+        """Serialises lifecycle operations on one bundle: one that races another is refused.
+
+        Waiting instead would only replay the race (a load after a load starts a
+        second worker; an unload after a reload throws the new worker away):
+        the caller, who knows what it wanted, decides. The thread holding the
+        claim may claim again (a reload of a bundle not loaded is a load).
+        """
+        me = threading.get_ident()
+        with self._lock:
+            self._check_open()
+            busy = self._busy.get(manifest.id)
+            if busy is not None and busy[1] != me:
+                raise LifecycleConflict(
+                    f"bundle {manifest.name!r} is being {busy[0]} by another thread: it cannot also be "
+                    f"{what} now; retry once that call has returned",
+                    bundle=manifest.name,
+                )
+            outermost = busy is None
+            if outermost:
+                self._busy[manifest.id] = (what, me)
+        try:
+            yield
+        finally:
+            if outermost:
+                with self._lock:
+                    del self._busy[manifest.id]
+                    self._idle.notify_all()
 
     def _unload(self, bundle: Bundle) -> None:
         self._supervisor.forget(bundle)
@@ -283,7 +373,21 @@ class Runtime:
             del self._bundles[bundle.id]
             bundle.move(BundleState.UNLOADED)
 
-    def _start_worker(self, bundle: Bundle, manifest: ManifestData) -> WorkerProxy:
+    def _start_worker(self, bundle: Bundle, manifest: ManifestData, cancellable: bool = True) -> WorkerProxy:
+        """A worker serving ``manifest``; ``cancellable``: close() may kill it while it starts
+        (loads and reloads; a restart is waited for, as the supervisor stops first)."""
+        try:
+            with loader_errors(manifest.name, "starting its worker"):
+                return self._start_worker_process(bundle, manifest, cancellable)
+        except LoaderError as exc:
+            if self._closed:
+                raise LoaderError(
+                    f"bundle {manifest.name!r}: the runtime was closed while its worker was starting",
+                    bundle=manifest.name,
+                ) from exc
+            raise
+
+    def _start_worker_process(self, bundle: Bundle, manifest: ManifestData, cancellable: bool) -> WorkerProxy:
         try:
             os.fsencode(manifest.path).decode("utf-8")
         except UnicodeDecodeError:
@@ -303,18 +407,23 @@ class Runtime:
             process = self._spare.take()
         else:
             process = WorkerProcess(options.environment(dict(os.environ)))
+        on_death = weakly(self._on_death)  # the monitor thread must not keep the runtime alive
         proxy = WorkerProxy(
-            manifest,
-            self.config,
-            self._monitor,
-            lambda dead: self._on_death(bundle, dead),
-            bundle.record_fault,
+            manifest, self.config, self._monitor, lambda dead: on_death(bundle, dead), bundle.record_fault
         )
         proxy.start(
             process, options, bundle.fault_specs(bundle.start_faults), Answerer(self._directory, bundle)
         )
         if proxy.sandbox_report is not None:
             self._refusals.note(proxy.sandbox_report)
+        starting = {proxy} if cancellable else set()
+        with self._lock:
+            self._starting |= starting
+        try:
+            proxy.start(process, options, bundle.fault_specs(bundle.start_faults))
+        finally:
+            with self._lock:
+                self._starting -= starting
         return proxy
 
     def _on_death(self, bundle: Bundle, proxy: WorkerProxy) -> None:
@@ -354,7 +463,7 @@ class Runtime:
                 return False
             bundle.move(BundleState.RESTARTING)
         try:
-            proxy = self._start_worker(bundle, bundle.manifest)
+            proxy = self._start_worker(bundle, bundle.manifest, cancellable=False)
         except LoaderError:
             with self._lock:
                 if bundle.state is BundleState.RESTARTING:
@@ -391,8 +500,9 @@ class Runtime:
                     slot.generation += 1
                 else:
                     slot.major = contract["version"][0]
+        free = (s for s in self._slots if s.bundle is None)  # one pass, however many contracts
         for contract in fresh.values():
-            vacant = next((s for s in self._slots if s.bundle is None), None)
+            vacant = next(free, None)
             if vacant is None:
                 vacant = _Slot(0, 0, None)
                 self._slots.append(vacant)
@@ -506,7 +616,29 @@ class Runtime:
 
     # ---- helpers -------------------------------------------------------------
 
+    def _forked(self) -> None:
+        """fork() hook, in the child, before any other code runs there: this copy goes inert.
+
+        Calls are refused unsent (each channel drains: host-private memory, so
+        the parent's workers see nothing), lifecycle calls raise, and the
+        child's copies of the parent's descriptors are closed.
+        """
+        self._parent = os.getppid()
+        self._finalizer.detach()
+        self._lock = threading.RLock()  # a parent thread may have held the old one at the fork
+        self._idle = threading.Condition(self._lock)
+        why = forked_message(self._parent)
+        for watcher in self._monitor.forget_after_fork():
+            if isinstance(watcher, WorkerProxy) and watcher.channel is not None:
+                watcher.channel.start_draining()
+        if self._spare is not None:
+            self._spare.forget_after_fork()
+        for bundle in self._bundles.values():
+            bundle.forget_after_fork(why)
+
     def _check_open(self) -> None:
+        if self._parent is not None:
+            raise LoaderError(forked_message(self._parent), bundle=None)
         if self._closed:
             raise LoaderError("this Runtime is closed; create a new one", bundle=None)
 

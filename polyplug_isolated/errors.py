@@ -12,7 +12,8 @@
     │   ├── BundleSignatureError    unsigned, tampered or untrusted under SignaturePolicy.Required
     │   ├── HotReloadDisabled       reload_bundle with RuntimeConfig.hot_reload_enabled off
     │   ├── DependencyNotFound      a [[dependency]] no loaded bundle satisfies
-    │   └── DependencyInUse         unloading a bundle that loaded bundles depend on
+    │   ├── DependencyInUse         unloading a bundle that loaded bundles depend on
+    │   └── LifecycleConflict       another thread is loading/reloading/unloading that bundle
     ├── CallError                   a call failed (.bundle, .function)
     │   ├── PluginCallError         the plugin answered with a non-Ok AbiError (.code, .message)
     │   ├── WorkerCrashed           the worker died (.signal or .exitcode, .stderr_tail)
@@ -79,6 +80,10 @@ class DependencyNotFound(LoaderError):
 
 class DependencyInUse(LoaderError):
     """Loaded bundles declared a dependency on the bundle: unload them first."""
+
+
+class LifecycleConflict(LoaderError):
+    """Another thread is loading, reloading or unloading the same bundle right now."""
 
 
 class CallError(PolyplugIsolatedError):

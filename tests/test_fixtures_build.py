@@ -55,6 +55,7 @@ EXPECTED_EXPORTS: dict[str, tuple[set[str], int | None]] = {
     "no_abi_version": ({INIT}, None),
     "no_init": ({ABI_VERSION}, 1),
     "old_abi": ({ABI_VERSION, INIT}, 7),
+    "oversized": ({ABI_VERSION, INIT}, 1),
     "payload": ({ABI_VERSION, INIT}, 1),
     "probe_v1": ({ABI_VERSION, INIT}, 1),
     "probe_v2": ({ABI_VERSION, INIT}, 1),
@@ -62,6 +63,7 @@ EXPECTED_EXPORTS: dict[str, tuple[set[str], int | None]] = {
     "slow": ({ABI_VERSION, INIT}, 1),
     "threads": ({ABI_VERSION, INIT}, 1),
     "wellbehaved": ({ABI_VERSION, INIT}, 1),
+    "unruly": ({ABI_VERSION, INIT}, 1),
 }
 
 # contract name -> function count, for every fixture that registers contracts
@@ -80,6 +82,7 @@ EXPECTED_CONTRACTS: dict[str, dict[str, int]] = {
     "hostile": {"test.hostile": 6},
     "kitchen_sink": {"test.kitchen": 28, "test.counter": 5},
     "multi": {"test.mul": 1, "test.sub": 1},
+    "oversized": {"test.oversized": 1},
     "payload": {"test.payload": 2},
     "probe_v1": {"test.probe": 2},
     "probe_v2": {"test.probe": 2},
@@ -87,10 +90,11 @@ EXPECTED_CONTRACTS: dict[str, dict[str, int]] = {
     "slow": {"test.slow": 2},
     "threads": {"test.threads": 4},
     "wellbehaved": {"test.wellbehaved": 5},
+    "unruly": {"test.unruly": 3},
 }
 
 # no api.toml where the IDL cannot say it (payload's length-prefixed blob,
-# environ's char arrays) or nobody generates bindings (probes, hostile, containment's)
+# environ's char arrays) or nobody generates bindings (probes, hostile, containment's, oversized)
 WITH_API = set(EXPECTED_CONTRACTS) - {
     "payload",
     "environ",
@@ -100,6 +104,7 @@ WITH_API = set(EXPECTED_CONTRACTS) - {
     "escape",
     "daemon",
     "wellbehaved",
+    "oversized",
 }
 
 # directory -> the fixture whose source it builds again (with other #defines)

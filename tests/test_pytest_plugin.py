@@ -194,9 +194,12 @@ def test_a_test_that_leaks_a_worker_is_reported_failing(pytester):
         f"""
         from polyplug_isolated import Runtime
 
+        KEPT = []  # a dropped Runtime is closed by its finalizer: this one stays reachable
+
         def test_leaks_a_worker(isolated_runtime, fixture_bundle):
             fixture_bundle("adder")
             forgotten = Runtime()  # never closed: its worker outlives the test
+            KEPT.append(forgotten)
             bundle = forgotten.load_bundle(fixture_bundle.path("adder"))
             open({str(pidfile)!r}, "w").write(str(bundle.pid))
 

@@ -2,8 +2,10 @@
 
 Rules: load (a new bundle, or a new version of a loaded one), call, call_many,
 reload, unload, inject a fault, clear faults, crash (a crashing plugin
-function, or a SIGKILL from outside), restart (the supervisor's), and calls
-through handles and contracts of unloaded bundles. The model predicts every
+function, or a SIGKILL from outside), restart (the supervisor's), calls
+through handles and contracts of unloaded bundles, and races: two threads
+loading one bundle, an unload racing a reload, a close racing a load (in a
+runtime of its own), a fork() child using the runtime. The model predicts every
 answer and every error: it runs the worker's fault plan itself (plan order,
 per-fault counters, triggers, budgets, SKIP stops the plan) and the
 supervisor's restart budget. After every step: the runtime's bundles and
@@ -50,6 +52,8 @@ from polyplug_isolated import (
     CallTimeout,
     Fault,
     FaultKind,
+    LifecycleConflict,
+    LoaderError,
     PluginCallError,
     RestartPolicy,
     Runtime,
@@ -523,6 +527,87 @@ class Lifecycle(RuleBasedStateMachine):
         else:
             raise AssertionError("a contract of an unloaded bundle answered")
 
+    # ---- racing rules: lifecycle calls from several threads, close during a load, fork() ----------
+
+    @rule(which=st.sampled_from(LOADABLE))
+    def race_loads(self, which):
+        """Two threads load one bundle at once: one worker; the loser of an overlap is told why."""
+        name, generation = which
+        if name in self.models:
+            self._settle(name)
+        path = fixture_path(BUNDLES[name][0][generation])
+        outcomes = race(lambda: self.rt.load_bundle(path), lambda: self.rt.load_bundle(path))
+        bundles = [o for o in outcomes if not isinstance(o, BaseException)]
+        assert bundles and all(b is bundles[0] for b in bundles), outcomes
+        assert all(isinstance(o, LifecycleConflict) for o in outcomes if isinstance(o, BaseException)), (
+            outcomes
+        )
+        model = self.models.get(name)
+        if model is None:
+            handle = self.rt.find_guest_contract(BUNDLES[name][1], 1)
+            self.models[name] = Model(bundles[0], generation, handle, self.rt.resolve_guest_contract(handle))
+        else:
+            assert bundles[0] is model.bundle
+            model.generation, model.state, model.armed, model.budget_used = generation, "ready", [], 0
+
+    @precondition(lambda self: self.models)
+    @rule(data=st.data())
+    def unload_during_reload(self, data):
+        """A reload and an unload of one bundle at once: whichever ran last decides, nothing is orphaned.
+
+        Either may win, so the rule ends by unloading what is left: the model
+        (which Hypothesis replays) must not depend on the winner.
+        """
+        name = self._pick(data)
+        model = self._settle(name)
+        generation = data.draw(st.sampled_from(sorted(BUNDLES[name][0])))
+        path = fixture_path(BUNDLES[name][0][generation])
+        reloaded, unloaded = race(
+            lambda: self.rt.reload_bundle(path), lambda: self.rt.unload_bundle(model.bundle.id)
+        )
+        for outcome in (reloaded, unloaded):
+            assert not isinstance(outcome, BaseException) or isinstance(outcome, LifecycleConflict), outcome
+        present = {b.name: b for b in self.rt.bundles}.get(name)
+        if present is model.bundle:  # the reload won (or came last): same bundle, a worker of its own
+            assert reloaded is model.bundle and isinstance(unloaded, LifecycleConflict)
+            assert present.state is BundleState.READY and present.pid is not None
+        elif present is not None:  # the unload came first; the reload then loaded it afresh
+            assert reloaded is present and unloaded is None and model.bundle.state is BundleState.UNLOADED
+        else:  # the unload won (or came last)
+            assert unloaded is None and model.bundle.state is BundleState.UNLOADED
+        if present is not None:
+            self.rt.unload_bundle(present.id)
+        self.gone.append((model.handle, model.contract))
+        del self.models[name]
+
+    @rule(which=st.sampled_from(LOADABLE))
+    def close_during_load(self, which):
+        """A second runtime closed while it loads: the load returns or says the runtime closed."""
+        name, generation = which
+        other = Runtime(load_timeout=10.0)
+        loaded, closed = race(
+            lambda: other.load_bundle(fixture_path(BUNDLES[name][0][generation])), other.close
+        )
+        assert closed is None
+        if isinstance(loaded, BaseException):
+            assert isinstance(loaded, LoaderError) and "closed" in str(loaded), loaded
+        else:
+            assert loaded.state is BundleState.UNLOADED
+        assert other.bundles == [] and other.live_worker_count() == 0
+
+    @precondition(lambda self: any(m.state == "ready" for m in self.models.values()))
+    @rule(data=st.data())
+    def fork(self, data):
+        """A fork() child can neither call nor close the parent's bundles; the parent sees nothing."""
+        name = self._pick(data, states=("ready",))
+        model = self.models[name]
+        fn = BUNDLES[name][3][0]
+        called = in_fork_child(lambda: model.contract.call(fn.index, pack(fn, (1,) * fn.arity), 4))
+        assert called.startswith("BundleUnavailable") and "fork()" in called, called
+        closed = in_fork_child(lambda: (self.rt.close(), "closed")[1])
+        assert closed == "closed", closed
+        assert model.bundle.state is BundleState.READY
+
     # ---- invariants -------------------------------------------------------------------
 
     @invariant()
@@ -561,6 +646,48 @@ class Lifecycle(RuleBasedStateMachine):
             assert extra % len(ready) == 0, (extra, len(ready))
             self.fds_per_worker = extra // len(ready)
         assert extra == (self.fds_per_worker or 0) * len(ready), (extra, self.fds_per_worker, len(ready))
+
+
+def race(*calls):
+    """Runs ``calls`` in threads released together; each one's result or exception, in order."""
+    start = threading.Barrier(len(calls))
+    outcomes: list[object] = [None] * len(calls)
+
+    def run(index, call):
+        start.wait()
+        try:
+            outcomes[index] = call()
+        except Exception as exc:
+            outcomes[index] = exc
+
+    threads = [threading.Thread(target=run, args=item) for item in enumerate(calls)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(SAFETY_TIMEOUT)
+        assert not thread.is_alive(), "a racing lifecycle call never returned"
+    return outcomes
+
+
+def in_fork_child(job) -> str:
+    """Runs ``job`` in a fork() child; what it returned (as str) or its error as 'Type: message'."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read)
+            try:
+                answer = str(job())
+            except BaseException as exc:
+                answer = f"{type(exc).__name__}: {exc}"
+            os.write(write, answer.encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        answer = pipe.read().decode()
+    assert os.waitpid(pid, 0)[0] == pid  # the child exits right after it wrote
+    return answer
 
 
 def test_lifecycle_state_machine():

@@ -13,14 +13,17 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _protocol as proto
 from ._config import WorkerOptions
 from ._faults import Fault, FaultRecord
 from ._manifest import ManifestData
 from ._proxy import WorkerProxy
-from .errors import BundleUnavailable
+from .errors import BundleUnavailable, LoaderError
+
+if TYPE_CHECKING:
+    from ._runtime import Runtime
 
 
 class BundleState(enum.Enum):
@@ -66,6 +69,8 @@ class Bundle:
         self.proxy: WorkerProxy | None = None
         self.crash: WorkerProxy | None = None  # the worker whose death downed the bundle
         self.outlook = ""  # after a crash: what happens next, for error messages
+        self.farewell = ""  # once unloading: why, and what to do, for error messages
+        self.runtime: Runtime | None = None  # set by the runtime that loads it
         self._state = BundleState.LOADING
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # state, worker or restart outlook changed
@@ -115,6 +120,12 @@ class Bundle:
                 timeout,
             )
             return self.proxy is not None
+
+    def unload(self) -> None:
+        """Unloads this bundle from its runtime (``runtime.unload_bundle(self)``)."""
+        if self.runtime is None:
+            raise LoaderError(f"bundle {self.name!r} was not loaded by a Runtime", bundle=self.name)
+        self.runtime.unload_bundle(self)
 
     @property
     def pid(self) -> int | None:

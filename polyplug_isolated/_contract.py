@@ -9,8 +9,9 @@ it is retried on the new worker: a reload loses no call.
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from . import _checks as check
 from ._bundle import Bundle, BundleState
 from ._channel import ChannelFailure
 from ._channel_ffi import lib
@@ -70,6 +71,7 @@ class GuestContract:
         self.name = ""
         self.version: tuple[int, int, int] = (0, 0, 0)
         self.function_count = 0
+        self.function_names: dict[int, str] = {}  # index -> name, when an api.toml told (typed calls)
         # (worker, its conn, the contract's index there), replaced in one
         # assignment so that threads calling at once never mix two workers'.
         self._binding: tuple = (None, None, 0)
@@ -239,14 +241,16 @@ class GuestContract:
         """True when a reload switched workers under a call that was never sent."""
         return failure.status == lib.PP_CALL_UNAVAILABLE and self._bundle.proxy not in (None, proxy)
 
-    def _where(self, fn_index: int) -> str:
-        return f"bundle {self._bundle.name!r}: {self.name}@{self.version[0]} function {fn_index}"
+    def _where(self, fn_index: object) -> str:
+        name = self.function_names.get(fn_index) if isinstance(fn_index, int) else None
+        function = f".{name}() (function {fn_index})" if name else f" function {fn_index}"
+        return f"bundle {self._bundle.name!r}: {self.name}@{self.version[0]}{function}"
 
     def _unavailable(self) -> BundleUnavailable:
         bundle = self._bundle
         state = bundle.state
         if state in (BundleState.DRAINING, BundleState.UNLOADED):
-            why = "it is being unloaded or was unloaded; load it again to call it"
+            why = bundle.farewell or "it is being unloaded or was unloaded; load it again to call it"
         elif state is BundleState.RESTARTING:
             why = "a fresh worker is starting after a crash; retry shortly"
         elif bundle.crash is not None and bundle.crash.death is not None:
@@ -255,7 +259,12 @@ class GuestContract:
             why = "it is being unloaded or was unloaded; load it again to call it"
         return BundleUnavailable(f"bundle {bundle.name!r} is {state.name}: {why}", bundle=bundle.name)
 
-    def _no_such_function(self, fn_index: object) -> PluginCallError:
+    def _no_such_function(self, fn_index: object) -> Exception:
+        if isinstance(fn_index, bool) or not isinstance(fn_index, int):
+            return TypeError(
+                f"{self._where(fn_index)}: a function index is an int, not {type(fn_index).__name__}; "
+                f"e.g. call(1, args, out_size) (indices 0..{self.function_count - 1})"
+            )
         return PluginCallError(
             f"{self._where(fn_index)}: no such function (FunctionNotAvailable): the contract has "
             f"{self.function_count} functions, indices 0..{self.function_count - 1}",
@@ -269,6 +278,8 @@ class GuestContract:
         where = self._where(fn_index)
         names = {"bundle": self._bundle.name, "function": fn_index}
         status = failure.status
+        if status == lib.PP_CALL_PLUGIN_ERROR and type(fn_index) is int and fn_index >= self.function_count:
+            return self._no_such_function(fn_index)  # the worker's own refusal of the index, said once
         if status == lib.PP_CALL_PLUGIN_ERROR:
             return PluginCallError(
                 f"{where} failed with AbiError code {failure.code} ({code_name(failure.code)}): "
@@ -280,7 +291,7 @@ class GuestContract:
         if status == lib.PP_CALL_UNAVAILABLE:
             return self._unavailable()
         if status == lib.PP_CALL_DEAD:
-            return _crashed(where, proxy, names)
+            return _crashed(where, proxy, names, self._bundle.outlook)
         if status == lib.PP_CALL_TIMEOUT:
             proxy.kill_hung(
                 f"killed after a call to {self.name} function {fn_index} timed out ({timeout:g} s)"
@@ -313,9 +324,9 @@ def _seconds(timeout: float | None) -> float:
     """A timeout as the C side takes it: seconds, negative for none."""
     if timeout is None:
         return -1.0
-    if timeout <= 0:
-        raise ValueError(f"timeout must be positive or None, not {timeout!r}")
-    return float(timeout)
+    return float(
+        check.number("call", "timeout", timeout, "timeout=5.0 (or None for no limit)", positive=True)
+    )
 
 
 def _as_bytes_view(args: object) -> memoryview:
@@ -332,16 +343,22 @@ def _last_lines(text: str, lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:]) or "(none)"
 
 
-def _crashed(where: str, proxy: WorkerProxy, names: dict) -> WorkerCrashed:
+def _crashed(where: str, proxy: WorkerProxy, names: dict[str, Any], outlook: str) -> WorkerCrashed:
     death = proxy.death
     if death is None:  # pragma: no cover - mark_dead always follows the death record
         return WorkerCrashed(f"{where}: the worker died", **names)
     cause = f" ({death.kill_reason})" if death.kill_reason else ""
-    return WorkerCrashed(
+    outlook = outlook or "reload the bundle to call it again"
+    message = (
         f"{where}: the worker (pid {proxy.pid}) {death.description}{cause} during the call; "
-        f"its outcome is unknown. Last output (all of it in .stderr_tail):\n{_last_lines(death.output_tail)}",
+        f"its outcome is unknown.\n{outlook[0].upper()}{outlook[1:]}; the worker's native stack and "
+        "last output are in .report"
+    )
+    return WorkerCrashed(
+        message,
         signal=death.signal,
         exitcode=death.exitcode,
         stderr_tail=death.output_tail,
+        report=f"{message}\n\nLast output of the worker:\n{_last_lines(death.output_tail, 200)}",
         **names,
     )

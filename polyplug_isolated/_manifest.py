@@ -8,6 +8,8 @@ bundle directory here, in the host, before any process starts.
 
 from __future__ import annotations
 
+import difflib
+import logging
 import os
 import platform
 import re
@@ -25,6 +27,21 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 NATIVE_LOADER = "native"
+# What polyplug 0.1.3 reads (POLYPLUG_V1_SPEC.md §E); it ignores any other key, so
+# an unknown one is only warned about, with the known key it most resembles.
+KNOWN_KEYS = (
+    "name",
+    "id",
+    "version",
+    "loader",
+    "file",
+    "provides",
+    "function_count",
+    "needs_reinit_on_dep_reload",
+    "bundle_dependencies",
+    "dependency",
+)
+_logger = logging.getLogger("polyplug_isolated")
 # ASCII digits only, matched whole (``$`` would admit a trailing newline).
 _PROVIDES = re.compile(r"(?P<name>[^@\s]+)(@(?P<version>[0-9]+(\.[0-9]+){0,2}))?")
 _OS_NAMES = {"linux": "linux", "darwin": "macos", "win32": "windows"}
@@ -96,6 +113,14 @@ def _validate(raw: dict[str, Any], directory: Path, manifest_path: Path) -> Mani
         return error(f"bundle {bundle!r}: {manifest_path}: {message}", bundle=bundle)
 
     bundle = str(directory)
+    for key in unknown_keys(raw):
+        _logger.warning(
+            "bundle at %s: %s: unknown key %r is ignored%s",
+            directory,
+            manifest_path,
+            key,
+            did_you_mean(key, KNOWN_KEYS),
+        )
     name = raw.get("name")
     if not isinstance(name, str) or not name:
         raise fail("`name` is required and must be a non-empty string")
@@ -156,9 +181,26 @@ def _validate(raw: dict[str, Any], directory: Path, manifest_path: Path) -> Mani
     )
     for entry in provides:
         key = f"{entry.split('@', 1)[0]}@{data.version_major}"
+        if key not in function_count and not version:
+            raise fail(
+                f"`version` is missing, so provides {entry!r} needs [function_count] key {key!r}: "
+                f'add e.g. `version = "1.0.0"` (its major keys [function_count]: '
+                f'`"{entry.split("@", 1)[0]}@1" = <count>`)'
+            )
         if key not in function_count:
             raise fail(f"provides {entry!r} but [function_count] has no key {key!r}: add `{key!r} = <count>`")
     return data
+
+
+def unknown_keys(raw: dict[str, Any]) -> list[str]:
+    """Top-level keys polyplug does not read (a typo such as ``provide``), in file order."""
+    return [key for key in raw if key not in KNOWN_KEYS]
+
+
+def did_you_mean(word: str, choices: tuple[str, ...] | list[str]) -> str:
+    """``"; did you mean 'x'?"`` for the closest of ``choices``, or ``""``."""
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _is_version(text: str, parts: tuple[int, ...] = (2, 3)) -> bool:

@@ -258,6 +258,24 @@ class WorkerProxy:
                 "bundle %r: worker %d %s while unloading", self.manifest.name, process.pid, description
             )
 
+    def abandon(self, reason: str) -> None:
+        """Monitor thread: handling this worker's news failed, so its state cannot be trusted.
+
+        The worker is killed (its exit then takes the usual path); if its exit is
+        what could not be handled, every caller waiting on it is woken here.
+        """
+        if self.process is None:
+            return
+        self.kill(reason)
+        if not self.process.exited.is_set():
+            return
+        exited = {"t": "exited", "description": f"was lost ({reason})", "tail": self.process.tail()}
+        for future in (self._handshake, self._reply):
+            if future is not None and not future.done():
+                future.set_result(exited)
+        if self.channel is not None:
+            self.channel.mark_dead()
+
     def _log_record(self, message: dict[str, Any]) -> None:
         level = message.get("level")
         target = _text(message.get("target"))

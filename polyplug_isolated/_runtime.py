@@ -6,6 +6,7 @@ polyplug host can switch to isolation by changing an import.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import os
@@ -14,11 +15,12 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from . import _checks as check
 from ._bundle import Bundle, BundleState
-from ._config import ResourceLimits, RestartPolicy, RuntimeConfig, WorkerOptions
+from ._config import ResourceLimits, RestartPolicy, RuntimeConfig, WorkerOptions, worker_options
 from ._contract import GuestContract
 from ._faults import Fault
-from ._manifest import ManifestData, parse_manifest
+from ._manifest import ManifestData, did_you_mean, parse_manifest
 from ._monitor import Monitor
 from ._process import SpareWorker, WorkerProcess
 from ._proxy import WorkerProxy
@@ -28,6 +30,8 @@ from .errors import InitFailed, LoaderError, StaleHandle
 
 _logger = logging.getLogger("polyplug_isolated")
 NOT_FOUND = 0xFFFFFFFF
+_BUNDLE = 'load_bundle("fixtures/build/adder")'
+_OPTIONS = ("on_reload", "on_event", *(f.name for f in dataclasses.fields(RuntimeConfig)))
 
 
 class GuestContractHandle(NamedTuple):
@@ -85,16 +89,19 @@ class Runtime:
         slots: int = 64,
         **options: Any,
     ):
+        unknown = sorted(set(options) - {f.name for f in dataclasses.fields(RuntimeConfig)})
+        if unknown:
+            raise TypeError(f"Runtime: unknown option {unknown[0]!r}{did_you_mean(unknown[0], _OPTIONS)}")
         self.config = RuntimeConfig(
             call_timeout=call_timeout,
             drain_timeout=drain_timeout,
-            restart=restart or RestartPolicy(),
+            restart=RestartPolicy() if restart is None else restart,
             wait=wait,
             slots=slots,
             **options,
         )
-        self._on_reload = on_reload
-        self._on_event = on_event
+        self._on_reload = check.callback("Runtime", "on_reload", on_reload, "on_reload=print")
+        self._on_event = check.callback("Runtime", "on_event", on_event, "on_event=print")
         self._supervisor = Supervisor(self.config.restart, self._restart, self._event)
         self._lock = threading.RLock()
         self._bundles: dict[int, Bundle] = {}
@@ -120,7 +127,7 @@ class Runtime:
             bundles = list(self._bundles.values())
         self._supervisor.close()
         for bundle in bundles:
-            self._unload(bundle)
+            self._unload(bundle, "its Runtime was closed; load it into an open Runtime to call it")
         if self._spare is not None:
             self._spare.close()
         self._monitor.close()
@@ -147,15 +154,8 @@ class Runtime:
         Raises:
             LoaderError: a subclass saying what failed; nothing is left behind.
         """
-        options = WorkerOptions(
-            env=tuple(sorted((env or {}).items())),
-            inherit_env=inherit_env,
-            cwd=os.fspath(cwd) if cwd is not None else None,
-            library_path=tuple(os.fspath(p) for p in library_path),
-            limits=limits,
-            faults=tuple(faults),
-        )
-        return self.load_manifest(parse_manifest(path), options)
+        options = worker_options(env, inherit_env, cwd, library_path, limits, faults)
+        return self.load_manifest(parse_manifest(check.path("load_bundle", "path", path, _BUNDLE)), options)
 
     def load_manifest(self, manifest: ManifestData, options: WorkerOptions | None = None) -> Bundle:
         """Loads an already parsed manifest (what IsolatedLoader.load does)."""
@@ -167,6 +167,7 @@ class Runtime:
                 existing.set_options(options)
             return self.reload_manifest(manifest)
         bundle = Bundle(manifest, options or WorkerOptions())
+        bundle.runtime = self
         proxy = self._start_worker(bundle, manifest)
         with self._lock:
             bundle.proxy = proxy
@@ -181,7 +182,7 @@ class Runtime:
         On failure the old worker keeps serving, ``on_reload`` gets a Failed phase,
         and the LoaderError is raised. No call is lost either way.
         """
-        return self.reload_manifest(parse_manifest(path))
+        return self.reload_manifest(parse_manifest(check.path("reload_bundle", "path", path, _BUNDLE)))
 
     def reload_manifest(self, manifest: ManifestData) -> Bundle:
         self._check_open()
@@ -214,18 +215,41 @@ class Runtime:
             old.shutdown(self.config.drain_timeout)
         return bundle
 
-    def unload_bundle(self, bundle_id: int) -> None:
+    def unload_bundle(self, bundle: Bundle | int | str) -> None:
         """Drains the bundle's calls in flight, then its worker dlcloses and exits.
 
-        New calls fail at once with BundleUnavailable; handles go stale.
+        ``bundle`` is a Bundle, its id or its name. New calls fail at once with
+        BundleUnavailable; handles go stale.
         """
-        with self._lock:
-            bundle = self._bundles.get(bundle_id)
-        if bundle is None:
-            raise LoaderError(f"no bundle with id {bundle_id} is loaded in this runtime", bundle=None)
-        self._unload(bundle)
+        self._unload(self._loaded(bundle, "unload_bundle"))
 
-    def _unload(self, bundle: Bundle) -> None:
+    def _loaded(self, key: Bundle | int | str, owner: str) -> Bundle:
+        """The loaded bundle ``key`` names, or a LoaderError saying what is loaded."""
+        with self._lock:
+            if isinstance(key, Bundle):
+                found = key if self._bundles.get(key.id) is key else None
+                what = f"bundle {key.name!r} is not loaded in this runtime (it is {key.state.name})"
+            elif isinstance(key, int) and not isinstance(key, bool):
+                found = self._bundles.get(key)
+                what = f"no bundle with id {key} (0x{key:016X}) is loaded in this runtime"
+            elif isinstance(key, str):
+                found = next((b for b in self._bundles.values() if b.name == key), None)
+                what = f"no bundle named {key!r} is loaded in this runtime"
+            else:
+                raise TypeError(
+                    f"{owner}: takes a Bundle, a bundle id or a bundle name, not {type(key).__name__}; "
+                    f'e.g. {owner}(bundle) or {owner}("adder")'
+                )
+            loaded = ", ".join(repr(b.name) for b in self._bundles.values()) or "none"
+        if found is None:
+            raise LoaderError(
+                f"{owner}: {what}; loaded: {loaded}",
+                bundle=key.name if isinstance(key, Bundle) else None,
+            )
+        return found
+
+    def _unload(self, bundle: Bundle, why: str = "it was unloaded; load it again to call it") -> None:
+        bundle.farewell = why
         self._supervisor.forget(bundle)
         self._report(ReloadPhaseType.UNLOADING, bundle)
         with self._lock:
@@ -244,6 +268,12 @@ class Runtime:
             bundle.move(BundleState.UNLOADED)
 
     def _start_worker(self, bundle: Bundle, manifest: ManifestData) -> WorkerProxy:
+        if self._monitor.failed:
+            raise InitFailed(
+                f"bundle {manifest.name!r}: this Runtime's monitor thread failed (see the log), so no "
+                "worker can be watched: close it and create a new Runtime",
+                bundle=manifest.name,
+            )
         try:
             os.fsencode(manifest.path).decode("utf-8")
         except UnicodeDecodeError:
@@ -287,8 +317,10 @@ class Runtime:
                 bundle.proxy = None
                 bundle.crash = proxy
                 bundle.move(BundleState.CRASHED)
-        announce = self._supervisor.crashed(bundle) if current else None  # decided before callers wake
-        proxy.channel.mark_dead()
+        try:
+            announce = self._supervisor.crashed(bundle) if current else None  # decided before callers wake
+        finally:
+            proxy.channel.mark_dead()  # whatever failed above, no caller waits on a dead worker
         if announce is None:
             return
         death = proxy.death
@@ -385,6 +417,11 @@ class Runtime:
             StaleHandle: the handle was never found, or its bundle was unloaded.
         """
         with self._lock:
+            if handle.index == NOT_FOUND:
+                raise StaleHandle(
+                    "this handle is find_guest_contract's not-found answer (index 0xFFFFFFFF): no loaded "
+                    "bundle provided the contract at that version; check handle.found before resolving"
+                )
             slot = self._slots[handle.index] if 0 <= handle.index < len(self._slots) else None
             if slot is None or slot.bundle is None or slot.generation != handle.generation:
                 raise StaleHandle(

@@ -308,6 +308,7 @@ class TypedContract:
 
     def __init__(self, contract: GuestContract, idl: _idl.Contract, api: _idl.Api):
         self.contract = contract
+        contract.function_names = {f.index: f.name for f in idl.functions}
         self.idl = idl
         self._api = api
         self._layout = Layout(api)

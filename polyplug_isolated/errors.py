@@ -23,6 +23,7 @@ Messages say what happened, to which bundle, and what to do about it.
 from __future__ import annotations
 
 import signal
+from typing import Any
 
 
 class PolyplugIsolatedError(Exception):
@@ -86,12 +87,14 @@ class WorkerCrashed(CallError):
         signal: signal.Signals | None = None,
         exitcode: int | None = None,
         stderr_tail: str = "",
-        **where,
+        report: str = "",
+        **where: Any,
     ):
         super().__init__(message, **where)
         self.signal = signal
         self.exitcode = exitcode
         self.stderr_tail = stderr_tail
+        self.report = report or message  # the message, then the worker's last output (its stacks)
 
 
 class CallTimeout(CallError, TimeoutError):

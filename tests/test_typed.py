@@ -406,7 +406,7 @@ def test_plugin_errors_carry_code_and_message(kitchen):
     with pytest.raises(PluginCallError) as excinfo:
         kitchen.divide(1, 0)
     assert (excinfo.value.code, excinfo.value.message) == (256, "kitchen_sink: division by zero")
-    assert "test.kitchen@1 function 25" in str(excinfo.value)
+    assert "test.kitchen@1.divide() (function 25)" in str(excinfo.value)
     with pytest.raises(PluginCallError, match="INT32_MIN / -1 overflows"):
         kitchen.divide(-(2**31), -1)
     assert kitchen.divide(9, 3) == 3  # the worker is fine

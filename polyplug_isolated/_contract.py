@@ -28,7 +28,17 @@ if TYPE_CHECKING:
     from ._config import RuntimeConfig
     from ._proxy import WorkerProxy
 
-_DEFAULT = object()
+
+class _Default(enum.Enum):
+    """The timeout a call takes when given none: its Runtime's ``call_timeout``."""
+
+    CALL_TIMEOUT = "call_timeout"
+
+    def __repr__(self) -> str:  # what help() and inspect.signature show as the default
+        return "<Runtime call_timeout>"
+
+
+_DEFAULT = _Default.CALL_TIMEOUT
 _call_small = lib.pp_call_small
 
 
@@ -118,7 +128,7 @@ class GuestContract:
         args: bytes | bytearray | memoryview,
         out_size: int,
         *,
-        timeout: float | None = _DEFAULT,
+        timeout: float | _Default | None = _DEFAULT,
     ) -> bytes:
         """Calls ``functions[fn_index](instance, args, out, &err)`` in the worker.
 
@@ -176,7 +186,7 @@ class GuestContract:
         raise self._error(failure, proxy, fn_index, wait)
 
     def call_many(
-        self, fn_index: int, args_list, out_size: int, *, timeout: float | None = _DEFAULT
+        self, fn_index: int, args_list, out_size: int, *, timeout: float | _Default | None = _DEFAULT
     ) -> list[bytes]:
         """Calls one function once per args in ``args_list`` (all the same length), in order.
 
@@ -201,7 +211,13 @@ class GuestContract:
         return [out[i : i + out_size] for i in range(0, len(out), out_size)]
 
     def call_packed(
-        self, fn_index: int, packed, record_size: int, out_size: int, *, timeout: float | None = _DEFAULT
+        self,
+        fn_index: int,
+        packed,
+        record_size: int,
+        out_size: int,
+        *,
+        timeout: float | _Default | None = _DEFAULT,
     ) -> bytes:
         """Calls one function over ``len(packed) // record_size`` packed args records.
 

@@ -27,7 +27,9 @@ worker that answers one outside them broke the protocol and is killed.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
+import functools
 import inspect
 import operator
 import os
@@ -36,12 +38,26 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
+from . import _checks as check
 from . import _idl
 from ._channel import ChannelFailure
 from ._channel_ffi import lib
-from ._contract import GuestContract
+from ._contract import _DEFAULT, GuestContract, _Default, _seconds
 from ._layout import Layout
-from ._marshal import _Bad, _Bool, _Breach, _Float, _Int, _Tail, _Types
+from ._marshal import (
+    _Bad,
+    _Bool,
+    _Breach,
+    _Codec,
+    _Enum,
+    _Float,
+    _Int,
+    _Pointer,
+    _Struct,
+    _Tail,
+    _Types,
+    _View,
+)
 from .errors import BundleUnavailable, ProtocolError
 
 if TYPE_CHECKING:
@@ -92,10 +108,12 @@ class _Call:
         self.plain = all(type(codec) in (_Int, _Float) for codec in self.codecs)
         self.signature = inspect.Signature(
             [
-                inspect.Parameter(p.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=p.type.name)
-                for p in function.params
+                inspect.Parameter(
+                    p.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=python_type(codec)
+                )
+                for p, codec in zip(function.params, self.codecs, strict=True)
             ],
-            return_annotation=returns.name if returns is not None else None,
+            return_annotation=python_type(self.result_codec) if self.result_codec is not None else None,
         )
 
     def bind(self, args: tuple, kwargs: dict) -> tuple:
@@ -157,6 +175,17 @@ class _Call:
         return self.result_codec.decode(iter(self.unpack(out)), ret)
 
 
+def python_type(codec: _Codec) -> Any:
+    """The Python type a codec's values have (what signatures are annotated with)."""
+    if isinstance(codec, (_Enum, _Struct)):
+        return codec.cls
+    if isinstance(codec, _View):
+        return bytes if codec.owned else str
+    if isinstance(codec, (_Int, _Pointer)):
+        return int
+    return {_Float: float, _Bool: bool}.get(type(codec), Any)
+
+
 # ---- calls through the worker ---------------------------------------------------
 
 
@@ -168,8 +197,9 @@ class _Route:
     and its translation of channel failures into the public errors.
     """
 
-    def __init__(self, contract: GuestContract):
+    def __init__(self, contract: GuestContract, timeout: float | _Default | None = _DEFAULT):
         self.contract = contract
+        self.timeout = timeout  # the calls' own timeout (with_options), else the runtime's
 
     def call(self, fn, instance, args, fixups, out_size, returns_views, worker=None):
         """Returns (out, return area, the worker that answered)."""
@@ -186,6 +216,7 @@ class _Route:
         if type(fn) is int and not 0 <= fn < contract.function_count:
             raise contract._no_such_function(fn)
         channel = proxy.channel
+        wait = contract._timeout if self.timeout is _DEFAULT else _seconds(self.timeout)
         room = _return_room(channel, len(args), len(fixups), out_size) if returns_views else 0
         try:
             out, ret = channel.call_ex(
@@ -196,12 +227,12 @@ class _Route:
                 fixups,
                 out_size,
                 room,
-                contract._timeout,
+                wait,
             )
         except ChannelFailure as failure:
             if worker is None and contract._rerouted(failure, proxy):
                 return self.call(fn, instance, args, fixups, out_size, returns_views)
-            raise contract._error(failure, proxy, fn, contract._timeout) from None
+            raise contract._error(failure, proxy, fn, wait) from None
         return out, ret, proxy
 
     def breach(self, proxy: WorkerProxy, where: str, what: str) -> ProtocolError:
@@ -239,6 +270,8 @@ def _method(call: _Call, route: _Route, handle: _Handle | None = None):
     index, out_size, fixups, count = call.index, call.out_size, call.fixups, len(call.params)
     if handle is None and not fixups:
         raw = route.contract.call
+        if route.timeout is not _DEFAULT:
+            raw = functools.partial(raw, timeout=route.timeout)
         if call.plain and call.result_codec is not None and type(call.result_codec) in (_Int, _Float, _Bool):
             # The hot path: one Struct.pack, the raw call, one Struct.unpack.
             pack, unpack = call.pack, call.unpack
@@ -318,6 +351,21 @@ class TypedContract:
         self._calls = {f.name: _Call(idl, f, self._layout, self._types) for f in idl.functions}
         self.functions = {name: _method(call, self._route) for name, call in self._calls.items()}
         _attach(self, self.functions)
+
+    def with_options(self, *, timeout: float | None) -> TypedContract:
+        """This contract with per-call options; the original is unchanged::
+
+            add.with_options(timeout=0.5).add_primitive(2, 3)  # CallTimeout after 0.5 s
+
+        ``timeout`` (seconds, or None for no limit) replaces the Runtime's
+        ``call_timeout`` for calls through the result and its instances.
+        """
+        check.timeout(f"{self.idl.name}.with_options", "timeout", timeout, "with_options(timeout=0.5)")
+        clone = copy.copy(self)
+        clone._route = _Route(self.contract, timeout)
+        clone.functions = {name: _method(call, clone._route) for name, call in self._calls.items()}
+        _attach(clone, clone.functions)
+        return clone
 
     def instance(self, config: Any = None, *, config_type: str | None = None) -> ContractInstance:
         """Runs the contract's ``create_instance(config)`` in the worker.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 import shutil
@@ -14,6 +15,7 @@ from conftest import ADD, pair
 
 from polyplug_isolated import (
     BundleUnavailable,
+    CallTimeout,
     Fault,
     InitFailed,
     LoaderError,
@@ -241,3 +243,31 @@ def test_an_unknown_manifest_key_is_warned_about_and_the_bundle_still_loads(rt, 
     warnings = [r.getMessage() for r in caplog.records if "unknown key" in r.getMessage()]
     assert len(warnings) == 1
     assert "'provide' is ignored; did you mean 'provides'?" in warnings[0]
+
+
+# ---- typed calls: per-call options, real signatures ----------------------------------
+
+
+def test_typed_calls_take_a_timeout_of_their_own(rt, bundle_dir):
+    bundle = rt.load_bundle(bundle_dir("kitchen_sink"))
+    kitchen = bundle.contract("test.kitchen")
+    quick = kitchen.with_options(timeout=0.3)
+    assert quick.divide(6, 3) == 2
+    bundle.inject(Fault.hang().only(function=25))
+    with pytest.raises(
+        CallTimeout, match=r"test\.kitchen@1\.divide\(\) \(function 25\): no answer within 0.3 s"
+    ):
+        quick.divide(6, 3)  # the runtime's call_timeout is None: without the option this would hang
+    with pytest.raises(ValueError, match=r"with_options\(timeout=0.5\)"):
+        kitchen.with_options(timeout=0)
+
+
+def test_signatures_show_python_types_and_real_defaults(rt, bundle_dir):
+    kitchen = rt.load_bundle(bundle_dir("kitchen_sink")).contract("test.kitchen")
+    signature = inspect.signature(kitchen.describe)
+    assert [p.annotation for p in signature.parameters.values()] == [str, int, kitchen.types.Access]
+    assert signature.return_annotation is str
+    assert inspect.signature(kitchen.mixed).return_annotation is kitchen.types.Mixed
+    raw = str(inspect.signature(kitchen.contract.call))
+    assert "object at" not in raw
+    assert "timeout: 'float | _Default | None' = <Runtime call_timeout>" in raw

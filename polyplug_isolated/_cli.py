@@ -83,6 +83,7 @@ def check(bundle: Path, out: Output) -> int:
     from ._runtime import Runtime
     from .errors import PolyplugIsolatedError
 
+    logging.getLogger("polyplug_isolated").setLevel(logging.CRITICAL)  # check reports, it does not log
     problems = 0
     manifest = api = None
     directory = bundle if bundle.is_dir() else bundle.parent
@@ -114,7 +115,6 @@ def check(bundle: Path, out: Output) -> int:
         out.status(None, "api.toml: none (typed calls and `inspect` signatures need one)")
     if manifest is None:
         return PROBLEMS
-    logging.getLogger("polyplug_isolated").setLevel(logging.CRITICAL)  # check reports, it does not log
     with Runtime(load_timeout=10.0, drain_timeout=5.0) as rt:
         try:
             loaded = rt.load_bundle(bundle)

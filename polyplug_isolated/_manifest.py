@@ -1,6 +1,6 @@
 """manifest.toml of a native bundle: parse, validate, pick this platform's library.
 
-Follows what polyplug 0.1.3 accepts (ABI.md, POLYPLUG_V1_SPEC.md §E), with two
+Follows what polyplug 0.1.3 accepts (its manifest parser and runtime checks), with two
 deliberate differences: ``version`` is checked before the library is touched
 (0.1.3 checks it after init has run), and the library path is confined to the
 bundle directory here, in the host, before any process starts.

@@ -6,7 +6,7 @@
  * One bundle per process, so the state here is process-global. Callbacks a
  * single isolated bundle cannot honour (loading other bundles, host
  * contracts, loaders) answer FunctionNotAvailable: every HostApi field is
- * non-NULL, as ABI.md requires.
+ * non-NULL, as polyplug's ABI requires.
  */
 #define _GNU_SOURCE
 #include "polyplug_abi.h"

@@ -24,6 +24,7 @@ from .errors import BundleUnavailable, LoaderError
 
 if TYPE_CHECKING:
     from ._runtime import Runtime
+    from ._typed import TypedContract
 
 
 class BundleState(enum.Enum):
@@ -142,7 +143,9 @@ class Bundle:
             for c in proxy.contracts
         ]
 
-    def contract(self, name: str | int, min_version: int = 1, api: str | os.PathLike[str] | None = None):
+    def contract(
+        self, name: str | int, min_version: int = 1, api: str | os.PathLike[str] | None = None
+    ) -> TypedContract:
         """This bundle's provider of guest contract ``name`` as a typed proxy (see Runtime.contract);
         ``api`` defaults to the api.toml beside its manifest."""
         from ._typed import open_bundle_contract  # _typed needs _contract, which needs this module
@@ -188,7 +191,8 @@ class Bundle:
 
     def record_fault(self, proxy: WorkerProxy, message: dict[str, Any]) -> None:
         """Monitor thread: a fault fired in ``proxy``'s worker."""
-        fault = self._faults.get(message.get("id"))
+        fault_id = message.get("id")
+        fault = self._faults.get(fault_id) if isinstance(fault_id, int) else None
         if fault is None:
             return
         contract = message.get("contract", -1)

@@ -14,6 +14,8 @@ import posix_ipc
 
 from ._channel_ffi import ffi, lib
 
+BytesLike = bytes | bytearray | memoryview
+
 WAIT_MODES = {"auto": lib.PP_WAIT_AUTO, "spin": lib.PP_WAIT_SPIN, "block": lib.PP_WAIT_BLOCK}
 
 
@@ -63,14 +65,15 @@ class Channel:
     @property
     def fd(self) -> int:
         """The segment's fd, to pass to the worker."""
-        return self._memory.fd
+        fd: int = self._memory.fd
+        return fd
 
     def close_fd(self) -> None:
         """Drops the host's fd once the worker has its own (the mapping stays)."""
         if self._memory.fd >= 0:
             self._memory.close_fd()
 
-    def call(self, contract: int, function: int, args, out_size: int, timeout: float) -> bytes:
+    def call(self, contract: int, function: int, args: BytesLike, out_size: int, timeout: float) -> bytes:
         """One call (timeout < 0: none); returns the out bytes or raises ChannelFailure."""
         # A bytearray, not ffi.new: big cffi buffers come from fresh pages, and
         # their first-touch faults cost more than the copy (1 MiB: ~2 ms vs ~0.2 ms).
@@ -84,7 +87,14 @@ class Channel:
         return bytes(out)
 
     def call_batch(
-        self, contract: int, function: int, packed, record: int, count: int, out_size: int, timeout: float
+        self,
+        contract: int,
+        function: int,
+        packed: BytesLike,
+        record: int,
+        count: int,
+        out_size: int,
+        timeout: float,
     ) -> bytes:
         """``count`` calls over ``record``-byte args records packed in ``packed``, one hand-off.
 
@@ -98,14 +108,14 @@ class Channel:
         )
         if status != lib.PP_CALL_OK:
             raise ChannelFailure.last(status)
-        return ffi.buffer(out, count * out_size)[:] if out_size else b""
+        return bytes(ffi.buffer(out, count * out_size)) if out_size else b""
 
     def call_ex(
         self,
         contract: int,
         function: int,
         instance: int,
-        args,
+        args: BytesLike,
         fixups: list[tuple[int, int]],
         out_size: int,
         ret_cap: int,
@@ -158,7 +168,7 @@ class Channel:
 
     @property
     def inflight(self) -> int:
-        return lib.pp_conn_inflight(self.conn)
+        return int(lib.pp_conn_inflight(self.conn))
 
     @property
     def counters(self) -> tuple[int, int]:

@@ -52,7 +52,7 @@ class Output:
         mark, style = {True: ("ok  ", "green"), False: ("FAIL", "bold red"), None: ("warn", "yellow")}[ok]
         self.line(f"{mark} {text}", style)
 
-    def table(self, title: str, header: Sequence[str], rows: list[Sequence[str]]) -> None:
+    def table(self, title: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
         if self.console is not None:
             from rich.table import Table
 
@@ -79,7 +79,7 @@ def _broken_pipe() -> None:
 def check(bundle: Path, out: Output) -> int:
     """Validates manifest.toml and api.toml, dry-loads the bundle and cross-checks them."""
     from ._idl import parse_api
-    from ._manifest import KNOWN_KEYS, did_you_mean, parse_manifest, tomllib, unknown_keys
+    from ._manifest import KNOWN_KEYS, did_you_mean, parse_manifest, read_toml, unknown_keys
     from ._runtime import Runtime
     from .errors import PolyplugIsolatedError
 
@@ -97,11 +97,8 @@ def check(bundle: Path, out: Output) -> int:
         out.status(
             True, f"manifest.toml: {manifest.name} {manifest.version or '(no version)'}, provides {provides}"
         )
-        with open(directory / "manifest.toml", "rb") as raw:
-            for key in unknown_keys(tomllib.load(raw)):
-                out.status(
-                    None, f"manifest.toml: unknown key {key!r} is ignored{did_you_mean(key, KNOWN_KEYS)}"
-                )
+        for key in unknown_keys(read_toml(directory / "manifest.toml")):
+            out.status(None, f"manifest.toml: unknown key {key!r} is ignored{did_you_mean(key, KNOWN_KEYS)}")
     if (directory / "api.toml").is_file():
         try:
             api = parse_api(directory / "api.toml")
@@ -306,7 +303,8 @@ def _dispatch(argv: list[str]) -> int:
     if argv[:1] == ["bench"]:
         from .bench.__main__ import main as bench_main  # its own options and --help
 
-        return bench_main(argv[1:])
+        status: int = bench_main(argv[1:])
+        return status
     parser = _parser()
     args = parser.parse_args(argv)
     out = Output(plain=args.plain)

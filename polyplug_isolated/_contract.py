@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _checks as check
 from ._bundle import Bundle, BundleState
-from ._channel import ChannelFailure
+from ._channel import BytesLike, ChannelFailure
 from ._channel_ffi import lib
 from .errors import (
     BundleUnavailable,
@@ -25,6 +25,10 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from typing_extensions import Buffer  # collections.abc.Buffer from Python 3.12
+
     from ._config import RuntimeConfig
     from ._proxy import WorkerProxy
 
@@ -84,7 +88,7 @@ class GuestContract:
         self.function_names: dict[int, str] = {}  # index -> name, when an api.toml told (typed calls)
         # (worker, its conn, the contract's index there), replaced in one
         # assignment so that threads calling at once never mix two workers'.
-        self._binding: tuple = (None, None, 0)
+        self._binding: tuple[Any, Any, int] = (None, None, 0)
         self._timeout = _seconds(config.call_timeout)
         self._bind(bundle.proxy)
 
@@ -92,7 +96,7 @@ class GuestContract:
     def bundle(self) -> Bundle:
         return self._bundle
 
-    def route(self, wait: float = 0.0) -> tuple:
+    def route(self, wait: float = 0.0) -> tuple[WorkerProxy, Any, int]:
         """(worker proxy, conn, contract index) of the worker that serves the bundle now.
 
         While a restart is pending, waits for it up to ``wait`` seconds (< 0: no limit).
@@ -104,7 +108,7 @@ class GuestContract:
             proxy = self._bundle.proxy
         return binding if proxy is binding[0] else self._bind(proxy)
 
-    def _bind(self, proxy: WorkerProxy | None) -> tuple:
+    def _bind(self, proxy: WorkerProxy | None) -> tuple[WorkerProxy, Any, int]:
         if proxy is None:
             raise self._unavailable()
         for contract in proxy.contracts:
@@ -148,7 +152,7 @@ class GuestContract:
         if timeout is _DEFAULT:
             proxy, conn, index = self._binding
             try:
-                value = _call_small(conn, index, fn_index, args, len(args), out_size, self._timeout)
+                value: int = _call_small(conn, index, fn_index, args, len(args), out_size, self._timeout)
             except (TypeError, OverflowError):
                 pass  # an index or size C cannot take: the full path says what is wrong
             else:
@@ -158,7 +162,7 @@ class GuestContract:
                     return self._failed(ChannelFailure.last(-value), proxy, fn_index, args, out_size, timeout)
         return self._call(fn_index, args, out_size, timeout)
 
-    def _call(self, fn_index, args, out_size, timeout) -> bytes:
+    def _call(self, fn_index: int, args: Any, out_size: int, timeout: float | _Default | None) -> bytes:
         wait = self._timeout if timeout is _DEFAULT else _seconds(timeout)
         proxy, _, index = self.route(wait)
         if type(fn_index) is not int or not 0 <= fn_index < self.function_count:
@@ -168,12 +172,19 @@ class GuestContract:
         if type(out_size) is not int or out_size < 0:
             raise ValueError(f"out_size must be a non-negative int, not {out_size!r}")
         try:
-            return proxy.channel.call(index, fn_index, args, out_size, wait)
+            out: bytes = proxy.channel.call(index, fn_index, args, out_size, wait)
         except ChannelFailure as failure:
             return self._failed(failure, proxy, fn_index, args, out_size, timeout)
+        return out
 
     def _failed(
-        self, failure: ChannelFailure, proxy: WorkerProxy, fn_index, args, out_size, timeout
+        self,
+        failure: ChannelFailure,
+        proxy: WorkerProxy,
+        fn_index: int,
+        args: Any,
+        out_size: int,
+        timeout: float | _Default | None,
     ) -> bytes:
         """Retries a call a reload turned away before sending it; raises anything else."""
         wait = self._timeout if timeout is _DEFAULT else _seconds(timeout)
@@ -186,7 +197,12 @@ class GuestContract:
         raise self._error(failure, proxy, fn_index, wait)
 
     def call_many(
-        self, fn_index: int, args_list, out_size: int, *, timeout: float | _Default | None = _DEFAULT
+        self,
+        fn_index: int,
+        args_list: Iterable[BytesLike],
+        out_size: int,
+        *,
+        timeout: float | _Default | None = _DEFAULT,
     ) -> list[bytes]:
         """Calls one function once per args in ``args_list`` (all the same length), in order.
 
@@ -213,7 +229,7 @@ class GuestContract:
     def call_packed(
         self,
         fn_index: int,
-        packed,
+        packed: Buffer,
         record_size: int,
         out_size: int,
         *,
@@ -290,9 +306,11 @@ class GuestContract:
             function=fn_index,
         )
 
-    def _error(self, failure: ChannelFailure, proxy: WorkerProxy, fn_index: int, timeout: float) -> Exception:
+    def _error(
+        self, failure: ChannelFailure, proxy: WorkerProxy, fn_index: int | str, timeout: float
+    ) -> Exception:
         where = self._where(fn_index)
-        names = {"bundle": self._bundle.name, "function": fn_index}
+        names: dict[str, Any] = {"bundle": self._bundle.name, "function": fn_index}
         status = failure.status
         if status == lib.PP_CALL_PLUGIN_ERROR and type(fn_index) is int and fn_index >= self.function_count:
             return self._no_such_function(fn_index)  # the worker's own refusal of the index, said once
@@ -345,7 +363,7 @@ def _seconds(timeout: float | None) -> float:
     )
 
 
-def _as_bytes_view(args: object) -> memoryview:
+def _as_bytes_view(args: Any) -> memoryview:
     try:
         view = memoryview(args)
     except TypeError:

@@ -14,12 +14,13 @@ import os
 import platform
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ._ids import bundle_id as expected_bundle_id
-from .errors import InitFailed, ManifestError, ManifestMissingFile
+from .errors import InitFailed, LoaderError, ManifestError, ManifestMissingFile
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -109,7 +110,9 @@ def parse_manifest(path: str | os.PathLike[str]) -> ManifestData:
 
 
 def _validate(raw: dict[str, Any], directory: Path, manifest_path: Path) -> ManifestData:
-    def fail(message: str, error: type[ManifestError] | type[ManifestMissingFile] = ManifestError):
+    def fail(
+        message: str, error: type[ManifestError] | type[ManifestMissingFile] = ManifestError
+    ) -> LoaderError:
         return error(f"bundle {bundle!r}: {manifest_path}: {message}", bundle=bundle)
 
     bundle = str(directory)
@@ -192,6 +195,13 @@ def _validate(raw: dict[str, Any], directory: Path, manifest_path: Path) -> Mani
     return data
 
 
+def read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file as a dict (for tools; parse_manifest reports its errors itself)."""
+    with open(path, "rb") as file:
+        data: dict[str, Any] = tomllib.load(file)
+    return data
+
+
 def unknown_keys(raw: dict[str, Any]) -> list[str]:
     """Top-level keys polyplug does not read (a typo such as ``provide``), in file order."""
     return [key for key in raw if key not in KNOWN_KEYS]
@@ -213,7 +223,7 @@ def _is_version(text: str, parts: tuple[int, ...] = (2, 3)) -> bool:
     )
 
 
-def _library_path(spec: Any, directory: Path, fail) -> Path:
+def _library_path(spec: Any, directory: Path, fail: Callable[..., LoaderError]) -> Path:
     key = platform_key()
     if isinstance(spec, dict):
         os_name, arch = key.split(".")

@@ -54,6 +54,7 @@ class WorkerProcess:
                 raise
         self.pid = self._popen.pid
         self.pidfd = os.pidfd_open(self.pid)
+        assert self._popen.stdout is not None  # stdout=PIPE
         self.output = self._popen.stdout
         self.output_tail: collections.deque[str] = collections.deque(maxlen=OUTPUT_TAIL_LINES)
         self.returncode: int | None = None

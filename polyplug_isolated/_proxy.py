@@ -66,8 +66,9 @@ class WorkerProxy:
         self.contracts: list[dict[str, Any]] = []
         self.death: Death | None = None
         self.options = WorkerOptions()
-        self.process: WorkerProcess | None = None
-        self.channel: Channel | None = None
+        # Set by start() before any caller or monitor callback can see the proxy.
+        self.process: WorkerProcess = None  # type: ignore[assignment]
+        self.channel: Channel = None  # type: ignore[assignment]
 
     # ---- start ----------------------------------------------------------
 
@@ -158,7 +159,7 @@ class WorkerProxy:
             if not self.process.send(frame):
                 return False
             try:
-                return self._reply.result(timeout)["t"] != "exited"
+                return bool(self._reply.result(timeout)["t"] != "exited")
             except concurrent.futures.TimeoutError:
                 self.kill(f"did not answer a control request within {timeout:g} s")
                 return False
@@ -273,14 +274,15 @@ class WorkerProxy:
         for future in (self._handshake, self._reply):
             if future is not None and not future.done():
                 future.set_result(exited)
-        if self.channel is not None:
+        if self.channel is not None:  # None until start() made it
             self.channel.mark_dead()
 
     def _log_record(self, message: dict[str, Any]) -> None:
         level = message.get("level")
         target = _text(message.get("target"))
         text = _text(message.get("message"))
-        self._bundle_log.log(_LOG_LEVELS.get(level, logging.ERROR), "[%s] %s", target, text)
+        severity = _LOG_LEVELS.get(level, logging.ERROR) if isinstance(level, int) else logging.ERROR
+        self._bundle_log.log(severity, "[%s] %s", target, text)
 
 
 def _limit_note(limits: ResourceLimits | None, sig: signal.Signals | None, killed_by_us: bool) -> str:

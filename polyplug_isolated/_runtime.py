@@ -37,7 +37,7 @@ _OPTIONS = ("on_reload", "on_event", *(f.name for f in dataclasses.fields(Runtim
 class GuestContractHandle(NamedTuple):
     """Names a registered contract; ``index == 0xFFFFFFFF`` means not found."""
 
-    index: int
+    index: int  # type: ignore[assignment]  # polyplug's field name; shadows tuple.index
     generation: int
 
     @property
@@ -324,6 +324,7 @@ class Runtime:
         if announce is None:
             return
         death = proxy.death
+        assert death is not None  # recorded before on_death is called
         description = death.description + (f" ({death.kill_reason})" if death.kill_reason else "")
         _logger.error("bundle %r: worker %d %s", bundle.name, proxy.pid, description)
         self._event(
@@ -345,11 +346,11 @@ class Runtime:
             proxy = self._start_worker(bundle, bundle.manifest)
         except LoaderError:
             with self._lock:
-                if bundle.state is BundleState.RESTARTING:
+                if bundle.state is BundleState.RESTARTING:  # type: ignore[comparison-overlap]  # moved above
                     bundle.move(BundleState.CRASHED)
             raise
         with self._lock:
-            current = bundle.state is BundleState.RESTARTING
+            current = bundle.state is BundleState.RESTARTING  # type: ignore[comparison-overlap]  # moved above
             if current:
                 bundle.proxy = proxy
                 bundle.crash = None

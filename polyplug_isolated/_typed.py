@@ -36,6 +36,7 @@ import os
 import struct
 import sys
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import _checks as check
@@ -48,20 +49,16 @@ from ._marshal import (
     _Bad,
     _Bool,
     _Breach,
-    _Codec,
-    _Enum,
     _Float,
     _Int,
-    _Pointer,
-    _Struct,
     _Tail,
     _Types,
-    _View,
 )
 from .errors import BundleUnavailable, ProtocolError
 
 if TYPE_CHECKING:
     from ._bundle import Bundle
+    from ._channel import Channel
     from ._proxy import WorkerProxy
     from ._runtime import Runtime
 
@@ -109,19 +106,20 @@ class _Call:
         self.signature = inspect.Signature(
             [
                 inspect.Parameter(
-                    p.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=python_type(codec)
+                    p.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=types.python_type(p.type)
                 )
-                for p, codec in zip(function.params, self.codecs, strict=True)
+                for p in function.params
             ],
-            return_annotation=python_type(self.result_codec) if self.result_codec is not None else None,
+            return_annotation=types.python_type(returns) if returns is not None else None,
         )
 
-    def bind(self, args: tuple, kwargs: dict) -> tuple:
+    def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
         """Positional and keyword arguments as one tuple in declaration order."""
         count = len(self.params)
         if not args and len(kwargs) == count and self.by_name is not None:
             try:
-                return self.by_name(kwargs)
+                picked: tuple[Any, ...] = self.by_name(kwargs)
+                return picked
             except KeyError:  # a wrong name: the loop below says which
                 pass
         if len(args) > count:
@@ -139,14 +137,14 @@ class _Call:
             raise TypeError(f"{self.where} is missing required argument(s): {', '.join(map(repr, missing))}")
         return tuple(values)
 
-    def encode(self, values: tuple) -> bytes:
+    def encode(self, values: tuple[Any, ...]) -> bytes:
         """The args blob: the record, then the bytes its views point at."""
         if self.plain:
             try:
                 return self.pack(*values)
             except (struct.error, TypeError, ValueError, OverflowError) as exc:
                 raise self.explain(values, exc) from None
-        flat: list = []
+        flat: list[Any] = []
         tail = _Tail(self.args_size)
         for name, codec, value in zip(self.params, self.codecs, values, strict=True):
             try:
@@ -156,7 +154,7 @@ class _Call:
         record = self.pack(*flat)
         return record + b"".join(tail.parts) if tail.parts else record
 
-    def explain(self, values: tuple, exc: Exception) -> Exception:
+    def explain(self, values: tuple[Any, ...], exc: Exception) -> Exception:
         """The precise error for values Struct.pack refused."""
         for name, codec, value in zip(self.params, self.codecs, values, strict=True):
             try:
@@ -175,17 +173,6 @@ class _Call:
         return self.result_codec.decode(iter(self.unpack(out)), ret)
 
 
-def python_type(codec: _Codec) -> Any:
-    """The Python type a codec's values have (what signatures are annotated with)."""
-    if isinstance(codec, (_Enum, _Struct)):
-        return codec.cls
-    if isinstance(codec, _View):
-        return bytes if codec.owned else str
-    if isinstance(codec, (_Int, _Pointer)):
-        return int
-    return {_Float: float, _Bool: bool}.get(type(codec), Any)
-
-
 # ---- calls through the worker ---------------------------------------------------
 
 
@@ -201,7 +188,16 @@ class _Route:
         self.contract = contract
         self.timeout = timeout  # the calls' own timeout (with_options), else the runtime's
 
-    def call(self, fn, instance, args, fixups, out_size, returns_views, worker=None):
+    def call(
+        self,
+        fn: int | str,
+        instance: int,
+        args: bytes,
+        fixups: list[tuple[int, int]],
+        out_size: int,
+        returns_views: bool,
+        worker: WorkerProxy | None = None,
+    ) -> tuple[bytes, bytes, WorkerProxy]:
         """Returns (out, return area, the worker that answered)."""
         contract = self.contract
         proxy, _, index = contract.route()  # raises BundleUnavailable when no worker serves the bundle
@@ -221,7 +217,7 @@ class _Route:
         try:
             out, ret = channel.call_ex(
                 index,
-                _INSTANCE_FUNCTIONS.get(fn, fn),
+                _INSTANCE_FUNCTIONS[fn] if isinstance(fn, str) else fn,
                 instance,
                 args,
                 fixups,
@@ -245,7 +241,7 @@ class _Route:
         )
 
 
-def _return_room(channel, args_len: int, fixups: int, out_size: int) -> int:
+def _return_room(channel: Channel, args_len: int, fixups: int, out_size: int) -> int:
     """Bytes for the return area: what the request leaves of a slot's payload (else the arena's).
 
     Mirrors pp_layout_of (worker/channel.h) with the host's extra RETURN_CAP
@@ -264,19 +260,19 @@ def _align8(n: int) -> int:
     return (n + 7) & ~7
 
 
-def _method(call: _Call, route: _Route, handle: _Handle | None = None):
+def _method(call: _Call, route: _Route, handle: _Handle | None = None) -> Callable[..., Any]:
     """The callable for one function, on the default instance or on ``handle``'s."""
     bind, encode, result = call.bind, call.encode, call.result
     index, out_size, fixups, count = call.index, call.out_size, call.fixups, len(call.params)
     if handle is None and not fixups:
-        raw = route.contract.call
+        raw: Callable[..., bytes] = route.contract.call
         if route.timeout is not _DEFAULT:
             raw = functools.partial(raw, timeout=route.timeout)
         if call.plain and call.result_codec is not None and type(call.result_codec) in (_Int, _Float, _Bool):
             # The hot path: one Struct.pack, the raw call, one Struct.unpack.
             pack, unpack = call.pack, call.unpack
 
-            def method(*args, **kwargs):
+            def method(*args: Any, **kwargs: Any) -> Any:
                 if kwargs or len(args) != count:
                     args = bind(args, kwargs)
                 try:
@@ -287,7 +283,7 @@ def _method(call: _Call, route: _Route, handle: _Handle | None = None):
 
         else:
 
-            def method(*args, **kwargs):
+            def method(*args: Any, **kwargs: Any) -> Any:
                 if kwargs or len(args) != count:
                     args = bind(args, kwargs)
                 return result(raw(index, encode(args), out_size), b"")
@@ -299,7 +295,7 @@ def _method(call: _Call, route: _Route, handle: _Handle | None = None):
         guard = handle.lock if handle else contextlib.nullcontext()
         returns_views = call.returns_views
 
-        def method(*args, **kwargs):
+        def method(*args: Any, **kwargs: Any) -> Any:
             if kwargs or len(args) != count:
                 args = bind(args, kwargs)
             blob = encode(args)
@@ -313,7 +309,7 @@ def _method(call: _Call, route: _Route, handle: _Handle | None = None):
                 raise route.breach(proxy, call.where, str(breach)) from None
 
     method.__name__ = method.__qualname__ = call.where[:-2].rsplit(".", 1)[1]
-    method.__signature__ = call.signature
+    method.__signature__ = call.signature  # type: ignore[attr-defined]
     method.__doc__ = f"{call.where[:-2]}{call.signature} (function {index})"
     return method
 
@@ -391,7 +387,7 @@ class TypedContract:
             idl_type = found or _idl.BUILTINS.get(config_type)
             if idl_type is None:
                 raise TypeError(f"{self.idl.name}.instance(): the api.toml has no type {config_type!r}")
-            flat: list = []
+            flat: list[Any] = []
             layout = self._layout.of(idl_type)
             tail = _Tail(layout.size)
             try:

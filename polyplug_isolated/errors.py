@@ -61,7 +61,7 @@ class InitFailed(LoaderError):
 class CallError(PolyplugIsolatedError):
     """A call into a bundle failed."""
 
-    def __init__(self, message: str, *, bundle: str | None = None, function: int | None = None):
+    def __init__(self, message: str, *, bundle: str | None = None, function: int | str | None = None):
         super().__init__(message)
         self.bundle = bundle
         self.function = function
@@ -70,7 +70,7 @@ class CallError(PolyplugIsolatedError):
 class PluginCallError(CallError):
     """The plugin ran and answered with a non-Ok ``AbiError``."""
 
-    def __init__(self, message: str, *, code: int, plugin_message: str, **where):
+    def __init__(self, message: str, *, code: int, plugin_message: str, **where: Any):
         super().__init__(message, **where)
         self.code = code
         self.message = plugin_message

@@ -93,8 +93,11 @@ __all__ = sorted(_MODULE_OF)
 
 
 def __getattr__(name: str) -> object:
-    if name == "__version__":
-        return metadata.version("polyplug_isolated")
+    if name == "__version__":  # the installed distribution's, so it never disagrees with pip
+        try:
+            return metadata.version("polyplug_isolated")
+        except metadata.PackageNotFoundError:  # imported from a checkout that was never installed
+            return "0+unknown"
     if name not in _MODULE_OF:
         raise AttributeError(f"module 'polyplug_isolated' has no attribute {name!r}")
     value = getattr(import_module(_MODULE_OF[name], __name__), name)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import _checks as check
 from . import _protocol as proto
 from ._config import WorkerOptions
 from ._faults import Fault, FaultRecord
@@ -172,6 +173,8 @@ class Bundle:
         Faults live in one worker: a restart or reload starts clean (only the
         ``faults=`` given to load_bundle are armed again at each start).
         """
+        for fault in faults:
+            check.instance("inject", "each fault", fault, Fault, "bundle.inject(Fault.crash().on_call(3))")
         if any(fault.init for fault in faults):
             raise ValueError("faults during_init() act at load: pass them to load_bundle(faults=...)")
         armed = [(next(self._fault_ids), fault) for fault in faults]

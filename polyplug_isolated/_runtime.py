@@ -396,6 +396,7 @@ class Runtime:
 
     def find_guest_contract(self, contract_id: int, min_version: int = 0) -> GuestContractHandle:
         """The first provider of ``contract_id`` whose major is at least ``min_version``."""
+        _check_lookup("find_guest_contract", contract_id, min_version)
         with self._lock:
             for index, slot in enumerate(self._slots):
                 if slot.bundle is not None and slot.contract_id == contract_id and slot.major >= min_version:
@@ -404,6 +405,7 @@ class Runtime:
 
     def find_all_by_contract(self, contract_id: int, min_version: int = 0) -> list[GuestContractHandle]:
         """Every provider of ``contract_id`` (major >= ``min_version``), in registration order."""
+        _check_lookup("find_all_by_contract", contract_id, min_version)
         with self._lock:
             return [
                 GuestContractHandle(index, slot.generation)
@@ -478,3 +480,9 @@ class Runtime:
             self._on_reload(ReloadPhase(phase, bundle.id, bundle.name, reason))
         except Exception:
             _logger.exception("on_reload callback raised for bundle %r (ignored)", bundle.name)
+
+
+def _check_lookup(owner: str, contract_id: object, min_version: object) -> None:
+    example = f'{owner}(guest_contract_id("test.add", 1), 1)'
+    check.integer(owner, "contract_id", contract_id, example, low=0, high=(1 << 64) - 1)
+    check.integer(owner, "min_version", min_version, example, low=0, high=(1 << 32) - 1)

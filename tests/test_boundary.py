@@ -98,6 +98,16 @@ def test_a_bad_load_option_is_refused_before_any_worker_starts(rt, bundle_dir, o
     assert rt.bundles == []
 
 
+def test_lookups_and_injections_check_their_arguments(rt, bundle_dir):
+    bundle = rt.load_bundle(bundle_dir("adder"))
+    with pytest.raises(TypeError, match=r"contract_id must be an int.*guest_contract_id\("):
+        rt.find_guest_contract("test.add", 1)
+    with pytest.raises(ValueError, match="min_version"):
+        rt.find_all_by_contract(ADD, -1)
+    with pytest.raises(TypeError, match=r"inject: each fault must be a Fault"):
+        bundle.inject("crash")
+
+
 def test_load_bundle_path_must_be_a_path(rt):
     with pytest.raises(TypeError, match=r"load_bundle: path must be a path .*load_bundle\("):
         rt.load_bundle(42)

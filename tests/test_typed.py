@@ -267,10 +267,16 @@ def test_finding_the_contract(rt, bundle_dir):
 def test_methods_describe_themselves(rt, bundle_dir):
     rt.load_bundle(bundle_dir("kitchen_sink"))
     kitchen = rt.contract("test.kitchen")
-    assert (
-        str(inspect.signature(kitchen.mixed))
-        == "(a: 'u8', b: 'f64', c: 'bool', d: 'u16', e: 'Color') -> 'Mixed'"
-    )
+    signature = inspect.signature(kitchen.mixed)  # Python types, not IDL names
+    assert [p.annotation for p in signature.parameters.values()] == [
+        int,
+        float,
+        bool,
+        int,
+        kitchen.types.Color,
+    ]
+    assert signature.return_annotation is kitchen.types.Mixed
+    assert {f.name: f.type for f in dataclasses.fields(kitchen.types.Mixed)}["e"] is kitchen.types.Color
     assert kitchen.describe.__name__ == "describe"
     assert kitchen.nothing.__doc__ == "test.kitchen.nothing() -> None (function 26)"
     assert list(kitchen.functions) == [f.name for f in KITCHEN.functions]

@@ -238,11 +238,10 @@ def _parse(text: str, annotation: Any) -> Any:
 
 
 def _show(value: Any) -> str:
-    if isinstance(value, enum.Enum):
-        return repr(value)
-    if hasattr(value, "__dataclass_fields__"):
-        return repr(value)
-    return repr(value) if isinstance(value, (bytes, str)) else str(value)
+    """A result as a script wants it: text and numbers as they are, anything else as its repr."""
+    if isinstance(value, str) or (isinstance(value, (int, float)) and not isinstance(value, enum.Enum)):
+        return str(value)
+    return "" if value is None else repr(value)
 
 
 # ---- the parser ----------------------------------------------------------------------

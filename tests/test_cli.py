@@ -198,3 +198,20 @@ def test_demo_bench_and_headers_work_from_a_plain_wheel_install(tmp_path):
     assert Path(include.stdout.strip()) == site / "polyplug_isolated" / "worker"
     assert (site / "polyplug_isolated" / "worker" / "polyplug_abi.h").is_file()
     assert (site / "polyplug_isolated" / "py.typed").is_file()
+
+
+def test_without_rich_the_output_is_plain_text(fixtures_root):
+    blocked = (
+        "import sys; sys.modules['rich'] = None; from polyplug_isolated._cli import main; sys.exit(main())"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", blocked, "inspect", str(fixtures_root / "adder")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "  1  add_primitive(a: u32, b: u32) -> u32  (a: int, b: int) -> int" in result.stdout
+    assert "┃" not in result.stdout

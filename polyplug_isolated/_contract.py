@@ -328,7 +328,7 @@ class GuestContract:
             return _crashed(where, proxy, names, self._bundle.outlook)
         if status == lib.PP_CALL_TIMEOUT:
             proxy.kill_hung(
-                f"killed after a call to {self.name} function {fn_index} timed out ({timeout:g} s)"
+                f"killed after a call to {self._where(fn_index).split(': ', 1)[1]} timed out ({timeout:g} s)"
             )
             return CallTimeout(
                 f"{where}: no answer within {timeout:g} s; the worker (pid {proxy.pid}) was killed "

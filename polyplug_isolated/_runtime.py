@@ -470,7 +470,7 @@ class Runtime:
             return
         try:
             self._on_event(event)
-        except Exception:
+        except BaseException:  # it runs on the monitor thread: not even SystemExit may end that
             _logger.exception("on_event callback raised for bundle %r (ignored)", event.bundle_name)
 
     def _report(self, phase: ReloadPhaseType, bundle: Bundle, reason: str = "") -> None:

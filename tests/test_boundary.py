@@ -157,6 +157,23 @@ def test_a_failure_deciding_a_restart_still_wakes_the_caller(rt, bundle_dir, mon
     assert crasher.proxy is None
 
 
+def test_an_on_event_callback_cannot_end_the_monitor(bundle_dir):
+    def hostile(event):
+        raise SystemExit("a callback that exits")
+
+    with Runtime(on_event=hostile, restart=RestartPolicy(max_restarts=1, backoff=0)) as rt:
+        crasher = rt.load_bundle(bundle_dir("crasher"))
+        rt.load_bundle(bundle_dir("adder"))
+        crash = rt.resolve_guest_contract(rt.find_guest_contract(guest_contract_id("test.crash", 1), 1))
+        add = rt.resolve_guest_contract(rt.find_guest_contract(ADD, 1))
+        with pytest.raises(WorkerCrashed):
+            crash.call(0, b"", 0, timeout=None)
+        assert crash.call(4, struct.pack("<I", 1), 4, timeout=10.0) == struct.pack("<I", 2)  # restarted
+        assert crasher.restarts == 1
+        assert add.call(1, pair(2, 3), 4) == struct.pack("<I", 5)
+        assert not rt._monitor.failed
+
+
 def test_a_broken_monitor_loop_fails_every_caller_and_every_later_load(bundle_dir, monkeypatch):
     """The monitor loop itself dies: calls end in errors, later loads fail, close works."""
     entered = threading.Event()

@@ -72,3 +72,12 @@ def test_readme_python_block_runs(line, code, fixtures_root, guide_build):
 def test_blocks_are_found():
     assert len(PYTHON_BLOCKS) >= 5
     assert all("python illustrative" not in code for _, code in PYTHON_BLOCKS)
+
+
+def test_the_shipped_header_cites_nothing_missing():
+    """Before: polyplug_abi.h cited ../shared/ABI.md, a file outside the repository."""
+    header = (ROOT / "worker" / "polyplug_abi.h").read_text(encoding="utf-8")
+    cited = re.findall(r"[\w./-]+\.md\b", header)
+    for name in cited:
+        assert (ROOT / "worker" / name).exists() or (ROOT / name).exists(), name
+    assert "README.md" in cited

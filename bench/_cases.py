@@ -181,7 +181,7 @@ def floor_case(floor, mode: str, plan: Plan) -> Case:
 def _inproc(request: dict[str, Any], plan: Plan) -> dict[str, Any]:
     request = {**request, "budget_s": plan.budget_s}
     proc = subprocess.run(
-        [sys.executable, "-m", "bench._inproc"],
+        [sys.executable, "-m", f"{__package__}._inproc"],
         input=json.dumps(request),
         capture_output=True,
         text=True,
@@ -321,7 +321,9 @@ def pipe_round_trip(plan: Plan, pinned=contextlib.nullcontext) -> Case:
     """The child starts unpinned (like a worker); the round trips are timed inside ``pinned()``."""
     parent, child = multiprocessing.Pipe()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench._echo", str(child.fileno())], cwd=ROOT, pass_fds=(child.fileno(),)
+        [sys.executable, "-m", f"{__package__}._echo", str(child.fileno())],
+        cwd=ROOT,
+        pass_fds=(child.fileno(),),
     )
     child.close()
     try:

@@ -13,15 +13,20 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from . import _checks as check
 from . import _protocol as proto
 from ._config import WorkerOptions
 from ._faults import Fault, FaultRecord
 from ._manifest import ManifestData
 from ._proxy import WorkerProxy
 from ._sandbox import SandboxReport
-from .errors import BundleUnavailable
+from .errors import BundleUnavailable, LoaderError
+
+if TYPE_CHECKING:
+    from ._runtime import Runtime
+    from ._typed import TypedContract
 
 
 class BundleState(enum.Enum):
@@ -67,6 +72,8 @@ class Bundle:
         self.proxy: WorkerProxy | None = None
         self.crash: WorkerProxy | None = None  # the worker whose death downed the bundle
         self.outlook = ""  # after a crash: what happens next, for error messages
+        self.farewell = ""  # once unloading: why, and what to do, for error messages
+        self.runtime: Runtime | None = None  # set by the runtime that loads it
         self._state = BundleState.LOADING
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # state, worker or restart outlook changed
@@ -128,6 +135,12 @@ class Bundle:
         self.inert, self.restart_pending = why, False
         self.proxy = self.crash = None
 
+    def unload(self) -> None:
+        """Unloads this bundle from its runtime (``runtime.unload_bundle(self)``)."""
+        if self.runtime is None:
+            raise LoaderError(f"bundle {self.name!r} was not loaded by a Runtime", bundle=self.name)
+        self.runtime.unload_bundle(self)
+
     @property
     def pid(self) -> int | None:
         """The current worker's PID (None when no worker serves the bundle)."""
@@ -157,7 +170,9 @@ class Bundle:
             for c in proxy.contracts
         ]
 
-    def contract(self, name: str | int, min_version: int = 1, api: str | os.PathLike[str] | None = None):
+    def contract(
+        self, name: str | int, min_version: int = 1, api: str | os.PathLike[str] | None = None
+    ) -> TypedContract:
         """This bundle's provider of guest contract ``name`` as a typed proxy (see Runtime.contract);
         ``api`` defaults to the api.toml beside its manifest."""
         from ._typed import open_bundle_contract  # _typed needs _contract, which needs this module
@@ -184,6 +199,8 @@ class Bundle:
         Faults live in one worker: a restart or reload starts clean (only the
         ``faults=`` given to load_bundle are armed again at each start).
         """
+        for fault in faults:
+            check.instance("inject", "each fault", fault, Fault, "bundle.inject(Fault.crash().on_call(3))")
         if any(fault.init for fault in faults):
             raise ValueError("faults during_init() act at load: pass them to load_bundle(faults=...)")
         armed = [(next(self._fault_ids), fault) for fault in faults]
@@ -203,7 +220,8 @@ class Bundle:
 
     def record_fault(self, proxy: WorkerProxy, message: dict[str, Any]) -> None:
         """Monitor thread: a fault fired in ``proxy``'s worker."""
-        fault = self._faults.get(message.get("id"))
+        fault_id = message.get("id")
+        fault = self._faults.get(fault_id) if isinstance(fault_id, int) else None
         if fault is None:
             return
         contract = message.get("contract", -1)

@@ -26,7 +26,7 @@ import posix_ipc
 from ._channel_ffi import ffi, lib
 
 # What the C calls take as args: bytes as they are, other buffers through ffi.from_buffer.
-Buffer = bytes | bytearray | memoryview
+BytesLike = bytes | bytearray | memoryview
 
 WAIT_MODES = {"auto": lib.PP_WAIT_AUTO, "spin": lib.PP_WAIT_SPIN, "block": lib.PP_WAIT_BLOCK}
 
@@ -121,7 +121,8 @@ class Channel:
     @property
     def fd(self) -> int:
         """The segment's fd, to pass to the worker."""
-        return self._memory.fd
+        fd: int = self._memory.fd
+        return fd
 
     def close_fd(self) -> None:
         """Drops the host's fd once the worker has its own (the mapping stays)."""
@@ -195,7 +196,7 @@ class Channel:
 
     # ---- calls -------------------------------------------------------------------
 
-    def call(self, contract: int, function: int, args: Buffer, out_size: int, timeout: float) -> bytes:
+    def call(self, contract: int, function: int, args: BytesLike, out_size: int, timeout: float) -> bytes:
         """One call (timeout < 0: none); returns the out bytes or raises ChannelFailure."""
         # A bytearray, not ffi.new: big cffi buffers come from fresh pages, and
         # their first-touch faults cost more than the copy (1 MiB: ~2 ms vs ~0.2 ms).
@@ -221,7 +222,7 @@ class Channel:
         self,
         contract: int,
         function: int,
-        packed: Buffer,
+        packed: BytesLike,
         record: int,
         count: int,
         out_size: int,
@@ -242,14 +243,14 @@ class Channel:
         )
         if status != lib.PP_CALL_OK:
             raise ChannelFailure.last(status)
-        return ffi.buffer(out, count * out_size)[:] if out_size else b""
+        return bytes(ffi.buffer(out, count * out_size)) if out_size else b""
 
     def call_ex(
         self,
         contract: int,
         function: int,
         instance: int,
-        args: Buffer,
+        args: BytesLike,
         fixups: list[tuple[int, int]],
         out_size: int,
         ret_cap: int,
@@ -306,7 +307,7 @@ class Channel:
 
     @property
     def inflight(self) -> int:
-        return lib.pp_conn_inflight(self.conn)
+        return int(lib.pp_conn_inflight(self.conn))
 
     @property
     def counters(self) -> tuple[int, int]:

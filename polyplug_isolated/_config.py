@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from . import _checks as check
 from ._faults import Fault
 
 if TYPE_CHECKING:
@@ -32,13 +34,13 @@ class RestartPolicy:
     max_backoff: float = 5.0
     jitter: float = 0.5
 
-    def __post_init__(self):
-        if self.max_restarts < 0 or self.backoff < 0 or self.max_backoff < 0:
-            raise ValueError("RestartPolicy: max_restarts, backoff and max_backoff must not be negative")
-        if self.window <= 0:
-            raise ValueError("RestartPolicy: window must be positive")
-        if not 0 <= self.jitter <= 1:
-            raise ValueError("RestartPolicy: jitter is a fraction between 0 and 1")
+    def __post_init__(self) -> None:
+        owner = "RestartPolicy"
+        check.integer(owner, "max_restarts", self.max_restarts, "RestartPolicy(max_restarts=3)", low=0)
+        check.number(owner, "backoff", self.backoff, "RestartPolicy(backoff=0.05)", low=0)
+        check.number(owner, "max_backoff", self.max_backoff, "RestartPolicy(max_backoff=5.0)", low=0)
+        check.number(owner, "window", self.window, "RestartPolicy(window=60.0)", positive=True)
+        check.number(owner, "jitter", self.jitter, "RestartPolicy(jitter=0.5)", low=0, high=1)
 
 
 @dataclass(frozen=True)
@@ -90,30 +92,38 @@ class RuntimeConfig:
     prestart: bool = False
     containment: bool = True
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
+        owner = "Runtime"
         if self.wait not in WAITS:
-            raise ValueError(f"wait must be one of {WAITS}, not {self.wait!r}")
-        if not 1 <= self.slots <= 4096:  # PP_MAX_SLOTS
-            raise ValueError(f"slots must be between 1 and 4096, not {self.slots}")
-        if self.max_threads is not None and not 1 <= self.max_threads <= self.slots:
-            raise ValueError(
-                f"max_threads must be between 1 and slots ({self.slots}), not {self.max_threads}"
+            raise ValueError(f'{owner}: wait must be one of {WAITS}, not {self.wait!r}; e.g. wait="auto"')
+        check.integer(owner, "slots", self.slots, "slots=64", low=1, high=4096)  # PP_MAX_SLOTS
+        check.integer(
+            owner, "payload_capacity", self.payload_capacity, "payload_capacity=65536", low=8, high=1 << 30
+        )
+        check.integer(
+            owner, "arena_capacity", self.arena_capacity, "arena_capacity=4 << 20", low=0, high=(1 << 32) - 1
+        )
+        if self.max_threads is not None:
+            check.integer(owner, "max_threads", self.max_threads, "max_threads=8", low=1, high=self.slots)
+        if self.thread_idle_timeout is not None:
+            check.number(
+                owner,
+                "thread_idle_timeout",
+                self.thread_idle_timeout,
+                "thread_idle_timeout=60.0",
+                positive=True,
             )
-        if self.thread_idle_timeout is not None and not 0.001 <= self.thread_idle_timeout <= 4e6:
-            raise ValueError(
-                f"thread_idle_timeout must be None or 0.001..4e6 seconds, not {self.thread_idle_timeout}"
-            )
-        if not 8 <= self.payload_capacity <= 1 << 30:
-            raise ValueError(
-                f"payload_capacity must be between 8 bytes and 1 GiB, not {self.payload_capacity}"
-            )
+            if not 0.001 <= self.thread_idle_timeout <= 4e6:
+                raise ValueError(
+                    f"{owner}: thread_idle_timeout must be None or 0.001..4e6 seconds, "
+                    f"not {self.thread_idle_timeout}; e.g. thread_idle_timeout=60.0"
+                )
         for name in ("drain_timeout", "load_timeout", "close_grace"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive")
-        if self.call_timeout is not None and self.call_timeout <= 0:
-            raise ValueError("call_timeout must be positive or None")
-        if self.spin_ns < 0:
-            raise ValueError("spin_ns must not be negative")
+            check.number(owner, name, getattr(self, name), f"{name}=10.0", positive=True)
+        check.timeout(owner, "call_timeout", self.call_timeout, "call_timeout=5.0")
+        check.integer(owner, "spin_ns", self.spin_ns, "spin_ns=50_000", low=0)
+        check.instance(owner, "restart", self.restart, RestartPolicy, "restart=RestartPolicy(max_restarts=3)")
+        check.flag(owner, "prestart", self.prestart, "prestart=True")
 
 
 @dataclass(frozen=True)
@@ -130,10 +140,9 @@ class ResourceLimits:
     cpu_seconds: int | None = None
     open_files: int | None = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         for name, value in self.as_dict().items():
-            if value <= 0:
-                raise ValueError(f"ResourceLimits.{name} must be positive, not {value}")
+            check.integer("ResourceLimits", name, value, f"ResourceLimits({name}=256)", low=1)
 
     def as_dict(self) -> dict[str, int]:
         """The limits that are set, by name."""
@@ -181,3 +190,46 @@ class WorkerOptions:
             paths = [*self.library_path, *filter(None, env.get("LD_LIBRARY_PATH", "").split(os.pathsep))]
             env["LD_LIBRARY_PATH"] = os.pathsep.join(paths)
         return env
+
+
+def worker_options(
+    env: Mapping[str, str] | None,
+    inherit_env: bool,
+    cwd: str | os.PathLike[str] | None,
+    library_path: Iterable[str | os.PathLike[str]],
+    limits: ResourceLimits | None,
+    faults: Iterable[Fault],
+) -> WorkerOptions:
+    """load_bundle's keyword arguments, checked, as WorkerOptions."""
+    owner = "load_bundle"
+    if env is not None and (
+        not isinstance(env, Mapping)
+        or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())
+    ):
+        raise TypeError(f'{owner}: env must map str to str, not {env!r:.80}; e.g. env={{"MODE": "prod"}}')
+    check.flag(owner, "inherit_env", inherit_env, "inherit_env=False")
+    if isinstance(library_path, (str, bytes, os.PathLike)):
+        raise TypeError(
+            f"{owner}: library_path is a list of directories, not one path; "
+            f'e.g. library_path=["{os.fsdecode(library_path)}"]'
+        )
+    if isinstance(limits, Mapping):
+        raise TypeError(
+            f"{owner}: limits must be a ResourceLimits, not a dict; "
+            f"e.g. limits=ResourceLimits({', '.join(f'{k}={v!r}' for k, v in limits.items())})"
+        )
+    faults = tuple(faults)
+    for fault in faults:
+        check.instance(owner, "faults", fault, Fault, "faults=[Fault.crash().during_init()]")
+    return WorkerOptions(
+        env=tuple(sorted((env or {}).items())),
+        inherit_env=inherit_env,
+        cwd=None if cwd is None else check.path(owner, "cwd", cwd, 'cwd="/srv/plugin"'),
+        library_path=tuple(
+            check.path(owner, "library_path", p, 'library_path=["/opt/plugin/lib"]') for p in library_path
+        ),
+        limits=check.optional(
+            owner, "limits", limits, ResourceLimits, "limits=ResourceLimits(cpu_seconds=60)"
+        ),
+        faults=faults,
+    )

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from . import _checks as check
 from ._async import Reactor
 from ._bundle import Bundle, BundleState
-from ._channel import ChannelFailure
+from ._channel import BytesLike, ChannelFailure
 from ._channel_ffi import lib
 from .errors import (
     BundleUnavailable,
@@ -26,10 +27,24 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from typing_extensions import Buffer  # collections.abc.Buffer from Python 3.12
+
     from ._config import RuntimeConfig
     from ._proxy import WorkerProxy
 
-_DEFAULT = object()
+
+class _Default(enum.Enum):
+    """The timeout a call takes when given none: its Runtime's ``call_timeout``."""
+
+    CALL_TIMEOUT = "call_timeout"
+
+    def __repr__(self) -> str:  # what help() and inspect.signature show as the default
+        return "<Runtime call_timeout>"
+
+
+_DEFAULT = _Default.CALL_TIMEOUT
 _call_small = lib.pp_call_small
 _PENDING = -lib.PP_CALL_PENDING
 _NO_LEASE = -lib.PP_CALL_LEASE_LOST
@@ -75,9 +90,10 @@ class GuestContract:
         self.name = ""
         self.version: tuple[int, int, int] = (0, 0, 0)
         self.function_count = 0
+        self.function_names: dict[int, str] = {}  # index -> name, when an api.toml told (typed calls)
         # (worker, its conn, the contract's index there), replaced in one
         # assignment so that threads calling at once never mix two workers';
-        self._binding: tuple = (None, None, 0)
+        self._binding: tuple[Any, Any, int] = (None, None, 0)
         self._timeout = _seconds(config.call_timeout)
         self._bind(bundle.proxy)
 
@@ -85,7 +101,7 @@ class GuestContract:
     def bundle(self) -> Bundle:
         return self._bundle
 
-    def route(self, wait: float = 0.0) -> tuple:
+    def route(self, wait: float = 0.0) -> tuple[WorkerProxy, Any, int]:
         """(worker proxy, conn, contract index) of the worker that serves the bundle now.
 
         While a restart is pending, waits for it up to ``wait`` seconds (< 0: no limit).
@@ -97,7 +113,7 @@ class GuestContract:
             proxy = self._bundle.proxy
         return binding if proxy is binding[0] else self._bind(proxy)
 
-    def _bind(self, proxy: WorkerProxy | None) -> tuple:
+    def _bind(self, proxy: WorkerProxy | None) -> tuple[WorkerProxy, Any, int]:
         if proxy is None:
             raise self._unavailable()
         for contract in proxy.contracts:
@@ -121,7 +137,7 @@ class GuestContract:
         args: bytes | bytearray | memoryview,
         out_size: int,
         *,
-        timeout: float | None = _DEFAULT,
+        timeout: float | _Default | None = _DEFAULT,
     ) -> bytes:
         """Calls ``functions[fn_index](instance, args, out, &err)`` in the worker.
 
@@ -142,7 +158,7 @@ class GuestContract:
         if timeout is _DEFAULT:
             proxy, conn, index = self._binding
             try:
-                value = _call_small(conn, index, fn_index, args, len(args), out_size, self._timeout)
+                value: int = _call_small(conn, index, fn_index, args, len(args), out_size, self._timeout)
             except (TypeError, OverflowError):
                 pass  # an index or size C cannot take: the full path says what is wrong
             else:
@@ -158,7 +174,7 @@ class GuestContract:
                     return self._failed(ChannelFailure.last(-value), proxy, fn_index, args, out_size, timeout)
         return self._call(fn_index, args, out_size, timeout)
 
-    def _call(self, fn_index, args, out_size, timeout) -> bytes:
+    def _call(self, fn_index: int, args: Any, out_size: int, timeout: float | _Default | None) -> bytes:
         wait = self._timeout if timeout is _DEFAULT else _seconds(timeout)
         proxy, _, index = self.route(wait)
         if type(fn_index) is not int or not 0 <= fn_index < self.function_count:
@@ -170,12 +186,19 @@ class GuestContract:
         if len(args) + out_size > proxy.channel.arena_cap:  # refused before the out is allocated
             raise self._error(ChannelFailure(lib.PP_CALL_TOO_LARGE), proxy, fn_index, wait)
         try:
-            return proxy.channel.call(index, fn_index, args, out_size, wait)
+            out: bytes = proxy.channel.call(index, fn_index, args, out_size, wait)
         except ChannelFailure as failure:
             return self._failed(failure, proxy, fn_index, args, out_size, timeout)
+        return out
 
     def _failed(
-        self, failure: ChannelFailure, proxy: WorkerProxy, fn_index, args, out_size, timeout
+        self,
+        failure: ChannelFailure,
+        proxy: WorkerProxy,
+        fn_index: int,
+        args: Any,
+        out_size: int,
+        timeout: float | _Default | None,
     ) -> bytes:
         """Retries a call a reload turned away before sending it; raises anything else."""
         wait = self._timeout if timeout is _DEFAULT else _seconds(timeout)
@@ -238,7 +261,12 @@ class GuestContract:
             raise self._error(failure, proxy, fn_index, wait) from None
 
     def call_many(
-        self, fn_index: int, args_list, out_size: int, *, timeout: float | None = _DEFAULT
+        self,
+        fn_index: int,
+        args_list: Iterable[BytesLike],
+        out_size: int,
+        *,
+        timeout: float | _Default | None = _DEFAULT,
     ) -> list[bytes]:
         """Calls one function once per args in ``args_list`` (all the same length), in order.
 
@@ -263,7 +291,13 @@ class GuestContract:
         return [out[i : i + out_size] for i in range(0, len(out), out_size)]
 
     def call_packed(
-        self, fn_index: int, packed, record_size: int, out_size: int, *, timeout: float | None = _DEFAULT
+        self,
+        fn_index: int,
+        packed: Buffer,
+        record_size: int,
+        out_size: int,
+        *,
+        timeout: float | _Default | None = _DEFAULT,
     ) -> bytes:
         """Calls one function over ``len(packed) // record_size`` packed args records.
 
@@ -308,8 +342,10 @@ class GuestContract:
         """True when a reload switched workers under a call that was never sent."""
         return failure.status == lib.PP_CALL_UNAVAILABLE and self._bundle.proxy not in (None, proxy)
 
-    def _where(self, fn_index: int) -> str:
-        return f"bundle {self._bundle.name!r}: {self.name}@{self.version[0]} function {fn_index}"
+    def _where(self, fn_index: object) -> str:
+        name = self.function_names.get(fn_index) if isinstance(fn_index, int) else None
+        function = f".{name}() (function {fn_index})" if name else f" function {fn_index}"
+        return f"bundle {self._bundle.name!r}: {self.name}@{self.version[0]}{function}"
 
     def _unavailable(self) -> BundleUnavailable:
         bundle = self._bundle
@@ -317,7 +353,7 @@ class GuestContract:
         if bundle.inert:
             return BundleUnavailable(f"bundle {bundle.name!r}: {bundle.inert}", bundle=bundle.name)
         if state in (BundleState.DRAINING, BundleState.UNLOADED):
-            why = "it is being unloaded or was unloaded; load it again to call it"
+            why = bundle.farewell or "it is being unloaded or was unloaded; load it again to call it"
         elif state is BundleState.RESTARTING:
             why = "a fresh worker is starting after a crash; retry shortly"
         elif bundle.crash is not None and bundle.crash.death is not None:
@@ -326,7 +362,12 @@ class GuestContract:
             why = "it is being unloaded or was unloaded; load it again to call it"
         return BundleUnavailable(f"bundle {bundle.name!r} is {state.name}: {why}", bundle=bundle.name)
 
-    def _no_such_function(self, fn_index: object) -> PluginCallError:
+    def _no_such_function(self, fn_index: object) -> Exception:
+        if isinstance(fn_index, bool) or not isinstance(fn_index, int):
+            return TypeError(
+                f"{self._where(fn_index)}: a function index is an int, not {type(fn_index).__name__}; "
+                f"e.g. call(1, args, out_size) (indices 0..{self.function_count - 1})"
+            )
         return PluginCallError(
             f"{self._where(fn_index)}: no such function (FunctionNotAvailable): the contract has "
             f"{self.function_count} functions, indices 0..{self.function_count - 1}",
@@ -336,10 +377,14 @@ class GuestContract:
             function=fn_index,
         )
 
-    def _error(self, failure: ChannelFailure, proxy: WorkerProxy, fn_index: int, timeout: float) -> Exception:
+    def _error(
+        self, failure: ChannelFailure, proxy: WorkerProxy, fn_index: int | str, timeout: float
+    ) -> Exception:
         where = self._where(fn_index)
-        names = {"bundle": self._bundle.name, "function": fn_index}
+        names: dict[str, Any] = {"bundle": self._bundle.name, "function": fn_index}
         status = failure.status
+        if status == lib.PP_CALL_PLUGIN_ERROR and type(fn_index) is int and fn_index >= self.function_count:
+            return self._no_such_function(fn_index)  # the worker's own refusal of the index, said once
         if status == lib.PP_CALL_PLUGIN_ERROR:
             return PluginCallError(
                 f"{where} failed with AbiError code {failure.code} ({code_name(failure.code)}): "
@@ -351,10 +396,10 @@ class GuestContract:
         if status == lib.PP_CALL_UNAVAILABLE:
             return self._unavailable()
         if status == lib.PP_CALL_DEAD:
-            return _crashed(where, proxy, names)
+            return _crashed(where, proxy, names, self._bundle.outlook)
         if status == lib.PP_CALL_TIMEOUT:
             proxy.kill_hung(
-                f"killed after a call to {self.name} function {fn_index} timed out ({timeout:g} s)"
+                f"killed after a call to {self._where(fn_index).split(': ', 1)[1]} timed out ({timeout:g} s)"
             )
             return CallTimeout(
                 f"{where}: no answer within {timeout:g} s; the worker (pid {proxy.pid}) was killed "
@@ -392,12 +437,12 @@ def _seconds(timeout: float | None) -> float:
     """A timeout as the C side takes it: seconds, negative for none."""
     if timeout is None:
         return -1.0
-    if timeout <= 0:
-        raise ValueError(f"timeout must be positive or None, not {timeout!r}")
-    return float(timeout)
+    return float(
+        check.number("call", "timeout", timeout, "timeout=5.0 (or None for no limit)", positive=True)
+    )
 
 
-def _as_bytes_view(args: object) -> memoryview:
+def _as_bytes_view(args: Any) -> memoryview:
     try:
         view = memoryview(args)
     except TypeError:
@@ -411,16 +456,22 @@ def _last_lines(text: str, lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:]) or "(none)"
 
 
-def _crashed(where: str, proxy: WorkerProxy, names: dict) -> WorkerCrashed:
+def _crashed(where: str, proxy: WorkerProxy, names: dict[str, Any], outlook: str) -> WorkerCrashed:
     death = proxy.death
     if death is None:  # pragma: no cover - mark_dead always follows the death record
         return WorkerCrashed(f"{where}: the worker died", **names)
     cause = f" ({death.kill_reason})" if death.kill_reason else ""
-    return WorkerCrashed(
+    outlook = outlook or "reload the bundle to call it again"
+    message = (
         f"{where}: the worker (pid {proxy.pid}) {death.description}{cause} during the call; "
-        f"its outcome is unknown. Last output (all of it in .stderr_tail):\n{_last_lines(death.output_tail)}",
+        f"its outcome is unknown.\n{outlook[0].upper()}{outlook[1:]}; the worker's native stack and "
+        "last output are in .report"
+    )
+    return WorkerCrashed(
+        message,
         signal=death.signal,
         exitcode=death.exitcode,
         stderr_tail=death.output_tail,
+        report=f"{message}\n\nLast output of the worker:\n{_last_lines(death.output_tail, 200)}",
         **names,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import struct
 import time
+from collections.abc import Callable
 
 from ._fixtures import fixture_path
 from ._ids import guest_contract_id
@@ -20,7 +21,7 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms"
 
 
-def run_demo(out=print) -> int:
+def run_demo(out: Callable[[str], object] = print) -> int:
     """Runs the demo, printing each step and a report; returns an exit status."""
     adder_dir, crasher_dir = fixture_path("adder"), fixture_path("crasher")
     report: list[tuple[str, str]] = []

@@ -23,6 +23,8 @@ import signal as signals
 from dataclasses import dataclass
 from typing import Any
 
+from . import _checks as check
+
 
 class FaultKind(enum.Enum):
     CRASH = 0
@@ -68,13 +70,13 @@ class Fault:
     @classmethod
     def crash(cls, sig: int = signals.SIGSEGV) -> Fault:
         """The worker dies of ``sig`` (SIGSEGV, SIGABRT, SIGKILL, SIGBUS, ...)."""
+        check.integer("Fault.crash", "sig", sig, "Fault.crash(signal.SIGSEGV)", low=1, high=64)
         return cls(FaultKind.CRASH, arg=int(signals.Signals(sig)))
 
     @classmethod
     def exit(cls, code: int = 1) -> Fault:
         """The worker calls ``_exit(code)``."""
-        if not 0 <= code <= 255:
-            raise ValueError(f"Fault.exit: an exit status is 0..255, not {code}")
+        check.integer("Fault.exit", "code", code, "Fault.exit(3)", low=0, high=255)
         return cls(FaultKind.EXIT, arg=code)
 
     @classmethod
@@ -85,15 +87,16 @@ class Fault:
     @classmethod
     def delay(cls, ms: int) -> Fault:
         """The call runs ``ms`` milliseconds late."""
-        if ms < 0:
-            raise ValueError(f"Fault.delay: ms must not be negative, not {ms}")
+        check.integer("Fault.delay", "ms", ms, "Fault.delay(ms=5)", low=0)
         return cls(FaultKind.DELAY, arg=ms)
 
     @classmethod
     def error(cls, code: int = 1, message: str = "injected fault") -> Fault:
         """The plugin is not called; the call answers AbiError(code, message)."""
-        if not 0 < code < 1 << 32:
-            raise ValueError(f"Fault.error: code must be a non-zero u32 (0 is Ok), not {code}")
+        check.integer(
+            "Fault.error", "code (0 is Ok)", code, "Fault.error(code=300)", low=1, high=(1 << 32) - 1
+        )
+        check.instance("Fault.error", "message", message, str, 'Fault.error(300, message="injected")')
         if len(message.encode()) > _MESSAGE_CAP:
             raise ValueError(f"Fault.error: message is longer than {_MESSAGE_CAP} bytes")
         return cls(FaultKind.ERROR, arg=code, message=message)
@@ -106,8 +109,7 @@ class Fault:
     @classmethod
     def leak(cls, mb: int) -> Fault:
         """``mb`` MiB are allocated, touched and never freed; past a limit, the worker aborts."""
-        if mb <= 0:
-            raise ValueError(f"Fault.leak: mb must be positive, not {mb}")
+        check.integer("Fault.leak", "mb", mb, "Fault.leak(mb=64)", low=1)
         return cls(FaultKind.LEAK, arg=mb)
 
     @classmethod
@@ -134,18 +136,20 @@ class Fault:
 
     def with_probability(self, p: float, seed: int = 0) -> Fault:
         """Fires on each matching call with probability ``p``, from a generator seeded with ``seed``."""
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"with_probability: p is 0..1, not {p}")
+        check.number("with_probability", "p", p, "with_probability(0.1, seed=42)", low=0.0, high=1.0)
+        check.integer("with_probability", "seed", seed, "with_probability(0.1, seed=42)")
         return dataclasses.replace(self, trigger=Trigger.PROBABILITY, probability=p, seed=seed & (2**64 - 1))
 
     def after(self, seconds: float) -> Fault:
         """Fires on matching calls once ``seconds`` have passed since it was injected."""
-        if seconds < 0:
-            raise ValueError(f"after: seconds must not be negative, not {seconds}")
+        check.number("after", "seconds", seconds, "after(2.0)", low=0)
         return dataclasses.replace(self, trigger=Trigger.AFTER, after_s=seconds)
 
     def only(self, contract: str | None = None, function: int | None = None) -> Fault:
         """Fires only on calls to this contract (its registered name) and/or function index."""
+        check.optional("only", "contract", contract, str, 'only(contract="test.add")')
+        if function is not None:
+            check.integer("only", "function", function, "only(function=0)", low=0)
         if contract is not None and len(contract.encode()) > _CONTRACT_CAP:
             raise ValueError(f"only: contract name is longer than {_CONTRACT_CAP} bytes")
         if function is not None and function < 0:
@@ -195,5 +199,4 @@ class FaultRecord:
 
 
 def _positive(name: str, n: int) -> None:
-    if type(n) is not int or n < 1:
-        raise ValueError(f"{name}: n must be a positive int, not {n!r}")
+    check.integer(name, "n", n, f"{name}(2)", low=1)

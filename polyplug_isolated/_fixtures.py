@@ -32,6 +32,8 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from ._paths import SOURCE_TREE, cache_dir, get_include, package_dir
+
 __all__ = [
     "FIXTURES_DIR",
     "FixtureBuildError",
@@ -40,8 +42,11 @@ __all__ = [
     "fixture_path",
 ]
 
-FIXTURES_DIR = Path(__file__).resolve().parent.parent / "fixtures"
-_WORKER_DIR = FIXTURES_DIR.parent / "worker"
+# The fixture sources: the repository's fixtures/, or the copy a wheel ships as
+# package data (``pip install .``), built into the user's cache instead.
+FIXTURES_DIR = package_dir("polyplug_isolated.fixtures", SOURCE_TREE / "fixtures")
+_WORKER_DIR = Path(get_include())
+BUILD_DIR = FIXTURES_DIR / "build" if FIXTURES_DIR.parent == SOURCE_TREE else cache_dir() / "fixtures"
 _CFLAGS = ("-std=c11", "-O2", "-fPIC", "-shared", "-Wall", "-Wextra", "-Werror")
 _COPIED_FILES = ("manifest.toml", "api.toml")
 
@@ -73,7 +78,7 @@ def build_fixtures(
     :data:`FIXTURES_DIR`). Up-to-date bundles are left untouched.
     """
     src_root = FIXTURES_DIR if source_dir is None else Path(source_dir)
-    out = FIXTURES_DIR / "build" if out_dir is None else Path(out_dir)
+    out = BUILD_DIR if out_dir is None else Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for name in fixture_names(src_root) if names is None else names:
         _build_one(name, src_root / name, out)

@@ -27,6 +27,7 @@ import keyword
 import os
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -339,7 +340,9 @@ class _Parser:
 
     # ---- structs --------------------------------------------------------------------
 
-    def struct_tables(self, items: list[dict[str, Any]], enums: dict[str, Enum]) -> dict[str, list]:
+    def struct_tables(
+        self, items: list[dict[str, Any]], enums: dict[str, Enum]
+    ) -> dict[str, list[tuple[str, str, str]]]:
         declared: dict[str, list[tuple[str, str, str]]] = {}
         for i, raw in enumerate(items):
             name = self.name(raw, f"[[types]] #{i}")
@@ -351,7 +354,7 @@ class _Parser:
                 raise self.fail(where, f"{name!r} is also declared as an [[enum]]")
             if name in declared:
                 raise self.fail(where, "declared twice")
-            fields = []
+            fields: list[tuple[str, str, str]] = []
             for j, field in enumerate(self.tables(raw, "fields", where)):
                 fname = self.name(field, f"{where} field #{j}")
                 fwhere = f"{where} field {fname!r}"
@@ -364,7 +367,9 @@ class _Parser:
             declared[name] = fields
         return declared
 
-    def resolve_structs(self, declared: dict[str, list], enums: dict[str, Enum]) -> dict[str, Struct]:
+    def resolve_structs(
+        self, declared: dict[str, list[tuple[str, str, str]]], enums: dict[str, Enum]
+    ) -> dict[str, Struct]:
         """Builds each struct after the structs it contains; a struct reached again is a cycle."""
         done: dict[str, Struct] = {}
         path: list[str] = []
@@ -391,13 +396,21 @@ class _Parser:
             build(name)
         return done
 
-    def lookup(self, name: str, enums: dict[str, Enum], structs: dict, where: str, build=None) -> Type:
+    def lookup(
+        self,
+        name: str,
+        enums: dict[str, Enum],
+        structs: dict[str, Any],
+        where: str,
+        build: Callable[[str], Struct] | None = None,
+    ) -> Type:
         if name in BUILTINS:
             return BUILTINS[name]
         if name in enums:
             return enums[name]
         if name in structs:
-            return build(name) if build is not None else structs[name]
+            found: Type = build(name) if build is not None else structs[name]
+            return found
         if name in _VOID:
             raise self.fail(where, f"{name!r} is only valid as a function return (it means no return)")
         if name.startswith("Array"):
@@ -450,7 +463,9 @@ class _Parser:
             )
         return Contract(name, version, tuple(functions), host), key
 
-    def returns(self, raw: dict[str, Any], enums: dict, structs: dict, where: str) -> Type | None:
+    def returns(
+        self, raw: dict[str, Any], enums: dict[str, Enum], structs: dict[str, Struct], where: str
+    ) -> Type | None:
         value = raw.get("return")
         if value is None:
             return None

@@ -7,7 +7,7 @@ cffi's sizes and offsets each type gets a ``struct`` module format with the
 padding spelled out (``=`` order: native byte order, no implicit alignment),
 checked against cffi's size, so packing a call is one ``Struct.pack``.
 
-Argument records follow polyplug's native dispatch (ABI.md): no parameter, no
+Argument records follow polyplug's native dispatch (its ABI): no parameter, no
 record; one parameter, the value itself; two or more, one C struct of all of
 them in declaration order (``pp_args_<contract>_<function>``).
 

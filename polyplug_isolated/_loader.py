@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -22,7 +23,7 @@ class BundleSource:
     value: object
 
     @classmethod
-    def path(cls, path) -> BundleSource:
+    def path(cls, path: str | os.PathLike[str]) -> BundleSource:
         return cls("path", path)
 
     @classmethod

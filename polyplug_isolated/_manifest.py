@@ -1,6 +1,6 @@
 """manifest.toml of a native bundle: parse, validate, pick this platform's library.
 
-Follows what polyplug 0.1.3 accepts (ABI.md, POLYPLUG_V1_SPEC.md §E), with two
+Follows what polyplug 0.1.3 accepts (its manifest parser and runtime checks), with two
 deliberate differences: ``version`` is checked before the library is touched
 (0.1.3 checks it after init has run), and the library path is confined to the
 bundle directory here, in the host, before any process starts.
@@ -8,12 +8,15 @@ bundle directory here, in the host, before any process starts.
 
 from __future__ import annotations
 
+import difflib
 import errno
+import logging
 import os
 import platform
 import re
 import stat
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +24,7 @@ from typing import Any
 from ._dependencies import Dependency, parse_dependencies
 from ._ids import bundle_id as expected_bundle_id
 from ._oserrors import describe, describe_path, loader_errors
-from .errors import InitFailed, ManifestError, ManifestMissingFile
+from .errors import InitFailed, LoaderError, ManifestError, ManifestMissingFile
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -29,6 +32,21 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 NATIVE_LOADER = "native"
+# What polyplug 0.1.3 reads (POLYPLUG_V1_SPEC.md §E); it ignores any other key, so
+# an unknown one is only warned about, with the known key it most resembles.
+KNOWN_KEYS = (
+    "name",
+    "id",
+    "version",
+    "loader",
+    "file",
+    "provides",
+    "function_count",
+    "needs_reinit_on_dep_reload",
+    "bundle_dependencies",
+    "dependency",
+)
+_logger = logging.getLogger("polyplug_isolated")
 # ASCII digits only, matched whole (``$`` would admit a trailing newline).
 _PROVIDES = re.compile(r"(?P<name>[^@\s]+)(@(?P<version>[0-9]+(\.[0-9]+){0,2}))?")
 _OS_NAMES = {"linux": "linux", "darwin": "macos", "win32": "windows"}
@@ -133,10 +151,20 @@ def read_capped(path: Path, cap: int = MAX_MANIFEST_BYTES) -> bytes:
 def _validate(
     raw: dict[str, Any], directory: Path, manifest_path: Path, check_function_counts: bool = True
 ) -> ManifestData:
-    def fail(message: str, error: type[ManifestError] | type[ManifestMissingFile] = ManifestError):
+    def fail(
+        message: str, error: type[ManifestError] | type[ManifestMissingFile] = ManifestError
+    ) -> LoaderError:
         return error(f"bundle {bundle!r}: {manifest_path}: {message}", bundle=bundle)
 
     bundle = str(directory)
+    for key in unknown_keys(raw):
+        _logger.warning(
+            "bundle at %s: %s: unknown key %r is ignored%s",
+            directory,
+            manifest_path,
+            key,
+            did_you_mean(key, KNOWN_KEYS),
+        )
     name = raw.get("name")
     if not isinstance(name, str) or not name:
         raise fail("`name` is required and must be a non-empty string")
@@ -199,6 +227,12 @@ def _validate(
     )
     for entry in provides if check_function_counts else ():
         key = f"{entry.split('@', 1)[0]}@{data.version_major}"
+        if key not in function_count and not version:
+            raise fail(
+                f"`version` is missing, so provides {entry!r} needs [function_count] key {key!r}: "
+                f'add e.g. `version = "1.0.0"` (its major keys [function_count]: '
+                f'`"{entry.split("@", 1)[0]}@1" = <count>`)'
+            )
         if key not in function_count:
             raise fail(f"provides {entry!r} but [function_count] has no key {key!r}: add `{key!r} = <count>`")
     return data
@@ -211,6 +245,24 @@ def _flag(raw: dict[str, Any], key: str, fail) -> bool:
     return value
 
 
+def read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file as a dict (for tools; parse_manifest reports its errors itself)."""
+    with open(path, "rb") as file:
+        data: dict[str, Any] = tomllib.load(file)
+    return data
+
+
+def unknown_keys(raw: dict[str, Any]) -> list[str]:
+    """Top-level keys polyplug does not read (a typo such as ``provide``), in file order."""
+    return [key for key in raw if key not in KNOWN_KEYS]
+
+
+def did_you_mean(word: str, choices: tuple[str, ...] | list[str]) -> str:
+    """``"; did you mean 'x'?"`` for the closest of ``choices``, or ``""``."""
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 def _is_version(text: str, parts: tuple[int, ...] = (2, 3)) -> bool:
     """major.minor[.patch] (or the given part counts), ASCII digits, each a u32 as in polyplug's Version."""
     numbers = text.split(".")
@@ -221,7 +273,7 @@ def _is_version(text: str, parts: tuple[int, ...] = (2, 3)) -> bool:
     )
 
 
-def _library_path(spec: Any, directory: Path, fail) -> Path:
+def _library_path(spec: Any, directory: Path, fail: Callable[..., LoaderError]) -> Path:
     key = platform_key()
     if isinstance(spec, dict):
         os_name, arch = key.split(".")

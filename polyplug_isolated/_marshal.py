@@ -12,6 +12,7 @@ import enum
 import numbers
 import operator
 import struct
+from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -26,7 +27,8 @@ class _Bad(Exception):
 
     def __init__(self, error: type[Exception], message: str):
         super().__init__(message)
-        self.error, self.message, self.path = error, message, []
+        self.error, self.message = error, message
+        self.path: list[str] = []
 
 
 class _Breach(Exception):
@@ -55,10 +57,10 @@ class _Tail:
 class _Codec:
     """Python value <-> the flat values of one type's struct format."""
 
-    def encode(self, value: Any, flat: list, tail: _Tail) -> None:
+    def encode(self, value: Any, flat: list[Any], tail: _Tail) -> None:
         raise NotImplementedError
 
-    def decode(self, items, ret: bytes) -> Any:
+    def decode(self, items: Iterator[Any], ret: bytes) -> Any:
         return next(items)
 
 
@@ -67,7 +69,7 @@ class _Int(_Codec):
         self.name = scalar.name
         self.low, self.high = scalar.bounds
 
-    def encode(self, value, flat, tail):
+    def encode(self, value: Any, flat: list[Any], tail: _Tail) -> None:
         if type(value) is not int:
             try:
                 value = operator.index(value)
@@ -82,7 +84,7 @@ class _Float(_Codec):
     def __init__(self, scalar: _idl.Scalar):
         self.name = scalar.name
 
-    def encode(self, value, flat, tail):
+    def encode(self, value: Any, flat: list[Any], tail: _Tail) -> None:
         if not isinstance(value, numbers.Real):
             raise _Bad(TypeError, f"must be a float ({self.name}), not {type(value).__name__}")
         try:
@@ -95,7 +97,7 @@ class _Float(_Codec):
 
 
 class _Bool(_Codec):
-    def encode(self, value, flat, tail):
+    def encode(self, value: Any, flat: list[Any], tail: _Tail) -> None:
         if value is True or value is False:
             flat.append(value)
         elif type(value) is int and value in (0, 1):
@@ -113,7 +115,7 @@ class _Enum(_Codec):
         self.values = {value for _, value in enum_type.variants}
         self.names = ", ".join(f"{name}={value}" for name, value in enum_type.variants)
 
-    def encode(self, value, flat, tail):
+    def encode(self, value: Any, flat: list[Any], tail: _Tail) -> None:
         if isinstance(value, enum.Enum) and type(value).__name__ != self.name:
             raise _Bad(TypeError, f"must be a {self.name}, not {type(value).__name__}.{value.name}")
         try:
@@ -127,7 +129,7 @@ class _Enum(_Codec):
             raise _Bad(ValueError, f"{value} is not a {self.name} ({self.names})")
         flat.append(value)
 
-    def decode(self, items, ret):
+    def decode(self, items: Iterator[Any], ret: bytes) -> Any:
         value = next(items)
         try:
             return self.cls(value)
@@ -140,7 +142,7 @@ class _View(_Codec):
         self.owned = view.owned
         self.null = (NULL, 0, 0) if view.owned else (NULL, 0)
 
-    def encode(self, value, flat, tail):
+    def encode(self, value: Any, flat: list[Any], tail: _Tail) -> None:
         if value is None:
             flat.extend(self.null)
             return
@@ -159,7 +161,7 @@ class _View(_Codec):
         if self.owned:
             flat.append(len(data))
 
-    def decode(self, items, ret):
+    def decode(self, items: Iterator[Any], ret: bytes) -> Any:
         offset, length = next(items), next(items)
         if self.owned:
             next(items)  # cap: the worker set it to len when it freed the plugin's buffer
@@ -173,7 +175,7 @@ class _View(_Codec):
 
 
 class _Pointer(_Codec):
-    def encode(self, value, flat, tail):
+    def encode(self, value: Any, flat: list[Any], tail: _Tail) -> None:
         raise _Bad(TypeError, "is a Ptr: an address means nothing in the worker's process")
 
 
@@ -184,7 +186,7 @@ class _Struct(_Codec):
         self.fields = fields
         self.names = {name for name, _ in fields}
 
-    def encode(self, value, flat, tail):
+    def encode(self, value: Any, flat: list[Any], tail: _Tail) -> None:
         is_dict = isinstance(value, dict)
         if is_dict and value.keys() - self.names:
             extra = sorted(map(str, value.keys() - self.names))[0]
@@ -204,7 +206,7 @@ class _Struct(_Codec):
                 bad.path.append(name)
                 raise
 
-    def decode(self, items, ret):
+    def decode(self, items: Iterator[Any], ret: bytes) -> Any:
         return self.cls(*[codec.decode(items, ret) for _, codec in self.fields])
 
 
@@ -215,10 +217,10 @@ class _Types:
         self.classes: dict[str, type] = {}
         for e in api.enums.values():
             base = enum.IntFlag if e.bitflag else enum.IntEnum
-            self.classes[e.name] = base(e.name, list(e.variants))
-        for s in api.structs.values():
+            self.classes[e.name] = base(e.name, list(e.variants))  # type: ignore[arg-type,assignment,call-arg]
+        for s in api.structs.values():  # in dependency order: a field's class exists already
             self.classes[s.name] = dataclasses.make_dataclass(
-                s.name, [(f.name, f.type.name) for f in s.fields]
+                s.name, [(f.name, self.python_type(f.type)) for f in s.fields]
             )
         self.namespace = SimpleNamespace(**self.classes)
         self._codecs: dict[str, _Codec] = {}
@@ -229,9 +231,21 @@ class _Types:
             found = self._codecs[t.name] = self._make(t)
         return found
 
+    def python_type(self, t: _idl.Type) -> Any:
+        """The Python type of the values of IDL type ``t`` (what annotations show)."""
+        if isinstance(t, _idl.Scalar):
+            return {"float": float, "bool": bool}.get(t.kind, int)
+        if isinstance(t, _idl.View):
+            return bytes if t.owned else str
+        if isinstance(t, _idl.Pointer):
+            return int
+        return self.classes[t.name]
+
     def _make(self, t: _idl.Type) -> _Codec:
         if isinstance(t, _idl.Scalar):
-            return {"float": _Float, "bool": lambda _: _Bool()}.get(t.kind, _Int)(t)
+            if t.kind == "float":
+                return _Float(t)
+            return _Bool() if t.kind == "bool" else _Int(t)
         if isinstance(t, _idl.Enum):
             return _Enum(t, self.classes[t.name])
         if isinstance(t, _idl.View):

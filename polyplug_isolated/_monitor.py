@@ -40,6 +40,7 @@ class Watcher(Protocol):
     def on_output(self, line: str) -> None: ...
     def on_control_lost(self, reason: str, malformed: bool = False) -> None: ...
     def on_exit(self, returncode: int) -> None: ...
+    def abandon(self, reason: str) -> None: ...
 
 
 class LineSplitter:
@@ -114,6 +115,7 @@ class Monitor:
         self._lock = threading.Lock()
         self._incoming: list[_Watch] = []
         self._closing = False
+        self._failed = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -121,10 +123,19 @@ class Monitor:
     def thread(self) -> threading.Thread:
         return self._thread
 
+    @property
+    def failed(self) -> bool:
+        """The thread died of an internal error: no worker can be watched any more."""
+        return self._failed
+
     def watch(self, watcher: Watcher, process: WorkerProcess) -> None:
         """Starts watching a worker: its frames, output and exit go to ``watcher``."""
         with self._lock:
-            self._incoming.append(_Watch(watcher, process))
+            failed = self._failed
+            if not failed:
+                self._incoming.append(_Watch(watcher, process))
+        if failed:
+            _bury(_Watch(watcher, process))
         self._wake()
 
     def close(self) -> None:
@@ -157,6 +168,13 @@ class Monitor:
             os.write(self._wake_write, b"x")
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        except BaseException:  # the loop itself broke: nobody would hear of a death again
+            _logger.critical("monitor: the monitor thread failed; killing its workers", exc_info=True)
+            self._fail_all()
+
+    def _serve(self) -> None:
         while True:
             for key, _ in self._selector.select():
                 if key.data is None:
@@ -170,6 +188,21 @@ class Monitor:
                     getattr(self, f"_on_{kind}")(watch)
                 except Exception:  # the monitor must outlive any one worker's trouble
                     _logger.exception("monitor: handling %s of worker %d failed", kind, watch.process.pid)
+                    _abandon(watch, f"the monitor failed handling its {kind}")
+
+    def _fail_all(self) -> None:
+        """Last resort: every watched worker is killed, reaped and reported dead, so no caller
+        waits forever; a worker watched from now on is treated the same at once."""
+        with self._lock:
+            self._failed = True
+            watches = {id(w): w for w in self._incoming}
+            self._incoming = []
+        with contextlib.suppress(Exception):
+            for key in list(self._selector.get_map().values()):
+                if key.data is not None:
+                    watches[id(key.data[1])] = key.data[1]
+        for watch in watches.values():
+            _bury(watch)
 
     def _take_incoming(self) -> bool:
         while True:
@@ -280,3 +313,21 @@ class Monitor:
         watch.exit_open = False
         returncode = watch.process.reap()
         watch.watcher.on_exit(returncode)
+
+
+def _abandon(watch: _Watch, reason: str) -> None:
+    try:
+        watch.watcher.abandon(reason)
+    except Exception:
+        _logger.exception("monitor: could not abandon worker %d", watch.process.pid)
+
+
+def _bury(watch: _Watch) -> None:
+    """Kills, reaps and reports dead a worker that no monitor watches any more."""
+    reason = "killed: the runtime's monitor thread failed"
+    try:
+        watch.process.kill(reason)
+        if not watch.process.exited.is_set():
+            watch.watcher.on_exit(watch.process.reap())
+    except Exception:
+        _abandon(watch, reason)

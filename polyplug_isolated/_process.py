@@ -60,6 +60,7 @@ class WorkerProcess:
                 self._popen.kill()
             self.control.close()
             raise
+        assert self._popen.stdout is not None  # stdout=PIPE
         self.output = self._popen.stdout
         self.output_tail: collections.deque[str] = collections.deque(maxlen=OUTPUT_TAIL_LINES)
         self.returncode: int | None = None

@@ -75,7 +75,8 @@ class FrameError(ValueError):
 
 def encode(tag: str, /, **fields: Any) -> bytes:
     """The msgpack payload of a frame (without its length prefix)."""
-    return msgpack.packb({"t": tag, **fields}, use_bin_type=True)
+    payload: bytes = msgpack.packb({"t": tag, **fields}, use_bin_type=True)
+    return payload
 
 
 def frame(tag: str, /, **fields: Any) -> bytes:

@@ -73,8 +73,9 @@ class WorkerProxy:
         self.contracts: list[dict[str, Any]] = []
         self.death: Death | None = None
         self.options = WorkerOptions()
-        self.process: WorkerProcess | None = None
-        self.channel: Channel | None = None
+        # Set by start() before any caller or monitor callback can see the proxy.
+        self.process: WorkerProcess = None  # type: ignore[assignment]
+        self.channel: Channel = None  # type: ignore[assignment]
         self.sandbox_report: SandboxReport | None = None
         self._policy: dict[str, Any] | None = None
 
@@ -230,7 +231,7 @@ class WorkerProxy:
             if not self.process.send(frame):
                 return False
             try:
-                return self._reply.result(timeout)["t"] != "exited"
+                return bool(self._reply.result(timeout)["t"] != "exited")
             except concurrent.futures.TimeoutError:
                 self.kill(f"did not answer a control request within {timeout:g} s")
                 return False
@@ -345,11 +346,30 @@ class WorkerProxy:
                 "bundle %r: worker %d %s while unloading", self.manifest.name, process.pid, description
             )
 
+    def abandon(self, reason: str) -> None:
+        """Monitor thread: handling this worker's news failed, so its state cannot be trusted.
+
+        The worker is killed (its exit then takes the usual path); if its exit is
+        what could not be handled, every caller waiting on it is woken here.
+        """
+        if self.process is None:
+            return
+        self.kill(reason)
+        if not self.process.exited.is_set():
+            return
+        exited = {"t": "exited", "description": f"was lost ({reason})", "tail": self.process.tail()}
+        for future in (self._handshake, self._reply):
+            if future is not None and not future.done():
+                future.set_result(exited)
+        if self.channel is not None:  # None until start() made it
+            self.channel.mark_dead()
+
     def _log_record(self, message: dict[str, Any]) -> None:
         level = message.get("level")
         target = _text(message.get("target"))
         text = _text(message.get("message"))
-        self._bundle_log.log(_LOG_LEVELS.get(level, logging.ERROR), "[%s] %s", target, text)
+        severity = _LOG_LEVELS.get(level, logging.ERROR) if isinstance(level, int) else logging.ERROR
+        self._bundle_log.log(severity, "[%s] %s", target, text)
 
 
 def _limits_of(options: WorkerOptions) -> ResourceLimits | None:

@@ -7,6 +7,7 @@ polyplug host can switch to isolation by changing an import.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import logging
 import os
@@ -16,14 +17,15 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from . import _checks as check
 from . import _dependencies
 from ._bundle import Bundle, BundleState
 from ._callbacks import Answerer, Directory
-from ._config import ResourceLimits, RestartPolicy, RuntimeConfig, WorkerOptions
+from ._config import ResourceLimits, RestartPolicy, RuntimeConfig, WorkerOptions, worker_options
 from ._contract import GuestContract
 from ._faults import Fault
 from ._lifetime import forked_message, reclaim, track, weakly
-from ._manifest import ManifestData, parse_manifest
+from ._manifest import ManifestData, did_you_mean, parse_manifest
 from ._monitor import Monitor
 from ._oserrors import loader_errors
 from ._process import SpareWorker, WorkerProcess
@@ -42,12 +44,14 @@ from .errors import (
 
 _logger = logging.getLogger("polyplug_isolated")
 NOT_FOUND = 0xFFFFFFFF
+_BUNDLE = 'load_bundle("fixtures/build/adder")'
+_OPTIONS = ("on_reload", "on_event", *(f.name for f in dataclasses.fields(RuntimeConfig)))
 
 
 class GuestContractHandle(NamedTuple):
     """Names a registered contract; ``index == 0xFFFFFFFF`` means not found."""
 
-    index: int
+    index: int  # type: ignore[assignment]  # polyplug's field name; shadows tuple.index
     generation: int
 
     @property
@@ -99,16 +103,19 @@ class Runtime:
         slots: int = 64,
         **options: Any,
     ):
+        unknown = sorted(set(options) - {f.name for f in dataclasses.fields(RuntimeConfig)})
+        if unknown:
+            raise TypeError(f"Runtime: unknown option {unknown[0]!r}{did_you_mean(unknown[0], _OPTIONS)}")
         self.config = RuntimeConfig(
             call_timeout=call_timeout,
             drain_timeout=drain_timeout,
-            restart=restart or RestartPolicy(),
+            restart=RestartPolicy() if restart is None else restart,
             wait=wait,
             slots=slots,
             **options,
         )
-        self._on_reload = on_reload
-        self._on_event = on_event
+        self._on_reload = check.callback("Runtime", "on_reload", on_reload, "on_reload=print")
+        self._on_event = check.callback("Runtime", "on_event", on_event, "on_event=print")
         self._supervisor = Supervisor(self.config.restart, weakly(self._restart), weakly(self._event))
         self._lock = threading.RLock()
         self._bundles: dict[int, Bundle] = {}
@@ -166,7 +173,7 @@ class Runtime:
             bundles = list(self._bundles.values())
         self._supervisor.close()
         for bundle in reversed(bundles):  # dependers (loaded later) first
-            self._unload(bundle)
+            self._unload(bundle, "its Runtime was closed; load it into an open Runtime to call it")
         if self._spare is not None:
             self._spare.close()
         self._monitor.close()
@@ -196,18 +203,12 @@ class Runtime:
         Raises:
             LoaderError: a subclass saying what failed; nothing is left behind.
         """
-        options = WorkerOptions(
-            env=tuple(sorted((env or {}).items())),
-            inherit_env=inherit_env,
-            cwd=os.fspath(cwd) if cwd is not None else None,
-            library_path=tuple(os.fspath(p) for p in library_path),
-            limits=limits,
-            faults=tuple(faults),
-            sandbox=sandbox,
+        options = dataclasses.replace(
+            worker_options(env, inherit_env, cwd, library_path, limits, faults), sandbox=sandbox
         )
         if limits is not None and sandbox is not None and sandbox.limits is not None:
             raise ValueError("give resource limits either as load_bundle(limits=...) or Sandbox(limits=...)")
-        return self.load_manifest(parse_manifest(path), options)
+        return self.load_manifest(parse_manifest(check.path("load_bundle", "path", path, _BUNDLE)), options)
 
     def load_manifest(self, manifest: ManifestData, options: WorkerOptions | None = None) -> Bundle:
         """Loads an already parsed manifest (what IsolatedLoader.load does).
@@ -234,6 +235,7 @@ class Runtime:
                 bundle=manifest.name,
             )
         bundle = Bundle(manifest, options or WorkerOptions())
+        bundle.runtime = self
         proxy = self._start_worker(bundle, manifest)
         with self._lock:
             bundle.proxy = proxy
@@ -248,7 +250,7 @@ class Runtime:
         On failure the old worker keeps serving, ``on_reload`` gets a Failed phase,
         and the LoaderError is raised. No call is lost either way.
         """
-        return self.reload_manifest(parse_manifest(path))
+        return self.reload_manifest(parse_manifest(check.path("reload_bundle", "path", path, _BUNDLE)))
 
     def reload_manifest(self, manifest: ManifestData) -> Bundle:
         """Reloads an already parsed manifest (loads it if it is not loaded).
@@ -303,18 +305,17 @@ class Runtime:
                 bundle=depender.name,
             ) from exc
 
-    def unload_bundle(self, bundle_id: int) -> None:
+    def unload_bundle(self, bundle: Bundle | int | str) -> None:
         """Drains the bundle's calls in flight, then its worker dlcloses and exits.
 
-        New calls fail at once with BundleUnavailable; handles go stale.
+        ``bundle`` is a Bundle, its id or its name. New calls fail at once with
+        BundleUnavailable; handles go stale.
 
         Raises:
+            DependencyInUse: loaded bundles declared a dependency on it.
             LifecycleConflict: another thread is loading, reloading or unloading this bundle.
         """
-        with self._lock:
-            bundle = self._bundles.get(bundle_id)
-        if bundle is None:
-            raise LoaderError(f"no bundle with id {bundle_id} is loaded in this runtime", bundle=None)
+        bundle = self._loaded(bundle, "unload_bundle")
         users = _dependencies.dependers(bundle, self.bundles)
         if users:
             raise DependencyInUse(
@@ -355,7 +356,33 @@ class Runtime:
                     del self._busy[manifest.id]
                     self._idle.notify_all()
 
-    def _unload(self, bundle: Bundle) -> None:
+    def _loaded(self, key: Bundle | int | str, owner: str) -> Bundle:
+        """The loaded bundle ``key`` names, or a LoaderError saying what is loaded."""
+        with self._lock:
+            if isinstance(key, Bundle):
+                found = key if self._bundles.get(key.id) is key else None
+                what = f"bundle {key.name!r} is not loaded in this runtime (it is {key.state.name})"
+            elif isinstance(key, int) and not isinstance(key, bool):
+                found = self._bundles.get(key)
+                what = f"no bundle with id {key} (0x{key:016X}) is loaded in this runtime"
+            elif isinstance(key, str):
+                found = next((b for b in self._bundles.values() if b.name == key), None)
+                what = f"no bundle named {key!r} is loaded in this runtime"
+            else:
+                raise TypeError(
+                    f"{owner}: takes a Bundle, a bundle id or a bundle name, not {type(key).__name__}; "
+                    f'e.g. {owner}(bundle) or {owner}("adder")'
+                )
+            loaded = ", ".join(repr(b.name) for b in self._bundles.values()) or "none"
+        if found is None:
+            raise LoaderError(
+                f"{owner}: {what}; loaded: {loaded}",
+                bundle=key.name if isinstance(key, Bundle) else None,
+            )
+        return found
+
+    def _unload(self, bundle: Bundle, why: str = "it was unloaded; load it again to call it") -> None:
+        bundle.farewell = why
         self._supervisor.forget(bundle)
         self._report(ReloadPhaseType.UNLOADING, bundle)
         with self._lock:
@@ -376,6 +403,12 @@ class Runtime:
     def _start_worker(self, bundle: Bundle, manifest: ManifestData, cancellable: bool = True) -> WorkerProxy:
         """A worker serving ``manifest``; ``cancellable``: close() may kill it while it starts
         (loads and reloads; a restart is waited for, as the supervisor stops first)."""
+        if self._monitor.failed:
+            raise InitFailed(
+                f"bundle {manifest.name!r}: this Runtime's monitor thread failed (see the log), so no "
+                "worker can be watched: close it and create a new Runtime",
+                bundle=manifest.name,
+            )
         try:
             with loader_errors(manifest.name, "starting its worker"):
                 return self._start_worker_process(bundle, manifest, cancellable)
@@ -440,11 +473,14 @@ class Runtime:
                 bundle.proxy = None
                 bundle.crash = proxy
                 bundle.move(BundleState.CRASHED)
-        announce = self._supervisor.crashed(bundle) if current else None  # decided before callers wake
-        proxy.channel.mark_dead()
+        try:
+            announce = self._supervisor.crashed(bundle) if current else None  # decided before callers wake
+        finally:
+            proxy.channel.mark_dead()  # whatever failed above, no caller waits on a dead worker
         if announce is None:
             return
         death = proxy.death
+        assert death is not None  # recorded before on_death is called
         description = death.description + (f" ({death.kill_reason})" if death.kill_reason else "")
         _logger.error("bundle %r: worker %d %s", bundle.name, proxy.pid, description)
         self._event(
@@ -466,11 +502,11 @@ class Runtime:
             proxy = self._start_worker(bundle, bundle.manifest, cancellable=False)
         except LoaderError:
             with self._lock:
-                if bundle.state is BundleState.RESTARTING:
+                if bundle.state is BundleState.RESTARTING:  # type: ignore[comparison-overlap]  # moved above
                     bundle.move(BundleState.CRASHED)
             raise
         with self._lock:
-            current = bundle.state is BundleState.RESTARTING
+            current = bundle.state is BundleState.RESTARTING  # type: ignore[comparison-overlap]  # moved above
             if current:
                 bundle.proxy = proxy
                 bundle.crash = None
@@ -519,6 +555,7 @@ class Runtime:
 
     def find_guest_contract(self, contract_id: int, min_version: int = 0) -> GuestContractHandle:
         """The first provider of ``contract_id`` whose major is at least ``min_version``."""
+        _check_lookup("find_guest_contract", contract_id, min_version)
         with self._lock:
             for index, slot in enumerate(self._slots):
                 if slot.bundle is not None and slot.contract_id == contract_id and slot.major >= min_version:
@@ -527,6 +564,7 @@ class Runtime:
 
     def find_all_by_contract(self, contract_id: int, min_version: int = 0) -> list[GuestContractHandle]:
         """Every provider of ``contract_id`` (major >= ``min_version``), in registration order."""
+        _check_lookup("find_all_by_contract", contract_id, min_version)
         with self._lock:
             return [
                 GuestContractHandle(index, slot.generation)
@@ -541,6 +579,11 @@ class Runtime:
             StaleHandle: the handle was never found, or its bundle was unloaded.
         """
         with self._lock:
+            if handle.index == NOT_FOUND:
+                raise StaleHandle(
+                    "this handle is find_guest_contract's not-found answer (index 0xFFFFFFFF): no loaded "
+                    "bundle provided the contract at that version; check handle.found before resolving"
+                )
             slot = self._slots[handle.index] if 0 <= handle.index < len(self._slots) else None
             if slot is None or slot.bundle is None or slot.generation != handle.generation:
                 raise StaleHandle(
@@ -647,7 +690,7 @@ class Runtime:
             return
         try:
             self._on_event(event)
-        except Exception:
+        except BaseException:  # it runs on the monitor thread: not even SystemExit may end that
             _logger.exception("on_event callback raised for bundle %r (ignored)", event.bundle_name)
 
     def _report(self, phase: ReloadPhaseType, bundle: Bundle, reason: str = "") -> None:
@@ -657,3 +700,9 @@ class Runtime:
             self._on_reload(ReloadPhase(phase, bundle.id, bundle.name, reason))
         except Exception:
             _logger.exception("on_reload callback raised for bundle %r (ignored)", bundle.name)
+
+
+def _check_lookup(owner: str, contract_id: object, min_version: object) -> None:
+    example = f'{owner}(guest_contract_id("test.add", 1), 1)'
+    check.integer(owner, "contract_id", contract_id, example, low=0, high=(1 << 64) - 1)
+    check.integer(owner, "min_version", min_version, example, low=0, high=(1 << 32) - 1)

@@ -71,7 +71,7 @@ class Supervisor:
         """Seconds before restart attempt ``attempt`` (0-based) within the window."""
         policy = self._policy
         base = min(policy.max_backoff, policy.backoff * 2**attempt)
-        return base * (1 - policy.jitter * self._rng())
+        return float(base * (1 - policy.jitter * self._rng()))
 
     def crashed(self, bundle: Bundle) -> Callable[[], None]:
         """Decides whether a restart comes (or the policy gives up) and tells the bundle.

@@ -27,6 +27,7 @@ worker that answers one outside them broke the protocol and is killed.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import functools
 import inspect
@@ -35,18 +36,29 @@ import os
 import struct
 import sys
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from . import _checks as check
 from . import _idl
 from ._channel import ChannelFailure
 from ._channel_ffi import lib
-from ._contract import GuestContract
+from ._contract import _DEFAULT, GuestContract, _Default, _seconds
 from ._layout import Layout
-from ._marshal import _Bad, _Bool, _Breach, _Float, _Int, _Tail, _Types
+from ._marshal import (
+    _Bad,
+    _Bool,
+    _Breach,
+    _Float,
+    _Int,
+    _Tail,
+    _Types,
+)
 from .errors import BundleUnavailable, ProtocolError
 
 if TYPE_CHECKING:
     from ._bundle import Bundle
+    from ._channel import Channel
     from ._proxy import WorkerProxy
     from ._runtime import Runtime
 
@@ -93,18 +105,21 @@ class _Call:
         self.plain = all(type(codec) in (_Int, _Float) for codec in self.codecs)
         self.signature = inspect.Signature(
             [
-                inspect.Parameter(p.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=p.type.name)
+                inspect.Parameter(
+                    p.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=types.python_type(p.type)
+                )
                 for p in function.params
             ],
-            return_annotation=returns.name if returns is not None else None,
+            return_annotation=types.python_type(returns) if returns is not None else None,
         )
 
-    def bind(self, args: tuple, kwargs: dict) -> tuple:
+    def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
         """Positional and keyword arguments as one tuple in declaration order."""
         count = len(self.params)
         if not args and len(kwargs) == count and self.by_name is not None:
             try:
-                return self.by_name(kwargs)
+                picked: tuple[Any, ...] = self.by_name(kwargs)
+                return picked
             except KeyError:  # a wrong name: the loop below says which
                 pass
         if len(args) > count:
@@ -122,14 +137,14 @@ class _Call:
             raise TypeError(f"{self.where} is missing required argument(s): {', '.join(map(repr, missing))}")
         return tuple(values)
 
-    def encode(self, values: tuple) -> bytes:
+    def encode(self, values: tuple[Any, ...]) -> bytes:
         """The args blob: the record, then the bytes its views point at."""
         if self.plain:
             try:
                 return self.pack(*values)
             except (struct.error, TypeError, ValueError, OverflowError) as exc:
                 raise self.explain(values, exc) from None
-        flat: list = []
+        flat: list[Any] = []
         tail = _Tail(self.args_size)
         for name, codec, value in zip(self.params, self.codecs, values, strict=True):
             try:
@@ -139,7 +154,7 @@ class _Call:
         record = self.pack(*flat)
         return record + b"".join(tail.parts) if tail.parts else record
 
-    def explain(self, values: tuple, exc: Exception) -> Exception:
+    def explain(self, values: tuple[Any, ...], exc: Exception) -> Exception:
         """The precise error for values Struct.pack refused."""
         for name, codec, value in zip(self.params, self.codecs, values, strict=True):
             try:
@@ -169,10 +184,20 @@ class _Route:
     and its translation of channel failures into the public errors.
     """
 
-    def __init__(self, contract: GuestContract):
+    def __init__(self, contract: GuestContract, timeout: float | _Default | None = _DEFAULT):
         self.contract = contract
+        self.timeout = timeout  # the calls' own timeout (with_options), else the runtime's
 
-    def call(self, fn, instance, args, fixups, out_size, returns_views, worker=None):
+    def call(
+        self,
+        fn: int | str,
+        instance: int,
+        args: bytes,
+        fixups: list[tuple[int, int]],
+        out_size: int,
+        returns_views: bool,
+        worker: WorkerProxy | None = None,
+    ) -> tuple[bytes, bytes, WorkerProxy]:
         """Returns (out, return area, the worker that answered)."""
         contract = self.contract
         proxy, _, index = contract.route()  # raises BundleUnavailable when no worker serves the bundle
@@ -187,22 +212,23 @@ class _Route:
         if type(fn) is int and not 0 <= fn < contract.function_count:
             raise contract._no_such_function(fn)
         channel = proxy.channel
+        wait = contract._timeout if self.timeout is _DEFAULT else _seconds(self.timeout)
         room = _return_room(channel, len(args), len(fixups), out_size) if returns_views else 0
         try:
             out, ret = channel.call_ex(
                 index,
-                _INSTANCE_FUNCTIONS.get(fn, fn),
+                _INSTANCE_FUNCTIONS[fn] if isinstance(fn, str) else fn,
                 instance,
                 args,
                 fixups,
                 out_size,
                 room,
-                contract._timeout,
+                wait,
             )
         except ChannelFailure as failure:
             if worker is None and contract._rerouted(failure, proxy):
                 return self.call(fn, instance, args, fixups, out_size, returns_views)
-            raise contract._error(failure, proxy, fn, contract._timeout) from None
+            raise contract._error(failure, proxy, fn, wait) from None
         return out, ret, proxy
 
     def breach(self, proxy: WorkerProxy, where: str, what: str) -> ProtocolError:
@@ -215,7 +241,7 @@ class _Route:
         )
 
 
-def _return_room(channel, args_len: int, fixups: int, out_size: int) -> int:
+def _return_room(channel: Channel, args_len: int, fixups: int, out_size: int) -> int:
     """Bytes for the return area: what the request leaves of a slot's payload (else the arena's).
 
     Mirrors pp_layout_of (worker/channel.h) with the host's extra RETURN_CAP
@@ -234,17 +260,19 @@ def _align8(n: int) -> int:
     return (n + 7) & ~7
 
 
-def _method(call: _Call, route: _Route, handle: _Handle | None = None):
+def _method(call: _Call, route: _Route, handle: _Handle | None = None) -> Callable[..., Any]:
     """The callable for one function, on the default instance or on ``handle``'s."""
     bind, encode, result = call.bind, call.encode, call.result
     index, out_size, fixups, count = call.index, call.out_size, call.fixups, len(call.params)
     if handle is None and not fixups:
-        raw = route.contract.call
+        raw: Callable[..., bytes] = route.contract.call
+        if route.timeout is not _DEFAULT:
+            raw = functools.partial(raw, timeout=route.timeout)
         if call.plain and call.result_codec is not None and type(call.result_codec) in (_Int, _Float, _Bool):
             # The hot path: one Struct.pack, the raw call, one Struct.unpack.
             pack, unpack = call.pack, call.unpack
 
-            def method(*args, **kwargs):
+            def method(*args: Any, **kwargs: Any) -> Any:
                 if kwargs or len(args) != count:
                     args = bind(args, kwargs)
                 try:
@@ -255,7 +283,7 @@ def _method(call: _Call, route: _Route, handle: _Handle | None = None):
 
         else:
 
-            def method(*args, **kwargs):
+            def method(*args: Any, **kwargs: Any) -> Any:
                 if kwargs or len(args) != count:
                     args = bind(args, kwargs)
                 return result(raw(index, encode(args), out_size), b"")
@@ -267,7 +295,7 @@ def _method(call: _Call, route: _Route, handle: _Handle | None = None):
         guard = handle.lock if handle else contextlib.nullcontext()
         returns_views = call.returns_views
 
-        def method(*args, **kwargs):
+        def method(*args: Any, **kwargs: Any) -> Any:
             if kwargs or len(args) != count:
                 args = bind(args, kwargs)
             blob = encode(args)
@@ -281,7 +309,7 @@ def _method(call: _Call, route: _Route, handle: _Handle | None = None):
                 raise route.breach(proxy, call.where, str(breach)) from None
 
     method.__name__ = method.__qualname__ = call.where[:-2].rsplit(".", 1)[1]
-    method.__signature__ = call.signature
+    method.__signature__ = call.signature  # type: ignore[attr-defined]
     method.__doc__ = f"{call.where[:-2]}{call.signature} (function {index})"
     return method
 
@@ -309,6 +337,7 @@ class TypedContract:
 
     def __init__(self, contract: GuestContract, idl: _idl.Contract, api: _idl.Api):
         self.contract = contract
+        contract.function_names = {f.index: f.name for f in idl.functions}
         self.idl = idl
         self._api = api
         self._layout = Layout(api)
@@ -325,6 +354,21 @@ class TypedContract:
         from ._typed_async import async_methods
 
         return async_methods(self)
+
+    def with_options(self, *, timeout: float | None) -> TypedContract:
+        """This contract with per-call options; the original is unchanged::
+
+            add.with_options(timeout=0.5).add_primitive(2, 3)  # CallTimeout after 0.5 s
+
+        ``timeout`` (seconds, or None for no limit) replaces the Runtime's
+        ``call_timeout`` for calls through the result and its instances.
+        """
+        check.timeout(f"{self.idl.name}.with_options", "timeout", timeout, "with_options(timeout=0.5)")
+        clone = copy.copy(self)
+        clone._route = _Route(self.contract, timeout)
+        clone.functions = {name: _method(call, clone._route) for name, call in self._calls.items()}
+        _attach(clone, clone.functions)
+        return clone
 
     def instance(self, config: Any = None, *, config_type: str | None = None) -> ContractInstance:
         """Runs the contract's ``create_instance(config)`` in the worker.
@@ -350,7 +394,7 @@ class TypedContract:
             idl_type = found or _idl.BUILTINS.get(config_type)
             if idl_type is None:
                 raise TypeError(f"{self.idl.name}.instance(): the api.toml has no type {config_type!r}")
-            flat: list = []
+            flat: list[Any] = []
             layout = self._layout.of(idl_type)
             tail = _Tail(layout.size)
             try:

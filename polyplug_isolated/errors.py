@@ -29,6 +29,7 @@ Messages say what happened, to which bundle, and what to do about it.
 from __future__ import annotations
 
 import signal
+from typing import Any
 
 
 class PolyplugIsolatedError(Exception):
@@ -89,7 +90,7 @@ class LifecycleConflict(LoaderError):
 class CallError(PolyplugIsolatedError):
     """A call into a bundle failed."""
 
-    def __init__(self, message: str, *, bundle: str | None = None, function: int | None = None):
+    def __init__(self, message: str, *, bundle: str | None = None, function: int | str | None = None):
         super().__init__(message)
         self.bundle = bundle
         self.function = function
@@ -98,7 +99,7 @@ class CallError(PolyplugIsolatedError):
 class PluginCallError(CallError):
     """The plugin ran and answered with a non-Ok ``AbiError``."""
 
-    def __init__(self, message: str, *, code: int, plugin_message: str, **where):
+    def __init__(self, message: str, *, code: int, plugin_message: str, **where: Any):
         super().__init__(message, **where)
         self.code = code
         self.message = plugin_message
@@ -115,12 +116,14 @@ class WorkerCrashed(CallError):
         signal: signal.Signals | None = None,
         exitcode: int | None = None,
         stderr_tail: str = "",
-        **where,
+        report: str = "",
+        **where: Any,
     ):
         super().__init__(message, **where)
         self.signal = signal
         self.exitcode = exitcode
         self.stderr_tail = stderr_tail
+        self.report = report or message  # the message, then the worker's last output (its stacks)
 
 
 class CallTimeout(CallError, TimeoutError):

@@ -161,7 +161,13 @@ class _PlannedRuntime(Runtime):
         return super().load_manifest(manifest, options)
 
     def unused_plans(self) -> list[str]:
-        return sorted({plan.bundle for plan in self._plans if plan.bundle not in (None, *self.loaded_names)})
+        return sorted(
+            {
+                plan.bundle
+                for plan in self._plans
+                if plan.bundle is not None and plan.bundle not in self.loaded_names
+            }
+        )
 
 
 @contextlib.contextmanager
@@ -241,7 +247,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    if item.get_closest_marker(FAULTS_MARKER) and "isolated_runtime" not in item.fixturenames:
+    if item.get_closest_marker(FAULTS_MARKER) and "isolated_runtime" not in getattr(item, "fixturenames", ()):
         pytest.fail(
             f"{item.nodeid}: @pytest.mark.faults arms faults in bundles loaded into isolated_runtime "
             "(or through fixture_bundle), and this test uses neither",
@@ -256,7 +262,9 @@ def isolated_runtime_options() -> dict[str, Any]:
 
 
 @pytest.fixture
-def isolated_runtime(request: pytest.FixtureRequest, isolated_runtime_options: dict[str, Any]):
+def isolated_runtime(
+    request: pytest.FixtureRequest, isolated_runtime_options: dict[str, Any]
+) -> Iterator[Runtime]:
     """A Runtime, closed at teardown; fails the test if processes, shm entries or fds outlive it."""
     plans = [_Plan.from_marker(marker) for marker in request.node.iter_markers(FAULTS_MARKER)]
     with leak_check("isolated_runtime leak check"):

@@ -463,7 +463,7 @@ MALFORMED = [
         {"version": DROP},
         "",
         ManifestError,
-        ["no key 'test.add@0'"],
+        ["`version` is missing", "'test.add@0'", 'version = "1.0.0"'],
         id="fc-key-major-0-without-version",
     ),
     # file

@@ -269,10 +269,16 @@ def test_finding_the_contract(rt, bundle_dir):
 def test_methods_describe_themselves(rt, bundle_dir):
     rt.load_bundle(bundle_dir("kitchen_sink"))
     kitchen = rt.contract("test.kitchen")
-    assert (
-        str(inspect.signature(kitchen.mixed))
-        == "(a: 'u8', b: 'f64', c: 'bool', d: 'u16', e: 'Color') -> 'Mixed'"
-    )
+    signature = inspect.signature(kitchen.mixed)  # Python types, not IDL names
+    assert [p.annotation for p in signature.parameters.values()] == [
+        int,
+        float,
+        bool,
+        int,
+        kitchen.types.Color,
+    ]
+    assert signature.return_annotation is kitchen.types.Mixed
+    assert {f.name: f.type for f in dataclasses.fields(kitchen.types.Mixed)}["e"] is kitchen.types.Color
     assert kitchen.describe.__name__ == "describe"
     assert kitchen.nothing.__doc__ == "test.kitchen.nothing() -> None (function 26)"
     assert list(kitchen.functions) == [f.name for f in KITCHEN.functions]
@@ -408,7 +414,7 @@ def test_plugin_errors_carry_code_and_message(kitchen):
     with pytest.raises(PluginCallError) as excinfo:
         kitchen.divide(1, 0)
     assert (excinfo.value.code, excinfo.value.message) == (256, "kitchen_sink: division by zero")
-    assert "test.kitchen@1 function 25" in str(excinfo.value)
+    assert "test.kitchen@1.divide() (function 25)" in str(excinfo.value)
     with pytest.raises(PluginCallError, match="INT32_MIN / -1 overflows"):
         kitchen.divide(-(2**31), -1)
     assert kitchen.divide(9, 3) == 3  # the worker is fine

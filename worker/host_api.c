@@ -7,7 +7,7 @@
  * contracts, other bundles' contracts and the list of bundles come from the
  * host (callback.c). Callbacks an isolated bundle cannot honour (loading
  * bundles, registering host contracts or loaders) answer FunctionNotAvailable:
- * every HostApi field is non-NULL, as ABI.md requires.
+ * every HostApi field is non-NULL, as polyplug's ABI requires.
  */
 #define _GNU_SOURCE
 #include "polyplug_abi.h"

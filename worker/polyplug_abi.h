@@ -1,7 +1,7 @@
 /*
  * The polyplug native C ABI, version 1, as spoken by polyplug 0.1.3.
  *
- * Written from ../shared/ABI.md (layouts for 64-bit Linux). The worker uses it
+ * Layouts are for 64-bit Linux (README.md, "Writing a plugin"). The worker uses it
  * to load bundles; the fixture plugins in fixtures/ use it to be bundles.
  * Every struct is plain C with natural alignment; _Static_asserts pin the
  * sizes the ABI promises so a drift fails the build, not a call.

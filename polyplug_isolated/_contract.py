@@ -216,7 +216,7 @@ class GuestContract:
         args: bytes | bytearray | memoryview,
         out_size: int,
         *,
-        timeout: float | None = _DEFAULT,
+        timeout: float | _Default | None = _DEFAULT,
     ) -> bytes:
         """``call``, awaited: the event loop runs on while the worker does the call.
 
@@ -237,7 +237,7 @@ class GuestContract:
         out_size: int,
         ret_cap: int,
         *,
-        timeout: float | None = _DEFAULT,
+        timeout: float | _Default | None = _DEFAULT,
     ) -> tuple[bytes, bytes]:
         """An awaited call with an instance, pointer fixups and a return area (see Channel.call_ex)."""
         wait = self._timeout if timeout is _DEFAULT else _seconds(timeout)

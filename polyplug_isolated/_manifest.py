@@ -238,7 +238,7 @@ def _validate(
     return data
 
 
-def _flag(raw: dict[str, Any], key: str, fail) -> bool:
+def _flag(raw: dict[str, Any], key: str, fail: Callable[[str], LoaderError]) -> bool:
     value = raw.get(key, False)
     if not isinstance(value, bool):
         raise fail(f"`{key}` must be true or false, not {value!r}")

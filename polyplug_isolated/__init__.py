@@ -36,6 +36,7 @@ _EXPORTS = {
         "StaleHandle",
         "UnsupportedBundleSource",
         "WorkerCrashed",
+        "WorkerStartFailed",
     ),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}

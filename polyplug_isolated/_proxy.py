@@ -71,17 +71,21 @@ class WorkerProxy:
 
     # ---- start ----------------------------------------------------------
 
-    def start(self, process: WorkerProcess, options: WorkerOptions, faults: list[dict[str, Any]]) -> None:
-        """Loads the bundle in ``process`` (fresh or a spare); raises LoaderError, leaving nothing.
+    def start(
+        self,
+        spawn: Callable[[bytes, int], WorkerProcess],
+        options: WorkerOptions,
+        faults: list[dict[str, Any]],
+    ) -> None:
+        """Starts a worker with ``spawn`` and loads the bundle in it; raises LoaderError, leaving nothing.
 
+        ``spawn(load_frame, segment_fd)`` starts the process and queues its
+        load frame at once, so the worker can load while the host sets up.
         ``faults`` (fault specs) are armed before polyplug_init runs.
         """
         config = self._config
-        self.process = process
         self.options = options
         with contextlib.ExitStack() as undo:
-            undo.callback(self._discard)
-            self._monitor.watch(self, process)
             channel = Channel(
                 config.slots, config.payload_capacity, config.arena_capacity, config.wait, config.spin_ns
             )
@@ -99,8 +103,10 @@ class WorkerProxy:
                 limits=options.limits.as_dict() if options.limits else None,
                 faults=faults,
             )
-            process.send(load, (channel.fd,))  # if it fails, the worker is gone: on_exit says how
+            self.process = spawn(load, channel.fd)
+            undo.callback(self._discard)
             channel.close_fd()
+            self._monitor.watch(self, self.process)
             try:
                 reply = self._handshake.result(timeout=config.load_timeout)
             except concurrent.futures.TimeoutError:

@@ -20,11 +20,12 @@ from ._contract import GuestContract
 from ._faults import Fault
 from ._manifest import ManifestData, parse_manifest
 from ._monitor import Monitor
-from ._process import SpareWorker, WorkerProcess
+from ._process import WorkerProcess
 from ._proxy import WorkerProxy
 from ._supervisor import BundleEvent, BundleEventKind, Supervisor
 from ._typed import TypedContract, open_contract
-from .errors import InitFailed, LoaderError, StaleHandle
+from ._zygote import Zygote
+from .errors import InitFailed, LoaderError, StaleHandle, WorkerStartFailed
 
 _logger = logging.getLogger("polyplug_isolated")
 NOT_FOUND = 0xFFFFFFFF
@@ -100,7 +101,9 @@ class Runtime:
         self._bundles: dict[int, Bundle] = {}
         self._slots: list[_Slot] = []
         self._monitor = Monitor()
-        self._spare = SpareWorker() if self.config.prestart else None
+        self._zygote = Zygote(self.config.load_timeout)
+        if self.config.prestart:
+            self._zygote.start()
         self._closed = False
 
     # ---- context ------------------------------------------------------------
@@ -121,8 +124,7 @@ class Runtime:
         self._supervisor.close()
         for bundle in bundles:
             self._unload(bundle)
-        if self._spare is not None:
-            self._spare.close()
+        self._zygote.close()
         self._monitor.close()
 
     # ---- load / reload / unload -----------------------------------------
@@ -259,10 +261,19 @@ class Runtime:
                 bundle=manifest.name,
             )
         options = bundle.options
-        if self._spare is not None and not options.needs_own_process:
-            process = self._spare.take()
-        else:
-            process = WorkerProcess(options.environment(dict(os.environ)))
+        host_environment = dict(os.environ)
+        environment = options.environment(host_environment) or host_environment
+
+        def spawn(load_frame: bytes, segment_fd: int) -> WorkerProcess:
+            try:
+                return self._zygote.fork(environment, load_frame, segment_fd)
+            except WorkerStartFailed as exc:
+                raise WorkerStartFailed(
+                    f"bundle {manifest.name!r}: cannot start a worker: {exc}",
+                    bundle=manifest.name,
+                    errno=exc.errno,
+                ) from exc
+
         proxy = WorkerProxy(
             manifest,
             self.config,
@@ -270,7 +281,7 @@ class Runtime:
             lambda dead: self._on_death(bundle, dead),
             bundle.record_fault,
         )
-        proxy.start(process, options, bundle.fault_specs(bundle.start_faults))
+        proxy.start(spawn, options, bundle.fault_specs(bundle.start_faults))
         return proxy
 
     def _on_death(self, bundle: Bundle, proxy: WorkerProxy) -> None:

@@ -9,6 +9,7 @@
     │   ├── UnsupportedBundleSource code/bytes source given to the native loader
     │   ├── InitSymbolMissing       no polyplug_init export
     │   └── InitFailed              dlopen error, ABI mismatch, init error/crash/timeout, ...
+    │       └── WorkerStartFailed   no worker process could be started (zygote died, hung, fork failed)
     ├── CallError                   a call failed (.bundle, .function)
     │   ├── PluginCallError         the plugin answered with a non-Ok AbiError (.code, .message)
     │   ├── WorkerCrashed           the worker died (.signal or .exitcode, .stderr_tail)
@@ -55,6 +56,19 @@ class InitSymbolMissing(LoaderError):
 
 class InitFailed(LoaderError):
     """The worker could not bring the bundle up (see the message for why)."""
+
+
+class WorkerStartFailed(InitFailed):
+    """No worker process could be started for the bundle: the host's side, not the plugin's.
+
+    The zygote that forks workers died, hung or could not fork (``errno``
+    EAGAIN or ENOMEM: a process or memory limit). A new zygote is started for
+    the next load, so a retry may succeed.
+    """
+
+    def __init__(self, message: str, *, bundle: str | None = None, errno: int | None = None):
+        super().__init__(message, bundle=bundle)
+        self.errno = errno
 
 
 class CallError(PolyplugIsolatedError):

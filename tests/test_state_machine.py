@@ -237,8 +237,13 @@ class Lifecycle(RuleBasedStateMachine):
     def start(self, max_restarts):
         self.max_restarts = max_restarts
         policy = RestartPolicy(max_restarts=max_restarts, backoff=0.01, jitter=0.0, window=600.0)
+        # prestart: the zygote (a child, with fds of its own) is there before fd_base is taken.
         self.rt = Runtime(
-            restart=policy, on_event=self.events.put, call_timeout=SAFETY_TIMEOUT, load_timeout=10.0
+            restart=policy,
+            on_event=self.events.put,
+            call_timeout=SAFETY_TIMEOUT,
+            load_timeout=10.0,
+            prestart=True,
         )
         self.fd_base = len(os.listdir("/proc/self/fd"))
 
@@ -518,7 +523,8 @@ class Lifecycle(RuleBasedStateMachine):
 
         ready = {m.bundle.pid for m in self.models.values() if m.state == "ready"}
         pending = sum(m.state == "pending" for m in self.models.values())
-        children = {child.pid for child in psutil.Process().children()} - self.before.children
+        zygote = {self.rt._zygote.pid}
+        children = {child.pid for child in psutil.Process().children()} - self.before.children - zygote
         assert None not in ready
         assert ready <= children and len(children) <= len(ready) + pending, (ready, children)
         if pending:

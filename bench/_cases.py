@@ -577,3 +577,13 @@ def worker_children() -> list[tuple[int, str]]:
 def collect() -> None:
     """Between cases: the collector is off while measuring, so clear cycles here."""
     gc.collect()
+
+
+# ---- worker start-up and scale (bench/_scale.py; also ``python -m bench._scale``) ----------
+
+
+def startup_and_scale(plan: Plan) -> dict:
+    """Load/reload/restart times, USS per worker, and 100 (quick) or 1,000 bundles in one runtime."""
+    from . import _scale
+
+    return _scale.run(bundles=100 if plan.quick else 1000, repeats=10 if plan.quick else 50, calls=20_000)

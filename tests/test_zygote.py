@@ -4,9 +4,12 @@ when the zygote dies, hangs or cannot fork. Plus many bundles in one runtime."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -25,6 +28,7 @@ from polyplug_isolated import (
 
 ENV = guest_contract_id("test.env", 1)
 PIDS_CGROUP = Path("/sys/fs/cgroup/pids")
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def getenv(env_contract, key: str) -> str:
@@ -165,6 +169,8 @@ def pids_cgroup(limit: int):
     try:
         yield group
     finally:
+        for pid in (group / "cgroup.procs").read_text().split():  # left behind by a failing test
+            (PIDS_CGROUP / "cgroup.procs").write_text(pid)
         group.rmdir()
 
 
@@ -232,3 +238,17 @@ def test_200_bundles_load_answer_and_unload_leaving_nothing(tmp_path, bundle_dir
 @pytest.mark.scale
 def test_1000_bundles_load_answer_and_unload_leaving_nothing(tmp_path, bundle_dir):
     _load_call_unload(tmp_path, bundle_dir("adder"), 1000)
+
+
+def test_the_scale_bench_runs_and_reports_every_figure(tmp_path):
+    out = tmp_path / "scale.json"
+    command = [sys.executable, "-m", "bench._scale", "--bundles", "20", "--repeats", "3", "--calls", "300"]
+    subprocess.run([*command, "--json", str(out)], cwd=ROOT, check=True, capture_output=True, timeout=120)
+    result = json.loads(out.read_text())
+    for step in ("load_ms", "reload_ms", "restart_ms", "load_exec_ms", "c_process_start_ms"):
+        assert result["startup"][step]["n"] == 3 and result["startup"][step]["p50"] > 0
+    scale = result["scale"]
+    assert scale["bundles"] == 20 and scale["load_ms"]["n"] == 20
+    assert 0 < scale["uss_per_worker_mb"] < result["startup"]["uss_per_exec_worker_mb"]
+    assert scale["host_threads"] == scale["host_threads_before"] + 1
+    assert scale["host_fds_after_close"] == scale["host_fds_before"]

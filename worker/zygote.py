@@ -41,7 +41,6 @@ import ctypes
 import errno
 import gc
 import os
-import signal
 import socket
 import sys
 from collections.abc import Callable, Mapping
@@ -133,7 +132,6 @@ def _startup_part(env: Mapping[str, str]) -> dict[str, str]:
 
 def serve_forks(zygote_fd: int, run_worker: Callable[[int], int]) -> int:
     """The zygote's loop: one fork per request until the host hangs up."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the host; workers inherit this
     threads = len(os.listdir("/proc/self/task"))
     if threads != 1:
         print(

@@ -95,6 +95,11 @@ class WorkerProcess:
                 return False
             return os.waitid(os.P_PIDFD, self.pidfd, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
 
+    def discard(self) -> None:
+        """Ends a process no monitor watches (a spare): kill, reap, close."""
+        self.kill("the runtime no longer needs it")
+        self.reap()
+
     def tail(self) -> str:
         """The worker's last output lines, for error messages."""
         return "\n".join(self.output_tail)

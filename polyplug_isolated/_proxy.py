@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -25,6 +26,7 @@ from ._config import ResourceLimits, RuntimeConfig, WorkerOptions
 from ._manifest import ManifestData
 from ._monitor import Monitor
 from ._process import WorkerProcess, describe_exit
+from ._zygote import FrameFor
 from .errors import InitFailed, InitSymbolMissing, LoaderError
 
 _LOG_LEVELS = {1: logging.ERROR, 2: logging.WARNING, 3: logging.INFO, 4: logging.DEBUG, 5: logging.DEBUG}
@@ -73,14 +75,15 @@ class WorkerProxy:
 
     def start(
         self,
-        spawn: Callable[[bytes, int], WorkerProcess],
+        spawn: Callable[[FrameFor, int], WorkerProcess],
         options: WorkerOptions,
         faults: list[dict[str, Any]],
     ) -> None:
         """Starts a worker with ``spawn`` and loads the bundle in it; raises LoaderError, leaving nothing.
 
-        ``spawn(load_frame, segment_fd)`` starts the process and queues its
-        load frame at once, so the worker can load while the host sets up.
+        ``spawn(load_frame_for, segment_fd)`` starts the process and queues
+        its load frame at once (``load_frame_for(env)``: env is what the worker
+        must set itself), so the worker loads while the host sets up.
         ``faults`` (fault specs) are armed before polyplug_init runs.
         """
         config = self._config
@@ -91,7 +94,8 @@ class WorkerProxy:
             )
             undo.callback(channel.close_fd)
             self.channel = channel
-            load = proto.frame(
+            load = functools.partial(
+                proto.frame,
                 proto.LOAD,
                 protocol=proto.PROTOCOL_VERSION,
                 library=str(self.manifest.file),
@@ -103,7 +107,7 @@ class WorkerProxy:
                 limits=options.limits.as_dict() if options.limits else None,
                 faults=faults,
             )
-            self.process = spawn(load, channel.fd)
+            self.process = spawn(lambda env: load(env=env), channel.fd)
             undo.callback(self._discard)
             channel.close_fd()
             self._monitor.watch(self, self.process)

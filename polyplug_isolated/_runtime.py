@@ -24,7 +24,7 @@ from ._process import WorkerProcess
 from ._proxy import WorkerProxy
 from ._supervisor import BundleEvent, BundleEventKind, Supervisor
 from ._typed import TypedContract, open_contract
-from ._zygote import Zygote
+from ._zygote import FrameFor, Zygote
 from .errors import InitFailed, LoaderError, StaleHandle, WorkerStartFailed
 
 _logger = logging.getLogger("polyplug_isolated")
@@ -101,7 +101,7 @@ class Runtime:
         self._bundles: dict[int, Bundle] = {}
         self._slots: list[_Slot] = []
         self._monitor = Monitor()
-        self._zygote = Zygote(self.config.load_timeout)
+        self._zygote = Zygote(self.config.load_timeout, keep_spare=self.config.prestart)
         if self.config.prestart:
             self._zygote.start()
         self._closed = False
@@ -264,9 +264,9 @@ class Runtime:
         host_environment = dict(os.environ)
         environment = options.environment(host_environment) or host_environment
 
-        def spawn(load_frame: bytes, segment_fd: int) -> WorkerProcess:
+        def spawn(load_frame_for: FrameFor, segment_fd: int) -> WorkerProcess:
             try:
-                return self._zygote.fork(environment, load_frame, segment_fd)
+                return self._zygote.fork(environment, load_frame_for, segment_fd)
             except WorkerStartFailed as exc:
                 raise WorkerStartFailed(
                     f"bundle {manifest.name!r}: cannot start a worker: {exc}",

@@ -22,6 +22,7 @@ an error: no request was lost with it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import resource
@@ -30,11 +31,23 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from . import _protocol as proto
 from ._process import WorkerProcess
 from .errors import WorkerStartFailed
+
+# Variables the dynamic loader and libc read only when a process starts: a
+# worker whose environment differs from the zygote's in any of them is exec'd
+# (by the zygote's child) instead of running in the fork.
+_STARTUP_PREFIXES = ("LD_", "GLIBC_TUNABLES", "MALLOC_")
+
+# Builds a worker's first frame, given the environment it must still set itself.
+FrameFor = Callable[[dict[str, str] | None], bytes]
+
+# A zygote starts an interpreter: on a busy machine that can outlast a short load_timeout.
+_START_TIMEOUT = 10.0
 
 # Fds each worker holds in the host (control socket, output pipe, pidfd),
 # plus the few a start needs for a moment (the segment's, the worker's ends).
@@ -43,16 +56,26 @@ _FD_HEADROOM = 16
 
 
 class Zygote:
-    """Starts worker processes by forking one template; thread-safe (forks take turns)."""
+    """Starts worker processes by forking one template; thread-safe (forks take turns).
 
-    def __init__(self, timeout: float):
+    With ``keep_spare`` (``Runtime(prestart=True)``), one worker is always
+    forked ahead of need: a load hands its first frame to that spare, which
+    has already paid for its fork, its scheduling and CPython's after-fork
+    work (~1.5 ms here), and asks the zygote for the next spare without
+    waiting for it: its answer is read at the next fork.
+    """
+
+    def __init__(self, timeout: float, keep_spare: bool = False):
         self._timeout = timeout  # for the template to start, and for each fork
+        self._keep_spare = keep_spare
         self._lock = threading.Lock()
         self._popen: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
         self._reader = proto.FrameReader()
         self._ready = False
         self._environment: dict[str, str] = {}
+        self._spare: tuple[WorkerProcess, dict[str, str]] | None = None  # and the environment it has
+        self._pending: tuple[socket.socket, int] | None = None  # a spare asked for: (control, output)
         self._closed = False
 
     @property
@@ -66,12 +89,17 @@ class Zygote:
             if self._popen is None and not self._closed:
                 self._spawn()
 
-    def fork(self, environment: dict[str, str], first_frame: bytes, first_fd: int) -> WorkerProcess:
+    def fork(
+        self,
+        environment: dict[str, str],
+        first_frame: FrameFor,
+        first_fd: int,
+    ) -> WorkerProcess:
         """A new worker process with ``environment``, its first frame (and fd) already queued to it.
 
-        The frame is sent on the worker's control socket before the zygote
-        answers: the worker reads it as soon as it runs, while the host is
-        still setting up its side.
+        ``first_frame(env)`` builds that frame, ``env`` being the environment
+        the worker must still set itself (None: it has it). The frame is sent
+        before the zygote answers, so the worker can read it as soon as it runs.
 
         Raises:
             WorkerStartFailed: the zygote could not start, hung, died or could
@@ -80,56 +108,117 @@ class Zygote:
         with self._lock:
             if self._closed:
                 raise WorkerStartFailed("the runtime is closed: no worker can be started")
-            if self._popen is None or self._popen.poll() is not None:
-                self._replace()
-            control, worker_control, output_read, output_write = _worker_fds()
-            try:
-                with worker_control, open(output_write, "wb", closefd=True):
-                    env = None if environment == self._environment else environment
-                    pid = self._request(
-                        env, (worker_control.fileno(), output_write), control, first_frame, first_fd
-                    )
-                output = open(output_read, "rb", buffering=0)  # noqa: SIM115 - the process owns it
-            except BaseException:
-                control.close()
-                os.close(output_read)
-                raise
-            try:
-                return WorkerProcess(pid, control, output)
-            except OSError as exc:  # pidfd_open: out of fds
-                control.close()
-                output.close()
-                os.kill(pid, signal.SIGKILL)  # our unreaped child: the PID is still its own
-                os.waitpid(pid, 0)
-                raise WorkerStartFailed(f"cannot watch the new worker {pid}: {exc}") from exc
+            process = self._take_spare(environment, first_frame, first_fd)
+            if process is None:
+                process = self._fork_now(environment, first_frame, first_fd)
+            if self._keep_spare and self._spare is None and self._pending is None:
+                self._ask_for_spare()
+            return process
 
     def close(self) -> None:
-        """Ends the template (its workers are the runtime's to end). Idempotent."""
+        """Ends the template and the spare (the workers are the runtime's to end). Idempotent."""
         with self._lock:
             self._closed = True
+            with contextlib.suppress(WorkerStartFailed):
+                self._collect_spare()
+            if self._spare is not None:
+                self._spare[0].discard()
+                self._spare = None
             self._stop()
 
     # ---- inside the lock -------------------------------------------------------
 
-    def _request(
+    def _take_spare(
         self,
-        env: dict[str, str] | None,
-        fds: tuple[int, int],
-        control: socket.socket,
-        first_frame: bytes,
+        environment: dict[str, str],
+        first_frame: FrameFor,
         first_fd: int,
-    ) -> int:
-        """One fork; the new worker's PID."""
+    ) -> WorkerProcess | None:
+        """The spare, if there is a live one that can become this worker; its first frame sent."""
+        with contextlib.suppress(WorkerStartFailed):  # a spare lost with its zygote fails no load
+            self._collect_spare()
+        if self._spare is None:
+            return None
+        process, spare_environment = self._spare
+        if _startup_part(environment) != _startup_part(spare_environment):
+            return None  # this worker needs an exec; the spare waits for the next one
+        self._spare = None
+        env = None if environment == spare_environment else environment
+        if not process.alive() or not _send(process.control, first_frame(env), first_fd):
+            process.discard()
+            return None
+        return process
+
+    def _collect_spare(self) -> None:
+        """Reads the zygote's answer about the spare asked for last."""
+        if self._pending is None:
+            return
+        control, output_read = self._pending
+        self._pending = None
+        try:
+            pid = self._answer()
+            self._spare = (_adopt(pid, control, output_read), self._environment)
+        except BaseException:
+            control.close()
+            os.close(output_read)
+            raise
+
+    def _ask_for_spare(self) -> None:
+        """Asks for the next spare without waiting: it forks while this load goes on."""
+        control, worker_control, output_read, output_write = _worker_fds()
+        with worker_control, open(output_write, "wb", closefd=True):
+            try:
+                self._ask(None, (worker_control.fileno(), output_write))
+            except WorkerStartFailed:
+                control.close()
+                os.close(output_read)
+                return  # no spare this time; the next fork finds a new zygote
+        self._pending = (control, output_read)
+
+    def _fork_now(
+        self,
+        environment: dict[str, str],
+        first_frame: FrameFor,
+        first_fd: int,
+    ) -> WorkerProcess:
+        if self._popen is None or self._popen.poll() is not None:
+            self._replace()
+        exec_env = environment if _startup_part(environment) != _startup_part(self._environment) else None
+        env = None if exec_env is not None or environment == self._environment else environment
+        control, worker_control, output_read, output_write = _worker_fds()
+        try:
+            with worker_control, open(output_write, "wb", closefd=True):
+                self._ask(exec_env, (worker_control.fileno(), output_write))
+                if not _send(control, first_frame(env), first_fd):
+                    raise WorkerStartFailed("the new worker's control socket failed")
+            pid = self._answer()
+        except BaseException:
+            control.close()
+            os.close(output_read)
+            raise
+        return _adopt(pid, control, output_read)
+
+    def _ask(self, exec_env: dict[str, str] | None, fds: tuple[int, int]) -> None:
+        """Sends one fork request (with the worker's two fds); the answer is read by _answer."""
         assert self._sock is not None
         try:
             if not self._ready:
-                self._await("ready")
+                self._await("ready", timeout=max(self._timeout, _START_TIMEOUT))
                 self._ready = True
-            request = proto.frame("fork", env=env)
+            request = proto.frame("fork", exec_env=exec_env)
             sent = socket.send_fds(self._sock, [request], list(fds))
             self._sock.sendall(request[sent:])
-            sent = socket.send_fds(control, [first_frame], [first_fd])
-            control.sendall(first_frame[sent:])
+        except WorkerStartFailed:
+            self._replace()
+            raise
+        except (OSError, proto.FrameError) as exc:
+            why = self._died_or(f"its socket failed: {exc}")
+            self._replace()
+            raise WorkerStartFailed(f"the worker zygote {why}") from exc
+
+    def _answer(self) -> int:
+        """The PID of the worker the last request forked."""
+        try:
             reply = self._await("forked", "fork_failed")
         except WorkerStartFailed:
             self._replace()
@@ -149,16 +238,17 @@ class Zygote:
             errno=code,
         )
 
-    def _await(self, *tags: str) -> dict[str, Any]:
+    def _await(self, *tags: str, timeout: float | None = None) -> dict[str, Any]:
         """The next frame from the zygote, which must be one of ``tags``."""
         assert self._sock is not None
-        self._sock.settimeout(self._timeout)
+        timeout = timeout or self._timeout
+        self._sock.settimeout(timeout)
         while True:
             try:
                 data = self._sock.recv(1 << 16)
             except TimeoutError:
                 raise WorkerStartFailed(
-                    f"the worker zygote did not answer within {self._timeout:g} s (hung?); it was killed and "
+                    f"the worker zygote did not answer within {timeout:g} s (hung?); it was killed and "
                     "a new one is started for the next load. Raise Runtime(load_timeout=...) on a slow host"
                 ) from None
             if not data:
@@ -219,6 +309,34 @@ class Zygote:
             popen.wait()
         if popen.stderr is not None:
             popen.stderr.close()
+
+
+def _startup_part(environment: dict[str, str]) -> dict[str, str]:
+    """The variables only a process start reads (a worker that differs in them is exec'd)."""
+    return {name: value for name, value in environment.items() if name.startswith(_STARTUP_PREFIXES)}
+
+
+def _send(control: socket.socket, frame: bytes, fd: int) -> bool:
+    """Sends a frame and an fd on a worker's control socket; False if the worker is gone."""
+    try:
+        sent = socket.send_fds(control, [frame], [fd])
+        control.sendall(frame[sent:])
+    except OSError:
+        return False
+    return True
+
+
+def _adopt(pid: int, control: socket.socket, output_read: int) -> WorkerProcess:
+    """The WorkerProcess of a child the zygote forked; kills and reaps it if it cannot be watched."""
+    output = open(output_read, "rb", buffering=0)  # noqa: SIM115 - the process owns it
+    try:
+        return WorkerProcess(pid, control, output)
+    except OSError as exc:  # pidfd_open: out of fds
+        control.close()
+        output.close()
+        os.kill(pid, signal.SIGKILL)  # our unreaped child: the PID is still its own
+        os.waitpid(pid, 0)
+        raise WorkerStartFailed(f"cannot watch the new worker {pid}: {exc}") from exc
 
 
 def _worker_fds() -> tuple[socket.socket, socket.socket, int, int]:

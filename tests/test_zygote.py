@@ -128,8 +128,9 @@ def test_cwd_and_limits_apply_in_the_fork_and_not_in_the_zygote(rt, bundle_dir, 
 # ---- the zygote's failures --------------------------------------------------------------------
 
 
-def test_a_killed_zygote_is_replaced_and_its_workers_serve_on(bundle_dir):
-    with Runtime(prestart=True) as rt:
+@pytest.mark.parametrize("prestart", [False, True], ids=["fork-on-demand", "spare-forked-ahead"])
+def test_a_killed_zygote_is_replaced_and_its_workers_serve_on(bundle_dir, prestart):
+    with Runtime(prestart=prestart) as rt:
         rt.load_bundle(bundle_dir("adder"))
         adder = rt.resolve_guest_contract(rt.find_guest_contract(ADD, 1))
         old = zygote_of(rt)
@@ -143,7 +144,7 @@ def test_a_killed_zygote_is_replaced_and_its_workers_serve_on(bundle_dir):
 
 
 def test_a_hung_zygote_fails_the_load_with_a_typed_error_and_is_replaced(bundle_dir):
-    with Runtime(prestart=True, load_timeout=0.5) as rt:
+    with Runtime(load_timeout=0.5) as rt:  # no spare: the load itself waits for the zygote
         rt.load_bundle(bundle_dir("adder"))
         hung = zygote_of(rt)
         hung.suspend()
@@ -175,7 +176,7 @@ def pids_cgroup(limit: int):
 
 
 def test_a_zygote_that_cannot_fork_fails_the_load_with_eagain_and_is_replaced(bundle_dir):
-    with Runtime(prestart=True) as rt:
+    with Runtime() as rt:  # no spare: the load itself asks for the fork
         rt.load_bundle(bundle_dir("adder"))
         zygote = zygote_of(rt)
         with pids_cgroup(1) as group:
@@ -245,7 +246,8 @@ def test_the_scale_bench_runs_and_reports_every_figure(tmp_path):
     command = [sys.executable, "-m", "bench._scale", "--bundles", "20", "--repeats", "3", "--calls", "300"]
     subprocess.run([*command, "--json", str(out)], cwd=ROOT, check=True, capture_output=True, timeout=120)
     result = json.loads(out.read_text())
-    for step in ("load_ms", "reload_ms", "restart_ms", "load_exec_ms", "c_process_start_ms"):
+    steps = [f"{step}_{kind}_ms" for step in ("load", "reload", "restart") for kind in ("ahead", "demand")]
+    for step in (*steps, "load_exec_ms", "c_process_start_ms"):
         assert result["startup"][step]["n"] == 3 and result["startup"][step]["p50"] > 0
     scale = result["scale"]
     assert scale["bundles"] == 20 and scale["load_ms"]["n"] == 20

@@ -80,11 +80,15 @@ _LIMITS = {
 def apply_worker_options(request: dict) -> None:
     """Everything a worker does to itself for its bundle after the fork and before dlopen.
 
-    The working directory and the resource limits of the bundle's
-    WorkerOptions (its environment is set by the zygote's child before the
-    worker program runs: zygote.py). Containment of the worker belongs here
-    too, last: whatever it forbids, the zygote never needed.
+    The environment (when the fork's is not the one wanted; variables only a
+    process start reads were set by an exec instead: zygote.py), working
+    directory and resource limits of the bundle's WorkerOptions. Containment
+    of the worker belongs here too, last: whatever it forbids, the zygote
+    never needed.
     """
+    if request.get("env") is not None:
+        os.environ.clear()
+        os.environ.update(request["env"])
     if request.get("cwd"):
         os.chdir(request["cwd"])
     for name, value in (request.get("limits") or {}).items():
@@ -125,7 +129,11 @@ def _load(request: dict, segment_fd: int | None) -> bool:
     try:
         apply_worker_options(request)
     except (OSError, ValueError, KeyError) as exc:
-        _send(proto.ERROR, kind=proto.CONFINE, message=f"cannot apply the bundle's cwd or limits: {exc}")
+        _send(
+            proto.ERROR,
+            kind=proto.CONFINE,
+            message=f"cannot apply the bundle's environment, cwd or limits: {exc}",
+        )
         return False
     _install_faults(request.get("faults") or [], append=False)
     result = ffi.new("ppw_load_result *")

@@ -4,12 +4,12 @@ The host starts it once per runtime (``python -m polyplug_isolated.worker
 --zygote-fd Z``); it imports everything a worker needs (cffi modules,
 msgpack, the worker program), says ``ready`` and then waits on its socket.
 Each request carries two fds (SCM_RIGHTS): the worker's end of a fresh
-control socket and the write end of its output pipe, and the worker's
-environment when it is not the zygote's. The zygote forks, and the child
-sets the environment and becomes that worker (``run_worker``) — or, when the
-environment differs in what only a process start reads (LD_LIBRARY_PATH and
-the dynamic loader's other variables, glibc's tunables), execs a fresh
-worker program with it: ~40 ms instead of ~2, for those bundles only.
+control socket and the write end of its output pipe. The zygote forks, and
+the child becomes that worker (``run_worker``), which sets its bundle's
+environment itself — or, when the environment differs in what only a
+process start reads (``exec_env``: LD_LIBRARY_PATH and the dynamic loader's
+other variables, glibc's tunables), execs a fresh worker program with it:
+~40 ms instead of ~2, for those bundles only.
 
 Two rules hold it together:
 
@@ -28,9 +28,9 @@ Two rules hold it together:
 Protocol (length-prefixed msgpack frames, _protocol.FrameReader)::
 
     zygote -> host   {"t": "ready", "pid": P}                once, after imports
-    host -> zygote   {"t": "fork", "env": {..}|None}    + fds [control, output]
-    zygote -> host   {"t": "forked", "pid": W}
-                   | {"t": "fork_failed", "errno": E, "message": M}
+    host -> zygote   {"t": "fork", "exec_env": {..}|None}    + fds [control, output]
+    child  -> host   {"t": "forked", "pid": W}    (the new worker, on the zygote's socket)
+    zygote -> host   {"t": "fork_failed", "errno": E, "message": M}    (or this instead)
 
 EOF on the socket (the host closed it, or died) ends the zygote.
 """
@@ -43,15 +43,13 @@ import gc
 import os
 import socket
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 from polyplug_isolated import _protocol as proto
 
 _CLONE_PARENT = 0x00008000
 _SYS_CLONE3 = 435  # the same number on every architecture (syscalls >= 424 are unified)
 _SYS_CLONE = {"x86_64": 56, "aarch64": 220, "riscv64": 220}  # flags first, like clone3's fields
-# Read by the dynamic loader and libc only when a process starts.
-_STARTUP_PREFIXES = ("LD_", "GLIBC_TUNABLES", "MALLOC_")
 
 
 class _CloneArgs(ctypes.Structure):
@@ -99,35 +97,31 @@ def _become_worker(
     sock: socket.socket,
     control_fd: int,
     output_fd: int,
-    env: dict[str, str] | None,
+    exec_env: dict[str, str] | None,
     run_worker: Callable[[int], int],
 ) -> None:
-    """The child's side of a fork: drop the zygote's socket, take the worker's fds and env, run.
+    """The child's side of a fork: drop the zygote's socket, take the worker's fds, run (or exec).
 
     Never returns: whatever happens, the child exits here.
     """
     status = 70  # EX_SOFTWARE: the worker program itself failed
     try:
+        # The child, not the zygote, says it exists: a zygote killed right
+        # after the fork cannot take the new PID (and its reaping) with it.
+        _send(sock, "forked", pid=os.getpid())
         sock.close()
         os.dup2(output_fd, 1)
         os.dup2(output_fd, 2)
         os.close(output_fd)
-        if env is not None and _startup_part(env) != _startup_part(os.environ):
+        if exec_env is not None:
             os.set_inheritable(control_fd, True)
             command = [sys.executable, "-m", "polyplug_isolated.worker", "--control-fd", str(control_fd)]
-            os.execve(sys.executable, command, env)
-        if env is not None:
-            os.environ.clear()
-            os.environ.update(env)
+            os.execve(sys.executable, command, exec_env)
         status = run_worker(control_fd)
     except BaseException as exc:  # a worker must never fall back into the zygote's loop
         os.write(2, f"polyplug_isolated worker: {exc!r}\n".encode("utf-8", "replace"))
     finally:
         os._exit(status)
-
-
-def _startup_part(env: Mapping[str, str]) -> dict[str, str]:
-    return {name: value for name, value in env.items() if name.startswith(_STARTUP_PREFIXES)}
 
 
 def serve_forks(zygote_fd: int, run_worker: Callable[[int], int]) -> int:
@@ -159,13 +153,10 @@ def serve_forks(zygote_fd: int, run_worker: Callable[[int], int]) -> int:
         request = frames[0]
         control_fd, output_fd = fds
         try:
-            pid = _clone_parent()
+            if _clone_parent() == 0:
+                _become_worker(sock, control_fd, output_fd, request.get("exec_env"), run_worker)
         except OSError as exc:
             _send(sock, "fork_failed", errno=exc.errno, message=exc.strerror or str(exc))
-        else:
-            if pid == 0:
-                _become_worker(sock, control_fd, output_fd, request.get("env"), run_worker)
-            _send(sock, "forked", pid=pid)
         finally:
             os.close(control_fd)
             os.close(output_fd)

@@ -98,14 +98,30 @@ OPTION_CASES = {
 }
 
 
+def spare_worker(rt: Runtime) -> int:
+    """The PID of the worker a prestarted runtime keeps forked ahead (once it runs)."""
+    known = {rt._zygote.pid} | {b.pid for b in rt.bundles}
+    others: set[int] = set()
+
+    def spare_appeared() -> bool:
+        others.update(c.pid for c in psutil.Process().children() if c.pid not in known)
+        return len(others) == 1
+
+    wait_until(spare_appeared)
+    return others.pop()
+
+
 @pytest.mark.parametrize("case", sorted(OPTION_CASES))
 def test_environment_options_apply_after_the_fork(bundle_dir, monkeypatch, case):
     options, still_forked, expected = OPTION_CASES[case]
     with Runtime(prestart=True) as rt:
-        # Set after the zygote started: the worker still gets the host's environment of now.
+        rt.load_bundle(bundle_dir("adder"))
+        spare = spare_worker(rt)
+        # Set after the zygote and the spare started: the worker still gets the host's environment of now.
         monkeypatch.setenv("HOST_SECRET", "do-not-leak")
         rt.load_bundle(bundle_dir("environ"), **options)
         env = rt.resolve_guest_contract(rt.find_guest_contract(ENV, 1))
+        assert (env.bundle.pid == spare) is still_forked  # an exec'd worker leaves the spare waiting
         assert forked(env.bundle.pid) is still_forked
         for key, value in expected.items():
             assert getenv(env, key) == value

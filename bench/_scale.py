@@ -36,11 +36,14 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psutil
 
 from polyplug_isolated import (
+    BundleEvent,
     BundleEventKind,
+    GuestContract,
     RestartPolicy,
     Runtime,
     bundle_id,
@@ -96,13 +99,18 @@ def c_process_start() -> float:
 
 
 def uss(pid: int) -> int:
-    return psutil.Process(pid).memory_full_info().uss
+    return int(psutil.Process(pid).memory_full_info().uss)
 
 
 # ---- start-up -----------------------------------------------------------------------------------
 
 
-def startup(root: Path, work: Path, repeats: int) -> dict:
+def _set_on_restart(done: threading.Event, event: BundleEvent) -> None:
+    if event.kind is BundleEventKind.RESTARTED:
+        done.set()
+
+
+def startup(root: Path, work: Path, repeats: int) -> dict[str, Any]:
     """Load, reload and restart of adder with a worker forked ahead (prestart) and on demand, each
     interleaved with a fresh worker program and a C process start; the USS of each kind of worker."""
     paths = {
@@ -116,13 +124,13 @@ def startup(root: Path, work: Path, repeats: int) -> dict:
         kind: Runtime(
             prestart=kind == "ahead",
             restart=policy,
-            on_event=lambda e, done=done: done.set() if e.kind is BundleEventKind.RESTARTED else None,
+            on_event=functools.partial(_set_on_restart, done),
         )
         for kind, done in restarted.items()
     }
     samples: dict[str, list[float]] = collections.defaultdict(list)
     memory: dict[str, list[int]] = collections.defaultdict(list)
-    result: dict = {}
+    result: dict[str, Any] = {}
     try:
         for rt in runtimes.values():
             rt.unload_bundle(rt.load_bundle(root / "adder").id)  # the zygote is ready from here on
@@ -162,7 +170,7 @@ def startup(root: Path, work: Path, repeats: int) -> dict:
 # ---- scale ----------------------------------------------------------------------------------------
 
 
-def call_latencies(contracts: list, calls: int, idle_ns: int) -> list[float]:
+def call_latencies(contracts: list[GuestContract], calls: int, idle_ns: int) -> list[float]:
     """Seconds per call, cycling over ``contracts``; ``idle_ns`` of busy waiting before each, untimed."""
     samples = []
     clock = time.perf_counter_ns
@@ -179,7 +187,7 @@ def call_latencies(contracts: list, calls: int, idle_ns: int) -> list[float]:
     return samples
 
 
-def scale(root: Path, work: Path, count: int, calls: int) -> dict:
+def scale(root: Path, work: Path, count: int, calls: int) -> dict[str, Any]:
     """``count`` bundles in one runtime: load, memory, fds, threads, call latency, close."""
     paths = copies(root / "adder", work, count, prefix="s")
     host = psutil.Process()
@@ -188,7 +196,7 @@ def scale(root: Path, work: Path, count: int, calls: int) -> dict:
     rt = Runtime(prestart=True)
     try:
         rt.load_bundle(root / "adder")  # warm: the zygote is ready
-        loads = [timed(lambda path=path: rt.load_bundle(path)) for path in paths]
+        loads = [timed(functools.partial(rt.load_bundle, path)) for path in paths]
         fds, threads = host.num_fds(), host.num_threads()
         contracts = [
             c
@@ -232,10 +240,10 @@ def scale(root: Path, work: Path, count: int, calls: int) -> dict:
 # ---- report -----------------------------------------------------------------------------------------
 
 
-def report(result: dict) -> str:
+def report(result: dict[str, Any]) -> str:
     s, b = result["startup"], result["scale"]
 
-    def row(label: str, stats: dict, target: str = "") -> str:
+    def row(label: str, stats: dict[str, float], target: str = "") -> str:
         p50, p90, top = stats["p50"], stats["p90"], stats["max"]
         return f"  {label:<44} p50 {p50:7.2f} ms  p90 {p90:7.2f}  max {top:7.2f}  {target}"
 
@@ -269,7 +277,7 @@ def report(result: dict) -> str:
     return "\n".join(lines)
 
 
-def run(bundles: int, repeats: int, calls: int) -> dict:
+def run(bundles: int, repeats: int, calls: int) -> dict[str, Any]:
     """Both parts, on copies of adder in a temporary directory; lowers the soft fd limit to 1,024 first."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 1024), hard))  # the common default

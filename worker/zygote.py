@@ -76,7 +76,7 @@ def _clone_parent() -> int:
     args = _CloneArgs(flags=_CLONE_PARENT)
     python = ctypes.pythonapi  # PyDLL: these run with the GIL held, as they must
     python.PyOS_BeforeFork()
-    pid = _libc.syscall(_SYS_CLONE3, ctypes.byref(args), ctypes.sizeof(args))
+    pid: int = _libc.syscall(_SYS_CLONE3, ctypes.byref(args), ctypes.sizeof(args))
     if pid < 0 and ctypes.get_errno() == errno.ENOSYS and os.uname().machine in _SYS_CLONE:
         pid = _libc.syscall(_SYS_CLONE[os.uname().machine], _CLONE_PARENT, 0, 0, 0, 0)
     error = ctypes.get_errno()

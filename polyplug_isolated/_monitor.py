@@ -107,6 +107,8 @@ class Monitor:
         return closing
 
     def _on_control(self, watch: _Watch) -> None:
+        if not watch.control_open:  # an event of the same batch as the exit that closed it
+            return
         try:
             data = watch.control.recv(1 << 16)
         except BlockingIOError:
@@ -135,6 +137,8 @@ class Monitor:
         watch.control_open = False
 
     def _on_output(self, watch: _Watch) -> None:
+        if not watch.output_open:  # as in _on_control
+            return
         if not self._read_output(watch):
             self._drop_output(watch)
 

@@ -65,6 +65,7 @@ class WorkerProxy:
         self._bundle_log = logging.getLogger(f"polyplug_isolated.bundle.{manifest.name}")
         self._handshake: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
         self._leaving = False
+        self._unload_sent = False
         self.contracts: list[dict[str, Any]] = []
         self.death: Death | None = None
         self.options = WorkerOptions()
@@ -175,6 +176,16 @@ class WorkerProxy:
 
     # ---- shutdown -----------------------------------------------------------
 
+    def leave_if_idle(self) -> None:
+        """Tells a worker with no call in flight to unload now, without waiting for it.
+
+        shutdown() then only waits; close() tells every worker before it waits for any.
+        """
+        assert self.channel is not None and self.process is not None
+        if self.channel.wait_drained(0):
+            self._leaving = True  # before the exit it causes can be taken for a crash
+            self._unload_sent = self.process.send(proto.frame(proto.UNLOAD))
+
     def shutdown(self, drain_timeout: float) -> bool:
         """Drains calls in flight, then has the worker dlclose and exit.
 
@@ -191,7 +202,7 @@ class WorkerProxy:
                 drain_timeout,
             )
             self.process.kill(f"killed after the {drain_timeout:g} s drain timeout")
-        else:
+        elif not self._unload_sent:
             self.process.send(proto.frame(proto.UNLOAD))
         self._await_exit()
         return drained

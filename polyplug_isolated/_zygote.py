@@ -17,7 +17,9 @@ the host's when the runtime started it. Its cost is one template per runtime
 When the zygote dies, hangs or cannot fork, the load in progress fails with
 WorkerStartFailed, the zygote is killed and reaped, and a new one is started
 for the next load. A zygote found dead before a request is replaced without
-an error: no request was lost with it.
+an error: no request was lost with it (nor is a load failed by the loss of a
+spare forked ahead: it forks from a new zygote instead). A forked child
+reports its own PID, so a zygote killed right after a fork loses no worker.
 """
 
 from __future__ import annotations
@@ -165,7 +167,10 @@ class Zygote:
 
     def _ask_for_spare(self) -> None:
         """Asks for the next spare without waiting: it forks while this load goes on."""
-        control, worker_control, output_read, output_write = _worker_fds()
+        try:
+            control, worker_control, output_read, output_write = _worker_fds()
+        except WorkerStartFailed:
+            return  # out of fds: no spare this time
         with worker_control, open(output_write, "wb", closefd=True):
             try:
                 self._ask(None, (worker_control.fileno(), output_write))

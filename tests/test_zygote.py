@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 from pathlib import Path
 
@@ -139,6 +140,39 @@ def test_cwd_and_limits_apply_in_the_fork_and_not_in_the_zygote(rt, bundle_dir, 
     zygote = zygote_of(rt)
     assert zygote.cwd() != str(tmp_path)
     assert zygote.rlimit(psutil.RLIMIT_NOFILE)[0] > 64
+
+
+HOST = textwrap.dedent(
+    """
+    import os, signal, sys, time
+    import psutil
+    from polyplug_isolated import Runtime
+    rt = Runtime(prestart=True)
+    rt.load_bundle(sys.argv[1])
+    deadline = time.monotonic() + 10
+    while len(psutil.Process().children()) < 3 and time.monotonic() < deadline:  # the spare forks
+        time.sleep(0.001)
+    print(*[child.pid for child in psutil.Process().children()], flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+    """
+)
+
+
+def test_the_zygote_its_spare_and_its_workers_die_with_a_sigkilled_host(bundle_dir):
+    host = subprocess.run(
+        [sys.executable, "-c", HOST, str(bundle_dir("adder"))], capture_output=True, text=True, timeout=60
+    )
+    assert host.returncode == -signal.SIGKILL
+    children = [int(pid) for pid in host.stdout.split()]
+    assert len(children) == 3  # zygote, worker, spare
+
+    def gone(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    wait_until(lambda: all(map(gone, children)), timeout=5.0)
 
 
 # ---- the zygote's failures --------------------------------------------------------------------

@@ -18,12 +18,14 @@ When the zygote dies, hangs or cannot fork, the load in progress fails with
 WorkerStartFailed, the zygote is killed and reaped, and a new one is started
 for the next load. A zygote found dead before a request is replaced without
 an error: no request was lost with it (nor is a load failed by the loss of a
-spare forked ahead: it forks from a new zygote instead). A forked child
-reports its own PID, so a zygote killed right after a fork loses no worker.
+spare forked ahead: it forks from a new zygote instead). Both the zygote and
+the forked child report the child's PID, so a zygote (or child) killed right
+after a fork leaves no child the host does not know of.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import os
@@ -78,6 +80,8 @@ class Zygote:
         self._environment: dict[str, str] = {}
         self._spare: tuple[WorkerProcess, dict[str, str]] | None = None  # and the environment it has
         self._pending: tuple[socket.socket, int] | None = None  # a spare asked for: (control, output)
+        # Each fork is reported twice (by the zygote and by the child): the PIDs already taken.
+        self._reported: collections.deque[int] = collections.deque(maxlen=64)
         self._closed = False
 
     @property
@@ -233,7 +237,9 @@ class Zygote:
             self._replace()
             raise WorkerStartFailed(f"the worker zygote {why}") from exc
         if reply["t"] == "forked":
-            return int(reply["pid"])
+            pid = int(reply["pid"])
+            self._reported.append(pid)
+            return pid
         code = reply.get("errno")
         self._replace()
         hint = " (a process or memory limit?)" if code in (errno.EAGAIN, errno.ENOMEM) else ""
@@ -260,6 +266,8 @@ class Zygote:
                 why = self._died_or("closed its socket")
                 raise WorkerStartFailed(f"the worker zygote {why}; a new one is started for the next load")
             for message in self._reader.feed(data):
+                if message.get("t") == "forked" and message.get("pid") in self._reported:
+                    continue  # the second report of a fork already answered
                 if message.get("t") not in tags:
                     raise WorkerStartFailed(f"the worker zygote sent {message!r:.200} instead of {tags}")
                 return message
@@ -298,6 +306,7 @@ class Zygote:
                 raise
         self._sock = mine
         self._reader = proto.FrameReader()
+        self._reported.clear()
         self._ready = False
         self._environment = environment
 

@@ -208,6 +208,17 @@ def test_a_hung_zygote_fails_the_load_with_a_typed_error_and_is_replaced(bundle_
         assert forked(rt.load_bundle(bundle_dir("environ")).pid)
 
 
+def test_a_spare_that_died_waiting_is_reaped_and_the_load_forks_anew(bundle_dir):
+    with Runtime(prestart=True) as rt:
+        rt.load_bundle(bundle_dir("adder"))
+        spare = psutil.Process(spare_worker(rt))
+        spare.kill()
+        wait_until(lambda: spare.status() == psutil.STATUS_ZOMBIE)
+        bundle = rt.load_bundle(bundle_dir("environ"))
+        assert bundle.pid != spare.pid and forked(bundle.pid)
+        assert not psutil.pid_exists(spare.pid)  # reaped, not left a zombie
+
+
 @contextlib.contextmanager
 def pids_cgroup(limit: int):
     """A cgroup (v1 pids controller) that lets its members have at most ``limit`` tasks."""

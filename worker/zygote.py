@@ -29,8 +29,8 @@ Protocol (length-prefixed msgpack frames, _protocol.FrameReader)::
 
     zygote -> host   {"t": "ready", "pid": P}                once, after imports
     host -> zygote   {"t": "fork", "exec_env": {..}|None}    + fds [control, output]
-    child  -> host   {"t": "forked", "pid": W}    (the new worker, on the zygote's socket)
-    zygote -> host   {"t": "fork_failed", "errno": E, "message": M}    (or this instead)
+    zygote -> host   {"t": "forked", "pid": W}    and the new worker sends the same
+                   | {"t": "fork_failed", "errno": E, "message": M}
 
 EOF on the socket (the host closed it, or died) ends the zygote.
 """
@@ -106,8 +106,9 @@ def _become_worker(
     """
     status = 70  # EX_SOFTWARE: the worker program itself failed
     try:
-        # The child, not the zygote, says it exists: a zygote killed right
-        # after the fork cannot take the new PID (and its reaping) with it.
+        # The child says it exists, and so does the zygote: the host learns
+        # the new PID (and so reaps the child) even if one of them is killed
+        # right after the fork. It takes the first and skips the second.
         _send(sock, "forked", pid=os.getpid())
         sock.close()
         os.dup2(output_fd, 1)
@@ -153,8 +154,10 @@ def serve_forks(zygote_fd: int, run_worker: Callable[[int], int]) -> int:
         request = frames[0]
         control_fd, output_fd = fds
         try:
-            if _clone_parent() == 0:
+            pid = _clone_parent()
+            if pid == 0:
                 _become_worker(sock, control_fd, output_fd, request.get("exec_env"), run_worker)
+            _send(sock, "forked", pid=pid)
         except OSError as exc:
             _send(sock, "fork_failed", errno=exc.errno, message=exc.strerror or str(exc))
         finally:

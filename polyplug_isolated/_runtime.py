@@ -300,7 +300,10 @@ class Runtime:
             lambda dead: self._on_death(bundle, dead),
             bundle.record_fault,
         )
-        proxy.start(spawn, options, bundle.fault_specs(bundle.start_faults))
+        try:
+            proxy.start(spawn, options, bundle.fault_specs(bundle.start_faults))
+        finally:
+            self._zygote.fork_ahead()
         return proxy
 
     def _on_death(self, bundle: Bundle, proxy: WorkerProxy) -> None:

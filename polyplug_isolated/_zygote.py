@@ -65,8 +65,8 @@ class Zygote:
     With ``keep_spare`` (``Runtime(prestart=True)``), one worker is always
     forked ahead of need: a load hands its first frame to that spare, which
     has already paid for its fork, its scheduling and CPython's after-fork
-    work (~1.5 ms here), and asks the zygote for the next spare without
-    waiting for it: its answer is read at the next fork.
+    work (~1.5 ms here); then ``fork_ahead`` asks the zygote for the next
+    spare without waiting for it: its answer is read at the next fork.
     """
 
     def __init__(self, timeout: float, keep_spare: bool = False):
@@ -117,9 +117,17 @@ class Zygote:
             process = self._take_spare(environment, first_frame, first_fd)
             if process is None:
                 process = self._fork_now(environment, first_frame, first_fd)
-            if self._keep_spare and self._spare is None and self._pending is None:
-                self._ask_for_spare()
             return process
+
+    def fork_ahead(self) -> None:
+        """Asks for the next spare (with ``keep_spare``), without waiting for it.
+
+        Called once the worker just forked has loaded its bundle: forking the
+        spare meanwhile would take the CPU that load needs.
+        """
+        with self._lock:
+            if self._keep_spare and not self._closed and self._spare is None and self._pending is None:
+                self._ask_for_spare()
 
     def close(self) -> None:
         """Ends the template and the spare (the workers are the runtime's to end). Idempotent."""

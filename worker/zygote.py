@@ -140,26 +140,40 @@ def serve_forks(zygote_fd: int, run_worker: Callable[[int], int]) -> int:
     gc.freeze()
     _send(sock, "ready", pid=os.getpid())
     reader = proto.FrameReader()
+    received: list[int] = []  # fds that came before their request was complete
     while True:
         data, fds, _, _ = socket.recv_fds(sock, 1 << 16, 2, socket.MSG_CMSG_CLOEXEC)
         if not data:
             return 0
-        frames = reader.feed(data)
-        if not frames or len(fds) != 2:
-            for fd in fds:
-                os.close(fd)
-            if frames:
+        received += fds
+        for request in reader.feed(data):
+            worker_fds, received = received[:2], received[2:]
+            if len(worker_fds) != 2:
+                for fd in worker_fds:
+                    os.close(fd)
                 _send(sock, "fork_failed", errno=errno.EINVAL, message="a fork request needs exactly two fds")
-            continue
-        request = frames[0]
-        control_fd, output_fd = fds
-        try:
-            pid = _clone_parent()
-            if pid == 0:
-                _become_worker(sock, control_fd, output_fd, request.get("exec_env"), run_worker)
-            _send(sock, "forked", pid=pid)
-        except OSError as exc:
-            _send(sock, "fork_failed", errno=exc.errno, message=exc.strerror or str(exc))
-        finally:
-            os.close(control_fd)
-            os.close(output_fd)
+                continue
+            _fork(sock, request, worker_fds[0], worker_fds[1], run_worker)
+
+
+def _fork(
+    sock: socket.socket,
+    request: dict[str, object],
+    control_fd: int,
+    output_fd: int,
+    run_worker: Callable[[int], int],
+) -> None:
+    """Forks one worker for ``request``; the child never returns from here."""
+    exec_env = request.get("exec_env")
+    try:
+        pid = _clone_parent()
+        if pid == 0:
+            _become_worker(
+                sock, control_fd, output_fd, exec_env if isinstance(exec_env, dict) else None, run_worker
+            )
+        _send(sock, "forked", pid=pid)
+    except OSError as exc:
+        _send(sock, "fork_failed", errno=exc.errno, message=exc.strerror or str(exc))
+    finally:
+        os.close(control_fd)
+        os.close(output_fd)

@@ -143,7 +143,7 @@ class WorkerOptions:
 
     @property
     def needs_own_process(self) -> bool:
-        """A spare worker was started with the host's environment; these options need their own."""
+        """Whether these options make the worker's environment differ from the host's."""
         return bool(self.env or self.library_path) or not self.inherit_env
 
     def environment(self, host: dict[str, str]) -> dict[str, str] | None:

@@ -604,3 +604,12 @@ def collect() -> None:
 
 
 from ._callbacks import callbacks  # noqa: E402,F401 - host contract and cross-bundle rows (bench/_callbacks.py)
+
+# ---- worker start-up and scale (bench/_scale.py; also ``python -m bench._scale``) ----------
+
+
+def startup_and_scale(plan: Plan) -> dict:
+    """Load/reload/restart times, USS per worker, and 100 (quick) or 1,000 bundles in one runtime."""
+    from . import _scale
+
+    return _scale.run(bundles=100 if plan.quick else 1000, repeats=10 if plan.quick else 50, calls=20_000)

@@ -42,6 +42,7 @@ _EXPORTS = {
         "StaleHandle",
         "UnsupportedBundleSource",
         "WorkerCrashed",
+        "WorkerStartFailed",
     ),
     "._paths": ("get_include",),
 }

@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ._bundle import Bundle
     from ._monitor import Monitor
-    from ._process import SpareWorker
     from ._runtime import Runtime
     from ._supervisor import Supervisor
+    from ._zygote import Zygote
 
 _live: weakref.WeakSet[Runtime] = weakref.WeakSet()
 
@@ -70,13 +70,13 @@ def weakly(method: Callable[..., Any]) -> Callable[..., Any]:
 def reclaim(
     supervisor: Supervisor,
     bundles: dict[int, Bundle],
-    spare: SpareWorker | None,
+    zygote: Zygote,
     monitor: Monitor,
     drain_timeout: float,
 ) -> None:
     """Finalizer of an unreachable Runtime: what close() does, without events or callbacks."""
     if threading.current_thread() is monitor.thread:  # it must reap the workers: close from elsewhere
-        args = (supervisor, bundles, spare, monitor, drain_timeout)
+        args = (supervisor, bundles, zygote, monitor, drain_timeout)
         threading.Thread(target=reclaim, args=args, name="polyplug-reclaim", daemon=True).start()
         return
     from ._bundle import BundleState  # _bundle imports the call path; this module must stay light
@@ -93,6 +93,5 @@ def reclaim(
         bundle.proxy = None
         bundle.move(BundleState.UNLOADED)
     bundles.clear()
-    if spare is not None:
-        spare.close()
+    zygote.close()
     monitor.close()

@@ -1,10 +1,11 @@
-"""Worker processes: start one, talk to it, signal it safely, describe how it ended.
+"""Worker processes: talk to one, signal it safely, reap it, describe how it ended.
 
-Knows nothing of msgpack or shared memory. Signals go through a pidfd, so a
-recycled PID can never be hit. Reaping is the monitor's job (it owns
-liveness); everyone else waits on ``exited``. A spare worker can be started
-ahead of need: a Python worker takes ~60 ms to start, a load into a waiting
-one ~2 ms.
+Knows nothing of msgpack or shared memory. Workers are forked by the
+runtime's zygote (_zygote.py) as children of the host itself (CLONE_PARENT),
+so the host holds a pidfd to each and collects its exit status like any
+child's. Signals go through the pidfd, so a recycled PID can never be hit.
+Reaping is the monitor's job (it owns liveness); everyone else waits on
+``exited``.
 """
 
 from __future__ import annotations
@@ -14,10 +15,8 @@ import contextlib
 import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
-from collections.abc import Mapping
+from typing import BinaryIO
 
 # A crash writes the Python stacks (faulthandler) and then the native one:
 # keep enough lines for both.
@@ -25,43 +24,15 @@ OUTPUT_TAIL_LINES = 120
 
 
 class WorkerProcess:
-    """One ``python -m polyplug_isolated.worker`` and the host end of its control socket."""
+    """One worker process (a child of this one) and the host end of its control socket."""
 
-    def __init__(self, env: Mapping[str, str] | None = None):
-        self.control, worker_end = socket.socketpair()
-        with worker_end:
-            command = [
-                sys.executable,
-                "-m",
-                "polyplug_isolated.worker",
-                "--control-fd",
-                str(worker_end.fileno()),
-            ]
-            # subprocess, never a fork of a (threaded) host; close_fds keeps
-            # other workers' sockets out of this one.
-            try:
-                self._popen = subprocess.Popen(
-                    command,
-                    pass_fds=(worker_end.fileno(),),
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                    close_fds=True,
-                )
-            except BaseException:
-                self.control.close()
-                raise
-        self.pid = self._popen.pid
-        try:
-            self.pidfd = os.pidfd_open(self.pid)
-        except BaseException:  # EMFILE: the process must not outlive the error
-            with self._popen:  # closes its pipe and reaps it
-                self._popen.kill()
-            self.control.close()
-            raise
-        assert self._popen.stdout is not None  # stdout=PIPE
-        self.output = self._popen.stdout
+    def __init__(self, pid: int, control: socket.socket, output: BinaryIO):
+        # A child is never reaped behind our back, so its PID cannot be
+        # recycled before the pidfd is open.
+        self.pid = pid
+        self.pidfd = os.pidfd_open(pid)
+        self.control = control
+        self.output = output  # its stdout and stderr
         self.output_tail: collections.deque[str] = collections.deque(maxlen=OUTPUT_TAIL_LINES)
         self.returncode: int | None = None
         self.exited = threading.Event()
@@ -109,7 +80,8 @@ class WorkerProcess:
     def reap(self) -> int:
         """Collects the exit status and closes everything; the monitor calls it once the pidfd is readable."""
         with self._lock:
-            self.returncode = self._popen.wait()
+            _, status = os.waitpid(self.pid, 0)
+            self.returncode = os.waitstatus_to_exitcode(status)
             os.close(self.pidfd)
             self.output.close()
             self.control.close()
@@ -124,12 +96,15 @@ class WorkerProcess:
             os.close(self.pidfd)
 
     def alive(self) -> bool:
-        """Whether the process runs (for a spare nobody watches yet: reaps it if not)."""
-        return self._popen.poll() is None
+        """Whether the process runs (an exited one stays unreaped for the monitor)."""
+        with self._lock:
+            if self.exited.is_set():
+                return False
+            return os.waitid(os.P_PIDFD, self.pidfd, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
 
     def discard(self) -> None:
         """Ends a process no monitor watches (a spare): kill, reap, close."""
-        self.kill("the runtime closed")
+        self.kill("the runtime no longer needs it")
         self.reap()
 
     def tail(self) -> str:
@@ -137,42 +112,8 @@ class WorkerProcess:
         return "\n".join(self.output_tail)
 
 
-class SpareWorker:
-    """Keeps one worker started ahead of need; only for bundles with default options."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._spare: WorkerProcess | None = None
-        self._closed = False
-
-    def take(self) -> WorkerProcess:
-        """A waiting worker if there is a live one, else a new one; then starts the next spare."""
-        with self._lock:
-            spare, self._spare = self._spare, None
-        if spare is not None and not spare.alive():
-            spare.discard()
-            spare = None
-        worker = spare or WorkerProcess()
-        with self._lock:
-            if not self._closed and self._spare is None:
-                self._spare = WorkerProcess()
-        return worker
-
-    def forget_after_fork(self) -> None:
-        """In a fork() child: the spare is the parent's; close the child's copies of its descriptors."""
-        if self._spare is not None:
-            self._spare.forget_after_fork()
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            spare, self._spare = self._spare, None
-        if spare is not None:
-            spare.discard()
-
-
 def describe_exit(returncode: int) -> tuple[signal.Signals | None, int | None, str]:
-    """(signal, exit code, words) for a Popen return code."""
+    """(signal, exit code, words) for a return code as Popen gives it (-N: killed by signal N)."""
     if returncode < 0:
         try:
             sig = signal.Signals(-returncode)

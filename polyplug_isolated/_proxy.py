@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import os
 import queue
@@ -28,6 +29,7 @@ from ._manifest import ManifestData
 from ._monitor import Monitor
 from ._process import WorkerProcess, describe_exit
 from ._sandbox import SandboxReport, read_report, worker_policy
+from ._zygote import FrameFor
 from .errors import InitFailed, InitSymbolMissing, LoaderError
 
 DUMP_GRACE = 1.0  # seconds a timed-out worker gets to write its stack before SIGKILL
@@ -70,6 +72,7 @@ class WorkerProxy:
         self._init_calls: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
         self.answerer: Any = None  # answers this worker's calls back (_callbacks.Answerer)
         self._leaving = False
+        self._unload_sent = False
         self.contracts: list[dict[str, Any]] = []
         self.death: Death | None = None
         self.options = WorkerOptions()
@@ -83,22 +86,22 @@ class WorkerProxy:
 
     def start(
         self,
-        process: WorkerProcess,
+        spawn: Callable[[FrameFor, int], WorkerProcess],
         options: WorkerOptions,
         faults: list[dict[str, Any]],
         answerer: Any = None,
     ) -> None:
-        """Loads the bundle in ``process`` (fresh or a spare); raises LoaderError, leaving nothing.
+        """Starts a worker with ``spawn`` and loads the bundle in it; raises LoaderError, leaving nothing.
 
+        ``spawn(load_frame_for, segment_fd)`` starts the process and queues
+        its load frame at once (``load_frame_for(env)``: env is what the worker
+        must set itself), so the worker loads while the host sets up.
         ``faults`` (fault specs) are armed before polyplug_init runs; ``answerer``
         answers the worker's calls back (during init on this thread).
         """
         config = self._config
-        self.process = process
         self.options = options
         with contextlib.ExitStack() as undo:
-            undo.callback(self._discard)
-            self._monitor.watch(self, process)
             channel = Channel(
                 config.slots,
                 config.max_threads or config.slots,
@@ -114,7 +117,8 @@ class WorkerProxy:
             if answerer is not None:
                 answerer.attach(channel.conn)
             self._policy = worker_policy(config.containment, options.sandbox, self.manifest.path, options.cwd)
-            load = proto.frame(
+            load = functools.partial(
+                proto.frame,
                 proto.LOAD,
                 protocol=proto.PROTOCOL_VERSION,
                 library=str(self.manifest.file),
@@ -128,8 +132,10 @@ class WorkerProxy:
                 dependencies=[dep.as_info() for dep in self.manifest.dependencies],
                 sandbox=self._policy,
             )
-            process.send(load, (channel.fd,))  # if it fails, the worker is gone: on_exit says how
+            self.process = spawn(lambda env: load(env=env), channel.fd)
+            undo.callback(self._discard)
             channel.close_fd()
+            self._monitor.watch(self, self.process)
             try:
                 reply = self._await_handshake(config.load_timeout)
             except concurrent.futures.TimeoutError:
@@ -238,6 +244,16 @@ class WorkerProxy:
 
     # ---- shutdown -----------------------------------------------------------
 
+    def leave_if_idle(self) -> None:
+        """Tells a worker with no call in flight to unload now, without waiting for it.
+
+        shutdown() then only waits; close() tells every worker before it waits for any.
+        """
+        assert self.channel is not None and self.process is not None
+        if self.channel.wait_drained(0):
+            self._leaving = True  # before the exit it causes can be taken for a crash
+            self._unload_sent = self.process.send(proto.frame(proto.UNLOAD))
+
     def shutdown(self, drain_timeout: float) -> bool:
         """Drains calls in flight, then has the worker dlclose and exit.
 
@@ -254,7 +270,7 @@ class WorkerProxy:
                 drain_timeout,
             )
             self.process.kill(f"killed after the {drain_timeout:g} s drain timeout")
-        else:
+        elif not self._unload_sent:
             self.process.send(proto.frame(proto.UNLOAD))
         self._await_exit()
         return drained

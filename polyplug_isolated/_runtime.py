@@ -28,11 +28,12 @@ from ._lifetime import forked_message, reclaim, track, weakly
 from ._manifest import ManifestData, did_you_mean, parse_manifest
 from ._monitor import Monitor
 from ._oserrors import loader_errors
-from ._process import SpareWorker, WorkerProcess
+from ._process import WorkerProcess
 from ._proxy import WorkerProxy
 from ._sandbox import RefusalLog, Sandbox, SandboxReport
 from ._supervisor import BundleEvent, BundleEventKind, Supervisor
 from ._typed import TypedContract, open_contract
+from ._zygote import FrameFor, Zygote
 from .errors import (
     DependencyInUse,
     DependencyNotFound,
@@ -40,6 +41,7 @@ from .errors import (
     LifecycleConflict,
     LoaderError,
     StaleHandle,
+    WorkerStartFailed,
 )
 
 _logger = logging.getLogger("polyplug_isolated")
@@ -121,7 +123,9 @@ class Runtime:
         self._bundles: dict[int, Bundle] = {}
         self._slots: list[_Slot] = []
         self._monitor = Monitor()
-        self._spare = SpareWorker() if self.config.prestart else None
+        self._zygote = Zygote(self.config.load_timeout, keep_spare=self.config.prestart)
+        if self.config.prestart:
+            self._zygote.start()
         self._refusals = RefusalLog()
         self._closed = False
         self._directory = Directory(self)  # what workers' calls back see (_callbacks)
@@ -139,7 +143,7 @@ class Runtime:
             reclaim,
             self._supervisor,
             self._bundles,
-            self._spare,
+            self._zygote,
             self._monitor,
             self.config.drain_timeout,
         )
@@ -172,10 +176,15 @@ class Runtime:
             self._idle.wait_for(lambda: all(thread == me for _, thread in self._busy.values()))
             bundles = list(self._bundles.values())
         self._supervisor.close()
-        for bundle in reversed(bundles):  # dependers (loaded later) first
-            self._unload(bundle, "its Runtime was closed; load it into an open Runtime to call it")
-        if self._spare is not None:
-            self._spare.close()
+        # Every idle worker is told at once, then each is waited for (one after
+        # the other, 1,000 workers took seconds to exit); dependers (loaded
+        # later) first.
+        farewell = "its Runtime was closed; load it into an open Runtime to call it"
+        leaving = [(bundle, self._begin_unload(bundle, farewell)) for bundle in reversed(bundles)]
+        for bundle, (unloading, proxy) in leaving:
+            if unloading:
+                self._end_unload(bundle, proxy)
+        self._zygote.close()
         self._monitor.close()
         self._finalizer.detach()
 
@@ -382,17 +391,32 @@ class Runtime:
         return found
 
     def _unload(self, bundle: Bundle, why: str = "it was unloaded; load it again to call it") -> None:
+        unloading, proxy = self._begin_unload(bundle, why)
+        if unloading:
+            self._end_unload(bundle, proxy)
+
+    def _begin_unload(self, bundle: Bundle, why: str) -> tuple[bool, WorkerProxy | None]:
+        """Turns the bundle DRAINING and tells its worker, if idle, to exit.
+
+        Returns whether this call unloads the bundle, and its worker.
+        """
         bundle.farewell = why
         self._supervisor.forget(bundle)
         self._report(ReloadPhaseType.UNLOADING, bundle)
         with self._lock:
             if bundle.state is BundleState.UNLOADED or self._bundles.get(bundle.id) is not bundle:
-                return
+                return False, None
             proxy = bundle.proxy
             if proxy is not None:
                 proxy.channel.start_draining()  # before anyone can see DRAINING
             bundle.move(BundleState.DRAINING)
             self._unpublish(bundle)
+        if proxy is not None and proxy.alive:
+            proxy.leave_if_idle()
+        return True, proxy
+
+    def _end_unload(self, bundle: Bundle, proxy: WorkerProxy | None) -> None:
+        """Drains and ends the worker (waiting for it), then the bundle is UNLOADED."""
         if proxy is not None and proxy.alive:
             proxy.shutdown(self.config.drain_timeout)
         with self._lock:
@@ -436,27 +460,36 @@ class Runtime:
                 bundle=manifest.name,
             )
         options = bundle.options
-        if self._spare is not None and not options.needs_own_process:
-            process = self._spare.take()
-        else:
-            process = WorkerProcess(options.environment(dict(os.environ)))
+        host_environment = dict(os.environ)
+        environment = options.environment(host_environment) or host_environment
+
+        def spawn(load_frame_for: FrameFor, segment_fd: int) -> WorkerProcess:
+            try:
+                return self._zygote.fork(environment, load_frame_for, segment_fd)
+            except WorkerStartFailed as exc:
+                raise WorkerStartFailed(
+                    f"bundle {manifest.name!r}: cannot start a worker: {exc}",
+                    bundle=manifest.name,
+                    errno=exc.errno,
+                ) from exc
+
         on_death = weakly(self._on_death)  # the monitor thread must not keep the runtime alive
         proxy = WorkerProxy(
             manifest, self.config, self._monitor, lambda dead: on_death(bundle, dead), bundle.record_fault
         )
-        proxy.start(
-            process, options, bundle.fault_specs(bundle.start_faults), Answerer(self._directory, bundle)
-        )
-        if proxy.sandbox_report is not None:
-            self._refusals.note(proxy.sandbox_report)
         starting = {proxy} if cancellable else set()
         with self._lock:
             self._starting |= starting
         try:
-            proxy.start(process, options, bundle.fault_specs(bundle.start_faults))
+            proxy.start(
+                spawn, options, bundle.fault_specs(bundle.start_faults), Answerer(self._directory, bundle)
+            )
         finally:
             with self._lock:
                 self._starting -= starting
+            self._zygote.fork_ahead()
+        if proxy.sandbox_report is not None:
+            self._refusals.note(proxy.sandbox_report)
         return proxy
 
     def _on_death(self, bundle: Bundle, proxy: WorkerProxy) -> None:
@@ -674,8 +707,7 @@ class Runtime:
         for watcher in self._monitor.forget_after_fork():
             if isinstance(watcher, WorkerProxy) and watcher.channel is not None:
                 watcher.channel.start_draining()
-        if self._spare is not None:
-            self._spare.forget_after_fork()
+        self._zygote.forget_after_fork()
         for bundle in self._bundles.values():
             bundle.forget_after_fork(why)
 

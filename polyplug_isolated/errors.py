@@ -9,6 +9,7 @@
     │   ├── UnsupportedBundleSource code/bytes source given to the native loader
     │   ├── InitSymbolMissing       no polyplug_init export
     │   ├── InitFailed              dlopen error, ABI mismatch, init error/crash/timeout, ...
+    │   │   └── WorkerStartFailed   no worker process could be started (zygote died, hung, fork failed)
     │   ├── BundleSignatureError    unsigned, tampered or untrusted under SignaturePolicy.Required
     │   ├── HotReloadDisabled       reload_bundle with RuntimeConfig.hot_reload_enabled off
     │   ├── DependencyNotFound      a [[dependency]] no loaded bundle satisfies
@@ -85,6 +86,19 @@ class DependencyInUse(LoaderError):
 
 class LifecycleConflict(LoaderError):
     """Another thread is loading, reloading or unloading the same bundle right now."""
+
+
+class WorkerStartFailed(InitFailed):
+    """No worker process could be started for the bundle: the host's side, not the plugin's.
+
+    The zygote that forks workers died, hung or could not fork (``errno``
+    EAGAIN or ENOMEM: a process or memory limit). A new zygote is started for
+    the next load, so a retry may succeed.
+    """
+
+    def __init__(self, message: str, *, bundle: str | None = None, errno: int | None = None):
+        super().__init__(message, bundle=bundle)
+        self.errno = errno
 
 
 class CallError(PolyplugIsolatedError):

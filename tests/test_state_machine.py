@@ -245,6 +245,7 @@ class Lifecycle(RuleBasedStateMachine):
         self.rt = Runtime(
             restart=policy, on_event=self.events.put, call_timeout=SAFETY_TIMEOUT, load_timeout=10.0
         )
+        self.rt._zygote.start()  # the zygote (a child with fds of its own) is there before fd_base
         self.fd_base = len(os.listdir("/proc/self/fd"))
 
     def teardown(self):
@@ -634,7 +635,8 @@ class Lifecycle(RuleBasedStateMachine):
 
         ready = {m.bundle.pid for m in self.models.values() if m.state == "ready"}
         pending = sum(m.state == "pending" for m in self.models.values())
-        children = {child.pid for child in psutil.Process().children()} - self.before.children
+        zygote = {self.rt._zygote.pid}
+        children = {child.pid for child in psutil.Process().children()} - self.before.children - zygote
         assert None not in ready
         assert ready <= children and len(children) <= len(ready) + pending, (ready, children)
         if pending:

@@ -1,9 +1,12 @@
 """The worker program: hosts one bundle in its own process.
 
-Started by the host as ``python -m polyplug_isolated.worker --control-fd C
---segment-fd S``; refuses to run without that handshake. Python only drives
-the control plane here: loading, reporting, unloading. Calls are served by
-the C loop in serve.c on its own thread, without the GIL.
+Runs as the runtime's zygote (``python -m polyplug_isolated.worker
+--zygote-fd Z``, see zygote.py), which forks one worker per load; or as one
+worker (``--control-fd C``), which is what a zygote's child execs when the
+bundle's environment must be in place at process start. A worker refuses to
+run without its handshake (a load frame with the segment's fd). Python only
+drives the control plane here: loading, reporting, unloading. Calls are
+served by the C loop in serve.c on its own thread, without the GIL.
 """
 
 from __future__ import annotations
@@ -75,8 +78,18 @@ _LIMITS = {
 }
 
 
-def _confine(request: dict) -> None:
-    """Applies the bundle's working directory and resource limits before dlopen."""
+def apply_worker_options(request: dict) -> None:
+    """Everything a worker does to itself for its bundle after the fork and before dlopen.
+
+    The environment (when the fork's is not the one wanted; variables only a
+    process start reads were set by an exec instead: zygote.py), working
+    directory and resource limits of the bundle's WorkerOptions. Containment
+    of the worker belongs here too, last: whatever it forbids, the zygote
+    never needed.
+    """
+    if request.get("env") is not None:
+        os.environ.clear()
+        os.environ.update(request["env"])
     if request.get("cwd"):
         os.chdir(request["cwd"])
     for name, value in (request.get("limits") or {}).items():
@@ -124,9 +137,13 @@ def _load(request: dict, segment_fd: int | None) -> bool:
         )
         return False
     try:
-        _confine(request)
+        apply_worker_options(request)
     except (OSError, ValueError, KeyError) as exc:
-        _send(proto.ERROR, kind=proto.CONFINE, message=f"cannot apply the bundle's cwd or limits: {exc}")
+        _send(
+            proto.ERROR,
+            kind=proto.CONFINE,
+            message=f"cannot apply the bundle's environment, cwd or limits: {exc}",
+        )
         return False
     _install_faults(request.get("faults") or [], append=False)
     _declare_dependencies(request.get("dependencies") or [])
@@ -165,14 +182,38 @@ def _first_frame(sock: socket.socket, reader: proto.FrameReader) -> tuple[dict |
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="polyplug_isolated.worker", description=__doc__)
-    parser.add_argument("--control-fd", type=int, required=True)
+    role = parser.add_mutually_exclusive_group(required=True)
+    role.add_argument("--control-fd", type=int, help="serve one bundle over this control socket")
+    role.add_argument("--zygote-fd", type=int, help="fork workers on request over this socket")
     args = parser.parse_args(argv)
+    _prepare_process()
+    if args.zygote_fd is not None:
+        from polyplug_isolated.worker.zygote import serve_forks
 
+        return serve_forks(args.zygote_fd, run_worker)
+    return run_worker(args.control_fd)
+
+
+def _prepare_process() -> None:
+    """What every worker needs and a fork inherits: done once, in the zygote (or an exec'd worker).
+
+    Signal dispositions, the handlers' alternate stack and the libgcc that
+    backtrace() loads all survive fork(); this saves each worker ~0.4 ms.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the host
     lib.ppw_install_crash_handlers()  # before faulthandler, which chains to it
-    faulthandler.enable()
-    lib.ppw_set_control_fd(args.control_fd)
-    sock = socket.socket(fileno=args.control_fd)
+    faulthandler.enable()  # writes to fd 2, which each worker points at its own output
+
+
+def run_worker(control_fd: int) -> int:
+    """One worker's life: set up, load the bundle its load frame names, serve it until unloaded.
+
+    Runs in a freshly forked (or exec'd) process: its threads (the watchdog
+    here, the serve loop below) start only now, never in the zygote, and
+    only after containment (Landlock binds only the threads alive then).
+    """
+    lib.ppw_set_control_fd(control_fd)
+    sock = socket.socket(fileno=control_fd)
 
     reader = proto.FrameReader()
     request, segment_fd = _first_frame(sock, reader)
@@ -180,8 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     # While single-threaded, and before any plugin code runs; sent at once so
     # that no plugin code can forge the report.
-    _send(proto.CONTAINED, **contain(request.get("sandbox"), args.control_fd))
-    lib.ppw_start_watchdog(args.control_fd)
+    _send(proto.CONTAINED, **contain(request.get("sandbox"), control_fd))
+    lib.ppw_start_watchdog(control_fd)
     if not _load(request, segment_fd):
         return 0
     server = threading.Thread(

@@ -1,0 +1,317 @@
+"""Workers forked from the runtime's zygote: who they are, what they get, and what happens
+when the zygote dies, hangs or cannot fork. Plus many bundles in one runtime."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import ADD, CRASH, as_u32, pair, wait_until
+
+from polyplug_isolated import (
+    ResourceLimits,
+    Runtime,
+    WorkerCrashed,
+    WorkerStartFailed,
+    bundle_id,
+    guest_contract_id,
+)
+
+ENV = guest_contract_id("test.env", 1)
+PIDS_CGROUP = Path("/sys/fs/cgroup/pids")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def getenv(env_contract, key: str) -> str:
+    out = env_contract.call(0, key.encode().ljust(64, b"\0"), 1024)
+    return out.split(b"\0", 1)[0].decode()
+
+
+def forked(pid: int) -> bool:
+    """A worker running in its zygote's fork (not a fresh worker program the fork exec'd)."""
+    return "--zygote-fd" in psutil.Process(pid).cmdline()
+
+
+def zygote_of(rt: Runtime) -> psutil.Process:
+    return psutil.Process(rt._zygote.pid)
+
+
+def copies(source: Path, dest: Path, count: int) -> list[Path]:
+    """``count`` copies of a fixture bundle under distinct names (and so distinct ids)."""
+    made = []
+    for index in range(count):
+        name = f"{source.name}{index:04d}"
+        target = dest / name
+        target.mkdir()
+        shutil.copy(source / f"lib{source.name}.so", target)
+        manifest = (source / "manifest.toml").read_text().splitlines()
+        manifest[0:2] = [f"id = {bundle_id(name)}", f'name = "{name}"']
+        (target / "manifest.toml").write_text("\n".join(manifest) + "\n")
+        made.append(target)
+    return made
+
+
+# ---- who the workers are ------------------------------------------------------------------
+
+
+def test_workers_are_forked_children_of_the_host_and_the_zygote_is_one_thread(rt, bundle_dir):
+    bundle = rt.load_bundle(bundle_dir("adder"))
+    first = bundle.pid
+    rt.reload_bundle(bundle_dir("adder"))
+    zygote = zygote_of(rt)
+    for pid in (bundle.pid, zygote.pid):
+        assert psutil.Process(pid).ppid() == os.getpid()
+    assert bundle.pid != first and forked(bundle.pid)
+    assert zygote.num_threads() == 1
+    assert psutil.Process(bundle.pid).num_threads() > 1  # its threads started after the fork
+
+
+def test_a_crashed_worker_is_reaped_by_the_host_with_its_exit_status(rt, bundle_dir):
+    rt.load_bundle(bundle_dir("crasher"))
+    crasher = rt.resolve_guest_contract(rt.find_guest_contract(CRASH, 1))
+    with pytest.raises(WorkerCrashed) as caught:
+        crasher.call(0, b"", 0)
+    assert caught.value.signal == signal.SIGSEGV
+
+
+# ---- per-bundle options after the fork -------------------------------------------------------
+
+# options -> (still a fork?, {variable: value the plugin sees})
+OPTION_CASES = {
+    "env": ({"env": {"PLUGIN_MODE": "forked"}}, True, {"PLUGIN_MODE": "forked"}),
+    "inherit_env=False": (
+        {"inherit_env": False, "env": {"ONLY": "this"}},
+        True,
+        {"ONLY": "this", "HOST_SECRET": "", "HOME": ""},
+    ),
+    "library_path (exec'd)": ({"library_path": ["/opt/deps"]}, False, {"HOST_SECRET": "do-not-leak"}),
+    "LD_ variable (exec'd)": ({"env": {"LD_BIND_NOW": "1"}}, False, {"LD_BIND_NOW": "1"}),
+}
+
+
+def spare_worker(rt: Runtime) -> int:
+    """The PID of the worker a prestarted runtime keeps forked ahead (once it runs)."""
+    known = {rt._zygote.pid} | {b.pid for b in rt.bundles}
+    others: set[int] = set()
+
+    def spare_appeared() -> bool:
+        others.update(c.pid for c in psutil.Process().children() if c.pid not in known)
+        return len(others) == 1
+
+    wait_until(spare_appeared)
+    return others.pop()
+
+
+@pytest.mark.parametrize("case", sorted(OPTION_CASES))
+def test_environment_options_apply_after_the_fork(bundle_dir, monkeypatch, case):
+    options, still_forked, expected = OPTION_CASES[case]
+    with Runtime(prestart=True) as rt:
+        rt.load_bundle(bundle_dir("adder"))
+        spare = spare_worker(rt)
+        # Set after the zygote and the spare started: the worker still gets the host's environment of now.
+        monkeypatch.setenv("HOST_SECRET", "do-not-leak")
+        rt.load_bundle(bundle_dir("environ"), **options)
+        env = rt.resolve_guest_contract(rt.find_guest_contract(ENV, 1))
+        assert (env.bundle.pid == spare) is still_forked  # an exec'd worker leaves the spare waiting
+        assert forked(env.bundle.pid) is still_forked
+        for key, value in expected.items():
+            assert getenv(env, key) == value
+        if "library_path" in options:
+            assert getenv(env, "LD_LIBRARY_PATH").split(os.pathsep)[0] == "/opt/deps"
+        assert "PLUGIN_MODE" not in os.environ and "ONLY" not in os.environ
+
+
+def test_cwd_and_limits_apply_in_the_fork_and_not_in_the_zygote(rt, bundle_dir, tmp_path):
+    env_bundle = rt.load_bundle(bundle_dir("environ"), cwd=tmp_path, limits=ResourceLimits(open_files=64))
+    env = rt.resolve_guest_contract(rt.find_guest_contract(ENV, 1))
+    assert forked(env_bundle.pid)
+    assert env.call(1, b"", 1024).split(b"\0", 1)[0].decode() == str(tmp_path)
+    assert as_u32(env.call(2, b"", 4)) < 64
+    zygote = zygote_of(rt)
+    assert zygote.cwd() != str(tmp_path)
+    assert zygote.rlimit(psutil.RLIMIT_NOFILE)[0] > 64
+
+
+HOST = textwrap.dedent(
+    """
+    import os, signal, sys, time
+    import psutil
+    from polyplug_isolated import Runtime
+    rt = Runtime(prestart=True)
+    rt.load_bundle(sys.argv[1])
+    deadline = time.monotonic() + 10
+    while len(psutil.Process().children()) < 3 and time.monotonic() < deadline:  # the spare forks
+        time.sleep(0.001)
+    print(*[child.pid for child in psutil.Process().children()], flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+    """
+)
+
+
+def test_the_zygote_its_spare_and_its_workers_die_with_a_sigkilled_host(bundle_dir):
+    host = subprocess.run(
+        [sys.executable, "-c", HOST, str(bundle_dir("adder"))], capture_output=True, text=True, timeout=60
+    )
+    assert host.returncode == -signal.SIGKILL
+    children = [int(pid) for pid in host.stdout.split()]
+    assert len(children) == 3  # zygote, worker, spare
+
+    def gone(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    wait_until(lambda: all(map(gone, children)), timeout=5.0)
+
+
+# ---- the zygote's failures --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("prestart", [False, True], ids=["fork-on-demand", "spare-forked-ahead"])
+def test_a_killed_zygote_is_replaced_and_its_workers_serve_on(bundle_dir, prestart):
+    with Runtime(prestart=prestart) as rt:
+        rt.load_bundle(bundle_dir("adder"))
+        adder = rt.resolve_guest_contract(rt.find_guest_contract(ADD, 1))
+        old = zygote_of(rt)
+        old.kill()
+        wait_until(lambda: old.status() == psutil.STATUS_ZOMBIE)  # dead, and the host's to reap
+        rt.reload_bundle(bundle_dir("adder"))
+        assert rt._zygote.pid != old.pid and not psutil.pid_exists(old.pid)
+        assert as_u32(adder.call(0, pair(2, 3), 4)) == 5
+        crashed_zygote_worker = rt.load_bundle(bundle_dir("environ"))
+        assert forked(crashed_zygote_worker.pid)
+
+
+def test_a_hung_zygote_fails_the_load_with_a_typed_error_and_is_replaced(bundle_dir):
+    with Runtime(load_timeout=2.0) as rt:  # no spare: the load itself waits for the zygote
+        rt.load_bundle(bundle_dir("adder"))
+        hung = zygote_of(rt)
+        hung.suspend()
+        with pytest.raises(
+            WorkerStartFailed, match=r"bundle 'environ': .*did not answer within 2 s"
+        ) as caught:
+            rt.load_bundle(bundle_dir("environ"))
+        assert caught.value.bundle == "environ"
+        assert not psutil.pid_exists(hung.pid)  # killed and reaped
+        assert [b.name for b in rt.bundles] == ["adder"]
+        assert forked(rt.load_bundle(bundle_dir("environ")).pid)
+
+
+def test_a_spare_that_died_waiting_is_reaped_and_the_load_forks_anew(bundle_dir):
+    with Runtime(prestart=True) as rt:
+        rt.load_bundle(bundle_dir("adder"))
+        spare = psutil.Process(spare_worker(rt))
+        spare.kill()
+        wait_until(lambda: spare.status() == psutil.STATUS_ZOMBIE)
+        bundle = rt.load_bundle(bundle_dir("environ"))
+        assert bundle.pid != spare.pid and forked(bundle.pid)
+        assert not psutil.pid_exists(spare.pid)  # reaped, not left a zombie
+
+
+@contextlib.contextmanager
+def pids_cgroup(limit: int):
+    """A cgroup (v1 pids controller) that lets its members have at most ``limit`` tasks."""
+    group = PIDS_CGROUP / f"polyplug-test-{os.getpid()}"
+    try:
+        group.mkdir()
+        (group / "pids.max").write_text(str(limit))
+    except OSError as exc:
+        pytest.skip(f"no writable pids cgroup here ({exc})")
+    try:
+        yield group
+    finally:
+        for pid in (group / "cgroup.procs").read_text().split():  # left behind by a failing test
+            (PIDS_CGROUP / "cgroup.procs").write_text(pid)
+        group.rmdir()
+
+
+def test_a_zygote_that_cannot_fork_fails_the_load_with_eagain_and_is_replaced(bundle_dir):
+    with Runtime() as rt:  # no spare: the load itself asks for the fork
+        rt.load_bundle(bundle_dir("adder"))
+        zygote = zygote_of(rt)
+        with pids_cgroup(1) as group:
+            (group / "cgroup.procs").write_text(str(zygote.pid))  # the kernel now refuses its forks
+            with pytest.raises(WorkerStartFailed, match="could not fork.*errno 11") as caught:
+                rt.load_bundle(bundle_dir("environ"))
+            assert caught.value.errno == 11  # EAGAIN
+            assert not psutil.pid_exists(zygote.pid)  # so the cgroup is empty again
+        assert rt._zygote.pid != zygote.pid
+        assert forked(rt.load_bundle(bundle_dir("environ")).pid)
+
+
+def test_loads_from_many_threads_share_the_zygote(tmp_path, bundle_dir):
+    bundles = copies(bundle_dir("adder"), tmp_path, 16)
+    errors: list[BaseException] = []
+    with Runtime() as rt:
+
+        def load(paths: list[Path]) -> None:
+            try:
+                for path in paths:
+                    rt.load_bundle(path)
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=load, args=(bundles[i::4],)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors
+        assert len({b.pid for b in rt.bundles}) == 16
+
+
+# ---- many bundles -------------------------------------------------------------------------------
+
+
+def _load_call_unload(tmp_path: Path, source: Path, count: int) -> None:
+    host = psutil.Process()
+    threads_before = host.num_threads()
+    bundles = copies(source, tmp_path, count)
+    with Runtime() as rt:
+        loaded = [rt.load_bundle(path) for path in bundles]
+        assert len({b.pid for b in loaded}) == count
+        for contract in (rt.resolve_guest_contract(h) for h in rt.find_all_by_contract(ADD, 1)):
+            assert (
+                as_u32(contract.call(0, pair(contract.bundle.id % 1000, 1), 4))
+                == contract.bundle.id % 1000 + 1
+            )
+        assert host.num_threads() == threads_before + 1  # the monitor, whatever the count
+        assert host.num_fds() < 3 * count + 64
+        for bundle in loaded[: count // 2]:
+            rt.unload_bundle(bundle.id)
+        assert rt.live_worker_count() == count - count // 2
+
+
+def test_200_bundles_load_answer_and_unload_leaving_nothing(tmp_path, bundle_dir):
+    _load_call_unload(tmp_path, bundle_dir("adder"), 200)
+
+
+@pytest.mark.scale
+def test_1000_bundles_load_answer_and_unload_leaving_nothing(tmp_path, bundle_dir):
+    _load_call_unload(tmp_path, bundle_dir("adder"), 1000)
+
+
+def test_the_scale_bench_runs_and_reports_every_figure(tmp_path):
+    out = tmp_path / "scale.json"
+    command = [sys.executable, "-m", "bench._scale", "--bundles", "20", "--repeats", "3", "--calls", "300"]
+    subprocess.run([*command, "--json", str(out)], cwd=ROOT, check=True, capture_output=True, timeout=120)
+    result = json.loads(out.read_text())
+    steps = [f"{step}_{kind}_ms" for step in ("load", "reload", "restart") for kind in ("ahead", "demand")]
+    for step in (*steps, "load_exec_ms", "c_process_start_ms"):
+        assert result["startup"][step]["n"] == 3 and result["startup"][step]["p50"] > 0
+    scale = result["scale"]
+    assert scale["bundles"] == 20 and scale["load_ms"]["n"] == 20
+    assert 0 < scale["uss_per_worker_mb"] < result["startup"]["uss_per_exec_worker_mb"]
+    assert scale["host_threads"] == scale["host_threads_before"] + 1
+    assert scale["host_fds_after_close"] == scale["host_fds_before"]

@@ -444,19 +444,18 @@ class Runtime:
         proxy = WorkerProxy(
             manifest, self.config, self._monitor, lambda dead: on_death(bundle, dead), bundle.record_fault
         )
-        proxy.start(
-            process, options, bundle.fault_specs(bundle.start_faults), Answerer(self._directory, bundle)
-        )
-        if proxy.sandbox_report is not None:
-            self._refusals.note(proxy.sandbox_report)
         starting = {proxy} if cancellable else set()
         with self._lock:
             self._starting |= starting
         try:
-            proxy.start(process, options, bundle.fault_specs(bundle.start_faults))
+            proxy.start(
+                process, options, bundle.fault_specs(bundle.start_faults), Answerer(self._directory, bundle)
+            )
         finally:
             with self._lock:
                 self._starting -= starting
+        if proxy.sandbox_report is not None:
+            self._refusals.note(proxy.sandbox_report)
         return proxy
 
     def _on_death(self, bundle: Bundle, proxy: WorkerProxy) -> None:

@@ -181,9 +181,9 @@ class Runtime:
         # later) first.
         farewell = "its Runtime was closed; load it into an open Runtime to call it"
         leaving = [(bundle, self._begin_unload(bundle, farewell)) for bundle in reversed(bundles)]
-        for bundle, (unloading, proxy) in leaving:
+        for bundle, (unloading, worker) in leaving:
             if unloading:
-                self._end_unload(bundle, proxy)
+                self._end_unload(bundle, worker)
         self._zygote.close()
         self._monitor.close()
         self._finalizer.detach()

@@ -99,7 +99,10 @@ def c_process_start() -> float:
 
 
 def uss(pid: int) -> int:
-    return int(psutil.Process(pid).memory_full_info().uss)
+    """Private memory of the worker ``pid`` and its descendants (under containment a worker is
+    three processes: the host's handle, its namespace's init, and the plugin's process)."""
+    root = psutil.Process(pid)
+    return sum(int(p.memory_full_info().uss) for p in (root, *root.children(recursive=True)))
 
 
 # ---- start-up -----------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import enum
 import itertools
 import os
 import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -73,7 +74,9 @@ class Bundle:
         self.crash: WorkerProxy | None = None  # the worker whose death downed the bundle
         self.outlook = ""  # after a crash: what happens next, for error messages
         self.farewell = ""  # once unloading: why, and what to do, for error messages
-        self.runtime: Runtime | None = None  # set by the runtime that loads it
+        # The runtime that loaded it, held weakly: a bundle (or a contract kept
+        # past its runtime) must not keep a dropped Runtime from its finalizer.
+        self._runtime: weakref.ref[Runtime] | None = None
         self._state = BundleState.LOADING
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # state, worker or restart outlook changed
@@ -135,11 +138,21 @@ class Bundle:
         self.inert, self.restart_pending = why, False
         self.proxy = self.crash = None
 
+    @property
+    def runtime(self) -> Runtime | None:
+        """The Runtime that loaded this bundle (None if none did, or it is gone)."""
+        return self._runtime() if self._runtime is not None else None
+
+    @runtime.setter
+    def runtime(self, runtime: Runtime) -> None:
+        self._runtime = weakref.ref(runtime)
+
     def unload(self) -> None:
         """Unloads this bundle from its runtime (``runtime.unload_bundle(self)``)."""
-        if self.runtime is None:
+        runtime = self.runtime
+        if runtime is None:
             raise LoaderError(f"bundle {self.name!r} was not loaded by a Runtime", bundle=self.name)
-        self.runtime.unload_bundle(self)
+        runtime.unload_bundle(self)
 
     @property
     def pid(self) -> int | None:

@@ -24,13 +24,16 @@ from polyplug_isolated import (
     LifecycleConflict,
     LoaderError,
     Runtime,
+    _lifetime,
 )
 
 SLOW_START_MS = 1000  # long enough for the racing call to arrive while a start is under way
 
 
 def workers() -> set[int]:
-    return {child.pid for child in psutil.Process().children()}
+    """The host's worker processes: its children but the runtimes' zygotes, which fork them."""
+    zygotes = {runtime._zygote.pid for runtime in list(_lifetime._live)}
+    return {child.pid for child in psutil.Process().children()} - zygotes
 
 
 def in_thread(target):

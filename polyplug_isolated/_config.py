@@ -106,7 +106,12 @@ class RuntimeConfig:
             owner, "arena_capacity", self.arena_capacity, "arena_capacity=4 << 20", low=0, high=(1 << 32) - 1
         )
         if self.max_threads is not None:
-            check.integer(owner, "max_threads", self.max_threads, "max_threads=8", low=1, high=self.slots)
+            check.integer(owner, "max_threads", self.max_threads, "max_threads=8", low=1)
+            if self.max_threads > self.slots:
+                raise ValueError(
+                    f"{owner}: max_threads must be between 1 and slots ({self.slots}), not "
+                    f"{self.max_threads}; e.g. max_threads={self.slots}"
+                )
         if self.thread_idle_timeout is not None:
             check.number(
                 owner,

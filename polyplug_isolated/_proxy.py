@@ -332,6 +332,7 @@ class WorkerProxy:
         # up (or sent garbage) is killed for it, and only then is it the reason.
         if malformed and not self._handshake.done():
             self._handshake.set_result({"t": "malformed", "reason": reason})
+            self._init_calls.put(None)  # the load waiting on the handshake reads it now
         if not self._leaving and self.process.alive():
             self.kill(reason)
 

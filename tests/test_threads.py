@@ -201,7 +201,7 @@ def test_a_timeout_kills_the_worker_and_names_itself_in_the_others_errors(rt, bu
         thread.join(20)
     assert all(isinstance(outcome, WorkerCrashed) for outcome in outcomes), outcomes
     for outcome in outcomes:
-        assert "killed after a call to test.threads function 2 timed out (0.5 s)" in str(outcome)
+        assert "killed after a call to test.threads@1 function 2 timed out (0.5 s)" in str(outcome)
 
 
 def test_unload_drains_every_threads_call(rt, bundle_dir):

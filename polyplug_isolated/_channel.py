@@ -22,7 +22,12 @@ from typing import Any
 
 import posix_ipc
 
+from . import _fastcall
 from ._channel_ffi import ffi, lib
+
+# The extension calls the data plane through this module's table, so that
+# both share one copy of the per-thread state (leases, results).
+_fastcall.bind(int(ffi.cast("uintptr_t", lib.pp_fast_api_table())))
 
 WAIT_MODES = {"auto": lib.PP_WAIT_AUTO, "spin": lib.PP_WAIT_SPIN, "block": lib.PP_WAIT_BLOCK}
 
@@ -72,8 +77,9 @@ class Lease:
 class Channel:
     """The call slots shared with one worker.
 
-    ``conn`` is what the C calls take; GuestContract calls ``pp_call_small``
-    on it directly, the one path where an extra Python frame would show.
+    ``conn`` is what the cffi calls take; ``fast`` the same connection for
+    the _fastcall extension, which GuestContract and typed proxies call
+    directly, the paths where an extra Python frame would show.
     """
 
     def __init__(
@@ -95,6 +101,7 @@ class Channel:
         # The mapping lives exactly as long as the last reference: a thread
         # inside a call holds one, so it can never see the memory go away.
         self.conn = ffi.gc(conn, lib.pp_conn_destroy)
+        self.fast = _fastcall.Conn(self.conn, int(ffi.cast("uintptr_t", conn)))
         self.payload_cap = payload_cap
         self.arena_cap = arena_cap
         self.local = threading.local()  # .lease: the calling thread's lease id; .holder: its Lease
@@ -115,8 +122,8 @@ class Channel:
     def lease(self, timeout: float) -> int:
         """The calling thread's lease, taken on its first call (waits up to ``timeout`` for a slot).
 
-        A new lease is also put in the C side's per-thread cache, where
-        ``pp_call_small`` finds it; ``cache_lease`` puts it back there.
+        A new lease is also put in the C side's per-thread cache, where the
+        fast paths (``pp_call_fast``) find it; ``cache_lease`` puts it back there.
         """
         try:
             return self.local.lease
@@ -128,7 +135,7 @@ class Channel:
             return holder.id
 
     def cache_lease(self, timeout: float) -> None:
-        """Makes the calling thread's lease (taken if need be) the one ``pp_call_small`` uses.
+        """Makes the calling thread's lease (taken if need be) the one the fast paths use.
 
         Failing to take one is left to the call that follows, which says why.
         """
@@ -193,11 +200,6 @@ class Channel:
         if status != lib.PP_CALL_OK:
             raise ChannelFailure.last(status)
         return bytes(out)
-
-    def finish_small(self, value: int, out_size: int) -> int:
-        """The rest of a ``pp_call_small`` that came back PENDING: its value, or ``-status``."""
-        status = self.settle(-value, self.local.lease)
-        return lib.pp_small_result(out_size) if status == lib.PP_CALL_OK else -status
 
     def call_batch(
         self, contract: int, function: int, packed, record: int, count: int, out_size: int, timeout: float

@@ -16,6 +16,7 @@ from ._async import Reactor
 from ._bundle import Bundle, BundleState
 from ._channel import ChannelFailure
 from ._channel_ffi import lib
+from ._fastcall import call as _fast_call
 from .errors import (
     BundleUnavailable,
     CallError,
@@ -30,8 +31,6 @@ if TYPE_CHECKING:
     from ._proxy import WorkerProxy
 
 _DEFAULT = object()
-_call_small = lib.pp_call_small
-_PENDING = -lib.PP_CALL_PENDING
 _NO_LEASE = -lib.PP_CALL_LEASE_LOST
 _TOO_LARGE = -lib.PP_CALL_TOO_LARGE
 
@@ -75,7 +74,7 @@ class GuestContract:
         self.name = ""
         self.version: tuple[int, int, int] = (0, 0, 0)
         self.function_count = 0
-        # (worker, its conn, the contract's index there), replaced in one
+        # (worker, its _fastcall.Conn, the contract's index there), replaced in one
         # assignment so that threads calling at once never mix two workers';
         self._binding: tuple = (None, None, 0)
         self._timeout = _seconds(config.call_timeout)
@@ -112,7 +111,7 @@ class GuestContract:
         self.name = contract["name"]
         self.version = tuple(contract["version"])
         self.function_count = contract["function_count"]
-        self._binding = (proxy, proxy.channel.conn, contract["index"])
+        self._binding = (proxy, proxy.channel.fast, contract["index"])
         return self._binding
 
     def call(
@@ -133,29 +132,21 @@ class GuestContract:
                 for an index past the contract's function_count).
             WorkerCrashed, CallTimeout, BundleUnavailable, ProtocolError, PayloadTooLarge.
         """
-        # The hot path: an out of at most 7 bytes, the default timeout. One C
-        # call finds the thread's lease (its slot and worker thread), checks
-        # everything else (argument types in cffi, sizes in C, the index in
-        # the worker) and hands the out back as an int; anything unusual
-        # takes the full path. A worker replaced by a reload refuses the call
-        # before sending it, and the call is rerouted (_failed).
+        # The hot path: an out of at most 64 bytes, the default timeout. One C
+        # call (_fastcall.c) finds the thread's lease (its slot and worker
+        # thread), checks everything else (argument types and sizes in C, the
+        # index in the worker) and hands the out back as bytes; anything
+        # unusual takes the full path. A worker replaced by a reload refuses
+        # the call before sending it, and the call is rerouted (_failed).
         if timeout is _DEFAULT:
             proxy, conn, index = self._binding
-            try:
-                value = _call_small(conn, index, fn_index, args, len(args), out_size, self._timeout)
-            except (TypeError, OverflowError):
-                pass  # an index or size C cannot take: the full path says what is wrong
-            else:
-                if value >= 0:
-                    return value.to_bytes(out_size, "little")
-                if value == _PENDING:  # the main thread came up for signal handlers
-                    value = proxy.channel.finish_small(value, out_size)
-                    if value >= 0:
-                        return value.to_bytes(out_size, "little")
-                if value == _NO_LEASE:  # a first call, or its lease was taken over: make the next one fast
-                    proxy.channel.cache_lease(self._timeout)
-                elif value != _TOO_LARGE:  # too large for the small path: nothing was sent
-                    return self._failed(ChannelFailure.last(-value), proxy, fn_index, args, out_size, timeout)
+            value = _fast_call(conn, index, fn_index, args, out_size, self._timeout)
+            if type(value) is bytes:
+                return value
+            if value == _NO_LEASE:  # a first call, or its lease was taken over: make the next one fast
+                proxy.channel.cache_lease(self._timeout)
+            elif value is not None and value != _TOO_LARGE:  # None: not for the fast path, nothing sent
+                return self._failed(ChannelFailure.last(-value), proxy, fn_index, args, out_size, timeout)
         return self._call(fn_index, args, out_size, timeout)
 
     def _call(self, fn_index, args, out_size, timeout) -> bytes:

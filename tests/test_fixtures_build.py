@@ -51,6 +51,7 @@ EXPECTED_EXPORTS: dict[str, tuple[set[str], int | None]] = {
     "probe_v1": ({ABI_VERSION, INIT}, 1),
     "probe_v2": ({ABI_VERSION, INIT}, 1),
     "register_fail": ({ABI_VERSION, INIT}, 1),
+    "shapes": ({ABI_VERSION, INIT}, 1),
     "slow": ({ABI_VERSION, INIT}, 1),
     "threads": ({ABI_VERSION, INIT}, 1),
 }
@@ -67,6 +68,7 @@ EXPECTED_CONTRACTS: dict[str, dict[str, int]] = {
     "probe_v1": {"test.probe": 2},
     "probe_v2": {"test.probe": 2},
     "register_fail": {"regfail.add": 1},
+    "shapes": {"test.shapes": 4},
     "slow": {"test.slow": 2},
     "threads": {"test.threads": 4},
 }

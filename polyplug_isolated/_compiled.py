@@ -1,0 +1,147 @@
+"""Typed functions of scalars, compiled: one C call per Python call.
+
+When a typed proxy is made, each function whose parameters are all integers,
+floats or bools and whose result is one of those (or nothing) becomes a
+``_fastcall.Function``: a callable C object that knows the offset and width
+of every parameter in the args record. A call converts its Python ints
+straight into a record on the C stack, runs the call on the thread's slot
+without the GIL, and returns the answer as a Python value: no struct.pack,
+no bytes, no Python frame.
+
+Whatever it cannot take (keywords, an int subclass, a value out of range, a
+call that did not answer Ok) goes to the general path (_typed's method), which
+binds, checks and raises exactly as before; afterwards the object is re-bound
+to the contract's current worker, so a reload costs one slow call.
+
+``fn.many(argument_tuples)`` packs every tuple in C and runs them in
+batches, one hand-off per batch; it returns the answers as a list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ._channel import ChannelFailure
+from ._channel_ffi import lib
+from ._contract import _DEFAULT, GuestContract
+from ._fastcall import FAST_OUT, Function
+from ._marshal import _Bool, _Float, _Int
+from .errors import PluginCallError
+
+if TYPE_CHECKING:
+    from ._layout import TypeLayout
+    from ._typed import _Call
+
+_SCALARS = (_Int, _Float, _Bool)
+_MAX_RECORD = 256  # MAX_RECORD in _fastcall.c
+_UNSENT = (lib.PP_CALL_LEASE_LOST, lib.PP_CALL_UNAVAILABLE, lib.PP_CALL_TOO_LARGE)
+
+
+def scalar_fields(layout: TypeLayout | None, params: int) -> list[tuple[str, int]] | None:
+    """(struct code, offset) of each parameter of an args record; None unless all are scalars."""
+    if layout is None:
+        return []
+    if params == 1:
+        return [(layout.format, 0)] if len(layout.format) == 1 else None
+    fields = []
+    for _, offset, inner in layout.fields:
+        if len(inner.format) != 1 or inner.format == "x":
+            return None
+        fields.append((inner.format, offset))
+    return fields
+
+
+def compile_function(
+    call: _Call, contract: GuestContract, slow: Callable[..., Any], args_layout: TypeLayout | None
+) -> Callable[..., Any] | None:
+    """``call`` on the default instance compiled to one C call; None when its shape needs the general path."""
+    if not all(type(codec) in _SCALARS for codec in call.codecs) or call.fixups:
+        return None
+    result = call.result_codec
+    if result is not None and type(result) not in _SCALARS:
+        return None
+    params = scalar_fields(args_layout, len(call.params))
+    if params is None or call.args_size > _MAX_RECORD or call.out_size > FAST_OUT:
+        return None
+    proxy, conn, index = contract.route()
+    per_batch = max(1, (proxy.channel.payload_cap - 8) // max(1, call.args_size + call.out_size))
+    code = "" if result is None else call.out_format
+    fast: Any = None
+
+    def rebind() -> None:
+        bound_proxy, bound_conn, bound_index = contract._binding
+        if bound_conn is not None:
+            fast.rebind(bound_conn, bound_proxy, bound_index)
+
+    def failed(status: int, at: Any, args: tuple) -> Any:
+        """A call that did not answer Ok: the general path, or the error it means."""
+        try:
+            if status in _UNSENT:
+                return slow(*args)  # nothing was sent: this path takes a lease, waits out reloads
+            failure = ChannelFailure.last(status)  # read before anything else calls on this thread
+            out = contract._failed(failure, at, call.index, call.encode(args), call.out_size, _DEFAULT)
+            return call.result(out, b"")
+        finally:
+            rebind()
+
+    def many(items: Iterable[Sequence[Any]]) -> list[Any]:
+        """One answer per argument tuple, in order; the calls go in batches of one hand-off each.
+
+        A plugin error stops the run: PluginCallError's ``index`` names the
+        failing call (the calls before it ran; their answers are dropped).
+        """
+        items = items if type(items) in (list, tuple) else list(items)
+        if not call.params:
+            return _many_slowly(call, contract, items)
+        answer = fast._many(items)
+        if type(answer) is list:
+            return answer
+        status, start, done, before = answer
+        try:
+            if status == 0 or status in _UNSENT:  # the rest never went out: the general path
+                return [*before, *_many_slowly(call, contract, items[start:])]
+            failure = ChannelFailure.last(status)
+            error = contract._error(failure, fast.proxy, call.index, contract._timeout)
+            if isinstance(error, PluginCallError):
+                error.index = start + done
+            raise error from None
+        finally:
+            rebind()
+
+    fast = Function(
+        conn,
+        proxy,
+        index,
+        call.index,
+        contract._timeout,
+        params,
+        call.args_size,
+        code,
+        call.out_size,
+        per_batch,
+        slow,
+        failed,
+    )
+    fast.many = many
+    return fast
+
+
+def _many_slowly(call: _Call, contract: GuestContract, items: Sequence[Sequence[Any]]) -> list[Any]:
+    """``many`` through call_packed: each tuple checked and packed in Python."""
+    if not items:
+        return []
+    if call.args_size == 0:
+        return [call.result(contract.call(call.index, b"", call.out_size), b"") for _ in items]
+    blobs = []
+    for args in items:
+        if not isinstance(args, tuple):
+            raise TypeError(f"{call.where}.many(): each item must be a tuple of arguments, not {args!r}")
+        blobs.append(call.encode(call.bind(args, {})))
+    out = contract.call_packed(call.index, b"".join(blobs), call.args_size, call.out_size)
+    size = call.out_size
+    return (
+        [call.result(out[i : i + size], b"") for i in range(0, len(items) * size, size)]
+        if size
+        else [None] * len(items)
+    )

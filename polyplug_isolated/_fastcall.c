@@ -1,0 +1,537 @@
+/*
+ * The call paths where a Python frame or a cffi conversion would show: a raw
+ * call with an out of up to PP_FAST_OUT bytes, a typed call of scalars, and a
+ * typed batch over a list of argument tuples. Each is one vectorcall that
+ * converts its arguments straight into a C record, calls the data plane
+ * (_channel.c, through the table pp_fast_api_table() hands out, so that its
+ * per-thread state is the one the rest of the package uses) without the GIL,
+ * and builds the answer as Python values.
+ *
+ * Anything unusual goes back to Python: a value that is not an exact int,
+ * float or bool, keywords, a failed call. The Python side (_fast.py, _typed.py,
+ * _contract.py) then takes the general path, which says precisely what went
+ * wrong, and re-binds these objects to the contract's current worker.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+#include <float.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "_channel.h"
+
+#define MAX_RECORD 256 /* bytes of a typed call's args record built on the stack */
+#define MAX_PARAMS 32
+
+static const pp_fast_api *api;
+
+/* ---- Conn: a data-plane connection, kept alive while a call uses it -------- */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *owner; /* the cffi cdata whose finaliser unmaps the segment */
+    pp_conn *conn;
+} Conn;
+
+static void Conn_dealloc(Conn *self)
+{
+    Py_XDECREF(self->owner);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int Conn_init(Conn *self, PyObject *args, PyObject *kwds)
+{
+    PyObject *owner;
+    unsigned long long address;
+    if (!PyArg_ParseTuple(args, "OK", &owner, &address))
+        return -1;
+    if (api == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "_fastcall.bind() was not called");
+        return -1;
+    }
+    Py_INCREF(owner);
+    Py_XSETREF(self->owner, owner);
+    self->conn = (pp_conn *)(uintptr_t)address;
+    return 0;
+}
+
+static PyTypeObject ConnType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "polyplug_isolated._fastcall.Conn",
+    .tp_basicsize = sizeof(Conn),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Conn_init,
+    .tp_dealloc = (destructor)Conn_dealloc,
+    .tp_doc = "Conn(cdata, address): a pp_conn for the fast paths; holds the cdata that owns it.",
+};
+
+/* Waits out a call that came back PENDING (the main thread sleeping): signal
+ * handlers run in between; an exception they raise abandons the call. */
+static int settle(pp_conn *conn, int rc)
+{
+    while (rc == PP_CALL_PENDING) {
+        if (PyErr_CheckSignals() < 0) {
+            api->abandon(conn);
+            return -1;
+        }
+        Py_BEGIN_ALLOW_THREADS rc = api->resume(conn);
+        Py_END_ALLOW_THREADS
+    }
+    return rc;
+}
+
+/* ---- the raw call ------------------------------------------------------------ */
+
+/* call(conn, contract, function, args, out_size, timeout): the out bytes; a
+ * negative int -PP_CALL_* when the call failed (pp_last_result says why); None
+ * when the arguments are not for this path (nothing was sent). */
+static PyObject *fast_call(PyObject *module, PyObject *const *argv, Py_ssize_t nargs)
+{
+    if (nargs != 6 || Py_TYPE(argv[0]) != &ConnType)
+        Py_RETURN_NONE;
+    Conn *conn = (Conn *)argv[0];
+    unsigned long contract = PyLong_AsUnsignedLong(argv[1]);
+    unsigned long function = PyLong_AsUnsignedLong(argv[2]);
+    Py_ssize_t out_size = PyLong_AsSsize_t(argv[4]);
+    double timeout = PyFloat_AsDouble(argv[5]);
+    if (PyErr_Occurred() || contract > UINT32_MAX || function > UINT32_MAX || out_size < 0 ||
+        out_size > PP_FAST_OUT) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    Py_buffer view = {0};
+    const char *data;
+    Py_ssize_t len;
+    PyObject *args = argv[3];
+    if (PyBytes_CheckExact(args)) {
+        data = PyBytes_AS_STRING(args);
+        len = PyBytes_GET_SIZE(args);
+    } else if (PyObject_GetBuffer(args, &view, PyBUF_SIMPLE) == 0) {
+        data = view.buf;
+        len = view.len;
+    } else {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    PyObject *owner = conn->owner;
+    Py_INCREF(owner);
+    const uint8_t *out;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS rc = api->call(conn->conn, (uint32_t)contract, (uint32_t)function,
+                                          (const uint8_t *)data, (size_t)len, (size_t)out_size, timeout, &out);
+    Py_END_ALLOW_THREADS
+    rc = settle(conn->conn, rc);
+    PyObject *result;
+    if (rc < 0)
+        result = NULL;
+    else if (rc == PP_CALL_OK)
+        result = PyBytes_FromStringAndSize((const char *)out, out_size);
+    else
+        result = PyLong_FromLong(-rc);
+    if (view.obj)
+        PyBuffer_Release(&view);
+    Py_DECREF(owner);
+    return result;
+}
+
+/* ---- typed functions --------------------------------------------------------- */
+
+/* One scalar of a record: its struct-module code and its offset. */
+typedef struct {
+    char code;
+    uint32_t offset;
+} Field;
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *dict;
+    Conn *conn;
+    PyObject *proxy; /* the worker proxy the binding belongs to (for failed()) */
+    uint32_t contract, function;
+    double timeout;
+    Py_ssize_t nparams;
+    Field params[MAX_PARAMS];
+    uint32_t args_size;
+    Field result; /* code 0: returns None */
+    uint32_t out_size;
+    Py_ssize_t per_batch;
+    PyObject *slow;   /* slow(*args, **kwargs): the general path */
+    PyObject *failed; /* failed(status, proxy, args_tuple): a call that did not answer Ok */
+} Function;
+
+static int field_size(char code)
+{
+    switch (code) {
+    case 'B': case 'b': case '?': return 1;
+    case 'H': case 'h': return 2;
+    case 'I': case 'i': case 'f': return 4;
+    case 'Q': case 'q': case 'd': return 8;
+    default: return 0;
+    }
+}
+
+/* Writes value v as `code` at p; 0, or -1 (no exception set) when v is not
+ * exactly an int/float/bool in range: the general path then says why. */
+static int put(char code, uint8_t *p, PyObject *v)
+{
+    if (code == '?') {
+        if (v == Py_True || v == Py_False) {
+            *p = v == Py_True;
+            return 0;
+        }
+        return -1;
+    }
+    if (code == 'f' || code == 'd') {
+        if (!PyFloat_CheckExact(v))
+            return -1;
+        double x = PyFloat_AS_DOUBLE(v);
+        if (code == 'd') {
+            memcpy(p, &x, 8);
+            return 0;
+        }
+        if (isfinite(x) && fabs(x) > FLT_MAX)
+            return -1;
+        float f = (float)x;
+        memcpy(p, &f, 4);
+        return 0;
+    }
+    if (!PyLong_CheckExact(v))
+        return -1;
+    int overflow;
+    long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (overflow || (x == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        if (code != 'Q' || overflow < 0)
+            return -1;
+        unsigned long long u = PyLong_AsUnsignedLongLong(v);
+        if (u == (unsigned long long)-1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            return -1;
+        }
+        memcpy(p, &u, 8);
+        return 0;
+    }
+    switch (code) {
+    case 'B': if (x < 0 || x > UINT8_MAX) return -1; *p = (uint8_t)x; return 0;
+    case 'b': if (x < INT8_MIN || x > INT8_MAX) return -1; *(int8_t *)p = (int8_t)x; return 0;
+    case 'H': { if (x < 0 || x > UINT16_MAX) return -1; uint16_t y = (uint16_t)x; memcpy(p, &y, 2); return 0; }
+    case 'h': { if (x < INT16_MIN || x > INT16_MAX) return -1; int16_t y = (int16_t)x; memcpy(p, &y, 2); return 0; }
+    case 'I': { if (x < 0 || x > UINT32_MAX) return -1; uint32_t y = (uint32_t)x; memcpy(p, &y, 4); return 0; }
+    case 'i': { if (x < INT32_MIN || x > INT32_MAX) return -1; int32_t y = (int32_t)x; memcpy(p, &y, 4); return 0; }
+    case 'Q': if (x < 0) return -1; /* fall through */
+    case 'q': memcpy(p, &x, 8); return 0;
+    default: return -1;
+    }
+}
+
+/* The Python value of the scalar `code` at p. */
+static PyObject *get(char code, const uint8_t *p)
+{
+    switch (code) {
+    case 'B': return PyLong_FromLong(*p);
+    case 'b': return PyLong_FromLong(*(const int8_t *)p);
+    case '?': return PyBool_FromLong(*p != 0);
+    case 'H': { uint16_t y; memcpy(&y, p, 2); return PyLong_FromLong(y); }
+    case 'h': { int16_t y; memcpy(&y, p, 2); return PyLong_FromLong(y); }
+    case 'I': { uint32_t y; memcpy(&y, p, 4); return PyLong_FromUnsignedLong(y); }
+    case 'i': { int32_t y; memcpy(&y, p, 4); return PyLong_FromLong(y); }
+    case 'Q': { uint64_t y; memcpy(&y, p, 8); return PyLong_FromUnsignedLongLong(y); }
+    case 'q': { int64_t y; memcpy(&y, p, 8); return PyLong_FromLongLong(y); }
+    case 'f': { float y; memcpy(&y, p, 4); return PyFloat_FromDouble(y); }
+    case 'd': { double y; memcpy(&y, p, 8); return PyFloat_FromDouble(y); }
+    default: Py_RETURN_NONE;
+    }
+}
+
+static int pack(Function *self, uint8_t *record, PyObject *const *values)
+{
+    for (Py_ssize_t k = 0; k < self->nparams; k++)
+        if (put(self->params[k].code, record + self->params[k].offset, values[k]) < 0)
+            return -1;
+    return 0;
+}
+
+static PyObject *call_failed(Function *self, int rc, PyObject *const *argv, Py_ssize_t nargs)
+{
+    PyObject *args = PyTuple_New(nargs);
+    if (args == NULL)
+        return NULL;
+    for (Py_ssize_t k = 0; k < nargs; k++) {
+        Py_INCREF(argv[k]);
+        PyTuple_SET_ITEM(args, k, argv[k]);
+    }
+    PyObject *result = PyObject_CallFunction(self->failed, "iOO", rc, self->proxy, args);
+    Py_DECREF(args);
+    return result;
+}
+
+static PyObject *Function_vectorcall(Function *self, PyObject *const *argv, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    uint8_t record[MAX_RECORD];
+    if (kwnames != NULL || nargs != self->nparams)
+        return PyObject_Vectorcall(self->slow, argv, nargsf, kwnames);
+    memset(record, 0, self->args_size); /* padding goes out as zeros */
+    if (pack(self, record, argv) < 0)
+        return PyObject_Vectorcall(self->slow, argv, nargsf, NULL);
+    Conn *conn = self->conn;
+    Py_INCREF(conn);
+    const uint8_t *out;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS rc = api->call(conn->conn, self->contract, self->function, record, self->args_size,
+                                          self->out_size, self->timeout, &out);
+    Py_END_ALLOW_THREADS
+    rc = settle(conn->conn, rc);
+    Py_DECREF(conn);
+    if (rc < 0)
+        return NULL;
+    if (rc != PP_CALL_OK)
+        return call_failed(self, rc, argv, nargs);
+    return get(self->result.code, out);
+}
+
+/* Function(conn, proxy, contract, function, timeout, params, args_size, result, out_size, per_batch,
+ *          slow, failed): params a sequence of (code, offset); result a code ('' for none). */
+static int Function_init(Function *self, PyObject *args, PyObject *kwds)
+{
+    PyObject *conn, *proxy, *params, *slow, *failed;
+    unsigned int contract, function, args_size, out_size;
+    double timeout;
+    const char *result;
+    Py_ssize_t per_batch;
+    if (!PyArg_ParseTuple(args, "O!OIIdOIsInOO", &ConnType, &conn, &proxy, &contract, &function, &timeout,
+                          &params, &args_size, &result, &out_size, &per_batch, &slow, &failed))
+        return -1;
+    PyObject *seq = PySequence_Fast(params, "params must be a sequence of (code, offset)");
+    if (seq == NULL)
+        return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    int bad = n > MAX_PARAMS || args_size > MAX_RECORD || out_size > PP_FAST_OUT || per_batch < 1 ||
+              strlen(result) > 1 || (*result && field_size(*result) != (int)out_size);
+    for (Py_ssize_t k = 0; k < n && !bad; k++) {
+        const char *code;
+        unsigned int offset;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, k), "sI", &code, &offset)) {
+            Py_DECREF(seq);
+            return -1;
+        }
+        int size = field_size(*code);
+        bad = strlen(code) != 1 || size == 0 || offset + (unsigned)size > args_size;
+        self->params[k] = (Field){*code, offset};
+    }
+    Py_DECREF(seq);
+    if (bad) {
+        PyErr_SetString(PyExc_ValueError, "Function: a layout this fast path cannot take");
+        return -1;
+    }
+    self->nparams = n;
+    self->contract = contract;
+    self->function = function;
+    self->timeout = timeout;
+    self->args_size = args_size;
+    self->result = (Field){*result, 0};
+    self->out_size = out_size;
+    self->per_batch = per_batch;
+    Py_INCREF(conn);
+    Py_XSETREF(self->conn, (Conn *)conn);
+    Py_INCREF(proxy);
+    Py_XSETREF(self->proxy, proxy);
+    Py_INCREF(slow);
+    Py_XSETREF(self->slow, slow);
+    Py_INCREF(failed);
+    Py_XSETREF(self->failed, failed);
+    self->vectorcall = (vectorcallfunc)Function_vectorcall;
+    return 0;
+}
+
+/* rebind(conn, proxy, contract): the contract's worker changed. */
+static PyObject *Function_rebind(Function *self, PyObject *args)
+{
+    PyObject *conn, *proxy;
+    unsigned int contract;
+    if (!PyArg_ParseTuple(args, "O!OI", &ConnType, &conn, &proxy, &contract))
+        return NULL;
+    Py_INCREF(conn);
+    Py_SETREF(self->conn, (Conn *)conn);
+    Py_INCREF(proxy);
+    Py_SETREF(self->proxy, proxy);
+    self->contract = contract;
+    Py_RETURN_NONE;
+}
+
+/* The answers of calls [0, count) as a list. */
+static PyObject *answers(Function *self, const uint8_t *outs, Py_ssize_t count)
+{
+    PyObject *list = PyList_New(count);
+    for (Py_ssize_t i = 0; list != NULL && i < count; i++) {
+        PyObject *value = get(self->result.code, outs + (size_t)i * self->out_size);
+        if (value == NULL)
+            Py_CLEAR(list);
+        else
+            PyList_SET_ITEM(list, i, value);
+    }
+    return list;
+}
+
+static PyObject *status_tuple(Function *self, int rc, Py_ssize_t at, Py_ssize_t done, const uint8_t *outs)
+{
+    PyObject *before = answers(self, outs, at);
+    return before == NULL ? NULL : Py_BuildValue("(innN)", rc, at, done, before);
+}
+
+/* _many(items): a list with one answer per argument tuple, in order; or, when
+ * not every call answered Ok, (status, first call of the failed batch, calls
+ * of it that completed, the answers before it); status 0: items[first] cannot
+ * be packed here. Every record is packed before the first batch goes out. */
+static PyObject *Function_many(Function *self, PyObject *items)
+{
+    PyObject *seq = PySequence_Fast(items, "many() takes a sequence of argument tuples");
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
+    size_t rec = self->args_size ? self->args_size : 1, outsz = self->out_size;
+    uint8_t *records = PyMem_Calloc((size_t)count + 1, rec);
+    uint8_t *outs = PyMem_Malloc(((size_t)count + 1) * (outsz ? outsz : 1));
+    PyObject *result = NULL;
+    Conn *conn = self->conn;
+    Py_INCREF(conn);
+    if (records == NULL || outs == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
+        if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != self->nparams ||
+            pack(self, records + (size_t)i * rec, &PyTuple_GET_ITEM(item, 0)) < 0) {
+            result = status_tuple(self, 0, 0, 0, outs); /* nothing sent: all of it goes the general way */
+            goto done;
+        }
+    }
+    for (Py_ssize_t start = 0; start < count; start += self->per_batch) {
+        Py_ssize_t n = count - start < self->per_batch ? count - start : self->per_batch;
+        int rc;
+        Py_BEGIN_ALLOW_THREADS rc = api->call_batch(conn->conn, self->contract, self->function,
+                                                    records + (size_t)start * rec, self->args_size, (size_t)n,
+                                                    outs + (size_t)start * outsz, outsz, self->timeout);
+        Py_END_ALLOW_THREADS
+        rc = settle(conn->conn, rc);
+        if (rc < 0)
+            goto done;
+        if (rc != PP_CALL_OK) {
+            result = status_tuple(self, rc, start, (Py_ssize_t)api->last_result()->done_count, outs);
+            goto done;
+        }
+    }
+    result = answers(self, outs, count);
+done:
+    Py_DECREF(conn);
+    PyMem_Free(records);
+    PyMem_Free(outs);
+    Py_DECREF(seq);
+    return result;
+}
+
+static int Function_traverse(Function *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->dict);
+    Py_VISIT(self->conn);
+    Py_VISIT(self->proxy);
+    Py_VISIT(self->slow);
+    Py_VISIT(self->failed);
+    return 0;
+}
+
+static int Function_clear(Function *self)
+{
+    Py_CLEAR(self->dict);
+    Py_CLEAR(self->conn);
+    Py_CLEAR(self->proxy);
+    Py_CLEAR(self->slow);
+    Py_CLEAR(self->failed);
+    return 0;
+}
+
+static void Function_dealloc(Function *self)
+{
+    PyObject_GC_UnTrack(self);
+    Function_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef Function_methods[] = {
+    {"rebind", (PyCFunction)Function_rebind, METH_VARARGS, "rebind(conn, proxy, contract)"},
+    {"_many", (PyCFunction)Function_many, METH_O, "_many(items): answers, or (status, first, done, before)"},
+    {NULL},
+};
+
+static PyMemberDef Function_members[] = {
+    {"proxy", T_OBJECT, offsetof(Function, proxy), READONLY, "the worker proxy of the binding"},
+    {NULL},
+};
+
+static PyTypeObject FunctionType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "polyplug_isolated._fastcall.Function",
+    .tp_basicsize = sizeof(Function),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Function_init,
+    .tp_dealloc = (destructor)Function_dealloc,
+    .tp_traverse = (traverseproc)Function_traverse,
+    .tp_clear = (inquiry)Function_clear,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(Function, vectorcall),
+    .tp_dictoffset = offsetof(Function, dict),
+    .tp_methods = Function_methods,
+    .tp_members = Function_members,
+    .tp_doc = "A typed function of scalars, called in one C call (see _typed).",
+};
+
+/* ---- the module ----------------------------------------------------------------- */
+
+static PyObject *fast_bind(PyObject *module, PyObject *arg)
+{
+    unsigned long long address = PyLong_AsUnsignedLongLong(arg);
+    if (PyErr_Occurred())
+        return NULL;
+    const pp_fast_api *table = (const pp_fast_api *)(uintptr_t)address;
+    if (table == NULL || table->size != sizeof(pp_fast_api)) {
+        PyErr_SetString(PyExc_ImportError, "_fastcall and _channel_ffi were built from different sources");
+        return NULL;
+    }
+    api = table;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef module_methods[] = {
+    {"bind", fast_bind, METH_O, "bind(address of pp_fast_api_table())"},
+    {"call", (PyCFunction)(void (*)(void))fast_call, METH_FASTCALL,
+     "call(conn, contract, function, args, out_size, timeout) -> bytes | -status | None"},
+    {NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "polyplug_isolated._fastcall", "Fast call paths (see _fastcall.c).", -1,
+    module_methods,
+};
+
+PyMODINIT_FUNC PyInit__fastcall(void)
+{
+    if (PyType_Ready(&ConnType) < 0 || PyType_Ready(&FunctionType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module_def);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&ConnType);
+    Py_INCREF(&FunctionType);
+    if (PyModule_AddObject(m, "Conn", (PyObject *)&ConnType) < 0 ||
+        PyModule_AddObject(m, "Function", (PyObject *)&FunctionType) < 0 ||
+        PyModule_AddIntConstant(m, "FAST_OUT", PP_FAST_OUT) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

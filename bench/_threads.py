@@ -5,8 +5,9 @@ sleeping call (threads' sleep_ms(1))}: calls/s of all threads together and
 p50/p99 per call, isolated (one bundle; each host thread on a worker thread of
 its own) beside the same work in-process (the bundle loaded into a subprocess
 through the worker's own cffi dispatch, called from as many threads; cffi
-releases the GIL around each call, as the isolated wait does). Also the CPU a
-worker with 64 parked threads uses while idle.
+releases the GIL around each call, as the isolated wait does). Also how long 8
+host threads' 200 ms calls take together, and the CPU a worker with 64 parked
+threads uses while idle.
 
 ``python -m bench`` runs the rows with its ``threads`` group; alone:
 ``python -m bench._threads [--quick]`` prints them as a table.
@@ -125,6 +126,31 @@ def isolated(work: str, bundle: Path, counts: list[int], n_each: int) -> dict:
     return rows
 
 
+def concurrent_sleeps(bundle: Path, threads: int = 8, ms: int = 200) -> float:
+    """Seconds for ``threads`` host threads each making one ``sleep_ms(ms)`` call on one bundle."""
+    from polyplug_isolated import Runtime
+
+    with Runtime() as rt:
+        loaded = rt.load_bundle(bundle)
+        contract = rt.resolve_guest_contract(rt.find_guest_contract(loaded.contracts[0].contract_id, 1))
+        start = threading.Barrier(threads + 1)
+        done: list[float] = []
+
+        def sleeper() -> None:
+            start.wait()
+            contract.call(2, struct.pack("<I", ms), 4)
+            done.append(time.perf_counter())
+
+        pool = [threading.Thread(target=sleeper) for _ in range(threads)]
+        for thread in pool:
+            thread.start()
+        start.wait()
+        began = time.perf_counter()
+        for thread in pool:
+            thread.join()
+    return max(done) - began
+
+
 def idle_parked(bundle: Path, threads: int = 64, window_s: float = 2.0) -> dict:
     """CPU of a worker with ``threads`` parked worker threads (their host threads alive, idle)."""
     from polyplug_isolated import Runtime
@@ -224,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"{stats['p50_ns'] / 1e3:>9.2f} {stats['p99_ns'] / 1e3:>9.2f} "
                     f"{row['calls_per_s'] / base:>6.2f}"
                 )
+    elapsed = concurrent_sleeps(fixture_path("threads"))
+    print(f"8 host threads x sleep_ms(200) on one bundle (first calls): {elapsed:.3f} s")
     idle = idle_parked(fixture_path("threads"))
     print(
         f"idle worker, {idle['parked']} parked threads ({idle['worker_threads']} in the worker): "

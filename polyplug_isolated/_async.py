@@ -62,7 +62,7 @@ class Reactor:
 
     @classmethod
     def of(cls, channel: Channel) -> Reactor:
-        reactor = channel.async_calls
+        reactor: Reactor | None = channel.async_calls
         if reactor is None:
             with _MAKING:
                 reactor = channel.async_calls = channel.async_calls or cls(channel)
@@ -150,7 +150,7 @@ class Reactor:
         ret = ffi.new("uint8_t[]", ret_cap) if ret_cap else ffi.NULL
         table = ffi.new("pp_fixup[]", fixups) if fixups else ffi.NULL
         source = args if type(args) is bytes else ffi.from_buffer(args)
-        future = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[tuple[bytes, bytes]] = asyncio.get_running_loop().create_future()
         while True:
             lease = await self._lease(deadline)
             call = _Call(future, lease, out, ret, (source, table))
@@ -171,7 +171,8 @@ class Reactor:
                 raise failure
         call.submitted = True
         self._wake()
-        return await future
+        out, ret = await future
+        return out, ret
 
     def _wake(self) -> None:
         """Makes the reactor look at the calls (starting it if need be)."""

@@ -315,6 +315,23 @@ static int stray_answer(pp_conn *c)
 
 static int interruptible(void) { return gettid() == getpid(); }
 
+/* Host threads spinning in wait=auto now, and how many may: half the CPUs
+ * this process may use, at least one. */
+static _Atomic int spinners;
+
+static int spin_cap(void)
+{
+    static _Atomic int cap;
+    int n = atomic_load_explicit(&cap, memory_order_relaxed);
+    if (n == 0) {
+        cpu_set_t allowed;
+        n = sched_getaffinity(0, sizeof allowed, &allowed) == 0 ? CPU_COUNT(&allowed) / 2 : 1;
+        n = n > 1 ? n : 1;
+        atomic_store_explicit(&cap, n, memory_order_relaxed);
+    }
+    return n;
+}
+
 /* Waits until the worker responded to frame `seq` on slot `s` (PP_CALL_OK),
  * or the conn died, the deadline passed, the worker broke the protocol, or
  * (main thread only, `may_pend`) INTERRUPT_SLICE_NS passed asleep:
@@ -326,25 +343,41 @@ static int await_frame(pp_conn *c, pp_slot *s, uint64_t seq, uint64_t deadline, 
                           : c->wait_mode == PP_WAIT_BLOCK ? now
                                                           : now + c->spin_ns;
     unsigned first = pp_same_cpu(&c->hdr->host_cpu, &c->hdr->worker_cpu) ? PP_PAUSE_SPINS : 1;
-    for (unsigned i = first; c->wait_mode != PP_WAIT_BLOCK; i++) {
+    /* Past half the CPUs, a spinning thread only takes a CPU from the threads
+     * it waits for: with many calls in flight, wait=auto sleeps at once. */
+    int counted = c->wait_mode == PP_WAIT_AUTO;
+    if (counted && atomic_fetch_add(&spinners, 1) >= spin_cap()) {
+        atomic_fetch_sub(&spinners, 1);
+        counted = 0;
+    }
+    int rc = -1;
+    for (unsigned i = first; c->wait_mode == PP_WAIT_SPIN || counted; i++) {
         uint64_t up = atomic_load_explicit(&s->up_seq, memory_order_acquire);
-        if (up == seq)
-            return PP_CALL_OK;
-        if (up != seq - 1)
-            return stray_answer(c);
+        if (up == seq) {
+            rc = PP_CALL_OK;
+            break;
+        }
+        if (up != seq - 1) {
+            rc = stray_answer(c);
+            break;
+        }
         if ((i & 127) == 0) {
             now = pp_now_ns();
             if (atomic_load_explicit(&c->state, memory_order_relaxed) == PP_CONN_DEAD)
-                return PP_CALL_DEAD;
-            if (segment_scribbled(c))
-                return violation("the worker overwrote the segment header");
-            if (now >= deadline)
-                return PP_CALL_TIMEOUT;
-            if (now >= spin_until)
+                rc = PP_CALL_DEAD;
+            else if (segment_scribbled(c))
+                rc = violation("the worker overwrote the segment header");
+            else if (now >= deadline)
+                rc = PP_CALL_TIMEOUT;
+            if (rc >= 0 || now >= spin_until)
                 break;
         }
         pp_spin_step(i);
     }
+    if (counted)
+        atomic_fetch_sub(&spinners, 1);
+    if (rc >= 0)
+        return rc;
     uint64_t pend_at = may_pend && interruptible() ? pp_now_ns() + INTERRUPT_SLICE_NS : UINT64_MAX;
     for (;;) {
         atomic_store(&s->host_waiting, 1);

@@ -18,6 +18,7 @@ import contextlib
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import posix_ipc
@@ -28,6 +29,9 @@ from ._channel_ffi import ffi, lib
 # The extension calls the data plane through this module's table, so that
 # both share one copy of the per-thread state (leases, results).
 _fastcall.bind(int(ffi.cast("uintptr_t", lib.pp_fast_api_table())))
+
+# What the C calls take as args: bytes as they are, other buffers through ffi.from_buffer.
+Buffer = bytes | bytearray | memoryview
 
 WAIT_MODES = {"auto": lib.PP_WAIT_AUTO, "spin": lib.PP_WAIT_SPIN, "block": lib.PP_WAIT_BLOCK}
 
@@ -126,7 +130,7 @@ class Channel:
         fast paths (``pp_call_fast``) find it; ``cache_lease`` puts it back there.
         """
         try:
-            return self.local.lease
+            return int(self.local.lease)
         except AttributeError:
             holder = self.take_lease(timeout)
             self.local.holder = holder
@@ -167,13 +171,13 @@ class Channel:
         """
         try:
             while status == _PENDING:
-                status = lib.pp_resume(self.conn, lease)
+                status = int(lib.pp_resume(self.conn, lease))
         except BaseException:
             lib.pp_abandon(self.conn, lease)
             raise
         return status
 
-    def _run(self, timeout: float, call) -> int:
+    def _run(self, timeout: float, call: Callable[[int], int]) -> int:
         """Runs ``call(lease)`` (a C call) on this thread's lease, renewing a lost one."""
         lease = self.lease(timeout)
         status = self.settle(call(lease), lease)
@@ -184,7 +188,7 @@ class Channel:
 
     # ---- calls -------------------------------------------------------------------
 
-    def call(self, contract: int, function: int, args, out_size: int, timeout: float) -> bytes:
+    def call(self, contract: int, function: int, args: Buffer, out_size: int, timeout: float) -> bytes:
         """One call (timeout < 0: none); returns the out bytes or raises ChannelFailure."""
         # A bytearray, not ffi.new: big cffi buffers come from fresh pages, and
         # their first-touch faults cost more than the copy (1 MiB: ~2 ms vs ~0.2 ms).
@@ -202,7 +206,14 @@ class Channel:
         return bytes(out)
 
     def call_batch(
-        self, contract: int, function: int, packed, record: int, count: int, out_size: int, timeout: float
+        self,
+        contract: int,
+        function: int,
+        packed: Buffer,
+        record: int,
+        count: int,
+        out_size: int,
+        timeout: float,
     ) -> bytes:
         """``count`` calls over ``record``-byte args records packed in ``packed``, one hand-off.
 
@@ -226,7 +237,7 @@ class Channel:
         contract: int,
         function: int,
         instance: int,
-        args,
+        args: Buffer,
         fixups: list[tuple[int, int]],
         out_size: int,
         ret_cap: int,

@@ -263,6 +263,8 @@ static void serve_one(pp_slot *s, uint64_t seq)
 
 static cpu_set_t g_allowed;
 static _Thread_local unsigned t_colocated;
+static _Atomic int g_spinners; /* slot threads spinning now (wait=auto) */
+static int g_spin_cap = 1;     /* at most half the CPUs this worker may use, at least 1 */
 
 static void step_aside(uint32_t host_cpu)
 {
@@ -293,15 +295,28 @@ static int await_frame(pp_header *h, pp_slot *s, uint64_t served)
     else
         t_colocated = 0;
     unsigned first = same_cpu ? PP_PAUSE_SPINS : 1;
-    for (unsigned i = first; mode != PP_WAIT_BLOCK; i++) {
-        if (atomic_load_explicit(&s->down_seq, memory_order_acquire) != served)
-            return 0;
-        if (atomic_load_explicit(&g_stop, memory_order_relaxed))
-            return 1;
+    /* Past half the CPUs, a spinning thread only takes a CPU from the threads
+     * it waits for: with many calls in flight, wait=auto sleeps at once. */
+    int counted = mode == PP_WAIT_AUTO;
+    if (counted && atomic_fetch_add(&g_spinners, 1) >= g_spin_cap) {
+        atomic_fetch_sub(&g_spinners, 1);
+        counted = 0;
+        spin_until = 0;
+    }
+    for (unsigned i = first; mode == PP_WAIT_SPIN || counted; i++) {
+        if (atomic_load_explicit(&s->down_seq, memory_order_acquire) != served ||
+            atomic_load_explicit(&g_stop, memory_order_relaxed))
+            break;
         if ((i & 127) == 0 && pp_now_ns() >= spin_until)
             break;
         pp_spin_step(i);
     }
+    if (counted)
+        atomic_fetch_sub(&g_spinners, 1);
+    if (atomic_load_explicit(&s->down_seq, memory_order_acquire) != served)
+        return 0;
+    if (atomic_load_explicit(&g_stop, memory_order_relaxed))
+        return 1;
     for (;;) {
         atomic_store(&s->worker_waiting, 1);
         if (atomic_load(&s->down_seq) != served) {
@@ -504,6 +519,7 @@ int ppw_serve(int wait_mode, uint64_t spin_ns)
 {
     if (sched_getaffinity(0, sizeof g_allowed, &g_allowed) != 0)
         CPU_ZERO(&g_allowed); /* then step_aside never moves */
+    g_spin_cap = CPU_COUNT(&g_allowed) / 2 > 1 ? CPU_COUNT(&g_allowed) / 2 : 1;
     g_wait_mode = wait_mode;
     g_spin_ns = spin_ns;
     g_slot_owner = calloc(g_nslots, sizeof *g_slot_owner);

@@ -88,7 +88,7 @@ host_ffi.cdef(
                      size_t out_size, double timeout_s, const uint8_t **out);
     int pp_in_place_layout(pp_conn *c, size_t args_len, size_t out_size, uint64_t *args_at, uint64_t *out_at);
     uint8_t *pp_arena_base(pp_conn *c);
-    int pp_arena_hold(pp_conn *c, int64_t lease, double timeout_s);
+    int pp_arena_hold(pp_conn *c, int64_t lease, size_t bytes, double timeout_s);
     void pp_arena_drop(pp_conn *c, int64_t lease);
     int pp_call_in_place(pp_conn *c, int64_t lease, uint32_t contract, uint32_t function, size_t args_len,
                          size_t out_size, double timeout_s);

@@ -85,6 +85,7 @@ struct pp_conn {
     _Atomic uint32_t arena_owner; /* slot + 1 of the call holding the arena, or 0 */
     _Atomic uint32_t arena_waiters;
     sem_t arena_freed;
+    uint64_t arena_faulted; /* arena bytes faulted in by pp_arena_hold (under the arena) */
     _Atomic uint64_t calls;
     _Atomic uint64_t failures;
     pp_hslot *slots;
@@ -948,12 +949,24 @@ int pp_in_place_layout(pp_conn *c, size_t args_len, size_t out_size, uint64_t *a
 
 uint8_t *pp_arena_base(pp_conn *c) { return c->base + pp_arena_offset(c->nslots, c->payload_cap); }
 
-int pp_arena_hold(pp_conn *c, int64_t lease, double timeout_s)
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23 /* Linux 5.14 */
+#endif
+
+int pp_arena_hold(pp_conn *c, int64_t lease, size_t bytes, double timeout_s)
 {
     uint32_t i = LEASE_SLOT(lease);
     if (lease <= 0 || i >= c->nslots)
         return PP_CALL_LEASE_LOST;
-    return lock_arena(c, i, deadline_of(timeout_s));
+    int rc = lock_arena(c, i, deadline_of(timeout_s));
+    /* Fault the pages in once (the arena is only ever reused), so that big
+     * calls do not take a page fault per page; best effort. */
+    uint64_t want = min_u64(bytes, c->arena_cap) & ~(uint64_t)4095;
+    if (rc == PP_CALL_OK && want > c->arena_faulted) {
+        if (madvise(pp_arena_base(c) + c->arena_faulted, want - c->arena_faulted, MADV_POPULATE_WRITE) == 0)
+            c->arena_faulted = want;
+    }
+    return rc;
 }
 
 void pp_arena_drop(pp_conn *c, int64_t lease)

@@ -17,6 +17,7 @@ from ._bundle import Bundle, BundleState
 from ._channel import ChannelFailure
 from ._channel_ffi import lib
 from ._fastcall import call as _fast_call
+from ._zerocopy import InPlaceCall
 from .errors import (
     BundleUnavailable,
     CallError,
@@ -175,6 +176,50 @@ class GuestContract:
             self.route()  # bind to the bundle's current worker, then try there
             return self.call(fn_index, args, out_size, timeout=timeout)
         raise self._error(failure, proxy, fn_index, wait)
+
+    def call_into(
+        self,
+        fn_index: int,
+        args: bytes | bytearray | memoryview,
+        out: bytearray | memoryview,
+        *,
+        timeout: float | None = _DEFAULT,
+    ) -> None:
+        """``call`` whose out lands in ``out`` (``len(out)`` bytes: a bytearray, a writable
+        memoryview, a C-contiguous numpy array) instead of new bytes: no copy after the worker's.
+
+        Raises what ``call`` raises; ``out`` holds the answer only when it returns.
+        """
+        wait = self._timeout if timeout is _DEFAULT else _seconds(timeout)
+        target = _as_bytes_view(out)
+        if target.readonly:
+            raise TypeError("call_into: out must be a writable buffer (bytearray, memoryview, numpy array)")
+        proxy, _, index = self.route(wait)
+        if type(fn_index) is not int or not 0 <= fn_index < self.function_count:
+            raise self._no_such_function(fn_index)
+        if type(args) is not bytes:
+            args = _as_bytes_view(args)
+        try:
+            proxy.channel.call_into(index, fn_index, args, target, wait)
+        except ChannelFailure as failure:
+            if self._rerouted(failure, proxy):
+                self.route()
+                return self.call_into(fn_index, args, out, timeout=timeout)
+            raise self._error(failure, proxy, fn_index, wait) from None
+
+    def buffers(
+        self, fn_index: int, args_size: int, out_size: int, *, timeout: float | None = _DEFAULT
+    ) -> InPlaceCall:
+        """Args and out of ``args_size`` and ``out_size`` bytes that live in the worker's arena.
+
+        A context manager: inside the block, write ``.args``, call the object to
+        run the function on them, and read the answer in ``.out`` (memoryviews),
+        with no copy on either side. Leaving the block releases the views (README:
+        "Zero-copy calls"). The block holds the worker's one arena: keep it short.
+        """
+        return InPlaceCall(
+            self, fn_index, args_size, out_size, self._timeout if timeout is _DEFAULT else _seconds(timeout)
+        )
 
     async def acall(
         self,

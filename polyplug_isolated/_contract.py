@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import types
 from typing import TYPE_CHECKING
 
 from ._async import Reactor
 from ._bundle import Bundle, BundleState
 from ._channel import ChannelFailure
 from ._channel_ffi import lib
-from ._fastcall import call as _fast_call
+from ._fastcall import Raw
 from ._zerocopy import InPlaceCall
 from .errors import (
     BundleUnavailable,
@@ -32,8 +33,6 @@ if TYPE_CHECKING:
     from ._proxy import WorkerProxy
 
 _DEFAULT = object()
-_NO_LEASE = -lib.PP_CALL_LEASE_LOST
-_TOO_LARGE = -lib.PP_CALL_TOO_LARGE
 
 
 class AbiErrorCode(enum.IntEnum):
@@ -79,7 +78,18 @@ class GuestContract:
         # assignment so that threads calling at once never mix two workers';
         self._binding: tuple = (None, None, 0)
         self._timeout = _seconds(config.call_timeout)
+        self._raw: Raw | None = None
         self._bind(bundle.proxy)
+        # The hot path: ``call`` answered by one C call (_fastcall.c) for an out of at
+        # most 64 bytes and the default timeout. It finds the thread's lease (its slot
+        # and worker thread), checks the argument types and sizes (the index is checked
+        # in the worker) and returns the out bytes; anything else comes to the methods
+        # below: the general path, or a failed call's error (a call a reload turned
+        # away before sending it is rerouted, _failed).
+        proxy, conn, index = self._binding
+        general = types.MethodType(GuestContract.call, self)
+        self._raw = Raw(conn, proxy, index, self._timeout, general, self._failed_fast)
+        self.call = self._raw  # type: ignore[method-assign]
 
     @property
     def bundle(self) -> Bundle:
@@ -113,6 +123,8 @@ class GuestContract:
         self.version = tuple(contract["version"])
         self.function_count = contract["function_count"]
         self._binding = (proxy, proxy.channel.fast, contract["index"])
+        if self._raw is not None:
+            self._raw.rebind(proxy.channel.fast, proxy, contract["index"])
         return self._binding
 
     def call(
@@ -133,22 +145,16 @@ class GuestContract:
                 for an index past the contract's function_count).
             WorkerCrashed, CallTimeout, BundleUnavailable, ProtocolError, PayloadTooLarge.
         """
-        # The hot path: an out of at most 64 bytes, the default timeout. One C
-        # call (_fastcall.c) finds the thread's lease (its slot and worker
-        # thread), checks everything else (argument types and sizes in C, the
-        # index in the worker) and hands the out back as bytes; anything
-        # unusual takes the full path. A worker replaced by a reload refuses
-        # the call before sending it, and the call is rerouted (_failed).
-        if timeout is _DEFAULT:
-            proxy, conn, index = self._binding
-            value = _fast_call(conn, index, fn_index, args, out_size, self._timeout)
-            if type(value) is bytes:
-                return value
-            if value == _NO_LEASE:  # a first call, or its lease was taken over: make the next one fast
-                proxy.channel.cache_lease(self._timeout)
-            elif value is not None and value != _TOO_LARGE:  # None: not for the fast path, nothing sent
-                return self._failed(ChannelFailure.last(-value), proxy, fn_index, args, out_size, timeout)
+        # Each instance answers this through its _fastcall.Raw (see __init__);
+        # this is the general path, where the Raw sends what it does not take.
         return self._call(fn_index, args, out_size, timeout)
+
+    def _failed_fast(self, status: int, proxy: WorkerProxy, fn_index, args, out_size) -> bytes:
+        """A call of the fast path that did not answer Ok (LEASE_LOST: nothing was sent)."""
+        if status == lib.PP_CALL_LEASE_LOST:  # a first call, or its lease was taken over
+            proxy.channel.cache_lease(self._timeout)  # the next one is fast again
+            return self._call(fn_index, args, out_size, _DEFAULT)
+        return self._failed(ChannelFailure.last(status), proxy, fn_index, args, out_size, _DEFAULT)
 
     def _call(self, fn_index, args, out_size, timeout) -> bytes:
         wait = self._timeout if timeout is _DEFAULT else _seconds(timeout)

@@ -85,27 +85,22 @@ static int settle(pp_conn *conn, int rc)
 
 /* ---- the raw call ------------------------------------------------------------ */
 
-/* call(conn, contract, function, args, out_size, timeout): the out bytes; a
- * negative int -PP_CALL_* when the call failed (pp_last_result says why); None
- * when the arguments are not for this path (nothing was sent). */
-static PyObject *fast_call(PyObject *module, PyObject *const *argv, Py_ssize_t nargs)
+/* The raw call: the out bytes; None with *rc the PP_CALL_* status when the call failed
+ * (pp_last_result says why), or PP_CALL_OK when the arguments are not for
+ * this path (nothing was sent); NULL on an exception. */
+static PyObject *raw_call(Conn *conn, uint32_t contract, PyObject *fn_index, PyObject *args, PyObject *size,
+                          double timeout, int *rc)
 {
-    if (nargs != 6 || Py_TYPE(argv[0]) != &ConnType)
-        Py_RETURN_NONE;
-    Conn *conn = (Conn *)argv[0];
-    unsigned long contract = PyLong_AsUnsignedLong(argv[1]);
-    unsigned long function = PyLong_AsUnsignedLong(argv[2]);
-    Py_ssize_t out_size = PyLong_AsSsize_t(argv[4]);
-    double timeout = PyFloat_AsDouble(argv[5]);
-    if (PyErr_Occurred() || contract > UINT32_MAX || function > UINT32_MAX || out_size < 0 ||
-        out_size > PP_FAST_OUT) {
+    *rc = PP_CALL_OK;
+    unsigned long function = PyLong_AsUnsignedLong(fn_index);
+    Py_ssize_t out_size = PyLong_AsSsize_t(size);
+    if (PyErr_Occurred() || function > UINT32_MAX || out_size < 0 || out_size > PP_FAST_OUT) {
         PyErr_Clear();
         Py_RETURN_NONE;
     }
     Py_buffer view = {0};
     const char *data;
     Py_ssize_t len;
-    PyObject *args = argv[3];
     if (PyBytes_CheckExact(args)) {
         data = PyBytes_AS_STRING(args);
         len = PyBytes_GET_SIZE(args);
@@ -116,26 +111,138 @@ static PyObject *fast_call(PyObject *module, PyObject *const *argv, Py_ssize_t n
         PyErr_Clear();
         Py_RETURN_NONE;
     }
-    PyObject *owner = conn->owner;
-    Py_INCREF(owner);
+    Py_INCREF(conn);
     const uint8_t *out;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS rc = api->call(conn->conn, (uint32_t)contract, (uint32_t)function,
-                                          (const uint8_t *)data, (size_t)len, (size_t)out_size, timeout, &out);
+    int status;
+    Py_BEGIN_ALLOW_THREADS status = api->call(conn->conn, (uint32_t)contract, (uint32_t)function,
+                                              (const uint8_t *)data, (size_t)len, (size_t)out_size, timeout, &out);
     Py_END_ALLOW_THREADS
-    rc = settle(conn->conn, rc);
+    status = settle(conn->conn, status);
     PyObject *result;
-    if (rc < 0)
+    if (status < 0) {
         result = NULL;
-    else if (rc == PP_CALL_OK)
+    } else if (status == PP_CALL_OK) {
         result = PyBytes_FromStringAndSize((const char *)out, out_size);
-    else
-        result = PyLong_FromLong(-rc);
+    } else {
+        *rc = status;
+        result = Py_None;
+        Py_INCREF(result);
+    }
     if (view.obj)
         PyBuffer_Release(&view);
-    Py_DECREF(owner);
+    Py_DECREF(conn);
     return result;
 }
+
+/* ---- Raw: GuestContract.call as a C callable ------------------------------------ */
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    Conn *conn;
+    PyObject *proxy;
+    uint32_t contract;
+    double timeout;
+    PyObject *general; /* general(fn_index, args, out_size, **kwargs): the Python method */
+    PyObject *failed;  /* failed(status, proxy, fn_index, args, out_size): a call that did not answer Ok */
+} Raw;
+
+static PyObject *Raw_vectorcall(Raw *self, PyObject *const *argv, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (kwnames != NULL || nargs != 3)
+        return PyObject_Vectorcall(self->general, argv, nargsf, kwnames);
+    int rc;
+    PyObject *result = raw_call(self->conn, self->contract, argv[0], argv[1], argv[2], self->timeout, &rc);
+    if (result != Py_None)
+        return result; /* the out bytes, or NULL: an exception */
+    Py_DECREF(result);
+    if (rc == PP_CALL_OK || rc == PP_CALL_TOO_LARGE) /* not for this path: nothing was sent */
+        return PyObject_Vectorcall(self->general, argv, nargsf, NULL);
+    return PyObject_CallFunction(self->failed, "iOOOO", rc, self->proxy, argv[0], argv[1], argv[2]);
+}
+
+/* Raw(conn, proxy, contract, timeout, general, failed) */
+static int Raw_init(Raw *self, PyObject *args, PyObject *kwds)
+{
+    PyObject *conn, *proxy, *general, *failed;
+    unsigned int contract;
+    double timeout;
+    if (!PyArg_ParseTuple(args, "O!OIdOO", &ConnType, &conn, &proxy, &contract, &timeout, &general, &failed))
+        return -1;
+    Py_INCREF(conn);
+    Py_XSETREF(self->conn, (Conn *)conn);
+    Py_INCREF(proxy);
+    Py_XSETREF(self->proxy, proxy);
+    Py_INCREF(general);
+    Py_XSETREF(self->general, general);
+    Py_INCREF(failed);
+    Py_XSETREF(self->failed, failed);
+    self->contract = contract;
+    self->timeout = timeout;
+    self->vectorcall = (vectorcallfunc)Raw_vectorcall;
+    return 0;
+}
+
+/* rebind(conn, proxy, contract): the contract's worker changed. */
+static PyObject *Raw_rebind(Raw *self, PyObject *args)
+{
+    PyObject *conn, *proxy;
+    unsigned int contract;
+    if (!PyArg_ParseTuple(args, "O!OI", &ConnType, &conn, &proxy, &contract))
+        return NULL;
+    Py_INCREF(conn);
+    Py_SETREF(self->conn, (Conn *)conn);
+    Py_INCREF(proxy);
+    Py_SETREF(self->proxy, proxy);
+    self->contract = contract;
+    Py_RETURN_NONE;
+}
+
+static int Raw_traverse(Raw *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->conn);
+    Py_VISIT(self->proxy);
+    Py_VISIT(self->general);
+    Py_VISIT(self->failed);
+    return 0;
+}
+
+static int Raw_clear(Raw *self)
+{
+    Py_CLEAR(self->conn);
+    Py_CLEAR(self->proxy);
+    Py_CLEAR(self->general);
+    Py_CLEAR(self->failed);
+    return 0;
+}
+
+static void Raw_dealloc(Raw *self)
+{
+    PyObject_GC_UnTrack(self);
+    Raw_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef Raw_methods[] = {
+    {"rebind", (PyCFunction)Raw_rebind, METH_VARARGS, "rebind(conn, proxy, contract)"},
+    {NULL},
+};
+
+static PyTypeObject RawType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "polyplug_isolated._fastcall.Raw",
+    .tp_basicsize = sizeof(Raw),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Raw_init,
+    .tp_dealloc = (destructor)Raw_dealloc,
+    .tp_traverse = (traverseproc)Raw_traverse,
+    .tp_clear = (inquiry)Raw_clear,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(Raw, vectorcall),
+    .tp_methods = Raw_methods,
+    .tp_doc = "GuestContract.call(fn_index, args, out_size) in one C call (see _contract).",
+};
 
 /* ---- typed functions --------------------------------------------------------- */
 
@@ -508,8 +615,6 @@ static PyObject *fast_bind(PyObject *module, PyObject *arg)
 
 static PyMethodDef module_methods[] = {
     {"bind", fast_bind, METH_O, "bind(address of pp_fast_api_table())"},
-    {"call", (PyCFunction)(void (*)(void))fast_call, METH_FASTCALL,
-     "call(conn, contract, function, args, out_size, timeout) -> bytes | -status | None"},
     {NULL},
 };
 
@@ -520,15 +625,17 @@ static struct PyModuleDef module_def = {
 
 PyMODINIT_FUNC PyInit__fastcall(void)
 {
-    if (PyType_Ready(&ConnType) < 0 || PyType_Ready(&FunctionType) < 0)
+    if (PyType_Ready(&ConnType) < 0 || PyType_Ready(&FunctionType) < 0 || PyType_Ready(&RawType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module_def);
     if (m == NULL)
         return NULL;
     Py_INCREF(&ConnType);
     Py_INCREF(&FunctionType);
+    Py_INCREF(&RawType);
     if (PyModule_AddObject(m, "Conn", (PyObject *)&ConnType) < 0 ||
         PyModule_AddObject(m, "Function", (PyObject *)&FunctionType) < 0 ||
+        PyModule_AddObject(m, "Raw", (PyObject *)&RawType) < 0 ||
         PyModule_AddIntConstant(m, "FAST_OUT", PP_FAST_OUT) < 0) {
         Py_DECREF(m);
         return NULL;

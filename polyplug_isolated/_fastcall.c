@@ -134,6 +134,75 @@ static PyObject *raw_call(Conn *conn, uint32_t contract, PyObject *fn_index, PyO
     return result;
 }
 
+/* ---- Region: bytes of the arena lent out as a buffer ----------------------------- */
+
+/* Exports `length` bytes at `address` (inside the mapping `owner` keeps alive)
+ * as a writable buffer, and counts the views on it: the zero-copy block checks
+ * that none is left when it gives the arena back. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *owner;
+    uint8_t *data;
+    Py_ssize_t length;
+    Py_ssize_t exports;
+} Region;
+
+static int Region_getbuffer(Region *self, Py_buffer *view, int flags)
+{
+    if (PyBuffer_FillInfo(view, (PyObject *)self, self->data, self->length, 0, flags) < 0)
+        return -1;
+    self->exports++;
+    return 0;
+}
+
+static void Region_releasebuffer(Region *self, Py_buffer *view) { self->exports--; }
+
+static PyBufferProcs Region_as_buffer = {(getbufferproc)Region_getbuffer, (releasebufferproc)Region_releasebuffer};
+
+/* Region(owner, address, length) */
+static int Region_init(Region *self, PyObject *args, PyObject *kwds)
+{
+    PyObject *owner;
+    unsigned long long address;
+    Py_ssize_t length;
+    if (!PyArg_ParseTuple(args, "OKn", &owner, &address, &length))
+        return -1;
+    if (self->exports) {
+        PyErr_SetString(PyExc_BufferError, "Region: views of it are alive");
+        return -1;
+    }
+    Py_INCREF(owner);
+    Py_XSETREF(self->owner, owner);
+    self->data = (uint8_t *)(uintptr_t)address;
+    self->length = length;
+    return 0;
+}
+
+static PyObject *Region_exports(Region *self, void *closure) { return PyLong_FromSsize_t(self->exports); }
+
+static void Region_dealloc(Region *self)
+{
+    Py_XDECREF(self->owner);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyGetSetDef Region_getset[] = {
+    {"exports", (getter)Region_exports, NULL, "views of the region alive now", NULL},
+    {NULL},
+};
+
+static PyTypeObject RegionType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "polyplug_isolated._fastcall.Region",
+    .tp_basicsize = sizeof(Region),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Region_init,
+    .tp_dealloc = (destructor)Region_dealloc,
+    .tp_as_buffer = &Region_as_buffer,
+    .tp_getset = Region_getset,
+    .tp_doc = "Region(owner, address, length): arena bytes lent out as a buffer, its views counted.",
+};
+
 /* ---- Raw: GuestContract.call as a C callable ------------------------------------ */
 
 typedef struct {
@@ -229,6 +298,11 @@ static PyMethodDef Raw_methods[] = {
     {NULL},
 };
 
+static PyMemberDef Raw_members[] = {
+    {"proxy", T_OBJECT, offsetof(Raw, proxy), READONLY, "the worker proxy of the binding"},
+    {NULL},
+};
+
 static PyTypeObject RawType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "polyplug_isolated._fastcall.Raw",
     .tp_basicsize = sizeof(Raw),
@@ -241,6 +315,7 @@ static PyTypeObject RawType = {
     .tp_call = PyVectorcall_Call,
     .tp_vectorcall_offset = offsetof(Raw, vectorcall),
     .tp_methods = Raw_methods,
+    .tp_members = Raw_members,
     .tp_doc = "GuestContract.call(fn_index, args, out_size) in one C call (see _contract).",
 };
 
@@ -625,7 +700,8 @@ static struct PyModuleDef module_def = {
 
 PyMODINIT_FUNC PyInit__fastcall(void)
 {
-    if (PyType_Ready(&ConnType) < 0 || PyType_Ready(&FunctionType) < 0 || PyType_Ready(&RawType) < 0)
+    if (PyType_Ready(&ConnType) < 0 || PyType_Ready(&FunctionType) < 0 || PyType_Ready(&RawType) < 0 ||
+        PyType_Ready(&RegionType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module_def);
     if (m == NULL)
@@ -633,9 +709,11 @@ PyMODINIT_FUNC PyInit__fastcall(void)
     Py_INCREF(&ConnType);
     Py_INCREF(&FunctionType);
     Py_INCREF(&RawType);
+    Py_INCREF(&RegionType);
     if (PyModule_AddObject(m, "Conn", (PyObject *)&ConnType) < 0 ||
         PyModule_AddObject(m, "Function", (PyObject *)&FunctionType) < 0 ||
         PyModule_AddObject(m, "Raw", (PyObject *)&RawType) < 0 ||
+        PyModule_AddObject(m, "Region", (PyObject *)&RegionType) < 0 ||
         PyModule_AddIntConstant(m, "FAST_OUT", PP_FAST_OUT) < 0) {
         Py_DECREF(m);
         return NULL;

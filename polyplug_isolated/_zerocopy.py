@@ -14,18 +14,21 @@ the arena, at offsets the host computes: the worker never says where they
 lie, and every length is the caller's. The arena is shared memory the worker
 can write at any time, so a hostile worker can change what ``out`` holds but
 never what the host reads beyond it. On leaving the block both views are
-released: a view used after its call raises ValueError, and one exported
-further (say a numpy array still alive) makes the exit raise BufferError,
-since its bytes would be the next call's.
+released: using one afterwards raises ValueError, and a view made from them
+that is still alive (a slice, a cast, a numpy array) makes the exit raise
+BufferError, since its bytes would be the next call's. Such a view can never
+reach past the arena, which stays mapped as long as any view lives.
 """
 
 from __future__ import annotations
 
+import contextlib
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from ._channel import ChannelFailure
 from ._channel_ffi import ffi, lib
+from ._fastcall import Region
 
 if TYPE_CHECKING:
     from ._contract import GuestContract
@@ -45,6 +48,7 @@ class InPlaceCall:
         self._timeout = timeout
         self._held: tuple[Any, Any, int, int] | None = None  # (proxy, conn, contract index, lease)
         self._views: list[memoryview] = []
+        self._region: Region | None = None
         self.args = memoryview(b"")
         self.out = memoryview(b"")
 
@@ -67,10 +71,10 @@ class InPlaceCall:
         if status != lib.PP_CALL_OK:
             raise contract._error(ChannelFailure.last(status), proxy, self._fn, self._timeout)
         self._held = (proxy, conn, index, lease)
-        # The views hold the conn (through the cdata's finaliser), so the mapping
-        # outlives any view; on exit they are released.
-        base = ffi.gc(ffi.cast("uint8_t *", lib.pp_arena_base(conn)), lambda _p, keep=conn: None)
-        whole = memoryview(ffi.buffer(base, end))
+        # The region holds the conn, so the mapping outlives any view of it;
+        # it counts the views, so that the exit can tell whether one is left.
+        self._region = Region(conn, int(ffi.cast("uintptr_t", lib.pp_arena_base(conn))), end)
+        whole = memoryview(self._region)
         self.args = whole[args_at[0] : args_at[0] + self._args_size]
         self.out = whole[out_at[0] : out_at[0] + self._out_size]
         self._views = [self.args, self.out, whole]
@@ -96,14 +100,11 @@ class InPlaceCall:
         held, self._held = self._held, None
         if held is not None:
             lib.pp_arena_drop(held[1], held[3])
-        exported = 0
         for view in self._views:
-            try:
+            with contextlib.suppress(BufferError):  # exported further: counted below
                 view.release()
-            except BufferError:
-                exported += 1
         self._views = []
-        if exported and kind is None:
+        if self._region is not None and self._region.exports and kind is None:
             raise BufferError(
                 "buffers(): a view of the call's args or out (a numpy array, a memoryview) is still alive "
                 "after the with block; its bytes belong to the next call: copy what you keep, then drop it"

@@ -67,7 +67,7 @@ host_ffi.cdef(
 
     size_t pp_segment_bytes(uint32_t nslots, uint64_t payload_cap, uint64_t arena_cap);
     pp_conn *pp_conn_create(int fd, uint32_t nslots, uint32_t max_threads, uint64_t payload_cap,
-                            uint64_t arena_cap, int wait_mode, uint64_t spin_ns);
+                            uint64_t arena_cap, int wait_mode, uint64_t spin_ns, uint32_t idle_retire_ms);
     void pp_conn_destroy(pp_conn *c);
     int64_t pp_conn_inflight(pp_conn *c);
     uint64_t pp_conn_calls(pp_conn *c);
@@ -113,7 +113,7 @@ host_ffi.cdef(
 host_ffi.set_source(
     "polyplug_isolated._channel_ffi",
     '#include "channel.h"\n#include "_channel.h"\n',
-    sources=[_relative(HOST_DIR / "_channel.c")],
+    sources=[_relative(HOST_DIR / name) for name in ("_channel.c", "_leases.c")],
     include_dirs=[_relative(HOST_DIR), _relative(WORKER_DIR)],
     extra_compile_args=CFLAGS,
     libraries=["pthread"],

@@ -1,7 +1,6 @@
 /*
- * Host side of the data plane: lease slots to host threads, submit calls
- * into a worker's segment and wait for the answers, in C calls that run
- * without the GIL.
+ * Host side of the data plane: submit calls into a worker's segment and
+ * wait for the answers, in C calls that run without the GIL.
  *
  * The segment layout and the slot protocol are in worker/channel.h. This
  * file adds the host-private connection state that a hostile worker cannot
@@ -9,11 +8,8 @@
  * its sequence numbers and answer count, the in-flight count used to drain,
  * the arena owner, and the DEAD flag the liveness monitor raises.
  *
- * Lease words: 0 free; L = gen << 16 | slot owned and idle; L | BUSY owned
- * with a frame in flight; ORPHAN | slot a call whose waiter gave up
- * (interrupted, cancelled, its thread gone) and whose answer is still due.
- * The owner moves L <-> L | BUSY with one CAS per call; everything else
- * (take, release, reap) happens under lease_lock, never while waiting.
+ * Who holds which slot is _leases.c's business; the state both share is in
+ * _conn.h.
  */
 #define _GNU_SOURCE
 #include "channel.h"
@@ -26,70 +22,8 @@
 #include <unistd.h>
 
 #include "_channel.h"
+#include "_conn.h"
 
-/* Longest single sleep on a word the worker can write to: every blocked
- * waiter re-checks the host-private state this often. */
-#define SLICE_NS 50000000ull
-/* How long the main thread sleeps in a call before it returns to Python
- * (PP_CALL_PENDING) so that signal handlers (Ctrl-C) run. */
-#define INTERRUPT_SLICE_NS 20000000ull
-#define LEASE_BUSY (1ull << 63)
-#define LEASE_ORPHAN (1ull << 62)
-#define LEASE_SLOT(lease) ((uint32_t)((lease) & 0xFFFFu))
-
-/* A call between submit and finish, kept here so that a waiter can return to
- * Python (PENDING) and resume, or give the call up, without losing it. */
-typedef struct pp_pending {
-    uint32_t count;
-    uint32_t table;
-    uint64_t out_size;
-    uint8_t *out;
-    uint8_t *ret;
-    uint32_t ret_cap;
-    int spill;
-    int keep_arena; /* the caller holds the arena past the call (pp_arena_hold) */
-    pp_layout layout;
-    uint64_t deadline;
-} pp_pending;
-
-typedef struct pp_hslot {
-    alignas(PP_CACHE_LINE) _Atomic uint64_t lease;
-    uint64_t seq;     /* down_seq of the last frame written */
-    uint32_t answers; /* answers taken, to hold against the slot's own count */
-    uint32_t gen;
-    int threaded; /* a worker thread serves the slot (BIND sent, no RETIRE since) */
-    int retiring; /* a RETIRE (frame `seq`) is unanswered */
-    pp_pending call;
-} pp_hslot;
-
-struct pp_conn {
-    uint8_t *base;
-    size_t size;
-    pp_header *hdr;
-    uint32_t nslots;
-    uint32_t max_threads;
-    uint64_t payload_cap;
-    uint64_t arena_cap;
-    int wait_mode;
-    uint64_t spin_ns;
-    uint64_t serial; /* unique per conn: the key of the thread's lease cache */
-    alignas(PP_CACHE_LINE) _Atomic uint64_t tickets; /* BIND ring */
-    pthread_mutex_t lease_lock;
-    uint32_t owned; /* slots leased or orphaned (under lease_lock) */
-    uint32_t orphans;
-    _Atomic uint32_t slot_waiters;
-    sem_t slot_freed;
-    alignas(PP_CACHE_LINE) _Atomic uint32_t state;
-    _Atomic int64_t inflight;
-    sem_t drained; /* posted when the last call leaves a non-READY conn */
-    _Atomic uint32_t arena_owner; /* slot + 1 of the call holding the arena, or 0 */
-    _Atomic uint32_t arena_waiters;
-    sem_t arena_freed;
-    uint64_t arena_faulted; /* arena bytes faulted in by pp_arena_hold (under the arena) */
-    _Atomic uint64_t calls;
-    _Atomic uint64_t failures;
-    pp_hslot *slots;
-};
 
 /* Per host thread: why its last call failed (read by Python on failure
  * only); the out of its last small call (kept here, not in the slot's
@@ -128,11 +62,12 @@ static void init_segment(pp_conn *c)
     h->max_threads = c->max_threads;
     h->payload_cap = c->payload_cap;
     h->arena_cap = c->arena_cap;
+    h->idle_retire_ms = c->idle_retire_ms;
     h->worker_cpu = h->host_cpu = UINT32_MAX;
 }
 
 pp_conn *pp_conn_create(int fd, uint32_t nslots, uint32_t max_threads, uint64_t payload_cap, uint64_t arena_cap,
-                        int wait_mode, uint64_t spin_ns)
+                        int wait_mode, uint64_t spin_ns, uint32_t idle_retire_ms)
 {
     if (nslots == 0 || nslots > PP_MAX_SLOTS || max_threads == 0 || max_threads > nslots ||
         payload_cap > UINT32_MAX || arena_cap > UINT32_MAX) {
@@ -165,6 +100,7 @@ pp_conn *pp_conn_create(int fd, uint32_t nslots, uint32_t max_threads, uint64_t 
     c->arena_cap = arena_cap;
     c->wait_mode = wait_mode;
     c->spin_ns = spin_ns;
+    c->idle_retire_ms = idle_retire_ms;
     c->slots = slots;
     c->serial = atomic_fetch_add(&conn_serials, 1) + 1;
     pthread_mutex_init(&c->lease_lock, NULL);
@@ -200,19 +136,8 @@ void pp_conn_set_draining(pp_conn *c)
     atomic_compare_exchange_strong(&c->state, &ready, PP_CONN_DRAINING);
 }
 
-static uint64_t min_u64(uint64_t a, uint64_t b) { return a < b ? a : b; }
 
-static pp_slot *slot_at(pp_conn *c, uint32_t i) { return pp_slot_at(c->base, c->nslots, c->payload_cap, i); }
-
-static void wake_peer(_Atomic uint32_t *flag)
-{
-    /* Dekker with the other side's "set the flag, re-check the sequence". */
-    atomic_thread_fence(memory_order_seq_cst);
-    if (atomic_load_explicit(flag, memory_order_relaxed) && atomic_exchange(flag, 0))
-        pp_futex_wake(flag, 1);
-}
-
-static void release_arena(pp_conn *c, uint32_t slot)
+void ppc_release_arena(pp_conn *c, uint32_t slot)
 {
     uint32_t mine = slot + 1;
     if (atomic_compare_exchange_strong(&c->arena_owner, &mine, 0) && atomic_load(&c->arena_waiters))
@@ -221,41 +146,19 @@ static void release_arena(pp_conn *c, uint32_t slot)
 
 /* The call that ended (answered, given up, or its worker gone) leaves the
  * in-flight count; the last one out of a non-READY conn wakes the drainer. */
-static void leave(pp_conn *c)
+void ppc_leave(pp_conn *c)
 {
     if (atomic_fetch_sub(&c->inflight, 1) == 1 && atomic_load(&c->state) != PP_CONN_READY)
         sem_post(&c->drained);
 }
 
-/* Takes the answers of orphaned calls that arrived: their slots become free
- * (their threads retire on the next take). Under lease_lock. */
-static void reap_orphans(pp_conn *c)
-{
-    if (!c->orphans)
-        return;
-    for (uint32_t i = 0; i < c->nslots; i++) {
-        pp_hslot *hs = &c->slots[i];
-        if (atomic_load(&hs->lease) != (LEASE_ORPHAN | i))
-            continue;
-        pp_slot *s = slot_at(c, i);
-        if (atomic_load_explicit(&s->up_seq, memory_order_acquire) != hs->seq ||
-            *(volatile uint16_t *)&s->up_kind != PP_UP_ANSWER)
-            continue;
-        hs->answers++;
-        release_arena(c, i);
-        c->orphans--;
-        c->owned--;
-        atomic_store(&hs->lease, 0);
-        leave(c);
-    }
-}
 
 int pp_conn_wait_drained(pp_conn *c, double timeout_s)
 {
     uint64_t deadline = pp_now_ns() + (uint64_t)(timeout_s * 1e9);
     for (;;) {
         pthread_mutex_lock(&c->lease_lock);
-        reap_orphans(c);
+        ppc_reap_orphans(c);
         uint32_t orphans = c->orphans;
         pthread_mutex_unlock(&c->lease_lock);
         if (atomic_load(&c->inflight) == 0)
@@ -264,7 +167,7 @@ int pp_conn_wait_drained(pp_conn *c, double timeout_s)
         if (now >= deadline)
             return 0;
         /* An orphan's answer posts nothing: look again soon. */
-        pp_sem_wait_until(&c->drained, orphans ? min_u64(deadline, now + SLICE_NS / 5) : deadline);
+        pp_sem_wait_until(&c->drained, orphans ? ppc_min_u64(deadline, now + SLICE_NS / 5) : deadline);
     }
 }
 
@@ -274,7 +177,7 @@ void pp_conn_mark_dead(pp_conn *c)
 {
     atomic_store(&c->state, PP_CONN_DEAD);
     for (uint32_t i = 0; i < c->nslots; i++) {
-        pp_slot *s = slot_at(c, i);
+        pp_slot *s = ppc_slot_at(c, i);
         /* A waiter between its last state check and its futex_wait(1) would
          * miss a bare wake-up and sleep a whole slice: the changed word makes
          * that futex_wait return at once. */
@@ -289,7 +192,7 @@ void pp_conn_mark_dead(pp_conn *c)
 }
 
 /* Records why the worker's answer cannot be trusted (for ProtocolError). */
-static int violation(const char *why)
+int ppc_violation(const char *why)
 {
     size_t n = strlen(why);
     memcpy(last_result.err_msg, why, n);
@@ -310,14 +213,14 @@ static int segment_scribbled(pp_conn *c)
  * seq - 1 (not answered yet) or seq. */
 static int stray_answer(pp_conn *c)
 {
-    return violation(segment_scribbled(c) ? "the worker overwrote the segment header"
+    return ppc_violation(segment_scribbled(c) ? "the worker overwrote the segment header"
                                           : "the worker answered a frame twice or out of turn");
 }
 
 static int interruptible(void) { return gettid() == getpid(); }
 
 /* Host threads spinning in wait=auto now, and how many may: half the CPUs
- * this process may use, at least one. */
+ * online (not the calling thread's affinity, which may be a pin), at least one. */
 static _Atomic int spinners;
 
 static int spin_cap(void)
@@ -325,9 +228,8 @@ static int spin_cap(void)
     static _Atomic int cap;
     int n = atomic_load_explicit(&cap, memory_order_relaxed);
     if (n == 0) {
-        cpu_set_t allowed;
-        n = sched_getaffinity(0, sizeof allowed, &allowed) == 0 ? CPU_COUNT(&allowed) / 2 : 1;
-        n = n > 1 ? n : 1;
+        long online = sysconf(_SC_NPROCESSORS_ONLN);
+        n = online >= 4 ? (int)(online / 2) : 1;
         atomic_store_explicit(&cap, n, memory_order_relaxed);
     }
     return n;
@@ -337,7 +239,7 @@ static int spin_cap(void)
  * or the conn died, the deadline passed, the worker broke the protocol, or
  * (main thread only, `may_pend`) INTERRUPT_SLICE_NS passed asleep:
  * PP_CALL_PENDING, so Python can run its signal handlers and resume. */
-static int await_frame(pp_conn *c, pp_slot *s, uint64_t seq, uint64_t deadline, int may_pend)
+int ppc_await_frame(pp_conn *c, pp_slot *s, uint64_t seq, uint64_t deadline, int may_pend)
 {
     uint64_t now = pp_now_ns();
     uint64_t spin_until = c->wait_mode == PP_WAIT_SPIN    ? UINT64_MAX
@@ -367,7 +269,7 @@ static int await_frame(pp_conn *c, pp_slot *s, uint64_t seq, uint64_t deadline, 
             if (atomic_load_explicit(&c->state, memory_order_relaxed) == PP_CONN_DEAD)
                 rc = PP_CALL_DEAD;
             else if (segment_scribbled(c))
-                rc = violation("the worker overwrote the segment header");
+                rc = ppc_violation("the worker overwrote the segment header");
             else if (now >= deadline)
                 rc = PP_CALL_TIMEOUT;
             if (rc >= 0 || now >= spin_until)
@@ -392,155 +294,14 @@ static int await_frame(pp_conn *c, pp_slot *s, uint64_t seq, uint64_t deadline, 
         if (atomic_load(&c->state) == PP_CONN_DEAD)
             return PP_CALL_DEAD;
         if (segment_scribbled(c))
-            return violation("the worker overwrote the segment header");
+            return ppc_violation("the worker overwrote the segment header");
         now = pp_now_ns();
         if (now >= deadline)
             return PP_CALL_TIMEOUT;
         if (now >= pend_at)
             return PP_CALL_PENDING;
-        pp_futex_wait_until(&s->host_waiting, 1, min_u64(min_u64(deadline, pend_at), now + SLICE_NS));
+        pp_futex_wait_until(&s->host_waiting, 1, ppc_min_u64(ppc_min_u64(deadline, pend_at), now + SLICE_NS));
     }
-}
-
-/* Writes the down frame's sequence number and wakes the slot's thread. */
-static void publish(pp_slot *s, pp_hslot *hs)
-{
-    atomic_store_explicit(&s->down_seq, ++hs->seq, memory_order_release);
-    wake_peer(&s->worker_waiting);
-}
-
-/* ---- leases ---------------------------------------------------------------- */
-
-/* A RETIRE on slot i (idle, threaded): its thread answers and exits. */
-static void send_retire(pp_conn *c, uint32_t i)
-{
-    pp_hslot *hs = &c->slots[i];
-    pp_slot *s = slot_at(c, i);
-    s->kind = PP_DOWN_RETIRE;
-    s->flags = 0;
-    publish(s, hs);
-    hs->threaded = 0;
-    hs->retiring = 1;
-}
-
-/* Readies a slot just claimed (lease word newL | BUSY) for its new owner:
- * the previous thread retired (its RETIRE answered), then BIND. */
-static int prepare_slot(pp_conn *c, uint32_t i, uint64_t deadline)
-{
-    pp_hslot *hs = &c->slots[i];
-    pp_slot *s = slot_at(c, i);
-    if (hs->threaded)
-        send_retire(c, i);
-    if (hs->retiring) {
-        int rc = await_frame(c, s, hs->seq, deadline, 0);
-        if (rc != PP_CALL_OK)
-            return rc;
-        if (*(volatile uint32_t *)&s->answers != hs->answers + 1)
-            return violation("the slot's answer count does not match: an answer was forged or repeated");
-        hs->answers++;
-        hs->retiring = 0;
-    }
-    uint64_t ticket = atomic_fetch_add(&c->tickets, 1);
-    pp_bind *r = &pp_ring(c->base)[ticket % c->nslots];
-    r->slot = i;
-    atomic_store_explicit(&r->seq, ticket + 1, memory_order_release);
-    wake_peer(&c->hdr->worker_sleeping);
-    hs->threaded = 1;
-    return PP_CALL_OK;
-}
-
-/* Claims a slot for a new lease (under lease_lock): a free one while fewer
- * than max_threads are owned, else (may_take_over) an idle one taken over
- * from its owner. Returns the slot or -1. */
-static int claim_slot(pp_conn *c, uint64_t *lease, int may_take_over)
-{
-    reap_orphans(c);
-    int idle = -1;
-    for (uint32_t i = 0; i < c->nslots; i++) {
-        uint64_t word = atomic_load(&c->slots[i].lease);
-        if (word == 0 && c->owned < c->max_threads) {
-            uint32_t gen = ++c->slots[i].gen & 0xFFFFFFFu;
-            if (gen == 0)
-                gen = c->slots[i].gen = 1;
-            *lease = (uint64_t)gen << 16 | i;
-            if (atomic_compare_exchange_strong(&c->slots[i].lease, &word, *lease | LEASE_BUSY)) {
-                c->owned++;
-                return (int)i;
-            }
-        } else if (idle < 0 && word && !(word & (LEASE_BUSY | LEASE_ORPHAN))) {
-            idle = (int)i;
-        }
-    }
-    if (c->owned < c->max_threads || idle < 0 || !may_take_over)
-        return -1;
-    /* Past max_threads: take over an idle slot; its owner's next call finds
-     * its lease gone and takes another (PP_CALL_LEASE_LOST). */
-    for (uint32_t i = (uint32_t)idle; i < c->nslots; i++) {
-        pp_hslot *hs = &c->slots[i];
-        uint64_t word = atomic_load(&hs->lease);
-        if (!word || (word & (LEASE_BUSY | LEASE_ORPHAN)))
-            continue;
-        uint32_t gen = ++hs->gen & 0xFFFFFFFu;
-        if (gen == 0)
-            gen = hs->gen = 1;
-        *lease = (uint64_t)gen << 16 | i;
-        if (atomic_compare_exchange_strong(&hs->lease, &word, *lease | LEASE_BUSY))
-            return (int)i;
-    }
-    return -1;
-}
-
-int64_t pp_lease_take(pp_conn *c, double timeout_s, int may_take_over)
-{
-    uint64_t deadline = timeout_s < 0 ? UINT64_MAX : pp_now_ns() + (uint64_t)(timeout_s * 1e9);
-    for (;;) {
-        if (atomic_load(&c->state) == PP_CONN_DEAD)
-            return -PP_CALL_DEAD;
-        uint64_t lease = 0;
-        /* Dekker with the slot givers: announce, claim, then sleep. */
-        atomic_fetch_add(&c->slot_waiters, 1);
-        pthread_mutex_lock(&c->lease_lock);
-        int i = claim_slot(c, &lease, may_take_over);
-        pthread_mutex_unlock(&c->lease_lock);
-        if (i < 0) {
-            uint64_t now = pp_now_ns();
-            if (now < deadline)
-                pp_sem_wait_until(&c->slot_freed, min_u64(deadline, now + SLICE_NS));
-        }
-        atomic_fetch_sub(&c->slot_waiters, 1);
-        if (i >= 0) {
-            int rc = prepare_slot(c, (uint32_t)i, deadline);
-            if (rc != PP_CALL_OK)
-                return -rc; /* the slot stays claimed: its worker is dying or broke the protocol */
-            atomic_store(&c->slots[i].lease, lease);
-            return (int64_t)lease;
-        }
-        if (pp_now_ns() >= deadline)
-            return -PP_CALL_TIMEOUT;
-    }
-}
-
-static void announce_free(pp_conn *c)
-{
-    if (atomic_load(&c->slot_waiters))
-        sem_post(&c->slot_freed);
-}
-
-void pp_lease_release(pp_conn *c, int64_t lease)
-{
-    uint32_t i = LEASE_SLOT(lease);
-    if (lease <= 0 || i >= c->nslots || atomic_load(&c->state) == PP_CONN_DEAD)
-        return;
-    pp_hslot *hs = &c->slots[i];
-    pthread_mutex_lock(&c->lease_lock);
-    uint64_t word = (uint64_t)lease;
-    if (atomic_compare_exchange_strong(&hs->lease, &word, (uint64_t)lease | LEASE_BUSY)) {
-        send_retire(c, i); /* answered before the slot's next BIND (prepare_slot) */
-        c->owned--;
-        atomic_store(&hs->lease, 0);
-    }
-    pthread_mutex_unlock(&c->lease_lock);
-    announce_free(c);
 }
 
 /* ---- calls ----------------------------------------------------------------- */
@@ -558,7 +319,7 @@ static int lock_arena(pp_conn *c, uint32_t slot, uint64_t deadline)
             return PP_CALL_TIMEOUT;
         atomic_fetch_add(&c->arena_waiters, 1);
         if (atomic_load(&c->arena_owner) != 0)
-            pp_sem_wait_until(&c->arena_freed, min_u64(deadline, now + SLICE_NS));
+            pp_sem_wait_until(&c->arena_freed, ppc_min_u64(deadline, now + SLICE_NS));
         atomic_fetch_sub(&c->arena_waiters, 1);
     }
 }
@@ -575,7 +336,7 @@ static int read_status(pp_slot *s, uint32_t count)
     if (len > PP_ERR_CAP || done > count || (status != PP_STATUS_OK && status != PP_STATUS_BAD_REQUEST) ||
         (status == PP_STATUS_OK && code == 0 && done != count)) {
         res->done_count = 0;
-        return violation("the worker's answer has fields out of range (status, message length or count)");
+        return ppc_violation("the worker's answer has fields out of range (status, message length or count)");
     }
     res->err_code = code;
     res->err_len = len;
@@ -608,8 +369,9 @@ static const pp_extra PLAIN = {0, NULL, 0, NULL, 0, 0, 0};
 /* A CALLBACK frame: this host serves none yet, so it replies at once with
  * PP_STATUS_NO_CALLBACKS (the plugin sees HostContractNotFound). Host
  * contracts will run here, on the thread that made the call. */
-static void reply_no_callbacks(pp_slot *s, pp_hslot *hs)
+static void reply_no_callbacks(pp_conn *c, uint32_t i)
 {
+    pp_slot *s = ppc_slot_at(c, i);
     static const char why[] = "polyplug_isolated: this host serves no call backs";
     memcpy(s->err_msg, why, sizeof why - 1);
     s->kind = PP_DOWN_REPLY;
@@ -618,7 +380,7 @@ static void reply_no_callbacks(pp_slot *s, pp_hslot *hs)
     s->function = 100; /* AbiError HostContractNotFound */
     s->out_size = 0;
     s->args_len = sizeof why - 1;
-    publish(s, hs);
+    ppc_publish(c, i);
 }
 
 /* Waits for the answer to slot i's call and takes it (copying the outs where
@@ -628,26 +390,26 @@ static int settle(pp_conn *c, uint32_t i, int may_pend)
 {
     pp_hslot *hs = &c->slots[i];
     pp_pending *p = &hs->call;
-    pp_slot *s = slot_at(c, i);
+    pp_slot *s = ppc_slot_at(c, i);
     uint32_t count = p->count;
     int rc;
     for (;;) {
-        rc = await_frame(c, s, hs->seq, p->deadline, may_pend);
+        rc = ppc_await_frame(c, s, hs->seq, p->deadline, may_pend);
         if (rc != PP_CALL_OK)
             break;
         uint32_t kind = *(volatile uint16_t *)&s->up_kind;
         if (kind == PP_UP_ANSWER)
             break;
         if (kind != PP_UP_CALLBACK) {
-            rc = violation("the worker answered with an unknown frame kind");
+            rc = ppc_violation("the worker answered with an unknown frame kind");
             break;
         }
-        reply_no_callbacks(s, hs);
+        reply_no_callbacks(c, i);
     }
     if (rc == PP_CALL_PENDING)
         return rc;
     if (rc == PP_CALL_OK && *(volatile uint32_t *)&s->answers != hs->answers + 1)
-        rc = violation("the slot's answer count does not match: an answer was forged or repeated");
+        rc = ppc_violation("the slot's answer count does not match: an answer was forged or repeated");
     if (rc == PP_CALL_OK) {
         hs->answers++;
         uint8_t *region = p->spill == PP_IN_ARENA ? c->base + pp_arena_offset(c->nslots, c->payload_cap)
@@ -663,23 +425,23 @@ static int settle(pp_conn *c, uint32_t i, int may_pend)
         if (rc == PP_CALL_OK && p->table) {
             uint32_t ret_len = *(volatile uint32_t *)&s->ret_len;
             if (ret_len > p->ret_cap)
-                rc = violation("the worker's return area length is out of range");
+                rc = ppc_violation("the worker's return area length is out of range");
             else
                 memcpy(p->ret, region + p->layout.spill_bytes, ret_len);
             last_result.ret_len = ret_len;
         }
         if (p->spill == PP_IN_ARENA && !p->keep_arena)
-            release_arena(c, i);
+            ppc_release_arena(c, i);
         atomic_store_explicit(&hs->lease, atomic_load_explicit(&hs->lease, memory_order_relaxed) & ~LEASE_BUSY,
                               memory_order_release);
-        announce_free(c); /* past max_threads, an idle slot can be taken over */
+        ppc_announce_free(c); /* past max_threads, an idle slot can be taken over */
     }
     /* After a timeout or a death the slot stays taken: the worker that might
      * still write into it is being killed and the conn is never reused. */
     atomic_fetch_add_explicit(&c->calls, count, memory_order_relaxed);
     if (rc != PP_CALL_OK)
         atomic_fetch_add_explicit(&c->failures, 1, memory_order_relaxed);
-    leave(c);
+    ppc_leave(c);
     return rc;
 }
 
@@ -721,12 +483,12 @@ static int submit(pp_conn *c, int64_t lease, uint32_t contract, uint32_t functio
     uint64_t deadline = deadline_of(timeout_s);
     if (spill == PP_IN_ARENA && (rc = lock_arena(c, i, deadline)) != PP_CALL_OK)
         goto unsent;
-    pp_slot *s = slot_at(c, i);
+    pp_slot *s = ppc_slot_at(c, i);
     /* The worker answers each frame once: a slot whose count moved since our
      * last answer was answered twice, or scribbled on. */
     if (*(volatile uint32_t *)&s->answers != hs->answers ||
         atomic_load_explicit(&s->up_seq, memory_order_relaxed) != hs->seq) {
-        rc = violation("the worker answered a call twice (or wrote into an idle slot)");
+        rc = ppc_violation("the worker answered a call twice (or wrote into an idle slot)");
         goto unsent;
     }
     uint8_t *region = spill == PP_IN_ARENA ? c->base + pp_arena_offset(c->nslots, c->payload_cap) : pp_payload(s);
@@ -751,17 +513,17 @@ static int submit(pp_conn *c, int64_t lease, uint32_t contract, uint32_t functio
     hs->call = (pp_pending){count, table, out_size, out, x->ret, x->ret_cap, spill, x->keep_arena, layout, deadline};
     if (!out)
         memset(small_out, 0, sizeof small_out);
-    publish(s, hs);
+    ppc_publish(c, i);
     return PP_CALL_PENDING;
 
 unsent:
     if (spill == PP_IN_ARENA && !x->keep_arena)
-        release_arena(c, i);
+        ppc_release_arena(c, i);
     if (rc != PP_CALL_PROTOCOL)
         atomic_store(&hs->lease, (uint64_t)lease);
     atomic_fetch_add_explicit(&c->calls, count, memory_order_relaxed);
     atomic_fetch_add_explicit(&c->failures, 1, memory_order_relaxed);
-    leave(c);
+    ppc_leave(c);
     return rc;
 }
 
@@ -871,44 +633,27 @@ int pp_submit(pp_conn *c, int64_t lease, uint32_t contract, uint32_t function, u
     return submit(c, lease, contract, function, args, args_len, 1, out, out_size, &x, timeout_s);
 }
 
-static int lease_in_flight(pp_conn *c, int64_t lease)
-{
-    uint32_t i = LEASE_SLOT(lease);
-    return lease > 0 && i < c->nslots && atomic_load(&c->slots[i].lease) == ((uint64_t)lease | LEASE_BUSY);
-}
 
 int pp_resume(pp_conn *c, int64_t lease)
 {
-    if (!lease_in_flight(c, lease))
+    if (!ppc_lease_in_flight(c, lease))
         return PP_CALL_LEASE_LOST;
     return settle(c, LEASE_SLOT(lease), 1);
 }
 
 int pp_poll(pp_conn *c, int64_t lease)
 {
-    if (!lease_in_flight(c, lease))
+    if (!ppc_lease_in_flight(c, lease))
         return PP_CALL_LEASE_LOST;
     uint32_t i = LEASE_SLOT(lease);
     pp_hslot *hs = &c->slots[i];
-    pp_slot *s = slot_at(c, i);
+    pp_slot *s = ppc_slot_at(c, i);
     uint64_t up = atomic_load_explicit(&s->up_seq, memory_order_acquire);
     if (up == hs->seq - 1 && atomic_load(&c->state) != PP_CONN_DEAD && pp_now_ns() < hs->call.deadline)
         return PP_CALL_PENDING;
     return settle(c, i, 0);
 }
 
-void pp_abandon(pp_conn *c, int64_t lease)
-{
-    if (!lease_in_flight(c, lease))
-        return;
-    uint32_t i = LEASE_SLOT(lease);
-    pthread_mutex_lock(&c->lease_lock);
-    uint64_t busy = (uint64_t)lease | LEASE_BUSY;
-    if (atomic_compare_exchange_strong(&c->slots[i].lease, &busy, LEASE_ORPHAN | i))
-        c->orphans++;
-    reap_orphans(c);
-    pthread_mutex_unlock(&c->lease_lock);
-}
 
 uint32_t pp_bell(pp_conn *c) { return atomic_load(&c->hdr->async_bell); }
 
@@ -961,7 +706,7 @@ int pp_arena_hold(pp_conn *c, int64_t lease, size_t bytes, double timeout_s)
     int rc = lock_arena(c, i, deadline_of(timeout_s));
     /* Fault the pages in once (the arena is only ever reused), so that big
      * calls do not take a page fault per page; best effort. */
-    uint64_t want = min_u64(bytes, c->arena_cap) & ~(uint64_t)4095;
+    uint64_t want = ppc_min_u64(bytes, c->arena_cap) & ~(uint64_t)4095;
     if (rc == PP_CALL_OK && want > c->arena_faulted) {
         if (madvise(pp_arena_base(c) + c->arena_faulted, want - c->arena_faulted, MADV_POPULATE_WRITE) == 0)
             c->arena_faulted = want;
@@ -973,7 +718,7 @@ void pp_arena_drop(pp_conn *c, int64_t lease)
 {
     uint32_t i = LEASE_SLOT(lease);
     if (lease > 0 && i < c->nslots)
-        release_arena(c, i);
+        ppc_release_arena(c, i);
 }
 
 int pp_call_in_place(pp_conn *c, int64_t lease, uint32_t contract, uint32_t function, size_t args_len,

@@ -38,7 +38,7 @@ typedef struct pp_result {
 
 size_t pp_segment_bytes(uint32_t nslots, uint64_t payload_cap, uint64_t arena_cap);
 pp_conn *pp_conn_create(int fd, uint32_t nslots, uint32_t max_threads, uint64_t payload_cap, uint64_t arena_cap,
-                        int wait_mode, uint64_t spin_ns);
+                        int wait_mode, uint64_t spin_ns, uint32_t idle_retire_ms);
 void pp_conn_destroy(pp_conn *c);
 int64_t pp_conn_inflight(pp_conn *c);
 uint64_t pp_conn_calls(pp_conn *c);

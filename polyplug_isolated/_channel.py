@@ -87,13 +87,27 @@ class Channel:
     """
 
     def __init__(
-        self, slots: int, max_threads: int, payload_cap: int, arena_cap: int, wait: str, spin_ns: int
+        self,
+        slots: int,
+        max_threads: int,
+        payload_cap: int,
+        arena_cap: int,
+        wait: str,
+        spin_ns: int,
+        idle_retire_ms: int = 0,
     ):
         memory = posix_ipc.SharedMemory(None, posix_ipc.O_CREX, mode=0o600)
         try:
             memory.unlink()
             conn = lib.pp_conn_create(
-                memory.fd, slots, max_threads, payload_cap, arena_cap, WAIT_MODES[wait], spin_ns
+                memory.fd,
+                slots,
+                max_threads,
+                payload_cap,
+                arena_cap,
+                WAIT_MODES[wait],
+                spin_ns,
+                idle_retire_ms,
             )
             if conn == ffi.NULL:
                 err = ffi.errno

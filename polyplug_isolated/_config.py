@@ -56,6 +56,9 @@ class RuntimeConfig:
         max_threads: most worker threads (slots in use) per worker; None: ``slots``.
             Past it, a call from yet another host thread waits for an idle
             slot and takes it over (its owner's next call gets another).
+        thread_idle_timeout: seconds after which a worker thread whose host
+            thread made no call exits (its next call gets a fresh one, with
+            fresh thread-local state); None: it lives as long as its host thread.
         payload_capacity: bytes per call slot for args + out (args rounded up to 8).
         prestart: keep one worker process started ahead of need, so that a load,
             reload or restart skips the worker's interpreter start-up (~60 ms
@@ -73,6 +76,7 @@ class RuntimeConfig:
     spin_ns: int = 50_000
     slots: int = 64
     max_threads: int | None = None
+    thread_idle_timeout: float | None = None
     payload_capacity: int = 64 * 1024
     arena_capacity: int = 4 * 1024 * 1024
     restart: RestartPolicy = RestartPolicy()
@@ -86,6 +90,10 @@ class RuntimeConfig:
         if self.max_threads is not None and not 1 <= self.max_threads <= self.slots:
             raise ValueError(
                 f"max_threads must be between 1 and slots ({self.slots}), not {self.max_threads}"
+            )
+        if self.thread_idle_timeout is not None and not 0.001 <= self.thread_idle_timeout <= 4e6:
+            raise ValueError(
+                f"thread_idle_timeout must be None or 0.001..4e6 seconds, not {self.thread_idle_timeout}"
             )
         if not 8 <= self.payload_capacity <= 1 << 30:
             raise ValueError(

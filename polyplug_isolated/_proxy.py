@@ -89,6 +89,7 @@ class WorkerProxy:
                 config.arena_capacity,
                 config.wait,
                 config.spin_ns,
+                round(config.thread_idle_timeout * 1000) if config.thread_idle_timeout else 0,
             )
             undo.callback(channel.close_fd)
             self.channel = channel

@@ -117,6 +117,18 @@ def test_a_call_back_travels_on_the_calling_threads_slot(rt, bundle_dir):
     assert ask(contract, TID) == own  # the slot and its thread go on serving this thread
 
 
+def test_a_worker_thread_idle_past_thread_idle_timeout_retires(bundle_dir):
+    with Runtime(thread_idle_timeout=0.2, load_timeout=5.0) as rt:
+        contract = threads_contract(rt, bundle_dir)
+        first = ask(contract, TID)
+        assert [ask(contract, COUNT), ask(contract, COUNT)] == [1, 2]
+        tasks = f"/proc/{contract.bundle.pid}/task"
+        busy = len(os.listdir(tasks))
+        wait_until(lambda: len(os.listdir(tasks)) == busy - 1)  # it left, with nothing in flight
+        assert ask(contract, COUNT) == 1  # the next call brought a fresh thread: fresh thread-locals
+        assert ask(contract, TID) != first
+
+
 def test_past_max_threads_calls_wait_for_an_idle_worker_thread(bundle_dir):
     with Runtime(max_threads=2, load_timeout=5.0) as rt:
         contract = threads_contract(rt, bundle_dir)

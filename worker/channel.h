@@ -32,7 +32,11 @@
  * host threads on other worker threads, at the same time. When T exits (or
  * its lease is taken over, see below), the host sends RETIRE on the slot:
  * W(T) answers it and exits, so the next owner of slot i gets a fresh thread
- * (fresh thread-local state), never T's.
+ * (fresh thread-local state), never T's. A slot thread idle for the
+ * header's idle_retire_ms (if set) exits too, swapping worker_waiting from 1
+ * (asleep) to PP_WORKER_RETIRED: the host, which reads that flag when it
+ * hands over a frame, then sends BIND for the slot, and a fresh thread serves
+ * the frame (only one of the swap and the host's exchange of the flag wins).
  *
  * FRAMES. Each slot carries one frame at a time, alternately written by the
  * two sides; every frame has a sequence number, and both numbers only grow:
@@ -156,6 +160,10 @@
 #define PP_UP_ANSWER 1
 #define PP_UP_CALLBACK 2
 
+/* worker_waiting of a slot whose thread left after idle_retire_ms: the host
+ * that finds it there when it hands over a frame sends BIND for the slot. */
+#define PP_WORKER_RETIRED 3u
+
 /* Down-frame flags. */
 #define PP_FLAG_ASYNC 1u /* ring the header's async_bell after the answer */
 
@@ -166,6 +174,8 @@ typedef struct pp_header {
     uint32_t max_threads; /* slot threads the worker may run at once */
     uint64_t payload_cap;
     uint64_t arena_cap;
+    uint32_t idle_retire_ms; /* a slot thread idle this long exits (0: never), see RETIRED */
+    uint32_t reserved;
     alignas(PP_CACHE_LINE) _Atomic uint32_t worker_sleeping; /* the dispatcher sleeps on it */
     _Atomic uint32_t worker_cpu; /* where each side last waited (see pp_same_cpu) */
     _Atomic uint32_t host_cpu;

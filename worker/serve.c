@@ -281,9 +281,10 @@ static void step_aside(uint32_t host_cpu)
 }
 
 /* Waits until the slot's down_seq moves past `served`. Returns 0 when it
- * does, 1 when asked to stop. Spins for the wait window first (the host's
+ * does, 1 when asked to stop, 2 when it retired after idle_retire_ms (only
+ * `may_retire`: between calls). Spins for the wait window first (the host's
  * next call usually follows at once), then sleeps on worker_waiting. */
-static int await_frame(pp_header *h, pp_slot *s, uint64_t served)
+static int await_frame(pp_header *h, pp_slot *s, uint64_t served, int may_retire)
 {
     int mode = g_wait_mode;
     uint64_t spin_until = mode == PP_WAIT_SPIN ? UINT64_MAX : mode == PP_WAIT_BLOCK ? 0 : pp_now_ns() + g_spin_ns;
@@ -301,7 +302,6 @@ static int await_frame(pp_header *h, pp_slot *s, uint64_t served)
     if (counted && atomic_fetch_add(&g_spinners, 1) >= g_spin_cap) {
         atomic_fetch_sub(&g_spinners, 1);
         counted = 0;
-        spin_until = 0;
     }
     for (unsigned i = first; mode == PP_WAIT_SPIN || counted; i++) {
         if (atomic_load_explicit(&s->down_seq, memory_order_acquire) != served ||
@@ -317,6 +317,7 @@ static int await_frame(pp_header *h, pp_slot *s, uint64_t served)
         return 0;
     if (atomic_load_explicit(&g_stop, memory_order_relaxed))
         return 1;
+    uint64_t retire_at = may_retire && h->idle_retire_ms ? pp_now_ns() + h->idle_retire_ms * 1000000ull : UINT64_MAX;
     for (;;) {
         atomic_store(&s->worker_waiting, 1);
         if (atomic_load(&s->down_seq) != served) {
@@ -325,7 +326,10 @@ static int await_frame(pp_header *h, pp_slot *s, uint64_t served)
         }
         if (atomic_load(&g_stop))
             return 1;
-        pp_futex_wait_until(&s->worker_waiting, 1, UINT64_MAX);
+        pp_futex_wait_until(&s->worker_waiting, 1, retire_at);
+        uint32_t asleep = 1;
+        if (pp_now_ns() >= retire_at && atomic_compare_exchange_strong(&s->worker_waiting, &asleep, PP_WORKER_RETIRED))
+            return 2; /* a frame published meanwhile goes to the thread the host's BIND brings */
     }
 }
 
@@ -359,7 +363,7 @@ static const char *call_back(uint64_t target, uint32_t function, const void *arg
     atomic_thread_fence(memory_order_seq_cst);
     if (atomic_load_explicit(&s->host_waiting, memory_order_relaxed) && atomic_exchange(&s->host_waiting, 0))
         pp_futex_wake(&s->host_waiting, 1);
-    if (await_frame(h, s, t_seq))
+    if (await_frame(h, s, t_seq, 0))
         return "the worker is stopping";
     t_seq = atomic_load_explicit(&s->down_seq, memory_order_acquire);
     if (s->kind != PP_DOWN_REPLY)
@@ -384,7 +388,7 @@ static void serve_slot(uint32_t index)
     pp_slot *s = pp_slot_at(g_base, g_nslots, g_payload_cap, index);
     t_slot = s;
     uint64_t served = atomic_load_explicit(&s->up_seq, memory_order_acquire);
-    while (!await_frame(h, s, served)) {
+    while (!await_frame(h, s, served, 1)) {
         served = atomic_load_explicit(&s->down_seq, memory_order_acquire);
         uint32_t kind = s->kind;
         AbiError ok = {ABI_OK, {NULL, 0}};
@@ -406,6 +410,9 @@ typedef struct ppw_thread {
     struct ppw_thread *next; /* in g_threads */
 } ppw_thread;
 
+/* `assigned` of a spare told to exit: a changed word, so that no wake-up is lost. */
+#define STOP_SPARE UINT32_MAX
+
 static ppw_thread *g_threads;     /* every thread started, for ppw_stop (dispatcher-private) */
 static ppw_thread **g_slot_owner; /* per slot: its thread, or NULL */
 static ppw_thread *g_spares[PPW_SPARE_THREADS];
@@ -416,11 +423,10 @@ static void *slot_thread(void *arg)
     ppw_thread *t = arg;
     ppw_thread_alt_stack();
     uint32_t assigned;
-    while ((assigned = atomic_load(&t->assigned)) == 0) {
-        if (atomic_load(&g_stop))
-            return NULL;
+    while ((assigned = atomic_load(&t->assigned)) == 0)
         pp_futex_wait_until(&t->assigned, 0, UINT64_MAX);
-    }
+    if (assigned == STOP_SPARE)
+        return NULL;
     serve_slot(assigned - 1);
     stack_t off = {.ss_flags = SS_DISABLE}, alt;
     if (sigaltstack(&off, &alt) == 0 && !(alt.ss_flags & SS_DISABLE))
@@ -507,8 +513,11 @@ static void stop_threads(void)
         atomic_store(&s->worker_waiting, 0);
         pp_futex_wake(&s->worker_waiting, INT32_MAX);
     }
-    for (ppw_thread *t = g_threads; t; t = t->next)
-        pp_futex_wake(&t->assigned, 1);
+    for (unsigned i = 0; i < g_nspares; i++) {
+        atomic_store(&g_spares[i]->assigned, STOP_SPARE);
+        pp_futex_wake(&g_spares[i]->assigned, 1);
+    }
+    g_nspares = 0;
     while (g_threads) {
         pthread_join(g_threads->id, NULL);
         forget_thread(g_threads);

@@ -19,7 +19,9 @@ import traceback
 from pathlib import Path
 
 _ROOT = Path(__file__).resolve().parent.parent
-GROUPS = ("floor", "polyplug", "pipe", "isolated", "batch", "threads", "idle", "payload")
+GROUPS = ("floor", "polyplug", "pipe", "isolated", "batch", "threads", "idle", "payload", "shapes")
+# Run only when asked for (--only shapes): bench._shapes interleaves its own rounds.
+OPT_IN = {"shapes"}
 
 # (id, case, text, kind, limit, reference case). kind "ratio": case p50 over the
 # reference's p50 at most limit; "faster": case p50 below the reference's p50;
@@ -63,7 +65,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"--only: unknown group(s) {', '.join(sorted(unknown))}; choose from {GROUPS}")
         args.groups = chosen
     else:
-        args.groups = set(GROUPS)
+        args.groups = set(GROUPS) - OPT_IN
     return args
 
 
@@ -168,6 +170,7 @@ class Runner:
         self.skipped: list[dict] = []
         self.errors: list[dict] = []
         self.idle: dict | None = None
+        self.shapes: dict | None = None
         self.step_log: list[dict] = []
         self.stack = contextlib.ExitStack()
         self._runtimes: dict = {}
@@ -216,7 +219,14 @@ class Runner:
         if "payload" in self.groups:
             steps.append(("payload sizes, in-process (subprocess)", self._payload_inproc))
             steps.append(("payload sizes, isolated", self._payload_isolated))
+        if "shapes" in self.groups:
+            steps.append(("call shapes, interleaved rounds (bench._shapes)", self._shapes))
         return steps
+
+    def _shapes(self) -> None:
+        from . import _shapes
+
+        self.shapes = _shapes.run(3 if self.plan.quick else 10, self.plan.quick)
 
     def run(self) -> None:
         from . import _measure
@@ -396,6 +406,7 @@ class Runner:
             "cases": cases,
             "targets": self._targets(stats),
             "idle_worker": self.idle,
+            "shapes": self.shapes,
             "steps": self.step_log,
             "skipped": self.skipped,
             "errors": self.errors,

@@ -97,12 +97,12 @@ def compile_function(
         answer = fast._many(items)
         if type(answer) is list:
             return answer
-        status, start, done, before = answer
+        status, start, done, before, called = answer
         try:
             if status == 0 or status in _UNSENT:  # the rest never went out: the general path
                 return [*before, *_many_slowly(call, contract, items[start:])]
             failure = ChannelFailure.last(status)
-            error = contract._error(failure, fast.proxy, call.index, contract._timeout)
+            error = contract._error(failure, called, call.index, contract._timeout)
             if isinstance(error, PluginCallError):
                 error.index = start + done
             raise error from None

@@ -222,13 +222,36 @@ static PyObject *Raw_vectorcall(Raw *self, PyObject *const *argv, size_t nargsf,
     if (kwnames != NULL || nargs != 3)
         return PyObject_Vectorcall(self->general, argv, nargsf, kwnames);
     int rc;
+    /* The worker proxy of the conn this call goes to: another thread may
+     * re-bind the object meanwhile, and a failure must name the right one. */
+    PyObject *proxy = self->proxy;
+    Py_INCREF(proxy);
     PyObject *result = raw_call(self->conn, self->contract, argv[0], argv[1], argv[2], self->timeout, &rc);
-    if (result != Py_None)
-        return result; /* the out bytes, or NULL: an exception */
-    Py_DECREF(result);
-    if (rc == PP_CALL_OK || rc == PP_CALL_TOO_LARGE) /* not for this path: nothing was sent */
-        return PyObject_Vectorcall(self->general, argv, nargsf, NULL);
-    return PyObject_CallFunction(self->failed, "iOOOO", rc, self->proxy, argv[0], argv[1], argv[2]);
+    if (result == Py_None) {
+        Py_DECREF(result);
+        if (rc == PP_CALL_OK || rc == PP_CALL_TOO_LARGE) /* not for this path: nothing was sent */
+            result = PyObject_Vectorcall(self->general, argv, nargsf, NULL);
+        else
+            result = PyObject_CallFunction(self->failed, "iOOOO", rc, proxy, argv[0], argv[1], argv[2]);
+    }
+    Py_DECREF(proxy);
+    return result; /* the out bytes, the general path's answer, or NULL: an exception */
+}
+
+/* Points a fast-path object at another worker: all fields change before any
+ * old reference is dropped (a drop may run Python code, and another thread). */
+static void rebind_fields(Conn **conn_field, PyObject **proxy_field, uint32_t *contract_field, PyObject *conn,
+                          PyObject *proxy, uint32_t contract)
+{
+    Conn *old_conn = *conn_field;
+    PyObject *old_proxy = *proxy_field;
+    Py_INCREF(conn);
+    Py_INCREF(proxy);
+    *conn_field = (Conn *)conn;
+    *proxy_field = proxy;
+    *contract_field = contract;
+    Py_XDECREF(old_conn);
+    Py_XDECREF(old_proxy);
 }
 
 /* Raw(conn, proxy, contract, timeout, general, failed) */
@@ -260,11 +283,7 @@ static PyObject *Raw_rebind(Raw *self, PyObject *args)
     unsigned int contract;
     if (!PyArg_ParseTuple(args, "O!OI", &ConnType, &conn, &proxy, &contract))
         return NULL;
-    Py_INCREF(conn);
-    Py_SETREF(self->conn, (Conn *)conn);
-    Py_INCREF(proxy);
-    Py_SETREF(self->proxy, proxy);
-    self->contract = contract;
+    rebind_fields(&self->conn, &self->proxy, &self->contract, conn, proxy, contract);
     Py_RETURN_NONE;
 }
 
@@ -437,7 +456,7 @@ static int pack(Function *self, uint8_t *record, PyObject *const *values)
     return 0;
 }
 
-static PyObject *call_failed(Function *self, int rc, PyObject *const *argv, Py_ssize_t nargs)
+static PyObject *call_failed(Function *self, int rc, PyObject *proxy, PyObject *const *argv, Py_ssize_t nargs)
 {
     PyObject *args = PyTuple_New(nargs);
     if (args == NULL)
@@ -446,7 +465,7 @@ static PyObject *call_failed(Function *self, int rc, PyObject *const *argv, Py_s
         Py_INCREF(argv[k]);
         PyTuple_SET_ITEM(args, k, argv[k]);
     }
-    PyObject *result = PyObject_CallFunction(self->failed, "iOO", rc, self->proxy, args);
+    PyObject *result = PyObject_CallFunction(self->failed, "iOO", rc, proxy, args);
     Py_DECREF(args);
     return result;
 }
@@ -460,20 +479,28 @@ static PyObject *Function_vectorcall(Function *self, PyObject *const *argv, size
     memset(record, 0, self->args_size); /* padding goes out as zeros */
     if (pack(self, record, argv) < 0)
         return PyObject_Vectorcall(self->slow, argv, nargsf, NULL);
+    /* One binding (another thread may re-bind the object while this call runs). */
     Conn *conn = self->conn;
+    PyObject *proxy = self->proxy;
+    uint32_t contract = self->contract;
     Py_INCREF(conn);
+    Py_INCREF(proxy);
     const uint8_t *out;
     int rc;
-    Py_BEGIN_ALLOW_THREADS rc = api->call(conn->conn, self->contract, self->function, record, self->args_size,
+    Py_BEGIN_ALLOW_THREADS rc = api->call(conn->conn, contract, self->function, record, self->args_size,
                                           self->out_size, self->timeout, &out);
     Py_END_ALLOW_THREADS
     rc = settle(conn->conn, rc);
-    Py_DECREF(conn);
+    PyObject *result;
     if (rc < 0)
-        return NULL;
-    if (rc != PP_CALL_OK)
-        return call_failed(self, rc, argv, nargs);
-    return get(self->result.code, out);
+        result = NULL;
+    else if (rc != PP_CALL_OK)
+        result = call_failed(self, rc, proxy, argv, nargs);
+    else
+        result = get(self->result.code, out);
+    Py_DECREF(conn);
+    Py_DECREF(proxy);
+    return result;
 }
 
 /* Function(conn, proxy, contract, function, timeout, params, args_size, result, out_size, per_batch,
@@ -537,11 +564,7 @@ static PyObject *Function_rebind(Function *self, PyObject *args)
     unsigned int contract;
     if (!PyArg_ParseTuple(args, "O!OI", &ConnType, &conn, &proxy, &contract))
         return NULL;
-    Py_INCREF(conn);
-    Py_SETREF(self->conn, (Conn *)conn);
-    Py_INCREF(proxy);
-    Py_SETREF(self->proxy, proxy);
-    self->contract = contract;
+    rebind_fields(&self->conn, &self->proxy, &self->contract, conn, proxy, contract);
     Py_RETURN_NONE;
 }
 
@@ -559,16 +582,18 @@ static PyObject *answers(Function *self, const uint8_t *outs, Py_ssize_t count)
     return list;
 }
 
-static PyObject *status_tuple(Function *self, int rc, Py_ssize_t at, Py_ssize_t done, const uint8_t *outs)
+static PyObject *status_tuple(Function *self, int rc, Py_ssize_t at, Py_ssize_t done, const uint8_t *outs,
+                              PyObject *proxy)
 {
     PyObject *before = answers(self, outs, at);
-    return before == NULL ? NULL : Py_BuildValue("(innN)", rc, at, done, before);
+    return before == NULL ? NULL : Py_BuildValue("(innNO)", rc, at, done, before, proxy);
 }
 
 /* _many(items): a list with one answer per argument tuple, in order; or, when
  * not every call answered Ok, (status, first call of the failed batch, calls
- * of it that completed, the answers before it); status 0: items[first] cannot
- * be packed here. Every record is packed before the first batch goes out. */
+ * of it that completed, the answers before it, the worker proxy called);
+ * status 0: an item cannot be packed here, and nothing was sent. Every
+ * record is packed before the first batch goes out. */
 static PyObject *Function_many(Function *self, PyObject *items)
 {
     PyObject *seq = PySequence_Fast(items, "many() takes a sequence of argument tuples");
@@ -580,7 +605,10 @@ static PyObject *Function_many(Function *self, PyObject *items)
     uint8_t *outs = PyMem_Malloc(((size_t)count + 1) * (outsz ? outsz : 1));
     PyObject *result = NULL;
     Conn *conn = self->conn;
+    PyObject *proxy = self->proxy;
+    uint32_t contract = self->contract;
     Py_INCREF(conn);
+    Py_INCREF(proxy);
     if (records == NULL || outs == NULL) {
         PyErr_NoMemory();
         goto done;
@@ -589,14 +617,14 @@ static PyObject *Function_many(Function *self, PyObject *items)
         PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
         if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != self->nparams ||
             pack(self, records + (size_t)i * rec, &PyTuple_GET_ITEM(item, 0)) < 0) {
-            result = status_tuple(self, 0, 0, 0, outs); /* nothing sent: all of it goes the general way */
+            result = status_tuple(self, 0, 0, 0, outs, proxy); /* nothing sent: all of it goes the general way */
             goto done;
         }
     }
     for (Py_ssize_t start = 0; start < count; start += self->per_batch) {
         Py_ssize_t n = count - start < self->per_batch ? count - start : self->per_batch;
         int rc;
-        Py_BEGIN_ALLOW_THREADS rc = api->call_batch(conn->conn, self->contract, self->function,
+        Py_BEGIN_ALLOW_THREADS rc = api->call_batch(conn->conn, contract, self->function,
                                                     records + (size_t)start * rec, self->args_size, (size_t)n,
                                                     outs + (size_t)start * outsz, outsz, self->timeout);
         Py_END_ALLOW_THREADS
@@ -604,13 +632,14 @@ static PyObject *Function_many(Function *self, PyObject *items)
         if (rc < 0)
             goto done;
         if (rc != PP_CALL_OK) {
-            result = status_tuple(self, rc, start, (Py_ssize_t)api->last_result()->done_count, outs);
+            result = status_tuple(self, rc, start, (Py_ssize_t)api->last_result()->done_count, outs, proxy);
             goto done;
         }
     }
     result = answers(self, outs, count);
 done:
     Py_DECREF(conn);
+    Py_DECREF(proxy);
     PyMem_Free(records);
     PyMem_Free(outs);
     Py_DECREF(seq);
@@ -646,7 +675,7 @@ static void Function_dealloc(Function *self)
 
 static PyMethodDef Function_methods[] = {
     {"rebind", (PyCFunction)Function_rebind, METH_VARARGS, "rebind(conn, proxy, contract)"},
-    {"_many", (PyCFunction)Function_many, METH_O, "_many(items): answers, or (status, first, done, before)"},
+    {"_many", (PyCFunction)Function_many, METH_O, "_many(items): answers, or (status, first, done, before, proxy)"},
     {NULL},
 };
 

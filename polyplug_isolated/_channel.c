@@ -426,7 +426,7 @@ static int settle(pp_conn *c, uint32_t i, int may_pend)
             uint32_t ret_len = *(volatile uint32_t *)&s->ret_len;
             if (ret_len > p->ret_cap)
                 rc = ppc_violation("the worker's return area length is out of range");
-            else
+            else if (ret_len) /* a call without a return area has ret NULL */
                 memcpy(p->ret, region + p->layout.spill_bytes, ret_len);
             last_result.ret_len = ret_len;
         }
@@ -592,6 +592,20 @@ int pp_call_fast(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t
     return run(c, lease, contract, function, args, args_len, 1, NULL, out_size, &PLAIN, timeout_s);
 }
 
+int pp_call_ex_fast(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *args, size_t args_len,
+                    const pp_fixup *fixups, uint32_t nfixups, size_t out_size, double timeout_s,
+                    const uint8_t **out)
+{
+    *out = small_out;
+    if (out_size > PP_FAST_OUT)
+        return PP_CALL_TOO_LARGE;
+    int64_t lease = cached_lease(c);
+    if (!lease)
+        return PP_CALL_LEASE_LOST;
+    pp_extra x = {0, fixups, nfixups, NULL, 0, 0, 0};
+    return run(c, lease, contract, function, args, args_len, 1, NULL, out_size, &x, timeout_s);
+}
+
 int pp_resume_fast(pp_conn *c) { return pp_resume(c, cached_lease(c)); }
 
 void pp_abandon_fast(pp_conn *c) { pp_abandon(c, cached_lease(c)); }
@@ -739,7 +753,8 @@ int pp_call_in_place(pp_conn *c, int64_t lease, uint32_t contract, uint32_t func
 }
 
 static const pp_fast_api FAST_API = {
-    sizeof(pp_fast_api), pp_call_fast, pp_resume_fast, pp_abandon_fast, pp_call_batch_fast, pp_last_result,
+    sizeof(pp_fast_api), pp_call_fast,   pp_call_ex_fast, pp_resume_fast,
+    pp_abandon_fast,     pp_call_batch_fast, pp_last_result,
 };
 
 const pp_fast_api *pp_fast_api_table(void) { return &FAST_API; }

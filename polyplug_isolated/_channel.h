@@ -71,6 +71,10 @@ int pp_call(pp_conn *c, int64_t lease, uint32_t contract, uint32_t function, con
 #define PP_FAST_OUT 64
 int pp_call_fast(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *args, size_t args_len,
                  size_t out_size, double timeout_s, const uint8_t **out);
+/* pp_call_fast with pointer fixups (only ARG_POINTER: no return area). */
+int pp_call_ex_fast(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *args, size_t args_len,
+                    const pp_fixup *fixups, uint32_t nfixups, size_t out_size, double timeout_s,
+                    const uint8_t **out);
 int pp_resume_fast(pp_conn *c);
 void pp_abandon_fast(pp_conn *c);
 /* A batch (see pp_call_batch) on the thread's cached lease. */
@@ -125,6 +129,8 @@ int pp_call_in_place(pp_conn *c, int64_t lease, uint32_t contract, uint32_t func
 typedef struct pp_fast_api {
     size_t size; /* sizeof(pp_fast_api): the extension checks it */
     int (*call)(pp_conn *, uint32_t, uint32_t, const uint8_t *, size_t, size_t, double, const uint8_t **);
+    int (*call_ex)(pp_conn *, uint32_t, uint32_t, const uint8_t *, size_t, const pp_fixup *, uint32_t, size_t,
+                   double, const uint8_t **);
     int (*resume)(pp_conn *);
     void (*abandon)(pp_conn *);
     int (*call_batch)(pp_conn *, uint32_t, uint32_t, const uint8_t *, size_t, size_t, uint8_t *, size_t, double);

@@ -1,12 +1,13 @@
-"""Typed functions of scalars, compiled: one C call per Python call.
+"""Typed functions compiled: one C call per Python call.
 
-When a typed proxy is made, each function whose parameters are all integers,
-floats or bools and whose result is one of those (or nothing) becomes a
-``_fastcall.Function``: a callable C object that knows the offset and width
-of every parameter in the args record. A call converts its Python ints
-straight into a record on the C stack, runs the call on the thread's slot
-without the GIL, and returns the answer as a Python value: no struct.pack,
-no bytes, no Python frame.
+When a typed proxy is made, each function whose parameters are integers,
+floats, bools, StringViews, Buffers or structs of scalars, and whose result is
+a scalar (or nothing), becomes a ``_fastcall.Function``: a callable C object
+that knows the offset and width of every parameter in the args record. A call
+converts its Python values straight into a record on the C stack (a str's
+UTF-8 and a bytes' contents after it, pointed at by fixups), runs the call on
+the thread's slot without the GIL, and returns the answer as a Python value:
+no struct.pack, no bytes objects, no Python frame.
 
 Whatever it cannot take (keywords, an int subclass, a value out of range, a
 call that did not answer Ok) goes to the general path (_typed's method), which
@@ -26,7 +27,7 @@ from ._channel import ChannelFailure
 from ._channel_ffi import lib
 from ._contract import _DEFAULT, GuestContract
 from ._fastcall import FAST_OUT, Function
-from ._marshal import _Bool, _Float, _Int
+from ._marshal import _Bool, _Float, _Int, _Struct, _View
 from .errors import PluginCallError
 
 if TYPE_CHECKING:
@@ -38,30 +39,44 @@ _MAX_RECORD = 256  # MAX_RECORD in _fastcall.c
 _UNSENT = (lib.PP_CALL_LEASE_LOST, lib.PP_CALL_UNAVAILABLE, lib.PP_CALL_TOO_LARGE)
 
 
-def scalar_fields(layout: TypeLayout | None, params: int) -> list[tuple[str, int]] | None:
-    """(struct code, offset) of each parameter of an args record; None unless all are scalars."""
+def param_entries(call: _Call, layout: TypeLayout | None) -> list[tuple[Any, ...]] | None:
+    """The parameters as _fastcall.Function entries; None when one needs the general path.
+
+    A scalar is (struct code, offset); a StringView ("S", offset) and a Buffer
+    ("U", offset); a struct of scalars ("T", 0, field count) followed by
+    (code, offset, attribute name) per field.
+    """
     if layout is None:
         return []
-    if params == 1:
-        return [(layout.format, 0)] if len(layout.format) == 1 else None
-    fields = []
-    for _, offset, inner in layout.fields:
-        if len(inner.format) != 1 or inner.format == "x":
+    if len(call.params) == 1:
+        places = [(0, layout)]
+    else:
+        places = [(offset, inner) for _, offset, inner in layout.fields]
+    entries: list[tuple[Any, ...]] = []
+    for codec, (offset, inner) in zip(call.codecs, places, strict=True):
+        if type(codec) in _SCALARS and len(inner.format) == 1:
+            entries.append((inner.format, offset))
+        elif type(codec) is _View:
+            entries.append(("U" if codec.owned else "S", offset))
+        elif type(codec) is _Struct and all(type(field) in _SCALARS for _, field in codec.fields):
+            entries.append(("T", 0, len(inner.fields)))
+            for name, at, field in inner.fields:
+                if len(field.format) != 1:
+                    return None
+                entries.append((field.format, offset + at, name))
+        else:
             return None
-        fields.append((inner.format, offset))
-    return fields
+    return entries
 
 
 def compile_function(
     call: _Call, contract: GuestContract, slow: Callable[..., Any], args_layout: TypeLayout | None
 ) -> Callable[..., Any] | None:
     """``call`` on the default instance compiled to one C call; None when its shape needs the general path."""
-    if not all(type(codec) in _SCALARS for codec in call.codecs) or call.fixups:
-        return None
     result = call.result_codec
-    if result is not None and type(result) not in _SCALARS:
+    if (result is not None and type(result) not in _SCALARS) or call.returns_views:
         return None
-    params = scalar_fields(args_layout, len(call.params))
+    params = param_entries(call, args_layout)
     if params is None or call.args_size > _MAX_RECORD or call.out_size > FAST_OUT:
         return None
     proxy, conn, index = contract.route()
@@ -92,6 +107,8 @@ def compile_function(
         failing call (the calls before it ran; their answers are dropped).
         """
         items = items if type(items) in (list, tuple) else list(items)
+        if call.fixups:  # views: no batches (each call has its own bytes), one call each
+            return [fast(*args) for args in items]
         if not call.params:
             return _many_slowly(call, contract, items)
         answer = fast._many(items)

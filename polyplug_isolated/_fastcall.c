@@ -340,10 +340,15 @@ static PyTypeObject RawType = {
 
 /* ---- typed functions --------------------------------------------------------- */
 
-/* One scalar of a record: its struct-module code and its offset. */
+/* One entry of a function's parameters: a scalar (its struct-module code) at
+ * `offset`; 'S' a StringView or 'U' a Buffer at `offset` (the bytes follow
+ * the record, the worker makes the offset a pointer); or 'T' a struct whose
+ * `count` scalar fields follow as entries with their attribute `name`. */
 typedef struct {
     char code;
     uint32_t offset;
+    uint32_t count;
+    PyObject *name;
 } Field;
 
 typedef struct {
@@ -354,8 +359,11 @@ typedef struct {
     PyObject *proxy; /* the worker proxy the binding belongs to (for failed()) */
     uint32_t contract, function;
     double timeout;
-    Py_ssize_t nparams;
+    Py_ssize_t nparams; /* Python arguments */
+    Py_ssize_t nfields; /* entries of params */
     Field params[MAX_PARAMS];
+    uint32_t nfixups;
+    pp_fixup fixups[MAX_PARAMS]; /* an ARG_POINTER per view */
     uint32_t args_size;
     Field result; /* code 0: returns None */
     uint32_t out_size;
@@ -448,12 +456,94 @@ static PyObject *get(char code, const uint8_t *p)
     }
 }
 
-static int pack(Function *self, uint8_t *record, PyObject *const *values)
+/* Writes a view's (offset, len[, cap]) at p. */
+static void put_view(char code, uint8_t *p, uint64_t offset, uint64_t len)
 {
-    for (Py_ssize_t k = 0; k < self->nparams; k++)
-        if (put(self->params[k].code, record + self->params[k].offset, values[k]) < 0)
+    memcpy(p, &offset, 8);
+    memcpy(p + 8, &len, 8);
+    if (code == 'U')
+        memcpy(p + 16, &len, 8);
+}
+
+/* Packs one call's arguments: the record at blob, the views' bytes after it.
+ * Returns the blob's length, or -1 (no exception set) when a value is not for
+ * this path. `blob` must hold packed_size() bytes. */
+static Py_ssize_t pack(Function *self, uint8_t *blob, PyObject *const *values)
+{
+    memset(blob, 0, self->args_size); /* padding goes out as zeros */
+    size_t tail = self->args_size;
+    PyObject *owner = NULL;
+    Py_ssize_t k = 0;
+    for (Py_ssize_t e = 0; e < self->nfields; e++) {
+        Field *f = &self->params[e];
+        if (f->name != NULL) { /* a field of the struct `owner` */
+            PyObject *v = PyObject_GetAttr(owner, f->name);
+            int bad = v == NULL || put(f->code, blob + f->offset, v) < 0;
+            Py_XDECREF(v);
+            if (bad) {
+                PyErr_Clear();
+                return -1;
+            }
+            continue;
+        }
+        PyObject *v = values[k++];
+        if (f->code == 'T') {
+            owner = v;
+        } else if (f->code == 'S' || f->code == 'U') {
+            const char *data;
+            Py_ssize_t len;
+            if (v == Py_None) {
+                put_view(f->code, blob + f->offset, PP_NULL_OFFSET, 0);
+                continue;
+            }
+            if (PyBytes_CheckExact(v)) {
+                data = PyBytes_AS_STRING(v);
+                len = PyBytes_GET_SIZE(v);
+            } else if (f->code == 'S' && PyUnicode_CheckExact(v)) {
+                data = PyUnicode_AsUTF8AndSize(v, &len);
+                if (data == NULL) {
+                    PyErr_Clear();
+                    return -1;
+                }
+            } else {
+                return -1;
+            }
+            put_view(f->code, blob + f->offset, tail, (uint64_t)len);
+            memcpy(blob + tail, data, (size_t)len);
+            tail += (size_t)len;
+        } else if (put(f->code, blob + f->offset, v) < 0) {
             return -1;
-    return 0;
+        }
+    }
+    return (Py_ssize_t)tail;
+}
+
+/* The bytes pack() needs for these values (the record plus every view's
+ * bytes), or -1 when a view is not for this path. */
+static Py_ssize_t packed_size(Function *self, PyObject *const *values)
+{
+    Py_ssize_t size = self->args_size, k = 0;
+    for (Py_ssize_t e = 0; e < self->nfields; e++) {
+        Field *f = &self->params[e];
+        if (f->name != NULL)
+            continue;
+        PyObject *v = values[k++];
+        if ((f->code != 'S' && f->code != 'U') || v == Py_None)
+            continue;
+        if (PyBytes_CheckExact(v)) {
+            size += PyBytes_GET_SIZE(v);
+        } else if (f->code == 'S' && PyUnicode_CheckExact(v)) {
+            Py_ssize_t len;
+            if (PyUnicode_AsUTF8AndSize(v, &len) == NULL) {
+                PyErr_Clear();
+                return -1;
+            }
+            size += len;
+        } else {
+            return -1;
+        }
+    }
+    return size;
 }
 
 static PyObject *call_failed(Function *self, int rc, PyObject *proxy, PyObject *const *argv, Py_ssize_t nargs)
@@ -473,12 +563,18 @@ static PyObject *call_failed(Function *self, int rc, PyObject *proxy, PyObject *
 static PyObject *Function_vectorcall(Function *self, PyObject *const *argv, size_t nargsf, PyObject *kwnames)
 {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    uint8_t record[MAX_RECORD];
+    uint8_t stack[MAX_RECORD + 512];
     if (kwnames != NULL || nargs != self->nparams)
         return PyObject_Vectorcall(self->slow, argv, nargsf, kwnames);
-    memset(record, 0, self->args_size); /* padding goes out as zeros */
-    if (pack(self, record, argv) < 0)
+    Py_ssize_t size = self->nfixups ? packed_size(self, argv) : (Py_ssize_t)self->args_size;
+    uint8_t *blob = size >= 0 && (size_t)size > sizeof stack ? PyMem_Malloc((size_t)size) : stack;
+    if (blob == NULL)
+        return PyErr_NoMemory();
+    if (size < 0 || pack(self, blob, argv) < 0) {
+        if (blob != stack)
+            PyMem_Free(blob);
         return PyObject_Vectorcall(self->slow, argv, nargsf, NULL);
+    }
     /* One binding (another thread may re-bind the object while this call runs). */
     Conn *conn = self->conn;
     PyObject *proxy = self->proxy;
@@ -487,9 +583,12 @@ static PyObject *Function_vectorcall(Function *self, PyObject *const *argv, size
     Py_INCREF(proxy);
     const uint8_t *out;
     int rc;
-    Py_BEGIN_ALLOW_THREADS rc = api->call(conn->conn, contract, self->function, record, self->args_size,
-                                          self->out_size, self->timeout, &out);
+    Py_BEGIN_ALLOW_THREADS rc = api->call_ex(conn->conn, contract, self->function, blob, (size_t)size,
+                                             self->nfixups ? self->fixups : NULL, self->nfixups, self->out_size,
+                                             self->timeout, &out);
     Py_END_ALLOW_THREADS
+    if (blob != stack)
+        PyMem_Free(blob);
     rc = settle(conn->conn, rc);
     PyObject *result;
     if (rc < 0)
@@ -521,23 +620,48 @@ static int Function_init(Function *self, PyObject *args, PyObject *kwds)
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     int bad = n > MAX_PARAMS || args_size > MAX_RECORD || out_size > PP_FAST_OUT || per_batch < 1 ||
               strlen(result) > 1 || (*result && field_size(*result) != (int)out_size);
+    Py_ssize_t nparams = 0;
+    uint32_t nfixups = 0, fields_left = 0;
     for (Py_ssize_t k = 0; k < n && !bad; k++) {
         const char *code;
         unsigned int offset;
-        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, k), "sI", &code, &offset)) {
+        PyObject *extra = NULL; /* 'T': its field count; a struct's field: its name */
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, k), "sI|O", &code, &offset, &extra)) {
             Py_DECREF(seq);
             return -1;
         }
-        int size = field_size(*code);
-        bad = strlen(code) != 1 || size == 0 || offset + (unsigned)size > args_size;
-        self->params[k] = (Field){*code, offset};
+        Field f = {*code, offset, 0, NULL};
+        int size = *code == 'S' ? 16 : *code == 'U' ? 24 : *code == 'T' ? 0 : field_size(*code);
+        bad = strlen(code) != 1 || (size == 0 && *code != 'T') || offset + (unsigned)size > args_size;
+        if (fields_left) { /* a field of the struct before */
+            bad = bad || size == 0 || *code == 'S' || *code == 'U' || extra == NULL || !PyUnicode_Check(extra);
+            fields_left--;
+            f.name = extra;
+        } else {
+            nparams++;
+            if (*code == 'T') {
+                bad = bad || extra == NULL || !PyLong_Check(extra);
+                f.count = fields_left = bad ? 0 : (uint32_t)PyLong_AsUnsignedLong(extra);
+                bad = bad || PyErr_Occurred() != NULL;
+            } else if (size == 16 || size == 24) {
+                self->fixups[nfixups++] = (pp_fixup){offset, PP_FIX_ARG_POINTER};
+            }
+        }
+        PyObject *old = self->params[k].name;
+        Py_XINCREF(f.name);
+        self->params[k] = f;
+        Py_XDECREF(old);
     }
+    bad = bad || fields_left;
     Py_DECREF(seq);
     if (bad) {
+        PyErr_Clear();
         PyErr_SetString(PyExc_ValueError, "Function: a layout this fast path cannot take");
         return -1;
     }
-    self->nparams = n;
+    self->nfields = n;
+    self->nfixups = nfixups;
+    self->nparams = nparams;
     self->contract = contract;
     self->function = function;
     self->timeout = timeout;
@@ -615,7 +739,7 @@ static PyObject *Function_many(Function *self, PyObject *items)
     }
     for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
-        if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != self->nparams ||
+        if (self->nfixups || !PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != self->nparams ||
             pack(self, records + (size_t)i * rec, &PyTuple_GET_ITEM(item, 0)) < 0) {
             result = status_tuple(self, 0, 0, 0, outs, proxy); /* nothing sent: all of it goes the general way */
             goto done;
@@ -658,6 +782,8 @@ static int Function_traverse(Function *self, visitproc visit, void *arg)
 
 static int Function_clear(Function *self)
 {
+    for (Py_ssize_t e = 0; e < MAX_PARAMS; e++)
+        Py_CLEAR(self->params[e].name);
     Py_CLEAR(self->dict);
     Py_CLEAR(self->conn);
     Py_CLEAR(self->proxy);

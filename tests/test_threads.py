@@ -17,10 +17,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import as_u32, u32, wait_until
+from conftest import CRASH, as_u32, u32, wait_until
 from polyplug_isolated._channel_ffi import lib
 
-from polyplug_isolated import CallTimeout, Runtime, WorkerCrashed, guest_contract_id
+from polyplug_isolated import CallTimeout, Fault, Runtime, WorkerCrashed, guest_contract_id
 from polyplug_isolated._channel import ChannelFailure
 
 THREADS = guest_contract_id("test.threads", 1)
@@ -169,6 +169,26 @@ def test_a_crash_wakes_every_call_in_flight_at_once(rt, bundle_dir):
         thread.join(20)
     assert time.monotonic() - began < 10  # not after the 30 s calls
     assert all(isinstance(outcome, WorkerCrashed) for outcome in outcomes), outcomes
+
+
+def test_a_crash_report_names_the_crashing_threads_call(rt, bundle_dir):
+    """Another thread's call, started and ended while the crashing call is delayed, is not named."""
+    rt.load_bundle(bundle_dir("crasher"), faults=[Fault.delay(300).only(function=0)])
+    crasher = rt.resolve_guest_contract(rt.find_guest_contract(CRASH, 1))
+    crashed: list[WorkerCrashed] = []
+
+    def segfault() -> None:
+        try:
+            crasher.call(0, b"", 0)
+        except WorkerCrashed as exc:
+            crashed.append(exc)
+
+    thread = threading.Thread(target=segfault)
+    thread.start()
+    wait_until(lambda: crasher.bundle.inflight == 1)  # in its delay, before the segfault
+    assert as_u32(crasher.call(4, u32(1), 4)) == 2  # ping, on this thread's worker thread
+    thread.join()
+    assert "during a call: contract index 0, function 0" in crashed[0].stderr_tail
 
 
 def test_a_timeout_kills_the_worker_and_names_itself_in_the_others_errors(rt, bundle_dir):

@@ -18,12 +18,37 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #define MAX_FRAMES 64
 
 volatile int32_t ppw_busy_contract = -1;
 volatile int32_t ppw_busy_function = -1;
+
+/* The call each slot's thread runs, so that a crash report names the call
+ * of the thread that crashed (found by its tid: async-signal-safe, unlike
+ * thread-local storage in a dlopen'd module). */
+#define BUSY_SLOTS 4096 /* PP_MAX_SLOTS */
+static struct {
+    volatile pid_t tid;
+    volatile int32_t contract, function;
+} g_busy[BUSY_SLOTS];
+
+void ppw_busy_begin(uint32_t slot, int tid, uint32_t contract, uint32_t function)
+{
+    if (slot >= BUSY_SLOTS)
+        return;
+    g_busy[slot].contract = (int32_t)contract;
+    g_busy[slot].function = (int32_t)function;
+    g_busy[slot].tid = tid;
+}
+
+void ppw_busy_end(uint32_t slot)
+{
+    if (slot < BUSY_SLOTS)
+        g_busy[slot].tid = 0;
+}
 static pthread_t g_busy_thread;
 static volatile sig_atomic_t g_busy_thread_set;
 
@@ -66,13 +91,21 @@ static void last_words(const char *what, int sig)
     n = put(line, n, sizeof line, " (signal ");
     n = put_int(line, n, sizeof line, sig);
     n = put(line, n, sizeof line, ")");
-    if (ppw_busy_function == PPW_BUSY_INIT) {
+    int32_t contract = ppw_busy_contract, function = ppw_busy_function;
+    pid_t me = (pid_t)syscall(SYS_gettid);
+    for (size_t i = 0; i < BUSY_SLOTS; i++)
+        if (g_busy[i].tid == me) {
+            contract = g_busy[i].contract;
+            function = g_busy[i].function;
+            break;
+        }
+    if (function == PPW_BUSY_INIT) {
         n = put(line, n, sizeof line, " during polyplug_init");
-    } else if (ppw_busy_contract >= 0) {
+    } else if (contract >= 0) {
         n = put(line, n, sizeof line, " during a call: contract index ");
-        n = put_int(line, n, sizeof line, ppw_busy_contract);
+        n = put_int(line, n, sizeof line, contract);
         n = put(line, n, sizeof line, ", function ");
-        n = put_int(line, n, sizeof line, ppw_busy_function);
+        n = put_int(line, n, sizeof line, function);
     }
     n = put(line, n, sizeof line, "; native stack:\n");
     (void)!write(STDERR_FILENO, line, n);

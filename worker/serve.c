@@ -177,6 +177,8 @@ static uint32_t copy_back(const pp_fixup *fix, uint32_t n, uint8_t *out, uint64_
 static _Thread_local uint64_t t_seq;
 static _Thread_local uint64_t t_payload_used;
 static _Thread_local pp_slot *t_slot;
+static _Thread_local uint32_t t_slot_index;
+static _Thread_local int t_tid;
 
 static const char *call_back(uint64_t target, uint32_t function, const void *args, uint32_t args_len, void *out,
                              uint32_t out_size, AbiError *err);
@@ -229,8 +231,7 @@ static void serve_one(pp_slot *s, uint64_t seq)
 
     uint32_t done = 0;
     ppw_mark_busy_thread();
-    ppw_busy_contract = (int32_t)contract;
-    ppw_busy_function = (int32_t)function;
+    ppw_busy_begin(t_slot_index, t_tid, contract, function);
     for (; done < count; done++) {
         uint8_t *one_out = out ? out + done * out_size : NULL;
         int fault = ppw_fault_before(PPW_PHASE_CALL, contract, function, &err);
@@ -242,7 +243,7 @@ static void serve_one(pp_slot *s, uint64_t seq)
         if (fault == PPW_RUN_CORRUPT && one_out)
             ppw_fault_corrupt(one_out, out_size);
     }
-    ppw_busy_contract = ppw_busy_function = -1;
+    ppw_busy_end(t_slot_index);
     if (refused)
         return refuse(s, t_seq, refused);
     uint32_t ret_len = 0;
@@ -387,6 +388,8 @@ static void serve_slot(uint32_t index)
     pp_header *h = (pp_header *)g_base;
     pp_slot *s = pp_slot_at(g_base, g_nslots, g_payload_cap, index);
     t_slot = s;
+    t_slot_index = index;
+    t_tid = gettid();
     uint64_t served = atomic_load_explicit(&s->up_seq, memory_order_acquire);
     while (!await_frame(h, s, served, 1)) {
         served = atomic_load_explicit(&s->down_seq, memory_order_acquire);

@@ -60,8 +60,11 @@ void ppw_free_buffer(uint8_t *ptr, size_t cap);
 
 /* crash.c: last words. The serve loop and ppw_load say what is running. */
 #define PPW_BUSY_INIT (-2)
-extern volatile int32_t ppw_busy_contract;
+extern volatile int32_t ppw_busy_contract; /* polyplug_init's (PPW_BUSY_INIT) */
 extern volatile int32_t ppw_busy_function;
+/* serve.c: the call slot `slot`'s thread `tid` runs now, and its end. */
+void ppw_busy_begin(uint32_t slot, int tid, uint32_t contract, uint32_t function);
+void ppw_busy_end(uint32_t slot);
 void ppw_mark_busy_thread(void);
 int ppw_install_crash_handlers(void);
 int ppw_thread_alt_stack(void);

@@ -306,12 +306,17 @@ int ppc_await_frame(pp_conn *c, pp_slot *s, uint64_t seq, uint64_t deadline, int
 
 /* ---- calls ----------------------------------------------------------------- */
 
-static int lock_arena(pp_conn *c, uint32_t slot, uint64_t deadline)
+/* Takes the arena for slot's call. The slot may already hold it (pp_arena_hold):
+ * fine for an in-place call (`in_place`), and for anything else a call that
+ * would wait for itself (PP_CALL_ARENA_HELD, nothing sent). */
+static int lock_arena(pp_conn *c, uint32_t slot, uint64_t deadline, int in_place)
 {
     for (;;) {
         uint32_t none = 0;
-        if (atomic_compare_exchange_strong(&c->arena_owner, &none, slot + 1) || none == slot + 1)
-            return PP_CALL_OK; /* free, or held for this slot's calls (pp_arena_hold) */
+        if (atomic_compare_exchange_strong(&c->arena_owner, &none, slot + 1))
+            return PP_CALL_OK;
+        if (none == slot + 1)
+            return in_place ? PP_CALL_OK : PP_CALL_ARENA_HELD;
         if (atomic_load(&c->state) == PP_CONN_DEAD)
             return PP_CALL_DEAD;
         uint64_t now = pp_now_ns();
@@ -481,8 +486,10 @@ static int submit(pp_conn *c, int64_t lease, uint32_t contract, uint32_t functio
         goto unsent;
     }
     uint64_t deadline = deadline_of(timeout_s);
-    if (spill == PP_IN_ARENA && (rc = lock_arena(c, i, deadline)) != PP_CALL_OK)
+    if (spill == PP_IN_ARENA && (rc = lock_arena(c, i, deadline, x->keep_arena)) != PP_CALL_OK) {
+        spill = PP_IN_SLOT; /* not taken: nothing to give back (a buffers() block may hold it) */
         goto unsent;
+    }
     pp_slot *s = ppc_slot_at(c, i);
     /* The worker answers each frame once: a slot whose count moved since our
      * last answer was answered twice, or scribbled on. */
@@ -717,7 +724,7 @@ int pp_arena_hold(pp_conn *c, int64_t lease, size_t bytes, double timeout_s)
     uint32_t i = LEASE_SLOT(lease);
     if (lease <= 0 || i >= c->nslots)
         return PP_CALL_LEASE_LOST;
-    int rc = lock_arena(c, i, deadline_of(timeout_s));
+    int rc = lock_arena(c, i, deadline_of(timeout_s), 0);
     /* Fault the pages in once (the arena is only ever reused), so that big
      * calls do not take a page fault per page; best effort. */
     uint64_t want = ppc_min_u64(bytes, c->arena_cap) & ~(uint64_t)4095;

@@ -22,6 +22,8 @@
 #define PP_CALL_REFUSED 7      /* the worker rejected the request */
 #define PP_CALL_PENDING 8      /* on its way: resume (pp_resume) or poll (pp_poll) for the outcome */
 #define PP_CALL_LEASE_LOST 9   /* the lease is no longer the caller's: take another (nothing was sent) */
+#define PP_CALL_ARENA_HELD 10  /* the caller's slot holds the arena (buffers()): a call needing it would
+                                  wait for itself (nothing was sent) */
 
 typedef struct pp_conn pp_conn;
 

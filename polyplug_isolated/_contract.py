@@ -400,6 +400,12 @@ class GuestContract:
                 "the largest call a worker takes; pass less or raise Runtime(arena_capacity=...)",
                 **names,
             )
+        if status == lib.PP_CALL_ARENA_HELD:  # nothing was sent
+            return CallError(
+                f"{where}: this thread holds the worker's arena in a buffers() block, and this call "
+                "needs the arena too; make it outside the block",
+                **names,
+            )
         if status == lib.PP_CALL_REFUSED:  # the worker is fine; the request named nothing it has
             return CallError(f"{where}: the worker refused the request: {failure.message}", **names)
         proxy.kill(f"broke the shared-memory protocol (status {status}): {failure.message}")

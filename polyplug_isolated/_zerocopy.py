@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from ._channel import ChannelFailure
 from ._channel_ffi import ffi, lib
 from ._fastcall import Region
+from .errors import CallError
 
 if TYPE_CHECKING:
     from ._contract import GuestContract
@@ -90,6 +91,13 @@ class InPlaceCall:
             conn, lease, index, self._fn, self._args_size, self._out_size, self._timeout
         )
         status = proxy.channel.settle(status, lease)
+        if status == lib.PP_CALL_LEASE_LOST:  # nothing was sent
+            raise CallError(
+                f"bundle {contract.bundle.name!r}: buffers(): the block no longer holds its slot and the "
+                "arena (call it on the thread that entered it, before the block ends)",
+                bundle=contract.bundle.name,
+                function=self._fn,
+            )
         if status != lib.PP_CALL_OK:
             raise contract._error(ChannelFailure.last(status), proxy, self._fn, self._timeout)
         return self.out

@@ -15,6 +15,7 @@ from polyplug_isolated._fastcall import Function, Raw
 
 from polyplug_isolated import (
     BundleState,
+    CallError,
     PayloadTooLarge,
     PluginCallError,
     ProtocolError,
@@ -336,3 +337,17 @@ def test_a_worker_scribbling_the_arena_under_buffers_cannot_hurt_the_host(bundle
         with pytest.raises(ValueError, match="released"):
             bytes(call.out)
         assert shapes.add(1, 2) == 3  # the host and other workers go on
+
+
+def test_calls_needing_the_arena_inside_a_buffers_block_are_refused_not_fatal(rt, bundle_dir):
+    payload = contract(rt, bundle_dir, "payload", PAYLOAD)
+    big = bytes(100_000)
+    with payload.buffers(ECHO, 16, 8) as call:
+        call.args[:] = blob(b"abcdefgh")
+        with pytest.raises(CallError, match="holds the worker's arena"), payload.buffers(ECHO, 16, 8):
+            pass
+        with pytest.raises(CallError, match="holds the worker's arena"):
+            payload.call(ECHO, blob(big), len(big))
+        assert payload.call(ECHO, blob(b"small"), 5) == b"small"  # a call in its slot is fine
+        assert call() == b"abcdefgh"  # the block still holds the arena
+    assert payload.call(ECHO, blob(big), len(big)) == big

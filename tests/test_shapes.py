@@ -8,10 +8,10 @@ import array
 import inspect
 import random
 import struct
+import threading
 
 import pytest
 from conftest import CRASH, as_u32, u32, wait_until
-from polyplug_isolated._fastcall import Function, Raw
 
 from polyplug_isolated import (
     BundleState,
@@ -24,6 +24,7 @@ from polyplug_isolated import (
     WorkerCrashed,
     guest_contract_id,
 )
+from polyplug_isolated._fastcall import Function, Raw
 
 PAYLOAD = guest_contract_id("test.payload", 1)
 HOSTILE = guest_contract_id("test.hostile", 1)
@@ -351,3 +352,18 @@ def test_calls_needing_the_arena_inside_a_buffers_block_are_refused_not_fatal(rt
         assert payload.call(ECHO, blob(b"small"), 5) == b"small"  # a call in its slot is fine
         assert call() == b"abcdefgh"  # the block still holds the arena
     assert payload.call(ECHO, blob(big), len(big)) == big
+
+
+def test_compiled_functions_from_many_threads_at_once(shapes):
+    answers_right: list[bool] = []
+
+    def caller(k: int) -> None:
+        got = [shapes.add(k, i) for i in range(2000)] + shapes.add.many([(k, i) for i in range(2000)])
+        answers_right.append(got == [k + i for i in range(2000)] * 2)
+
+    threads = [threading.Thread(target=caller, args=(k,)) for k in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert answers_right == [True] * 6

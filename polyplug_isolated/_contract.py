@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
+import inspect
 import types
 from typing import TYPE_CHECKING
 
@@ -89,6 +91,8 @@ class GuestContract:
         proxy, conn, index = self._binding
         general = types.MethodType(GuestContract.call, self)
         self._raw = Raw(conn, proxy, index, self._timeout, general, self._failed_fast)
+        self._raw.__signature__ = _call_signature()
+        self._raw.__doc__, self._raw.__name__ = general.__doc__, "call"
         self.call = self._raw  # type: ignore[method-assign]
 
     @property
@@ -417,6 +421,13 @@ class GuestContract:
 
     def __repr__(self) -> str:
         return f"<GuestContract {self.name}@{self.version[0]} of bundle {self._bundle.name!r}>"
+
+
+@functools.cache
+def _call_signature() -> inspect.Signature:
+    """GuestContract.call's signature without ``self``: what an instance's ``call`` shows."""
+    signature = inspect.signature(GuestContract.call)
+    return signature.replace(parameters=list(signature.parameters.values())[1:])
 
 
 def _seconds(timeout: float | None) -> float:

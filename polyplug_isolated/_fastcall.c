@@ -208,6 +208,7 @@ static PyTypeObject RegionType = {
 typedef struct {
     PyObject_HEAD
     vectorcallfunc vectorcall;
+    PyObject *dict; /* __signature__, __doc__, __name__: the method's */
     Conn *conn;
     PyObject *proxy;
     uint32_t contract;
@@ -289,6 +290,7 @@ static PyObject *Raw_rebind(Raw *self, PyObject *args)
 
 static int Raw_traverse(Raw *self, visitproc visit, void *arg)
 {
+    Py_VISIT(self->dict);
     Py_VISIT(self->conn);
     Py_VISIT(self->proxy);
     Py_VISIT(self->general);
@@ -298,6 +300,7 @@ static int Raw_traverse(Raw *self, visitproc visit, void *arg)
 
 static int Raw_clear(Raw *self)
 {
+    Py_CLEAR(self->dict);
     Py_CLEAR(self->conn);
     Py_CLEAR(self->proxy);
     Py_CLEAR(self->general);
@@ -333,6 +336,7 @@ static PyTypeObject RawType = {
     .tp_clear = (inquiry)Raw_clear,
     .tp_call = PyVectorcall_Call,
     .tp_vectorcall_offset = offsetof(Raw, vectorcall),
+    .tp_dictoffset = offsetof(Raw, dict),
     .tp_methods = Raw_methods,
     .tp_members = Raw_members,
     .tp_doc = "GuestContract.call(fn_index, args, out_size) in one C call (see _contract).",

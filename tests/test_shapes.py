@@ -16,6 +16,7 @@ from conftest import CRASH, as_u32, u32, wait_until
 from polyplug_isolated import (
     BundleState,
     CallError,
+    CallTimeout,
     PayloadTooLarge,
     PluginCallError,
     ProtocolError,
@@ -368,3 +369,13 @@ def test_compiled_functions_from_many_threads_at_once(shapes):
     for thread in threads:
         thread.join(60)
     assert answers_right == [True] * 6
+
+
+def test_a_compiled_call_past_its_timeout_is_call_timeout_and_the_worker_is_killed(bundle_dir):
+    with Runtime(call_timeout=0.3) as rt:
+        slow = typed(rt, bundle_dir, "slow", "test.slow")
+        assert slow.ping(1) == 2 and slow.ping(2) == 3  # the second one on the fast path
+        assert type(slow.sleep_ms) is Function
+        with pytest.raises(CallTimeout, match=r"no answer within 0.3 s"):
+            slow.sleep_ms(5000)
+        wait_until(lambda: slow.contract.bundle.state is BundleState.CRASHED)

@@ -82,14 +82,13 @@ def compile_function(
     proxy, conn, index = contract.route()
     per_batch = max(1, (proxy.channel.payload_cap - 8) // max(1, call.args_size + call.out_size))
     code = "" if result is None else call.out_format
-    fast: Any = None
 
     def rebind() -> None:
         bound_proxy, bound_conn, bound_index = contract._binding
         if bound_conn is not None:
             fast.rebind(bound_conn, bound_proxy, bound_index)
 
-    def failed(status: int, at: Any, args: tuple) -> Any:
+    def failed(status: int, at: Any, args: tuple[Any, ...]) -> Any:
         """A call that did not answer Ok: the general path, or the error it means."""
         try:
             if status in _UNSENT:
@@ -100,13 +99,13 @@ def compile_function(
         finally:
             rebind()
 
-    def many(items: Iterable[Sequence[Any]]) -> list[Any]:
+    def many(arguments: Iterable[Sequence[Any]]) -> list[Any]:
         """One answer per argument tuple, in order; the calls go in batches of one hand-off each.
 
         A plugin error stops the run: PluginCallError's ``index`` names the
         failing call (the calls before it ran; their answers are dropped).
         """
-        items = items if type(items) in (list, tuple) else list(items)
+        items = arguments if isinstance(arguments, (list, tuple)) else list(arguments)
         if call.fixups:  # views: no batches (each call has its own bytes), one call each
             return [fast(*args) for args in items]
         if not call.params:
@@ -126,7 +125,7 @@ def compile_function(
         finally:
             rebind()
 
-    fast = Function(
+    fast: Function = Function(
         conn,
         proxy,
         index,

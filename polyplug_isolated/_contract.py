@@ -153,7 +153,9 @@ class GuestContract:
         # this is the general path, where the Raw sends what it does not take.
         return self._call(fn_index, args, out_size, timeout)
 
-    def _failed_fast(self, status: int, proxy: WorkerProxy, fn_index, args, out_size) -> bytes:
+    def _failed_fast(
+        self, status: int, proxy: WorkerProxy, fn_index: int, args: bytes | memoryview, out_size: int
+    ) -> bytes:
         """A call of the fast path that did not answer Ok (LEASE_LOST: nothing was sent)."""
         if status == lib.PP_CALL_LEASE_LOST:  # a first call, or its lease was taken over
             proxy.channel.cache_lease(self._timeout)  # the next one is fast again

@@ -11,7 +11,8 @@ setup(
     ext_modules=[
         Extension(
             "polyplug_isolated._fastcall",
-            sources=["polyplug_isolated/_fastcall.c"],
+            sources=["polyplug_isolated/_fastcall.c", "polyplug_isolated/_fastcall_typed.c"],
+            depends=["polyplug_isolated/_fastcall.h", "polyplug_isolated/_channel.h"],
             include_dirs=["polyplug_isolated", "worker"],
             extra_compile_args=[
                 "-std=c11",

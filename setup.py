@@ -2,12 +2,13 @@
 
 The packages are listed here because each fixture directory is one (its C
 sources and TOML files are package data), so a new fixture ships without a
-change to this list.
+change to this list. The _fastcall extension (the typed and raw fast paths)
+calls into the cffi module's data plane.
 """
 
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Extension, setup
 
 FIXTURES = sorted(p.parent.name for p in Path(__file__).parent.glob("fixtures/*/manifest.toml"))
 
@@ -23,5 +24,23 @@ setup(
         "polyplug_isolated.bench",
         "polyplug_isolated.fixtures",
         *(f"polyplug_isolated.fixtures.{name}" for name in FIXTURES),
+    ],
+    ext_modules=[
+        Extension(
+            "polyplug_isolated._fastcall",
+            sources=["polyplug_isolated/_fastcall.c", "polyplug_isolated/_fastcall_typed.c"],
+            depends=["polyplug_isolated/_fastcall.h", "polyplug_isolated/_channel.h"],
+            include_dirs=["polyplug_isolated", "worker"],
+            extra_compile_args=[
+                "-std=c11",
+                "-O2",
+                "-Wall",
+                "-Wextra",
+                "-Werror",
+                "-Wno-unused-parameter",
+                "-Wno-missing-field-initializers",
+                "-Wno-cast-function-type",
+            ],
+        ),
     ],
 )

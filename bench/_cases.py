@@ -423,9 +423,11 @@ def raw_call(contract: Any) -> Callable[[], int]:
     """The one cffi call ``GuestContract.call`` makes (``pp_call_small``): an int, no Python wrapper."""
     from polyplug_isolated._channel_ffi import lib
 
-    proxy, conn, index = contract.route()
+    proxy, _, index = contract.route()
     proxy.channel.cache_lease(-1.0)  # pp_call_small serves the calling thread's slot (thread mirroring)
-    call = functools.partial(lib.pp_call_small, conn, index, ADD_PRIMITIVE, ARGS, len(ARGS), 4, -1.0)
+    call = functools.partial(
+        lib.pp_call_small, proxy.channel.conn, index, ADD_PRIMITIVE, ARGS, len(ARGS), 4, -1.0
+    )
     if call() != 5:
         raise RuntimeError("pp_call_small changed: add_primitive(2, 3) did not answer 5")
     return call

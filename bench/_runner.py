@@ -142,6 +142,7 @@ class Runner:
         self.skipped: list[dict[str, Any]] = []
         self.errors: list[dict[str, Any]] = []
         self.idle: dict[str, Any] | None = None
+        self.shapes: dict[str, Any] | None = None  # bench._shapes' own report (--only shapes)
         self.step_log: list[dict[str, Any]] = []
         self.stack = contextlib.ExitStack()
         self.meter = RoundMeter()
@@ -186,7 +187,14 @@ class Runner:
         if "payload" in groups:
             steps.append(("payload sizes, in-process (subprocess)", self._payload_inproc))
             steps.append(("payload sizes, isolated", self._payload_isolated))
+        if "shapes" in groups:
+            steps.append(("call shapes, interleaved rounds (bench._shapes)", self._shapes))
         return steps
+
+    def _shapes(self) -> None:
+        from . import _shapes
+
+        self.shapes = _shapes.run(3 if self.plan.quick else 10, self.plan.quick)
 
     def run(self) -> None:
         from . import _measure
@@ -488,6 +496,7 @@ class Runner:
             "targets": targets,
             "comparisons": {key: r.as_json() for key, r in self.comparisons.items()},
             "idle_worker": self.idle,
+            "shapes": self.shapes,
             "steps": self.step_log,
             "skipped": self.skipped,
             "errors": self.errors,

@@ -43,6 +43,7 @@ host_ffi.cdef(
     #define PP_CALL_PENDING ...
     #define PP_CALL_LEASE_LOST ...
     #define PP_CALL_REENTRANT ...
+    #define PP_CALL_ARENA_HELD ...
 
     typedef struct pp_conn pp_conn;
     #define PP_FN_CREATE_INSTANCE ...
@@ -104,7 +105,17 @@ host_ffi.cdef(
     int64_t pp_call_small(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *args,
                           size_t args_len, size_t out_size, double timeout_s);
     void pp_use_lease(pp_conn *c, int64_t lease);
-    int64_t pp_small_result(size_t out_size);
+    #define PP_FAST_OUT ...
+    int pp_call_fast(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *args, size_t args_len,
+                     size_t out_size, double timeout_s, const uint8_t **out);
+    int pp_in_place_layout(pp_conn *c, size_t args_len, size_t out_size, uint64_t *args_at, uint64_t *out_at);
+    uint8_t *pp_arena_base(pp_conn *c);
+    int pp_arena_hold(pp_conn *c, int64_t lease, size_t bytes, double timeout_s);
+    void pp_arena_drop(pp_conn *c, int64_t lease);
+    int pp_call_in_place(pp_conn *c, int64_t lease, uint32_t contract, uint32_t function, size_t args_len,
+                         size_t out_size, double timeout_s);
+    typedef struct pp_fast_api pp_fast_api;
+    const pp_fast_api *pp_fast_api_table(void);
     int pp_call_batch(pp_conn *c, int64_t lease, uint32_t contract, uint32_t function, const uint8_t *args,
                       size_t args_len, size_t count, uint8_t *out, size_t out_size, double timeout_s);
     int pp_call_ex(pp_conn *c, int64_t lease, uint32_t contract, uint32_t function, uint32_t instance,

@@ -33,7 +33,7 @@
 #define LEASE_CACHE 4
 typedef struct pp_thread_state {
     pp_result result;
-    uint8_t small_out[8];
+    uint8_t small_out[PP_FAST_OUT];
     struct {
         uint64_t conn_serial;
         int64_t lease;
@@ -305,16 +305,19 @@ int ppc_await_frame(pp_conn *c, pp_slot *s, uint64_t seq, uint64_t deadline, int
     }
 }
 
-
-
 /* ---- calls ----------------------------------------------------------------- */
 
-static int lock_arena(pp_conn *c, uint32_t slot, uint64_t deadline)
+/* Takes the arena for slot's call. The slot may already hold it (pp_arena_hold):
+ * fine for an in-place call (`in_place`), and for anything else a call that
+ * would wait for itself (PP_CALL_ARENA_HELD, nothing sent). */
+static int lock_arena(pp_conn *c, uint32_t slot, uint64_t deadline, int in_place)
 {
     for (;;) {
         uint32_t none = 0;
         if (atomic_compare_exchange_strong(&c->arena_owner, &none, slot + 1))
             return PP_CALL_OK;
+        if (none == slot + 1)
+            return in_place ? PP_CALL_OK : PP_CALL_ARENA_HELD;
         if (atomic_load(&c->state) == PP_CONN_DEAD)
             return PP_CALL_DEAD;
         uint64_t now = pp_now_ns();
@@ -364,9 +367,10 @@ typedef struct pp_extra {
     uint8_t *ret;
     uint32_t ret_cap;
     uint8_t flags;
+    int keep_arena;
 } pp_extra;
 
-static const pp_extra PLAIN = {0, NULL, 0, NULL, 0, 0};
+static const pp_extra PLAIN = {0, NULL, 0, NULL, 0, 0, 0};
 
 /* ---- calls back ----------------------------------------------------------- */
 
@@ -481,18 +485,19 @@ static int settle(pp_conn *c, uint32_t i, int may_pend)
         uint64_t done = last_result.done_count;
         if (rc == PP_CALL_OK || rc == PP_CALL_PLUGIN_ERROR) {
             const uint8_t *from = p->layout.out_inline ? s->out : region + p->layout.out_offset;
-            if (done && p->out_size)
-                memcpy(p->out ? p->out : small_out, from, (size_t)(done * p->out_size));
+            uint8_t *to = p->out ? p->out : small_out;
+            if (done && p->out_size && to != from) /* equal: the out was read in place */
+                memcpy(to, from, (size_t)(done * p->out_size));
         }
         if (rc == PP_CALL_OK && p->table) {
             uint32_t ret_len = *(volatile uint32_t *)&s->ret_len;
             if (ret_len > p->ret_cap)
                 rc = ppc_violation("the worker's return area length is out of range");
-            else
+            else if (ret_len) /* a call without a return area has ret NULL */
                 memcpy(p->ret, region + p->layout.spill_bytes, ret_len);
             last_result.ret_len = ret_len;
         }
-        if (p->spill == PP_IN_ARENA)
+        if (p->spill == PP_IN_ARENA && !p->keep_arena)
             ppc_release_arena(c, i);
         atomic_store_explicit(&hs->lease, atomic_load_explicit(&hs->lease, memory_order_relaxed) & ~LEASE_BUSY,
                               memory_order_release);
@@ -525,7 +530,7 @@ static int submit(pp_conn *c, int64_t lease, uint32_t contract, uint32_t functio
         return PP_CALL_TOO_LARGE;
     pp_layout layout = pp_layout_of(count, args_len, out_size, table);
     uint64_t need = layout.spill_bytes + (table ? x->ret_cap : 0);
-    int spill = need <= c->payload_cap ? PP_IN_SLOT : PP_IN_ARENA;
+    int spill = need <= c->payload_cap && !x->keep_arena ? PP_IN_SLOT : PP_IN_ARENA;
     if (spill == PP_IN_ARENA && need > c->arena_cap)
         return PP_CALL_TOO_LARGE;
     if (waiting_depth && waits_on_this_thread(c))
@@ -545,8 +550,10 @@ static int submit(pp_conn *c, int64_t lease, uint32_t contract, uint32_t functio
         goto unsent;
     }
     uint64_t deadline = deadline_of(timeout_s);
-    if (spill == PP_IN_ARENA && (rc = lock_arena(c, i, deadline)) != PP_CALL_OK)
+    if (spill == PP_IN_ARENA && (rc = lock_arena(c, i, deadline, x->keep_arena)) != PP_CALL_OK) {
+        spill = PP_IN_SLOT; /* not taken: nothing to give back (a buffers() block may hold it) */
         goto unsent;
+    }
     pp_slot *s = ppc_slot_at(c, i);
     /* The worker answers each frame once: a slot whose count moved since our
      * last answer was answered twice, or scribbled on. */
@@ -566,20 +573,22 @@ static int submit(pp_conn *c, int64_t lease, uint32_t contract, uint32_t functio
     s->out_size = (uint32_t)out_size;
     s->instance = x->instance;
     s->fixups = (uint16_t)table;
-    if (args_len)
-        memcpy(layout.args_inline ? s->args : region, args, (size_t)(args_len * count));
+    uint8_t *args_to = layout.args_inline ? s->args : region;
+    if (args_len && args_to != args) /* equal: written in place (pp_arena_hold) */
+        memcpy(args_to, args, (size_t)(args_len * count));
     if (table) {
         pp_fixup *fix = (pp_fixup *)(region + layout.fixup_offset);
         memcpy(fix, x->fixups, x->nfixups * sizeof *fix);
         fix[x->nfixups] = (pp_fixup){x->ret_cap, PP_FIX_RETURN_CAP};
     }
-    hs->call = (pp_pending){count, table, out_size, out, x->ret, x->ret_cap, spill, layout, deadline};
-    memset(small_out, 0, sizeof small_out);
+    hs->call = (pp_pending){count, table, out_size, out, x->ret, x->ret_cap, spill, x->keep_arena, layout, deadline};
+    if (!out)
+        memset(small_out, 0, sizeof small_out);
     ppc_publish(c, i);
     return PP_CALL_PENDING;
 
 unsent:
-    if (spill == PP_IN_ARENA)
+    if (spill == PP_IN_ARENA && !x->keep_arena)
         ppc_release_arena(c, i);
     if (rc != PP_CALL_PROTOCOL)
         atomic_store(&hs->lease, (uint64_t)lease);
@@ -609,7 +618,7 @@ int pp_call_ex(pp_conn *c, int64_t lease, uint32_t contract, uint32_t function, 
 {
     if (ret_cap > UINT32_MAX)
         return PP_CALL_TOO_LARGE;
-    pp_extra x = {instance, fixups, nfixups, ret, (uint32_t)ret_cap, 0};
+    pp_extra x = {instance, fixups, nfixups, ret, (uint32_t)ret_cap, 0, 0};
     return run(c, lease, contract, function, args, args_len, 1, out, out_size, &x, timeout_s);
 }
 
@@ -633,24 +642,63 @@ void pp_use_lease(pp_conn *c, int64_t lease)
     me.leases[k].lease = lease;
 }
 
+/* The calling thread's lease of c, as pp_use_lease last set it (0: none). */
+static int64_t cached_lease(pp_conn *c)
+{
+    for (unsigned k = 0; k < LEASE_CACHE; k++)
+        if (me.leases[k].conn_serial == c->serial)
+            return me.leases[k].lease;
+    return 0;
+}
+
+int pp_call_fast(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *args, size_t args_len,
+                 size_t out_size, double timeout_s, const uint8_t **out)
+{
+    *out = small_out;
+    if (out_size > PP_FAST_OUT)
+        return PP_CALL_TOO_LARGE;
+    int64_t lease = cached_lease(c);
+    if (!lease)
+        return PP_CALL_LEASE_LOST;
+    return run(c, lease, contract, function, args, args_len, 1, NULL, out_size, &PLAIN, timeout_s);
+}
+
+int pp_call_ex_fast(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *args, size_t args_len,
+                    const pp_fixup *fixups, uint32_t nfixups, size_t out_size, double timeout_s,
+                    const uint8_t **out)
+{
+    *out = small_out;
+    if (out_size > PP_FAST_OUT)
+        return PP_CALL_TOO_LARGE;
+    int64_t lease = cached_lease(c);
+    if (!lease)
+        return PP_CALL_LEASE_LOST;
+    pp_extra x = {0, fixups, nfixups, NULL, 0, 0, 0};
+    return run(c, lease, contract, function, args, args_len, 1, NULL, out_size, &x, timeout_s);
+}
+
+int pp_resume_fast(pp_conn *c) { return pp_resume(c, cached_lease(c)); }
+
+void pp_abandon_fast(pp_conn *c) { pp_abandon(c, cached_lease(c)); }
+
+int pp_call_batch_fast(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *args, size_t args_len,
+                       size_t count, uint8_t *out, size_t out_size, double timeout_s)
+{
+    int64_t lease = cached_lease(c);
+    if (!lease)
+        return PP_CALL_LEASE_LOST;
+    return pp_call_batch(c, lease, contract, function, args, args_len, count, out, out_size, timeout_s);
+}
+
 int64_t pp_call_small(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *args, size_t args_len,
                       size_t out_size, double timeout_s)
 {
+    const uint8_t *out;
     if (out_size > 7)
         return -PP_CALL_TOO_LARGE;
-    int64_t lease = 0;
-    for (unsigned k = 0; k < LEASE_CACHE; k++)
-        if (me.leases[k].conn_serial == c->serial)
-            lease = me.leases[k].lease;
-    if (!lease)
-        return -PP_CALL_LEASE_LOST;
-    int rc = run(c, lease, contract, function, args, args_len, 1, NULL, out_size, &PLAIN, timeout_s);
-    if (rc != PP_CALL_OK)
-        return -rc;
-    return small_value(small_out, out_size);
+    int rc = pp_call_fast(c, contract, function, args, args_len, out_size, timeout_s, &out);
+    return rc == PP_CALL_OK ? small_value(out, out_size) : -rc;
 }
-
-int64_t pp_small_result(size_t out_size) { return small_value(small_out, out_size < 8 ? out_size : 7); }
 
 int pp_call_batch(pp_conn *c, int64_t lease, uint32_t contract, uint32_t function, const uint8_t *args,
                   size_t args_len, size_t count, uint8_t *out, size_t out_size, double timeout_s)
@@ -666,7 +714,7 @@ int pp_submit(pp_conn *c, int64_t lease, uint32_t contract, uint32_t function, u
 {
     if (ret_cap > UINT32_MAX)
         return PP_CALL_TOO_LARGE;
-    pp_extra x = {instance, fixups, nfixups, ret, (uint32_t)ret_cap, PP_FLAG_ASYNC};
+    pp_extra x = {instance, fixups, nfixups, ret, (uint32_t)ret_cap, PP_FLAG_ASYNC, 0};
     return submit(c, lease, contract, function, args, args_len, 1, out, out_size, &x, timeout_s);
 }
 
@@ -707,5 +755,79 @@ void pp_bell_wait(pp_conn *c, uint32_t seen, double timeout_s)
     if (atomic_load(&h->async_bell) == seen && atomic_load(&c->state) != PP_CONN_DEAD)
         pp_futex_wait_until(&h->async_bell, seen, pp_now_ns() + (uint64_t)(timeout_s * 1e9));
 }
+
+/* ---- calls on buffers in the arena ----------------------------------------- */
+
+/* Where an in-place call's args and out lie in the arena: where the worker
+ * reads and writes them, except that args and outs small enough to travel
+ * in the slot's inline fields get room past everything the worker touches
+ * (the host copies them to and from the slot). */
+int pp_in_place_layout(pp_conn *c, size_t args_len, size_t out_size, uint64_t *args_at, uint64_t *out_at)
+{
+    if (args_len > UINT32_MAX || out_size > UINT32_MAX)
+        return PP_CALL_TOO_LARGE;
+    pp_layout l = pp_layout_of(1, args_len, out_size, 0);
+    uint64_t end = l.spill_bytes;
+    *args_at = l.args_inline ? end : 0;
+    if (l.args_inline)
+        end = PP_ALIGN8(end + args_len);
+    *out_at = l.out_inline ? end : l.out_offset;
+    if (l.out_inline)
+        end += out_size;
+    return end <= c->arena_cap ? PP_CALL_OK : PP_CALL_TOO_LARGE;
+}
+
+uint8_t *pp_arena_base(pp_conn *c) { return c->base + pp_arena_offset(c->nslots, c->payload_cap); }
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23 /* Linux 5.14 */
+#endif
+
+int pp_arena_hold(pp_conn *c, int64_t lease, size_t bytes, double timeout_s)
+{
+    uint32_t i = LEASE_SLOT(lease);
+    if (lease <= 0 || i >= c->nslots)
+        return PP_CALL_LEASE_LOST;
+    int rc = lock_arena(c, i, deadline_of(timeout_s), 0);
+    /* Fault the pages in once (the arena is only ever reused), so that big
+     * calls do not take a page fault per page; best effort. */
+    uint64_t want = ppc_min_u64(bytes, c->arena_cap) & ~(uint64_t)4095;
+    if (rc == PP_CALL_OK && want > c->arena_faulted) {
+        if (madvise(pp_arena_base(c) + c->arena_faulted, want - c->arena_faulted, MADV_POPULATE_WRITE) == 0)
+            c->arena_faulted = want;
+    }
+    return rc;
+}
+
+void pp_arena_drop(pp_conn *c, int64_t lease)
+{
+    uint32_t i = LEASE_SLOT(lease);
+    if (lease > 0 && i < c->nslots)
+        ppc_release_arena(c, i);
+}
+
+int pp_call_in_place(pp_conn *c, int64_t lease, uint32_t contract, uint32_t function, size_t args_len,
+                     size_t out_size, double timeout_s)
+{
+    uint64_t args_at, out_at;
+    int rc = pp_in_place_layout(c, args_len, out_size, &args_at, &out_at);
+    if (rc != PP_CALL_OK)
+        return rc;
+    uint32_t i = LEASE_SLOT(lease);
+    if (lease <= 0 || i >= c->nslots || atomic_load(&c->arena_owner) != i + 1)
+        return PP_CALL_LEASE_LOST; /* the arena is not held for this lease */
+    uint8_t *arena = pp_arena_base(c);
+    pp_extra x = PLAIN;
+    x.keep_arena = 1;
+    return run(c, lease, contract, function, arena + args_at, args_len, 1, out_size ? arena + out_at : NULL,
+               out_size, &x, timeout_s);
+}
+
+static const pp_fast_api FAST_API = {
+    sizeof(pp_fast_api), pp_call_fast,   pp_call_ex_fast, pp_resume_fast,
+    pp_abandon_fast,     pp_call_batch_fast, pp_last_result,
+};
+
+const pp_fast_api *pp_fast_api_table(void) { return &FAST_API; }
 
 _Static_assert(sizeof(((pp_result *)0)->err_msg) == PP_ERR_CAP, "pp_result carries a whole message");

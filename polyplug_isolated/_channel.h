@@ -23,6 +23,8 @@
 #define PP_CALL_PENDING 8      /* on its way: resume (pp_resume) or poll (pp_poll) for the outcome */
 #define PP_CALL_LEASE_LOST 9   /* the lease is no longer the caller's: take another (nothing was sent) */
 #define PP_CALL_REENTRANT 10   /* the worker waits on this thread (a call back): nothing was sent */
+#define PP_CALL_ARENA_HELD 11  /* the caller's slot holds the arena (buffers()): a call needing it would
+                                  wait for itself (nothing was sent) */
 
 typedef struct pp_conn pp_conn;
 
@@ -72,15 +74,28 @@ void pp_lease_release(pp_conn *c, int64_t lease);
 /* One call; out receives out_size bytes. */
 int pp_call(pp_conn *c, int64_t lease, uint32_t contract, uint32_t function, const uint8_t *args, size_t args_len,
             uint8_t *out, size_t out_size, double timeout_s);
-/* One call whose out is at most 7 bytes, on the calling thread's lease as
- * pp_use_lease last set it for this conn (-PP_CALL_LEASE_LOST: none):
- * returns the out as a little-endian integer, or -PP_CALL_* (saves
- * allocating an out buffer per call, and a lease lookup in Python). After
- * PENDING and a successful pp_resume, pp_small_result has the value. */
+/* The hot path: one call on the calling thread's lease as pp_use_lease last
+ * set it for this conn (PP_CALL_LEASE_LOST: none), with an out of at most
+ * PP_FAST_OUT bytes, which *out points at on PP_CALL_OK (the thread's own
+ * buffer, valid until its next call). After PENDING, pp_resume_fast (or
+ * pp_abandon_fast on an exception); *out then holds the answer. */
+#define PP_FAST_OUT 64
+int pp_call_fast(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *args, size_t args_len,
+                 size_t out_size, double timeout_s, const uint8_t **out);
+/* pp_call_fast with pointer fixups (only ARG_POINTER: no return area). */
+int pp_call_ex_fast(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *args, size_t args_len,
+                    const pp_fixup *fixups, uint32_t nfixups, size_t out_size, double timeout_s,
+                    const uint8_t **out);
+int pp_resume_fast(pp_conn *c);
+void pp_abandon_fast(pp_conn *c);
+/* A batch (see pp_call_batch) on the thread's cached lease. */
+int pp_call_batch_fast(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *args, size_t args_len,
+                       size_t count, uint8_t *out, size_t out_size, double timeout_s);
+/* pp_call_fast for outs of at most 7 bytes, as a little-endian integer, or
+ * -PP_CALL_* (for cffi callers, which cannot take the out pointer cheaply). */
 int64_t pp_call_small(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *args, size_t args_len,
                       size_t out_size, double timeout_s);
 void pp_use_lease(pp_conn *c, int64_t lease);
-int64_t pp_small_result(size_t out_size);
 /* `count` calls over packed args records, one hand-off; out receives
  * count * out_size bytes (the completed prefix on a plugin error). */
 int pp_call_batch(pp_conn *c, int64_t lease, uint32_t contract, uint32_t function, const uint8_t *args,
@@ -107,5 +122,31 @@ uint32_t pp_bell(pp_conn *c);
 /* Moves the bell (the host side: a new call to look at). */
 void pp_bell_ring(pp_conn *c);
 void pp_bell_wait(pp_conn *c, uint32_t seen, double timeout_s);
+
+/* Calls whose args and out live in the arena, written and read there by the
+ * caller (zero copy). pp_arena_hold takes the arena for a lease's calls
+ * until pp_arena_drop; pp_in_place_layout says where a call's args and out
+ * lie in it; pp_call_in_place runs one call on them. */
+int pp_in_place_layout(pp_conn *c, size_t args_len, size_t out_size, uint64_t *args_at, uint64_t *out_at);
+uint8_t *pp_arena_base(pp_conn *c);
+int pp_arena_hold(pp_conn *c, int64_t lease, size_t bytes, double timeout_s);
+void pp_arena_drop(pp_conn *c, int64_t lease);
+int pp_call_in_place(pp_conn *c, int64_t lease, uint32_t contract, uint32_t function, size_t args_len,
+                     size_t out_size, double timeout_s);
+
+/* The hot-path functions, for the _fastcall extension: it calls them through
+ * this table so that the one copy of the per-thread state (leases, results)
+ * in this module is the one both use. */
+typedef struct pp_fast_api {
+    size_t size; /* sizeof(pp_fast_api): the extension checks it */
+    int (*call)(pp_conn *, uint32_t, uint32_t, const uint8_t *, size_t, size_t, double, const uint8_t **);
+    int (*call_ex)(pp_conn *, uint32_t, uint32_t, const uint8_t *, size_t, const pp_fixup *, uint32_t, size_t,
+                   double, const uint8_t **);
+    int (*resume)(pp_conn *);
+    void (*abandon)(pp_conn *);
+    int (*call_batch)(pp_conn *, uint32_t, uint32_t, const uint8_t *, size_t, size_t, uint8_t *, size_t, double);
+    pp_result *(*last_result)(void);
+} pp_fast_api;
+const pp_fast_api *pp_fast_api_table(void);
 
 #endif

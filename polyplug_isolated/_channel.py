@@ -23,7 +23,12 @@ from typing import Any
 
 import posix_ipc
 
+from . import _fastcall
 from ._channel_ffi import ffi, lib
+
+# The extension calls the data plane through this module's table, so that
+# both share one copy of the per-thread state (leases, results).
+_fastcall.bind(int(ffi.cast("uintptr_t", lib.pp_fast_api_table())))
 
 # What the C calls take as args: bytes as they are, other buffers through ffi.from_buffer.
 BytesLike = bytes | bytearray | memoryview
@@ -76,8 +81,9 @@ class Lease:
 class Channel:
     """The call slots shared with one worker.
 
-    ``conn`` is what the C calls take; GuestContract calls ``pp_call_small``
-    on it directly, the one path where an extra Python frame would show.
+    ``conn`` is what the cffi calls take; ``fast`` the same connection for
+    the _fastcall extension, which GuestContract and typed proxies call
+    directly, the paths where an extra Python frame would show.
     """
 
     def __init__(
@@ -113,6 +119,7 @@ class Channel:
         # The mapping lives exactly as long as the last reference: a thread
         # inside a call holds one, so it can never see the memory go away.
         self.conn = ffi.gc(conn, lib.pp_conn_destroy)
+        self.fast = _fastcall.Conn(self.conn, int(ffi.cast("uintptr_t", conn)))
         self.payload_cap = payload_cap
         self.arena_cap = arena_cap
         self.local = threading.local()  # .lease: the calling thread's lease id; .holder: its Lease
@@ -134,8 +141,8 @@ class Channel:
     def lease(self, timeout: float) -> int:
         """The calling thread's lease, taken on its first call (waits up to ``timeout`` for a slot).
 
-        A new lease is also put in the C side's per-thread cache, where
-        ``pp_call_small`` finds it; ``cache_lease`` puts it back there.
+        A new lease is also put in the C side's per-thread cache, where the
+        fast paths (``pp_call_fast``) find it; ``cache_lease`` puts it back there.
         """
         try:
             return int(self.local.lease)
@@ -147,7 +154,7 @@ class Channel:
             return holder.id
 
     def cache_lease(self, timeout: float) -> None:
-        """Makes the calling thread's lease (taken if need be) the one ``pp_call_small`` uses.
+        """Makes the calling thread's lease (taken if need be) the one the fast paths use.
 
         Failing to take one is left to the call that follows, which says why.
         """
@@ -201,8 +208,14 @@ class Channel:
         # A bytearray, not ffi.new: big cffi buffers come from fresh pages, and
         # their first-touch faults cost more than the copy (1 MiB: ~2 ms vs ~0.2 ms).
         out = bytearray(out_size)
+        self.call_into(contract, function, args, out, timeout)
+        return bytes(out)
+
+    def call_into(self, contract: int, function: int, args: BytesLike, out: BytesLike, timeout: float) -> None:
+        """One call whose out (``len(out)`` bytes) is copied straight into ``out``, a writable buffer."""
         source = args if type(args) is bytes else ffi.from_buffer(args)
-        target = ffi.from_buffer(out)
+        target = ffi.from_buffer(out, require_writable=True)
+        out_size = len(target)
         status = self._run(
             timeout,
             lambda lease: lib.pp_call(
@@ -211,12 +224,6 @@ class Channel:
         )
         if status != lib.PP_CALL_OK:
             raise ChannelFailure.last(status)
-        return bytes(out)
-
-    def finish_small(self, value: int, out_size: int) -> int:
-        """The rest of a ``pp_call_small`` that came back PENDING: its value, or ``-status``."""
-        status = self.settle(-value, self.local.lease)
-        return int(lib.pp_small_result(out_size)) if status == lib.PP_CALL_OK else -status
 
     def call_batch(
         self,

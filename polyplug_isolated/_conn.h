@@ -31,6 +31,7 @@ typedef struct pp_pending {
     uint8_t *ret;
     uint32_t ret_cap;
     int spill;
+    int keep_arena; /* the caller holds the arena past the call (pp_arena_hold) */
     pp_layout layout;
     uint64_t deadline;
 } pp_pending;
@@ -69,6 +70,7 @@ struct pp_conn {
     _Atomic uint32_t arena_owner; /* slot + 1 of the call holding the arena, or 0 */
     _Atomic uint32_t arena_waiters;
     sem_t arena_freed;
+    uint64_t arena_faulted; /* arena bytes faulted in by pp_arena_hold (under the arena) */
     _Atomic uint64_t calls;
     _Atomic uint64_t failures;
     pp_hslot *slots;

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
+import inspect
+import types
 from typing import TYPE_CHECKING, Any
 
 from . import _checks as check
@@ -17,6 +20,8 @@ from ._async import Reactor
 from ._bundle import Bundle, BundleState
 from ._channel import BytesLike, ChannelFailure
 from ._channel_ffi import lib
+from ._fastcall import Raw
+from ._zerocopy import InPlaceCall
 from .errors import (
     BundleUnavailable,
     CallError,
@@ -45,10 +50,6 @@ class _Default(enum.Enum):
 
 
 _DEFAULT = _Default.CALL_TIMEOUT
-_call_small = lib.pp_call_small
-_PENDING = -lib.PP_CALL_PENDING
-_NO_LEASE = -lib.PP_CALL_LEASE_LOST
-_TOO_LARGE = -lib.PP_CALL_TOO_LARGE
 
 
 class AbiErrorCode(enum.IntEnum):
@@ -91,11 +92,24 @@ class GuestContract:
         self.version: tuple[int, int, int] = (0, 0, 0)
         self.function_count = 0
         self.function_names: dict[int, str] = {}  # index -> name, when an api.toml told (typed calls)
-        # (worker, its conn, the contract's index there), replaced in one
+        # (worker, its _fastcall.Conn, the contract's index there), replaced in one
         # assignment so that threads calling at once never mix two workers';
         self._binding: tuple[Any, Any, int] = (None, None, 0)
         self._timeout = _seconds(config.call_timeout)
+        self._raw: Raw | None = None
         self._bind(bundle.proxy)
+        # The hot path: ``call`` answered by one C call (_fastcall.c) for an out of at
+        # most 64 bytes and the default timeout. It finds the thread's lease (its slot
+        # and worker thread), checks the argument types and sizes (the index is checked
+        # in the worker) and returns the out bytes; anything else comes to the methods
+        # below: the general path, or a failed call's error (a call a reload turned
+        # away before sending it is rerouted, _failed).
+        proxy, conn, index = self._binding
+        general = types.MethodType(GuestContract.call, self)
+        self._raw = Raw(conn, proxy, index, self._timeout, general, self._failed_fast)
+        self._raw.__signature__ = _call_signature()
+        self._raw.__doc__, self._raw.__name__ = general.__doc__, "call"
+        self.call = self._raw  # type: ignore[method-assign]
 
     @property
     def bundle(self) -> Bundle:
@@ -128,7 +142,9 @@ class GuestContract:
         self.name = contract["name"]
         self.version = tuple(contract["version"])
         self.function_count = contract["function_count"]
-        self._binding = (proxy, proxy.channel.conn, contract["index"])
+        self._binding = (proxy, proxy.channel.fast, contract["index"])
+        if self._raw is not None:
+            self._raw.rebind(proxy.channel.fast, proxy, contract["index"])
         return self._binding
 
     def call(
@@ -149,30 +165,18 @@ class GuestContract:
                 for an index past the contract's function_count).
             WorkerCrashed, CallTimeout, BundleUnavailable, ProtocolError, PayloadTooLarge.
         """
-        # The hot path: an out of at most 7 bytes, the default timeout. One C
-        # call finds the thread's lease (its slot and worker thread), checks
-        # everything else (argument types in cffi, sizes in C, the index in
-        # the worker) and hands the out back as an int; anything unusual
-        # takes the full path. A worker replaced by a reload refuses the call
-        # before sending it, and the call is rerouted (_failed).
-        if timeout is _DEFAULT:
-            proxy, conn, index = self._binding
-            try:
-                value: int = _call_small(conn, index, fn_index, args, len(args), out_size, self._timeout)
-            except (TypeError, OverflowError):
-                pass  # an index or size C cannot take: the full path says what is wrong
-            else:
-                if value >= 0:
-                    return value.to_bytes(out_size, "little")
-                if value == _PENDING:  # the main thread came up for signal handlers
-                    value = proxy.channel.finish_small(value, out_size)
-                    if value >= 0:
-                        return value.to_bytes(out_size, "little")
-                if value == _NO_LEASE:  # a first call, or its lease was taken over: make the next one fast
-                    proxy.channel.cache_lease(self._timeout)
-                elif value != _TOO_LARGE:  # too large for the small path: nothing was sent
-                    return self._failed(ChannelFailure.last(-value), proxy, fn_index, args, out_size, timeout)
+        # Each instance answers this through its _fastcall.Raw (see __init__);
+        # this is the general path, where the Raw sends what it does not take.
         return self._call(fn_index, args, out_size, timeout)
+
+    def _failed_fast(
+        self, status: int, proxy: WorkerProxy, fn_index: int, args: bytes | memoryview, out_size: int
+    ) -> bytes:
+        """A call of the fast path that did not answer Ok (LEASE_LOST: nothing was sent)."""
+        if status == lib.PP_CALL_LEASE_LOST:  # a first call, or its lease was taken over
+            proxy.channel.cache_lease(self._timeout)  # the next one is fast again
+            return self._call(fn_index, args, out_size, _DEFAULT)
+        return self._failed(ChannelFailure.last(status), proxy, fn_index, args, out_size, _DEFAULT)
 
     def _call(self, fn_index: int, args: Any, out_size: int, timeout: float | _Default | None) -> bytes:
         wait = self._timeout if timeout is _DEFAULT else _seconds(timeout)
@@ -209,6 +213,50 @@ class GuestContract:
             self.route()  # bind to the bundle's current worker, then try there
             return self.call(fn_index, args, out_size, timeout=timeout)
         raise self._error(failure, proxy, fn_index, wait)
+
+    def call_into(
+        self,
+        fn_index: int,
+        args: bytes | bytearray | memoryview,
+        out: bytearray | memoryview,
+        *,
+        timeout: float | _Default | None = _DEFAULT,
+    ) -> None:
+        """``call`` whose out lands in ``out`` (``len(out)`` bytes: a bytearray, a writable
+        memoryview, a C-contiguous numpy array) instead of new bytes: no copy after the worker's.
+
+        Raises what ``call`` raises; ``out`` holds the answer only when it returns.
+        """
+        wait = self._timeout if timeout is _DEFAULT else _seconds(timeout)
+        target = _as_bytes_view(out)
+        if target.readonly:
+            raise TypeError("call_into: out must be a writable buffer (bytearray, memoryview, numpy array)")
+        proxy, _, index = self.route(wait)
+        if type(fn_index) is not int or not 0 <= fn_index < self.function_count:
+            raise self._no_such_function(fn_index)
+        if type(args) is not bytes:
+            args = _as_bytes_view(args)
+        try:
+            proxy.channel.call_into(index, fn_index, args, target, wait)
+        except ChannelFailure as failure:
+            if self._rerouted(failure, proxy):
+                self.route()
+                return self.call_into(fn_index, args, out, timeout=timeout)
+            raise self._error(failure, proxy, fn_index, wait) from None
+
+    def buffers(
+        self, fn_index: int, args_size: int, out_size: int, *, timeout: float | _Default | None = _DEFAULT
+    ) -> InPlaceCall:
+        """Args and out of ``args_size`` and ``out_size`` bytes that live in the worker's arena.
+
+        A context manager: inside the block, write ``.args``, call the object to
+        run the function on them, and read the answer in ``.out`` (memoryviews),
+        with no copy on either side. Leaving the block releases the views (README:
+        "Zero-copy calls"). The block holds the worker's one arena: keep it short.
+        """
+        return InPlaceCall(
+            self, fn_index, args_size, out_size, self._timeout if timeout is _DEFAULT else _seconds(timeout)
+        )
 
     async def acall(
         self,
@@ -420,6 +468,12 @@ class GuestContract:
                 plugin_message="re-entrant call into a bundle waiting on this thread",
                 **names,
             )
+        if status == lib.PP_CALL_ARENA_HELD:  # nothing was sent
+            return CallError(
+                f"{where}: this thread holds the worker's arena in a buffers() block, and this call "
+                "needs the arena too; make it outside the block",
+                **names,
+            )
         if status == lib.PP_CALL_REFUSED:  # the worker is fine; the request named nothing it has
             return CallError(f"{where}: the worker refused the request: {failure.message}", **names)
         proxy.kill(f"broke the shared-memory protocol (status {status}): {failure.message}")
@@ -431,6 +485,13 @@ class GuestContract:
 
     def __repr__(self) -> str:
         return f"<GuestContract {self.name}@{self.version[0]} of bundle {self._bundle.name!r}>"
+
+
+@functools.cache
+def _call_signature() -> inspect.Signature:
+    """GuestContract.call's signature without ``self``: what an instance's ``call`` shows."""
+    signature = inspect.signature(GuestContract.call)
+    return signature.replace(parameters=list(signature.parameters.values())[1:])
 
 
 def _seconds(timeout: float | None) -> float:

@@ -43,6 +43,7 @@ from . import _checks as check
 from . import _idl
 from ._channel import ChannelFailure
 from ._channel_ffi import lib
+from ._compiled import compile_function
 from ._contract import _DEFAULT, GuestContract, _Default, _seconds
 from ._layout import Layout
 from ._marshal import (
@@ -87,11 +88,13 @@ class _Call:
         self.by_name = operator.itemgetter(*self.params) if len(self.params) > 1 else None
         self.codecs = tuple(types.codec(p.type) for p in function.params)
         args = layout.args(contract, function)
+        self.args_layout = args
         self.args_size = args.size if args else 0
         self.pack = struct.Struct("=" + (args.format if args else "")).pack
         returns = function.returns
         out = layout.of(returns) if returns is not None else None
         self.out_size = out.size if out else 0
+        self.out_format = out.format if out else ""
         self.unpack = struct.Struct("=" + (out.format if out else "")).unpack
         self.result_codec = types.codec(returns) if returns is not None else None
         fixups = [(offset, lib.PP_FIX_ARG_POINTER) for offset, _ in (args.views if args else ())]
@@ -314,6 +317,18 @@ def _method(call: _Call, route: _Route, handle: _Handle | None = None) -> Callab
     return method
 
 
+def _compiled(call: _Call, route: _Route) -> Any:
+    """The function on the default instance: compiled to one C call where its shape allows (_compiled)."""
+    method = _method(call, route)
+    fast = compile_function(call, route.contract, method, call.args_layout)
+    if fast is None:
+        return method
+    fast.__name__ = fast.__qualname__ = method.__name__
+    fast.__signature__ = method.__signature__  # type: ignore[attr-defined]
+    fast.__doc__ = method.__doc__
+    return fast
+
+
 def _attach(owner: object, functions: dict[str, Any]) -> None:
     """Functions become attributes, except where the class already has that name."""
     for name, function in functions.items():
@@ -345,7 +360,7 @@ class TypedContract:
         self.types = self._types.namespace
         self._route = _Route(contract)
         self._calls = {f.name: _Call(idl, f, self._layout, self._types) for f in idl.functions}
-        self.functions = {name: _method(call, self._route) for name, call in self._calls.items()}
+        self.functions = {name: _compiled(call, self._route) for name, call in self._calls.items()}
         _attach(self, self.functions)
 
     @functools.cached_property

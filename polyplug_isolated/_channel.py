@@ -211,7 +211,9 @@ class Channel:
         self.call_into(contract, function, args, out, timeout)
         return bytes(out)
 
-    def call_into(self, contract: int, function: int, args: BytesLike, out: BytesLike, timeout: float) -> None:
+    def call_into(
+        self, contract: int, function: int, args: BytesLike, out: BytesLike, timeout: float
+    ) -> None:
         """One call whose out (``len(out)`` bytes) is copied straight into ``out``, a writable buffer."""
         source = args if type(args) is bytes else ffi.from_buffer(args)
         target = ffi.from_buffer(out, require_writable=True)

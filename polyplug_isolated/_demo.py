@@ -28,7 +28,7 @@ def run_demo(out: Callable[[str], object] = print) -> int:
     with Runtime() as rt:
         started = time.perf_counter()
         adder = rt.load_bundle(adder_dir)
-        report.append(("load adder (new worker, dlopen, init)", _ms(time.perf_counter() - started)))
+        report.append(("load adder (zygote start, fork, dlopen, init)", _ms(time.perf_counter() - started)))
         add = rt.resolve_guest_contract(rt.find_guest_contract(ADD, 1))
         (total,) = struct.unpack("<I", add.call(1, struct.pack("<II", 2, 3), 4))
         out(f"adder (pid {adder.pid}): add_primitive(2, 3) = {total}")
@@ -60,7 +60,7 @@ def run_demo(out: Callable[[str], object] = print) -> int:
 
         started = time.perf_counter()
         rt.reload_bundle(crasher_dir)
-        report.append(("reload crasher (fresh worker)", _ms(time.perf_counter() - started)))
+        report.append(("reload crasher (worker forked by the zygote)", _ms(time.perf_counter() - started)))
         (pong,) = struct.unpack("<I", crash.call(4, struct.pack("<I", 1), 4))
         out(f"crasher reloaded (pid {crasher.pid}), same handle: ping(1) = {pong}")
 

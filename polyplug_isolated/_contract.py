@@ -147,6 +147,10 @@ class GuestContract:
             self._raw.rebind(proxy.channel.fast, proxy, contract["index"])
         return self._binding
 
+    def wait_for(self, timeout: float | _Default | None) -> float:
+        """A call's timeout as the C side takes it: the Runtime's ``call_timeout`` by default."""
+        return self._timeout if timeout is _DEFAULT else _seconds(timeout)
+
     def call(
         self,
         fn_index: int,
@@ -179,7 +183,7 @@ class GuestContract:
         return self._failed(ChannelFailure.last(status), proxy, fn_index, args, out_size, _DEFAULT)
 
     def _call(self, fn_index: int, args: Any, out_size: int, timeout: float | _Default | None) -> bytes:
-        wait = self._timeout if timeout is _DEFAULT else _seconds(timeout)
+        wait = self.wait_for(timeout)
         proxy, _, index = self.route(wait)
         if type(fn_index) is not int or not 0 <= fn_index < self.function_count:
             raise self._no_such_function(fn_index)
@@ -205,7 +209,7 @@ class GuestContract:
         timeout: float | _Default | None,
     ) -> bytes:
         """Retries a call a reload turned away before sending it; raises anything else."""
-        wait = self._timeout if timeout is _DEFAULT else _seconds(timeout)
+        wait = self.wait_for(timeout)
         unsent = failure.status == lib.PP_CALL_UNAVAILABLE
         if unsent and self._bundle.restart_pending:
             self._bundle.await_worker(None if wait < 0 else wait)  # a restart is coming: wait it out
@@ -227,7 +231,7 @@ class GuestContract:
 
         Raises what ``call`` raises; ``out`` holds the answer only when it returns.
         """
-        wait = self._timeout if timeout is _DEFAULT else _seconds(timeout)
+        wait = self.wait_for(timeout)
         target = _as_bytes_view(out)
         if target.readonly:
             raise TypeError("call_into: out must be a writable buffer (bytearray, memoryview, numpy array)")
@@ -254,9 +258,7 @@ class GuestContract:
         with no copy on either side. Leaving the block releases the views (README:
         "Zero-copy calls"). The block holds the worker's one arena: keep it short.
         """
-        return InPlaceCall(
-            self, fn_index, args_size, out_size, self._timeout if timeout is _DEFAULT else _seconds(timeout)
-        )
+        return InPlaceCall(self, fn_index, args_size, out_size, self.wait_for(timeout))
 
     async def acall(
         self,
@@ -288,7 +290,7 @@ class GuestContract:
         timeout: float | _Default | None = _DEFAULT,
     ) -> tuple[bytes, bytes]:
         """An awaited call with an instance, pointer fixups and a return area (see Channel.call_ex)."""
-        wait = self._timeout if timeout is _DEFAULT else _seconds(timeout)
+        wait = self.wait_for(timeout)
         if self._bundle.proxy is None and self._bundle.restart_pending:
             await asyncio.to_thread(self._bundle.await_worker, None if wait < 0 else wait)
         proxy, _, index = self.route()
@@ -353,7 +355,7 @@ class GuestContract:
         ``record_size`` bytes each (``array.array`` or a numpy array works).
         Returns the outs back to back (``out_size`` bytes each), in order.
         """
-        wait = self._timeout if timeout is _DEFAULT else _seconds(timeout)
+        wait = self.wait_for(timeout)
         proxy, _, index = self.route(wait)
         if type(fn_index) is not int or not 0 <= fn_index < self.function_count:
             raise self._no_such_function(fn_index)

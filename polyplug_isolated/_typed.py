@@ -44,7 +44,7 @@ from . import _idl
 from ._channel import ChannelFailure
 from ._channel_ffi import lib
 from ._compiled import compile_function
-from ._contract import _DEFAULT, GuestContract, _Default, _seconds
+from ._contract import _DEFAULT, GuestContract, _Default
 from ._layout import Layout
 from ._marshal import (
     _Bad,
@@ -215,7 +215,7 @@ class _Route:
         if type(fn) is int and not 0 <= fn < contract.function_count:
             raise contract._no_such_function(fn)
         channel = proxy.channel
-        wait = contract._timeout if self.timeout is _DEFAULT else _seconds(self.timeout)
+        wait = contract.wait_for(self.timeout)
         room = _return_room(channel, len(args), len(fixups), out_size) if returns_views else 0
         try:
             out, ret = channel.call_ex(

@@ -35,7 +35,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from . import _protocol as proto
@@ -239,13 +239,19 @@ class Zygote:
     def _ask(self, exec_env: dict[str, str] | None, fds: tuple[int, int]) -> None:
         """Sends one fork request (with the worker's two fds); the answer is read by _answer."""
         assert self._sock is not None
-        try:
+        with self._replaced_on_failure():
             if not self._ready:
                 self._await("ready", timeout=max(self._timeout, _START_TIMEOUT))
                 self._ready = True
             request = proto.frame("fork", exec_env=exec_env)
             sent = socket.send_fds(self._sock, [request], list(fds))
             self._sock.sendall(request[sent:])
+
+    @contextlib.contextmanager
+    def _replaced_on_failure(self) -> Iterator[None]:
+        """A failed exchange with the template replaces it; the error says why, as WorkerStartFailed."""
+        try:
+            yield
         except WorkerStartFailed:
             self._replace()
             raise
@@ -256,15 +262,8 @@ class Zygote:
 
     def _answer(self) -> int:
         """The PID of the worker the last request forked."""
-        try:
+        with self._replaced_on_failure():
             reply = self._await("forked", "fork_failed")
-        except WorkerStartFailed:
-            self._replace()
-            raise
-        except (OSError, proto.FrameError) as exc:
-            why = self._died_or(f"its socket failed: {exc}")
-            self._replace()
-            raise WorkerStartFailed(f"the worker zygote {why}") from exc
         if reply["t"] == "forked":
             pid = int(reply["pid"])
             self._reported.append(pid)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,13 +16,13 @@ from pathlib import Path
 import psutil
 import pytest
 from conftest import ADD, CRASH, as_u32, pair, wait_until
+from polyplug_isolated.bench._scale import copies  # the bench's own copies of a fixture
 
 from polyplug_isolated import (
     ResourceLimits,
     Runtime,
     WorkerCrashed,
     WorkerStartFailed,
-    bundle_id,
     guest_contract_id,
 )
 
@@ -44,21 +43,6 @@ def forked(pid: int) -> bool:
 
 def zygote_of(rt: Runtime) -> psutil.Process:
     return psutil.Process(rt._zygote.pid)
-
-
-def copies(source: Path, dest: Path, count: int) -> list[Path]:
-    """``count`` copies of a fixture bundle under distinct names (and so distinct ids)."""
-    made = []
-    for index in range(count):
-        name = f"{source.name}{index:04d}"
-        target = dest / name
-        target.mkdir()
-        shutil.copy(source / f"lib{source.name}.so", target)
-        manifest = (source / "manifest.toml").read_text().splitlines()
-        manifest[0:2] = [f"id = {bundle_id(name)}", f'name = "{name}"']
-        (target / "manifest.toml").write_text("\n".join(manifest) + "\n")
-        made.append(target)
-    return made
 
 
 # ---- who the workers are ------------------------------------------------------------------

@@ -161,7 +161,8 @@ def footer(document: dict[str, Any]) -> list[str]:
     host_cpu = document["meta"].get("host_cpu")
     lines.append(
         f"the measuring thread and the baseline subprocesses ran pinned to CPU {host_cpu}; "
-        "workers are not pinned, except wait=block's, placed on another CPU like the two-CPU floor."
+        "the workers of the wait=auto and wait=block comparisons ran on the other CPU, as the two-CPU "
+        "floor places its second process; other workers are not pinned."
         if host_cpu is not None
         else "nothing was pinned."
     )

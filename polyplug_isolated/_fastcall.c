@@ -187,25 +187,85 @@ static PyTypeObject RegionType = {
     .tp_doc = "Region(owner, address, length): arena bytes lent out as a buffer, its views counted.",
 };
 
+/* ---- Binding: what Raw and Function share ------------------------------------ */
+
+void ppf_binding_set(Binding *self, PyObject *conn, PyObject *proxy, uint32_t contract, double timeout,
+                     PyObject *slow, PyObject *failed, vectorcallfunc vectorcall)
+{
+    Py_INCREF(conn);
+    Py_XSETREF(self->conn, (Conn *)conn);
+    Py_INCREF(proxy);
+    Py_XSETREF(self->proxy, proxy);
+    Py_INCREF(slow);
+    Py_XSETREF(self->slow, slow);
+    Py_INCREF(failed);
+    Py_XSETREF(self->failed, failed);
+    self->contract = contract;
+    self->timeout = timeout;
+    self->vectorcall = vectorcall;
+}
+
+/* All fields change before any old reference is dropped (a drop may run
+ * Python code, and another thread). */
+PyObject *ppf_binding_rebind(Binding *self, PyObject *args)
+{
+    PyObject *conn, *proxy;
+    unsigned int contract;
+    if (!PyArg_ParseTuple(args, "O!OI", &ppf_ConnType, &conn, &proxy, &contract))
+        return NULL;
+    Conn *old_conn = self->conn;
+    PyObject *old_proxy = self->proxy;
+    Py_INCREF(conn);
+    Py_INCREF(proxy);
+    self->conn = (Conn *)conn;
+    self->proxy = proxy;
+    self->contract = contract;
+    Py_XDECREF(old_conn);
+    Py_XDECREF(old_proxy);
+    Py_RETURN_NONE;
+}
+
+int ppf_binding_traverse(Binding *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->dict);
+    Py_VISIT(self->conn);
+    Py_VISIT(self->proxy);
+    Py_VISIT(self->slow);
+    Py_VISIT(self->failed);
+    return 0;
+}
+
+int ppf_binding_clear(Binding *self)
+{
+    Py_CLEAR(self->dict);
+    Py_CLEAR(self->conn);
+    Py_CLEAR(self->proxy);
+    Py_CLEAR(self->slow);
+    Py_CLEAR(self->failed);
+    return 0;
+}
+
+void ppf_binding_dealloc(Binding *self)
+{
+    PyObject_GC_UnTrack(self);
+    Py_TYPE(self)->tp_clear((PyObject *)self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+PyMemberDef ppf_binding_members[] = {
+    {"proxy", T_OBJECT, offsetof(Binding, proxy), READONLY, "the worker proxy of the binding"},
+    {NULL},
+};
+
 /* ---- Raw: GuestContract.call as a C callable ------------------------------------ */
 
-typedef struct {
-    PyObject_HEAD
-    vectorcallfunc vectorcall;
-    PyObject *dict; /* __signature__, __doc__, __name__: the method's */
-    Conn *conn;
-    PyObject *proxy;
-    uint32_t contract;
-    double timeout;
-    PyObject *general; /* general(fn_index, args, out_size, **kwargs): the Python method */
-    PyObject *failed;  /* failed(status, proxy, fn_index, args, out_size): a call that did not answer Ok */
-} Raw;
-
-static PyObject *Raw_vectorcall(Raw *self, PyObject *const *argv, size_t nargsf, PyObject *kwnames)
+/* A Binding whose slow is general(fn_index, args, out_size, **kwargs), the
+ * Python method, and failed(status, proxy, fn_index, args, out_size). */
+static PyObject *Raw_vectorcall(Binding *self, PyObject *const *argv, size_t nargsf, PyObject *kwnames)
 {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     if (kwnames != NULL || nargs != 3)
-        return PyObject_Vectorcall(self->general, argv, nargsf, kwnames);
+        return PyObject_Vectorcall(self->slow, argv, nargsf, kwnames);
     int rc;
     /* The worker proxy of the conn this call goes to: another thread may
      * re-bind the object meanwhile, and a failure must name the right one. */
@@ -215,7 +275,7 @@ static PyObject *Raw_vectorcall(Raw *self, PyObject *const *argv, size_t nargsf,
     if (result == Py_None) {
         Py_DECREF(result);
         if (rc == PP_CALL_OK || rc == PP_CALL_TOO_LARGE) /* not for this path: nothing was sent */
-            result = PyObject_Vectorcall(self->general, argv, nargsf, NULL);
+            result = PyObject_Vectorcall(self->slow, argv, nargsf, NULL);
         else
             result = PyObject_CallFunction(self->failed, "iOOOO", rc, proxy, argv[0], argv[1], argv[2]);
     }
@@ -223,106 +283,26 @@ static PyObject *Raw_vectorcall(Raw *self, PyObject *const *argv, size_t nargsf,
     return result; /* the out bytes, the general path's answer, or NULL: an exception */
 }
 
-void ppf_rebind_fields(Conn **conn_field, PyObject **proxy_field, uint32_t *contract_field, PyObject *conn,
-                       PyObject *proxy, uint32_t contract)
-{
-    Conn *old_conn = *conn_field;
-    PyObject *old_proxy = *proxy_field;
-    Py_INCREF(conn);
-    Py_INCREF(proxy);
-    *conn_field = (Conn *)conn;
-    *proxy_field = proxy;
-    *contract_field = contract;
-    Py_XDECREF(old_conn);
-    Py_XDECREF(old_proxy);
-}
-
 /* Raw(conn, proxy, contract, timeout, general, failed) */
-static int Raw_init(Raw *self, PyObject *args, PyObject *kwds)
+static int Raw_init(Binding *self, PyObject *args, PyObject *kwds)
 {
     PyObject *conn, *proxy, *general, *failed;
     unsigned int contract;
     double timeout;
     if (!PyArg_ParseTuple(args, "O!OIdOO", &ppf_ConnType, &conn, &proxy, &contract, &timeout, &general, &failed))
         return -1;
-    Py_INCREF(conn);
-    Py_XSETREF(self->conn, (Conn *)conn);
-    Py_INCREF(proxy);
-    Py_XSETREF(self->proxy, proxy);
-    Py_INCREF(general);
-    Py_XSETREF(self->general, general);
-    Py_INCREF(failed);
-    Py_XSETREF(self->failed, failed);
-    self->contract = contract;
-    self->timeout = timeout;
-    self->vectorcall = (vectorcallfunc)Raw_vectorcall;
+    ppf_binding_set(self, conn, proxy, contract, timeout, general, failed, (vectorcallfunc)Raw_vectorcall);
     return 0;
-}
-
-/* rebind(conn, proxy, contract): the contract's worker changed. */
-static PyObject *Raw_rebind(Raw *self, PyObject *args)
-{
-    PyObject *conn, *proxy;
-    unsigned int contract;
-    if (!PyArg_ParseTuple(args, "O!OI", &ppf_ConnType, &conn, &proxy, &contract))
-        return NULL;
-    ppf_rebind_fields(&self->conn, &self->proxy, &self->contract, conn, proxy, contract);
-    Py_RETURN_NONE;
-}
-
-static int Raw_traverse(Raw *self, visitproc visit, void *arg)
-{
-    Py_VISIT(self->dict);
-    Py_VISIT(self->conn);
-    Py_VISIT(self->proxy);
-    Py_VISIT(self->general);
-    Py_VISIT(self->failed);
-    return 0;
-}
-
-static int Raw_clear(Raw *self)
-{
-    Py_CLEAR(self->dict);
-    Py_CLEAR(self->conn);
-    Py_CLEAR(self->proxy);
-    Py_CLEAR(self->general);
-    Py_CLEAR(self->failed);
-    return 0;
-}
-
-static void Raw_dealloc(Raw *self)
-{
-    PyObject_GC_UnTrack(self);
-    Raw_clear(self);
-    Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
 static PyMethodDef Raw_methods[] = {
-    {"rebind", (PyCFunction)Raw_rebind, METH_VARARGS, "rebind(conn, proxy, contract)"},
+    {"rebind", (PyCFunction)ppf_binding_rebind, METH_VARARGS, "rebind(conn, proxy, contract)"},
     {NULL},
 };
 
-static PyMemberDef Raw_members[] = {
-    {"proxy", T_OBJECT, offsetof(Raw, proxy), READONLY, "the worker proxy of the binding"},
-    {NULL},
-};
-
-static PyTypeObject RawType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "polyplug_isolated._fastcall.Raw",
-    .tp_basicsize = sizeof(Raw),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)Raw_init,
-    .tp_dealloc = (destructor)Raw_dealloc,
-    .tp_traverse = (traverseproc)Raw_traverse,
-    .tp_clear = (inquiry)Raw_clear,
-    .tp_call = PyVectorcall_Call,
-    .tp_vectorcall_offset = offsetof(Raw, vectorcall),
-    .tp_dictoffset = offsetof(Raw, dict),
-    .tp_methods = Raw_methods,
-    .tp_members = Raw_members,
-    .tp_doc = "GuestContract.call(fn_index, args, out_size) in one C call (see _contract).",
-};
+static PyTypeObject RawType = PPF_BINDING_TYPE("polyplug_isolated._fastcall.Raw", Binding, Raw_init,
+                                               ppf_binding_clear, Raw_methods,
+                                               "GuestContract.call(fn_index, args, out_size) in one C call (see _contract).");
 
 /* ---- the module ----------------------------------------------------------------- */
 

@@ -28,14 +28,11 @@ typedef struct {
     PyObject *name;
 } Field;
 
+/* A Binding whose slow is slow(*args, **kwargs), the general path, and
+ * failed(status, proxy, args_tuple). */
 typedef struct {
-    PyObject_HEAD
-    vectorcallfunc vectorcall;
-    PyObject *dict;
-    Conn *conn;
-    PyObject *proxy; /* the worker proxy the binding belongs to (for failed()) */
-    uint32_t contract, function;
-    double timeout;
+    Binding b;
+    uint32_t function;
     Py_ssize_t nparams; /* Python arguments */
     Py_ssize_t nfields; /* entries of params */
     Field params[MAX_PARAMS];
@@ -45,8 +42,6 @@ typedef struct {
     Field result; /* code 0: returns None */
     uint32_t out_size;
     Py_ssize_t per_batch;
-    PyObject *slow;   /* slow(*args, **kwargs): the general path */
-    PyObject *failed; /* failed(status, proxy, args_tuple): a call that did not answer Ok */
 } Function;
 
 static int field_size(char code)
@@ -232,7 +227,7 @@ static PyObject *call_failed(Function *self, int rc, PyObject *proxy, PyObject *
         Py_INCREF(argv[k]);
         PyTuple_SET_ITEM(args, k, argv[k]);
     }
-    PyObject *result = PyObject_CallFunction(self->failed, "iOO", rc, proxy, args);
+    PyObject *result = PyObject_CallFunction(self->b.failed, "iOO", rc, proxy, args);
     Py_DECREF(args);
     return result;
 }
@@ -242,7 +237,7 @@ static PyObject *Function_vectorcall(Function *self, PyObject *const *argv, size
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     uint8_t stack[MAX_RECORD + 512];
     if (kwnames != NULL || nargs != self->nparams)
-        return PyObject_Vectorcall(self->slow, argv, nargsf, kwnames);
+        return PyObject_Vectorcall(self->b.slow, argv, nargsf, kwnames);
     Py_ssize_t size = self->nfixups ? packed_size(self, argv) : (Py_ssize_t)self->args_size;
     uint8_t *blob = size >= 0 && (size_t)size > sizeof stack ? PyMem_Malloc((size_t)size) : stack;
     if (blob == NULL)
@@ -250,19 +245,19 @@ static PyObject *Function_vectorcall(Function *self, PyObject *const *argv, size
     if (size < 0 || pack(self, blob, argv) < 0) {
         if (blob != stack)
             PyMem_Free(blob);
-        return PyObject_Vectorcall(self->slow, argv, nargsf, NULL);
+        return PyObject_Vectorcall(self->b.slow, argv, nargsf, NULL);
     }
     /* One binding (another thread may re-bind the object while this call runs). */
-    Conn *conn = self->conn;
-    PyObject *proxy = self->proxy;
-    uint32_t contract = self->contract;
+    Conn *conn = self->b.conn;
+    PyObject *proxy = self->b.proxy;
+    uint32_t contract = self->b.contract;
     Py_INCREF(conn);
     Py_INCREF(proxy);
     const uint8_t *out;
     int rc;
     Py_BEGIN_ALLOW_THREADS rc = ppf_api->call_ex(conn->conn, contract, self->function, blob, (size_t)size,
                                              self->nfixups ? self->fixups : NULL, self->nfixups, self->out_size,
-                                             self->timeout, &out);
+                                             self->b.timeout, &out);
     Py_END_ALLOW_THREADS
     if (blob != stack)
         PyMem_Free(blob);
@@ -339,34 +334,13 @@ static int Function_init(Function *self, PyObject *args, PyObject *kwds)
     self->nfields = n;
     self->nfixups = nfixups;
     self->nparams = nparams;
-    self->contract = contract;
     self->function = function;
-    self->timeout = timeout;
     self->args_size = args_size;
     self->result = (Field){*result, 0};
     self->out_size = out_size;
     self->per_batch = per_batch;
-    Py_INCREF(conn);
-    Py_XSETREF(self->conn, (Conn *)conn);
-    Py_INCREF(proxy);
-    Py_XSETREF(self->proxy, proxy);
-    Py_INCREF(slow);
-    Py_XSETREF(self->slow, slow);
-    Py_INCREF(failed);
-    Py_XSETREF(self->failed, failed);
-    self->vectorcall = (vectorcallfunc)Function_vectorcall;
+    ppf_binding_set(&self->b, conn, proxy, contract, timeout, slow, failed, (vectorcallfunc)Function_vectorcall);
     return 0;
-}
-
-/* rebind(conn, proxy, contract): the contract's worker changed. */
-static PyObject *Function_rebind(Function *self, PyObject *args)
-{
-    PyObject *conn, *proxy;
-    unsigned int contract;
-    if (!PyArg_ParseTuple(args, "O!OI", &ppf_ConnType, &conn, &proxy, &contract))
-        return NULL;
-    ppf_rebind_fields(&self->conn, &self->proxy, &self->contract, conn, proxy, contract);
-    Py_RETURN_NONE;
 }
 
 /* The answers of calls [0, count) as a list. */
@@ -405,9 +379,9 @@ static PyObject *Function_many(Function *self, PyObject *items)
     uint8_t *records = PyMem_Calloc((size_t)count + 1, rec);
     uint8_t *outs = PyMem_Malloc(((size_t)count + 1) * (outsz ? outsz : 1));
     PyObject *result = NULL;
-    Conn *conn = self->conn;
-    PyObject *proxy = self->proxy;
-    uint32_t contract = self->contract;
+    Conn *conn = self->b.conn;
+    PyObject *proxy = self->b.proxy;
+    uint32_t contract = self->b.contract;
     Py_INCREF(conn);
     Py_INCREF(proxy);
     if (records == NULL || outs == NULL) {
@@ -427,7 +401,7 @@ static PyObject *Function_many(Function *self, PyObject *items)
         int rc;
         Py_BEGIN_ALLOW_THREADS rc = ppf_api->call_batch(conn->conn, contract, self->function,
                                                     records + (size_t)start * rec, self->args_size, (size_t)n,
-                                                    outs + (size_t)start * outsz, outsz, self->timeout);
+                                                    outs + (size_t)start * outsz, outsz, self->b.timeout);
         Py_END_ALLOW_THREADS
         rc = ppf_settle(conn->conn, rc);
         if (rc < 0)
@@ -447,59 +421,19 @@ done:
     return result;
 }
 
-static int Function_traverse(Function *self, visitproc visit, void *arg)
-{
-    Py_VISIT(self->dict);
-    Py_VISIT(self->conn);
-    Py_VISIT(self->proxy);
-    Py_VISIT(self->slow);
-    Py_VISIT(self->failed);
-    return 0;
-}
-
 static int Function_clear(Function *self)
 {
     for (Py_ssize_t e = 0; e < MAX_PARAMS; e++)
         Py_CLEAR(self->params[e].name);
-    Py_CLEAR(self->dict);
-    Py_CLEAR(self->conn);
-    Py_CLEAR(self->proxy);
-    Py_CLEAR(self->slow);
-    Py_CLEAR(self->failed);
-    return 0;
-}
-
-static void Function_dealloc(Function *self)
-{
-    PyObject_GC_UnTrack(self);
-    Function_clear(self);
-    Py_TYPE(self)->tp_free((PyObject *)self);
+    return ppf_binding_clear(&self->b);
 }
 
 static PyMethodDef Function_methods[] = {
-    {"rebind", (PyCFunction)Function_rebind, METH_VARARGS, "rebind(conn, proxy, contract)"},
+    {"rebind", (PyCFunction)ppf_binding_rebind, METH_VARARGS, "rebind(conn, proxy, contract)"},
     {"_many", (PyCFunction)Function_many, METH_O, "_many(items): answers, or (status, first, done, before, proxy)"},
     {NULL},
 };
 
-static PyMemberDef Function_members[] = {
-    {"proxy", T_OBJECT, offsetof(Function, proxy), READONLY, "the worker proxy of the binding"},
-    {NULL},
-};
-
-PyTypeObject ppf_FunctionType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "polyplug_isolated._fastcall.Function",
-    .tp_basicsize = sizeof(Function),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)Function_init,
-    .tp_dealloc = (destructor)Function_dealloc,
-    .tp_traverse = (traverseproc)Function_traverse,
-    .tp_clear = (inquiry)Function_clear,
-    .tp_call = PyVectorcall_Call,
-    .tp_vectorcall_offset = offsetof(Function, vectorcall),
-    .tp_dictoffset = offsetof(Function, dict),
-    .tp_methods = Function_methods,
-    .tp_members = Function_members,
-    .tp_doc = "A typed function, called in one C call (see _compiled).",
-};
+PyTypeObject ppf_FunctionType = PPF_BINDING_TYPE("polyplug_isolated._fastcall.Function", Function, Function_init,
+                                                  Function_clear, Function_methods,
+                                                  "A typed function, called in one C call (see _compiled).");

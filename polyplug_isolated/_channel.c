@@ -242,10 +242,16 @@ static int spin_cap(void)
  * PP_CALL_PENDING, so Python can run its signal handlers and resume. */
 int ppc_await_frame(pp_conn *c, pp_slot *s, uint64_t seq, uint64_t deadline, int may_pend)
 {
+    return ppc_await_frame_for(c, s, seq, deadline, may_pend, 0);
+}
+
+int ppc_await_frame_for(pp_conn *c, pp_slot *s, uint64_t seq, uint64_t deadline, int may_pend,
+                        uint64_t extra_spin_ns)
+{
     uint64_t now = pp_now_ns();
     uint64_t spin_until = c->wait_mode == PP_WAIT_SPIN    ? UINT64_MAX
                           : c->wait_mode == PP_WAIT_BLOCK ? now
-                                                          : now + c->spin_ns;
+                                                          : now + c->spin_ns + extra_spin_ns;
     unsigned first = pp_same_cpu(&c->hdr->host_cpu, &c->hdr->worker_cpu) ? PP_PAUSE_SPINS : 1;
     /* Past half the CPUs, a spinning thread only takes a CPU from the threads
      * it waits for: with many calls in flight, wait=auto sleeps at once. */
@@ -461,7 +467,7 @@ static int settle(pp_conn *c, uint32_t i, int may_pend)
     uint32_t count = p->count;
     int rc;
     for (;;) {
-        rc = ppc_await_frame(c, s, hs->seq, p->deadline, may_pend);
+        rc = ppc_await_frame_for(c, s, hs->seq, p->deadline, may_pend, pp_spin_for_bytes(p->layout.spill_bytes));
         if (rc != PP_CALL_OK)
             break;
         uint32_t kind = *(volatile uint16_t *)&s->up_kind;

@@ -331,6 +331,17 @@ static inline int pp_sem_wait_until(sem_t *sem, uint64_t deadline_ns)
  * processes on one core, spinning only delays the peer we wait for. */
 #define PP_PAUSE_SPINS 64u
 
+/* How much longer than the spin window a side keeps spinning after a call
+ * that moved `bytes` through the slot or arena: the other side's next step
+ * (writing the next megabyte, copying this one) takes time in proportion,
+ * and a sleep costs a wake-up (tens of microseconds on a VM) each way.
+ * 16 bytes a nanosecond, at most 2 ms. */
+static inline uint64_t pp_spin_for_bytes(uint64_t bytes)
+{
+    uint64_t ns = bytes / 16;
+    return ns < 2000000u ? ns : 2000000u;
+}
+
 /* Publishes the CPU this side runs on (stored only when it changed, to keep
  * the line quiet) and tells whether the other side last waited on the same
  * one. When both processes share a core, every pause spent spinning is time

@@ -257,6 +257,40 @@ PyMemberDef ppf_binding_members[] = {
     {NULL},
 };
 
+int ppf_batch_room(Py_ssize_t count, size_t rec, size_t out_size, uint8_t **records, uint8_t **outs)
+{
+    *records = PyMem_Calloc((size_t)count + 1, rec ? rec : 1);
+    *outs = PyMem_Malloc(((size_t)count + 1) * (out_size ? out_size : 1));
+    if (*records != NULL && *outs != NULL)
+        return 0;
+    PyMem_Free(*records);
+    PyMem_Free(*outs);
+    *records = *outs = NULL;
+    PyErr_NoMemory();
+    return -1;
+}
+
+int ppf_run_batches(Binding *b, uint32_t function, const uint8_t *records, size_t args_size, Py_ssize_t count,
+                    Py_ssize_t per_batch, uint8_t *outs, size_t out_size, Py_ssize_t *failed_at)
+{
+    /* One binding for the whole run (another thread may re-bind the object). */
+    Conn *conn = b->conn;
+    uint32_t contract = b->contract;
+    int rc = PP_CALL_OK;
+    Py_INCREF(conn);
+    for (Py_ssize_t start = 0; start < count && rc == PP_CALL_OK; start += per_batch) {
+        Py_ssize_t n = count - start < per_batch ? count - start : per_batch;
+        Py_BEGIN_ALLOW_THREADS rc = ppf_api->call_batch(conn->conn, contract, function, records + (size_t)start * args_size,
+                                                    args_size, (size_t)n, outs + (size_t)start * out_size, out_size,
+                                                    b->timeout);
+        Py_END_ALLOW_THREADS
+        rc = ppf_settle(conn->conn, rc);
+        *failed_at = start;
+    }
+    Py_DECREF(conn);
+    return rc;
+}
+
 /* ---- Raw: GuestContract.call as a C callable ------------------------------------ */
 
 /* A Binding whose slow is general(fn_index, args, out_size, **kwargs), the
@@ -295,13 +329,69 @@ static int Raw_init(Binding *self, PyObject *args, PyObject *kwds)
     return 0;
 }
 
+/* _many(fn_index, items, out_size, per_batch): the out bytes of each call
+ * over a list of bytes objects of one length, in order; or, when not every
+ * call answered Ok, (status, first call of the failed batch, calls of it that
+ * completed, the outs before it, the worker proxy called); status 0: the
+ * items are not for this path, and nothing was sent. */
+static PyObject *Raw_many(Binding *self, PyObject *args)
+{
+    PyObject *items, *proxy = self->proxy;
+    unsigned int function;
+    Py_ssize_t out_size, per_batch;
+    if (!PyArg_ParseTuple(args, "IO!nn", &function, &PyList_Type, &items, &out_size, &per_batch))
+        return NULL;
+    Py_ssize_t count = PyList_GET_SIZE(items);
+    PyObject *first = count ? PyList_GET_ITEM(items, 0) : NULL;
+    Py_ssize_t rec = first && PyBytes_CheckExact(first) ? PyBytes_GET_SIZE(first) : 0;
+    if (rec == 0 || out_size < 0 || per_batch < 1)
+        return Py_BuildValue("(innNO)", 0, 0, 0, PyList_New(0), proxy);
+    uint8_t *records, *outs;
+    if (ppf_batch_room(count, (size_t)rec, (size_t)out_size, &records, &outs) < 0)
+        return NULL;
+    PyObject *result = NULL;
+    Py_INCREF(proxy);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *item = PyList_GET_ITEM(items, i);
+        if (!PyBytes_CheckExact(item) || PyBytes_GET_SIZE(item) != rec) {
+            result = Py_BuildValue("(innNO)", 0, 0, 0, PyList_New(0), proxy);
+            goto done;
+        }
+        memcpy(records + (size_t)i * (size_t)rec, PyBytes_AS_STRING(item), (size_t)rec);
+    }
+    Py_ssize_t at = 0;
+    int rc = ppf_run_batches(self, function, records, (size_t)rec, count, per_batch, outs, (size_t)out_size, &at);
+    if (rc < 0)
+        goto done;
+    Py_ssize_t made = rc == PP_CALL_OK ? count : at;
+    PyObject *list = PyList_New(made);
+    for (Py_ssize_t i = 0; list != NULL && i < made; i++) {
+        PyObject *out = PyBytes_FromStringAndSize((const char *)outs + (size_t)i * (size_t)out_size, out_size);
+        if (out == NULL)
+            Py_CLEAR(list);
+        else
+            PyList_SET_ITEM(list, i, out);
+    }
+    if (list == NULL || rc == PP_CALL_OK)
+        result = list;
+    else
+        result = Py_BuildValue("(innNO)", rc, at, (Py_ssize_t)ppf_api->last_result()->done_count, list, proxy);
+done:
+    Py_DECREF(proxy);
+    PyMem_Free(records);
+    PyMem_Free(outs);
+    return result;
+}
+
 static PyMethodDef Raw_methods[] = {
     {"rebind", (PyCFunction)ppf_binding_rebind, METH_VARARGS, "rebind(conn, proxy, contract)"},
+    {"_many", (PyCFunction)Raw_many, METH_VARARGS,
+     "_many(fn_index, items, out_size, per_batch): outs, or (status, first, done, before, proxy)"},
     {NULL},
 };
 
 static PyTypeObject RawType = PPF_BINDING_TYPE("polyplug_isolated._fastcall.Raw", Binding, Raw_init,
-                                               ppf_binding_clear, Raw_methods,
+                                               ppf_binding_traverse, ppf_binding_clear, Raw_methods,
                                                "GuestContract.call(fn_index, args, out_size) in one C call (see _contract).");
 
 /* ---- the module ----------------------------------------------------------------- */

@@ -55,13 +55,26 @@ PyObject *ppf_binding_rebind(Binding *self, PyObject *args);
 
 extern PyMemberDef ppf_binding_members[];
 
+/* Room for `count` args records of `rec` bytes and their outs of `out_size`
+ * bytes (a spare of each, so that no size is 0), records zeroed (padding goes
+ * out as zeros): 0, or -1 with MemoryError set (both freed). */
+int ppf_batch_room(Py_ssize_t count, size_t rec, size_t out_size, uint8_t **records, uint8_t **outs);
+
+/* Runs `count` packed args records (args_size bytes each) in batches of
+ * per_batch, one hand-off each, without the GIL; the outs (out_size bytes
+ * each) land in outs. PP_CALL_OK; a failure's PP_CALL_* with *failed_at the
+ * first call of its batch (ppf_api->last_result()->done_count of it
+ * completed); or -1: an exception. */
+int ppf_run_batches(Binding *b, uint32_t function, const uint8_t *records, size_t args_size, Py_ssize_t count,
+                    Py_ssize_t per_batch, uint8_t *outs, size_t out_size, Py_ssize_t *failed_at);
+
 /* The type object of a Binding-based callable. */
-#define PPF_BINDING_TYPE(name, c_type, init, clear, methods, doc)                                                    \
+#define PPF_BINDING_TYPE(name, c_type, init, traverse, clear, methods, doc)                                                    \
     {                                                                                                         \
         PyVarObject_HEAD_INIT(NULL, 0).tp_name = name, .tp_basicsize = sizeof(c_type),                        \
         .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,                      \
         .tp_new = PyType_GenericNew, .tp_init = (initproc)(init), .tp_dealloc = (destructor)ppf_binding_dealloc, \
-        .tp_traverse = (traverseproc)ppf_binding_traverse, .tp_clear = (inquiry)(clear),                          \
+        .tp_traverse = (traverseproc)(traverse),         .tp_clear = (inquiry)(clear),                          \
         .tp_call = PyVectorcall_Call, .tp_vectorcall_offset = offsetof(Binding, vectorcall),                   \
         .tp_dictoffset = offsetof(Binding, dict), .tp_methods = (methods), .tp_members = ppf_binding_members,   \
         .tp_doc = (doc),                                                                                      \

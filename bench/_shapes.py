@@ -22,10 +22,12 @@ import gc
 import json
 import operator
 import os
+import shlex
 import statistics
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -422,6 +424,40 @@ def isolated_calls(rt, blocks: contextlib.ExitStack) -> dict[str, Callable[[], o
     return {name: fn for name, (fn, _) in checks.items()}
 
 
+# ---- the C floor of the 1 MiB echo ----------------------------------------------------------
+
+
+def copy_floor(runs: int) -> list[dict[str, int]]:
+    """``runs`` runs of bench/copy_floor.c (built with cc into a temporary directory); [] without cc."""
+    with tempfile.TemporaryDirectory(prefix="polyplug-bench-copy-floor-") as tmp:
+        binary = Path(tmp) / "copy_floor"
+        cc = [*shlex.split(os.environ.get("CC", "cc")), "-std=gnu11", "-O2", "-pthread"]
+        try:
+            subprocess.run(
+                [*cc, "-o", str(binary), str(ROOT / "bench" / "copy_floor.c")], check=True, timeout=60
+            )
+        except (OSError, subprocess.SubprocessError):
+            return []
+        return [
+            json.loads(subprocess.run([str(binary), "300", str(MiB)], capture_output=True, check=True).stdout)
+            for _ in range(runs)
+        ]
+
+
+def _floor_line(runs: list[dict[str, int]]) -> str:
+    if not runs:
+        return "C floor of the 1 MiB echo: no C compiler"
+    local, cross, same = (
+        statistics.median(run[k] for run in runs) / 1e3 for k in ("local_ns", "cross_ns", "same_ns")
+    )
+    ratios = sorted(run["cross_ns"] / run["local_ns"] for run in runs)
+    return (
+        f"C floor of the 1 MiB echo (bench/copy_floor.c, {len(runs)} runs): one thread {local:.0f} us; "
+        f"handed to another core {cross:.0f} us ({cross / local:.2f}x, {ratios[0]:.2f}-{ratios[-1]:.2f}); "
+        f"to a thread on the same core {same:.0f} us"
+    )
+
+
 # ---- the run -------------------------------------------------------------------------
 
 
@@ -453,7 +489,9 @@ def run(rounds: int, quick: bool) -> dict:
     finally:
         for child in children.values():
             child.close()
-    return {"rounds": rounds, "quick": quick, "load_avg": os.getloadavg(), "cases": rows}
+    floor = copy_floor(3 if quick else rounds)
+    print(_floor_line(floor), flush=True)
+    return {"rounds": rounds, "quick": quick, "load_avg": os.getloadavg(), "cases": rows, "copy_floor": floor}
 
 
 def _row(shape: Shape, pairs: list[tuple[float, float]]) -> dict:

@@ -43,8 +43,10 @@ static void wait_for(_Atomic uint64_t *word, uint64_t value)
     while ((seen = atomic_load_explicit(word, memory_order_acquire)) != value && seen != UINT64_MAX) {
         if (yield_waits)
             sched_yield();
+#if defined(__x86_64__) || defined(__i386__)
         else
             __builtin_ia32_pause();
+#endif
     }
 }
 

@@ -795,6 +795,7 @@ int pp_arena_hold(pp_conn *c, int64_t lease, size_t bytes, double timeout_s)
     if (lease <= 0 || i >= c->nslots)
         return PP_CALL_LEASE_LOST;
     int rc = lock_arena(c, i, deadline_of(timeout_s), 0);
+    c->slots[i].out_kept = 0;
     /* Fault the pages in once (the arena is only ever reused), so that big
      * calls do not take a page fault per page; best effort. */
     uint64_t want = ppc_min_u64(bytes, c->arena_cap) & ~(uint64_t)4095;
@@ -825,8 +826,13 @@ int pp_call_in_place(pp_conn *c, int64_t lease, uint32_t contract, uint32_t func
     uint8_t *arena = pp_arena_base(c);
     pp_extra x = PLAIN;
     x.keep_arena = 1;
-    return run(c, lease, contract, function, arena + args_at, args_len, 1, out_size ? arena + out_at : NULL,
-               out_size, &x, timeout_s);
+    /* The block's first call has its out zeroed; each later answer lands on the last. */
+    x.flags = c->slots[i].out_kept ? PP_FLAG_OUT_KEPT : 0;
+    rc = run(c, lease, contract, function, arena + args_at, args_len, 1, out_size ? arena + out_at : NULL, out_size,
+             &x, timeout_s);
+    if (rc == PP_CALL_OK || rc == PP_CALL_PLUGIN_ERROR) /* the worker ran it: the out was zeroed */
+        c->slots[i].out_kept = 1;
+    return rc;
 }
 
 static const pp_fast_api FAST_API = {

@@ -43,6 +43,7 @@ typedef struct pp_hslot {
     uint32_t gen;
     int threaded; /* a worker thread serves the slot (BIND sent, no RETIRE since) */
     int retiring; /* a RETIRE (frame `seq`) is unanswered */
+    int out_kept; /* the slot's buffers() block made a call: the next ones leave the out as it is */
     pp_pending call;
 } pp_hslot;
 

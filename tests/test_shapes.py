@@ -332,6 +332,21 @@ def test_buffers_echo_in_place(rt, bundle_dir, size):
             assert call() == bytes(size)
 
 
+def test_buffers_out_is_zeroed_for_a_blocks_first_call_and_kept_after(rt, bundle_dir):
+    payload = contract(rt, bundle_dir, "payload", PAYLOAD)
+    for _ in range(2):  # every block starts over
+        with payload.buffers(ECHO, 8 + 4096, 8192) as call:
+            call.out[:] = b"\xee" * 8192  # what the caller left there before the first call
+            call.args[:8] = (4096).to_bytes(8, "little")
+            call.args[8:] = b"a" * 4096
+            assert bytes(call()) == b"a" * 4096 + bytes(4096)  # zeroed, then the answer
+            call.out[4096:] = b"\xee" * 4096
+            call.args[8:] = b"b" * 4096
+            assert bytes(call()) == b"b" * 4096 + b"\xee" * 4096  # no pass over what echo leaves
+            call.args[:8] = (16).to_bytes(8, "little")
+            assert bytes(call()[:24]) == b"b" * 24  # echo wrote 16 bytes over the last answer
+
+
 def test_buffer_views_are_released_on_exit(rt, bundle_dir):
     payload = contract(rt, bundle_dir, "payload", PAYLOAD)
     with payload.buffers(ECHO, 16, 8) as call:

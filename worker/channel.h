@@ -165,7 +165,9 @@
 #define PP_WORKER_RETIRED 3u
 
 /* Down-frame flags. */
-#define PP_FLAG_ASYNC 1u /* ring the header's async_bell after the answer */
+#define PP_FLAG_ASYNC 1u    /* ring the header's async_bell after the answer */
+#define PP_FLAG_OUT_KEPT 2u /* the out is the caller's, in place in the arena (buffers()): the worker
+                               leaves it as it is instead of zeroing it (no pass over a megabyte) */
 
 typedef struct pp_header {
     uint32_t magic;

@@ -211,7 +211,7 @@ static void serve_one(pp_slot *s, uint64_t seq)
     if (refused)
         return refuse(s, seq, refused);
     t_payload_used = spill == PP_IN_ARENA ? 0 : layout.spill_bytes;
-    if (out)
+    if (out && (out == staged || !(s->flags & PP_FLAG_OUT_KEPT)))
         memset(out, 0, (size_t)(count * out_size));
     AbiError err = {ABI_OK, {NULL, 0}};
 

@@ -17,6 +17,7 @@ Options: ``--rounds N`` (10), ``--quick`` (smaller rounds), ``--json PATH``.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import gc
 import json
@@ -108,25 +109,27 @@ def rate(fn: Callable[[], object], repeats: int, calls_per_fn: int) -> float:
 
 
 def threaded_ns(fn: Callable[[], object], calls: int, threads: int) -> float:
-    """Wall ns per call while ``threads`` threads each make ``calls`` calls at once (the best of 3)."""
+    """Wall ns per call while ``threads`` threads each make ``calls`` calls at once (the best of 3).
+
+    The same threads serve the 3 runs: each takes its slot once, with its first call.
+    """
+    ready = threading.Barrier(threads + 1)
+
+    def each() -> None:
+        ready.wait()
+        for _ in range(calls):
+            fn()
+
     best = float("inf")
-    for _ in range(3):
-        start = threading.Barrier(threads + 1)
-
-        def each(start: threading.Barrier = start) -> None:
-            fn()  # the thread's first call takes its slot, outside the clock
-            start.wait()
-            for _ in range(calls):
-                fn()
-
-        pool = [threading.Thread(target=each) for _ in range(threads)]
-        for thread in pool:
-            thread.start()
-        start.wait()
-        t0 = time.perf_counter_ns()
-        for thread in pool:
-            thread.join()
-        best = min(best, (time.perf_counter_ns() - t0) / (threads * calls))
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        list(pool.map(lambda _: fn(), range(threads * 4)))  # the pool threads take their slots
+        for _ in range(3):
+            running = [pool.submit(each) for _ in range(threads)]
+            ready.wait()
+            t0 = time.perf_counter_ns()
+            for call in running:
+                call.result()
+            best = min(best, (time.perf_counter_ns() - t0) / (threads * calls))
     return best
 
 

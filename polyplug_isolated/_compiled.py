@@ -2,8 +2,10 @@
 
 When a typed proxy is made, each function whose parameters are integers,
 floats, bools, StringViews, Buffers or structs of scalars, and whose result is
-a scalar, a struct of scalars or nothing, becomes a ``_fastcall.Function``: a callable C object
-that knows the offset and width of every parameter in the args record. A call
+a scalar, a struct of scalars or nothing, becomes a ``_fastcall.Function``: a
+callable C object that knows the offset and width of every parameter in the
+args record (and of every field of a struct result: its dataclass is built
+from them in the same C call). A call
 converts its Python values straight into a record on the C stack (a str's
 UTF-8 and a bytes' contents after it, pointed at by fixups), runs the call on
 the thread's slot without the GIL, and returns the answer as a Python value:

@@ -1,8 +1,9 @@
 /*
  * The call paths where a Python frame or a cffi conversion would show: a raw
- * call with an out of up to PP_FAST_OUT bytes (here), a typed call and a typed
- * batch over a list of argument tuples (_fastcall_typed.c); and the arena's
- * bytes lent to a zero-copy call (Region). Each is one vectorcall that
+ * call with an out of up to PP_FAST_OUT bytes and a raw batch over a list of
+ * bytes (here), a typed call and a typed batch over a list of argument tuples
+ * (_fastcall_typed.c); and the arena's bytes lent to a zero-copy call
+ * (Region). Each is one vectorcall (or method) that
  * converts its arguments straight into a C record, calls the data plane
  * (_channel.c, through the table pp_fast_api_table() hands out, so that its
  * per-thread state is the one the rest of the package uses) without the GIL,

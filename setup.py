@@ -29,7 +29,7 @@ setup(
         Extension(
             "polyplug_isolated._fastcall",
             sources=["polyplug_isolated/_fastcall.c", "polyplug_isolated/_fastcall_typed.c"],
-            depends=["polyplug_isolated/_fastcall.h", "polyplug_isolated/_channel.h"],
+            depends=["polyplug_isolated/_fastcall.h", "polyplug_isolated/_channel.h", "worker/channel.h"],
             include_dirs=["polyplug_isolated", "worker"],
             extra_compile_args=[
                 "-std=c11",

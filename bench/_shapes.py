@@ -17,17 +17,24 @@ Options: ``--rounds N`` (10), ``--quick`` (smaller rounds), ``--json PATH``.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import contextlib
 import gc
 import json
+import operator
 import os
+import shlex
 import statistics
 import struct
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 MiB = 1 << 20
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,12 +63,20 @@ SHAPES = (
     Shape("typed_add", "typed add(u32, u32) -> u32", "shapes", "latency", 1.3, 20_000),
     Shape("typed_mul", "typed mul(u64, u64) -> u64", "shapes", "latency", 1.3, 20_000),
     Shape("typed_stamp", "typed stamp(Point, StringView, Buffer) -> u64", "shapes", "latency", 1.5, 10_000),
+    Shape("typed_digest", "typed digest(u64) -> Digest (a struct)", "shapes", "latency", 1.5, 10_000),
     Shape("echo_1mib", "1 MiB echo, zero-copy buffers()", "payload", "latency", 1.5, 200),
     Shape("many_tuples", "add.many(10k tuples), calls/s", "shapes", "rate", 15e6, 20),
+    Shape("call_many_bytes", "call_many(10k packed args), calls/s", "shapes", "rate", 15e6, 20),
+    Shape("raw_out4_x8", "raw call, out 4 B, 8 threads", "shapes", "latency", 1.3, 2_000, True),
+    Shape("raw_out64_x8", "raw call, out 64 B, 8 threads", "shapes", "latency", 1.3, 2_000, True),
+    Shape("typed_add_x8", "typed add, 8 threads", "shapes", "latency", 1.3, 2_000, True),
+    Shape("typed_digest_x8", "typed digest -> Digest, 8 threads", "shapes", "latency", 1.5, 1_000, True),
+    Shape("echo_1mib_block", "1 MiB echo, a buffers() block per call", "payload", "latency", 1.5, 200, True),
     Shape(
         "cffi_small", "diagnostic: raw out 4 B via cffi pp_call_small", "shapes", "latency", 1.3, 20_000, True
     ),
 )
+THREADS = 8  # host threads of the "x8" rows
 
 
 # ---- timing ------------------------------------------------------------------------
@@ -93,10 +108,37 @@ def rate(fn: Callable[[], object], repeats: int, calls_per_fn: int) -> float:
     return calls_per_fn / (statistics.median(times[: max(1, len(times) // 4)]) / 1e9)
 
 
+def threaded_ns(fn: Callable[[], object], calls: int, threads: int) -> float:
+    """Wall ns per call while ``threads`` threads each make ``calls`` calls at once (the best of 3).
+
+    The same threads serve the 3 runs: each takes its slot once, with its first call.
+    """
+    ready = threading.Barrier(threads + 1)
+
+    def each() -> None:
+        ready.wait()
+        for _ in range(calls):
+            fn()
+
+    best = float("inf")
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        list(pool.map(lambda _: fn(), range(threads * 4)))  # the pool threads take their slots
+        for _ in range(3):
+            running = [pool.submit(each) for _ in range(threads)]
+            ready.wait()
+            t0 = time.perf_counter_ns()
+            for call in running:
+                call.result()
+            best = min(best, (time.perf_counter_ns() - t0) / (threads * calls))
+    return best
+
+
 def measure(shape: Shape, fn: Callable[[], object], calls: int) -> float:
     gc.collect()
     if shape.kind == "rate":
         return rate(fn, calls, len(PAIRS))
+    if shape.name.endswith("_x8"):
+        return threaded_ns(fn, calls, THREADS)
     return p50_ns(fn, calls, 1 if shape.bundle == "payload" else BATCH)
 
 
@@ -130,20 +172,21 @@ def inproc_calls(bundle: str) -> dict[str, Callable[[], object]]:
                 raise RuntimeError(f"echo failed: {err.code}")
             return out_view[-1]
 
-        return {"echo_1mib": echo_1mib}
+        return {"echo_1mib": echo_1mib, "echo_1mib_block": echo_1mib}
 
     u32, u64 = ffi.new("uint32_t[2]"), ffi.new("uint64_t[2]")
-    out32, out64, digest = ffi.new("uint32_t *"), ffi.new("uint64_t *"), ffi.new("char[64]")
+    out32, out64, raw_out = ffi.new("uint32_t *"), ffi.new("uint64_t *"), ffi.new("char[64]")
+    digest_out, out32_bytes = ffi.new("char[64]"), ffi.cast("char *", out32)
     mul_args, digest_args = struct.pack("=QQ", 6, 7), struct.pack("=Q", 3)
     add_args = struct.pack("=II", 2, 3)
     unpack = ffi.unpack
 
     def raw(fn: int, args: bytes, size: int) -> Callable[[], bytes]:
         def call() -> bytes:
-            invoke(0, fn, args, digest, err)
+            invoke(0, fn, args, raw_out, err)
             if err.code:
                 raise RuntimeError(f"function {fn} failed: {err.code}")
-            return unpack(digest, size)
+            return unpack(raw_out, size)
 
         return call
 
@@ -180,21 +223,82 @@ def inproc_calls(bundle: str) -> dict[str, Callable[[], object]]:
         return out64[0]
 
     point, data = Point(1, 2, 3.0), b"d" * 64
+    words = struct.Struct("=8Q").unpack
+
+    def digest(seed: int) -> Digest:
+        u64[0] = seed
+        invoke(0, 2, u64, digest_out, err)
+        if err.code:
+            raise RuntimeError(f"digest failed: {err.code}")
+        return Digest(*words(unpack(digest_out, 64)))
 
     def many() -> list[int]:
         return [add(a, b) for a, b in PAIRS]
 
-    fast = raw(0, add_args, 4)
+    packed = [struct.pack("=II", a, b) for a, b in PAIRS]
+
+    def many_bytes() -> list[bytes]:
+        return [raw_add(record) for record in packed]
+
+    def raw_add(record: bytes) -> bytes:
+        invoke(0, 0, record, out32, err)
+        if err.code:
+            raise RuntimeError(f"add failed: {err.code}")
+        return unpack(out32_bytes, 4)
+
+    fast, wide = raw(0, add_args, 4), raw(2, digest_args, 64)
+    first = operator.itemgetter(0)
     return {
         "raw_out4": fast,
         "raw_out8": raw(1, mul_args, 8),
-        "raw_out64": raw(2, digest_args, 64),
+        "raw_out64": wide,
         "typed_add": lambda: add(2, 3),
         "typed_mul": lambda: mul(6, 7),
         "typed_stamp": lambda: stamp(point, "label", data),
+        "typed_digest": lambda: digest(3),
         "many_tuples": many,
+        "call_many_bytes": many_bytes,
+        "raw_out4_x8": threaded_raw(ffi, invoke, 0, add_args, 4),
+        "raw_out64_x8": threaded_raw(ffi, invoke, 2, digest_args, 64),
+        "typed_add_x8": threaded_typed(ffi, invoke, 0, [2, 3], "uint32_t[2]", "uint32_t *", first),
+        "typed_digest_x8": threaded_typed(
+            ffi, invoke, 2, [3], "uint64_t[1]", "char[64]", lambda out: Digest(*words(unpack(out, 64)))
+        ),
         "cffi_small": fast,
     }
+
+
+def threaded_raw(ffi, invoke, fn: int, args: bytes, size: int) -> Callable[[], bytes]:
+    """A raw call with per-thread out and error records (as each thread of a cffi host would have)."""
+    local = threading.local()
+
+    def call() -> bytes:
+        if not hasattr(local, "out"):
+            local.out, local.err = ffi.new("char[64]"), ffi.new("AbiError *")
+        invoke(0, fn, args, local.out, local.err)
+        if local.err.code:
+            raise RuntimeError(f"function {fn} failed: {local.err.code}")
+        return ffi.unpack(local.out, size)
+
+    return call
+
+
+def threaded_typed(ffi, invoke, fn: int, args: list[int], args_type: str, out_type: str, decode) -> Callable:
+    """A typed call with per-thread records: ``args`` stored into a ``args_type`` array, the out decoded."""
+    local = threading.local()
+
+    def call() -> object:
+        if not hasattr(local, "args"):
+            local.args, local.out = ffi.new(args_type), ffi.new(out_type)
+            local.err = ffi.new("AbiError *")
+        for k, value in enumerate(args):
+            local.args[k] = value
+        invoke(0, fn, local.args, local.out, local.err)
+        if local.err.code:
+            raise RuntimeError(f"function {fn} failed: {local.err.code}")
+        return decode(local.out)
+
+    return call
 
 
 @dataclass
@@ -202,6 +306,18 @@ class Point:
     x: int
     y: int
     scale: float
+
+
+@dataclass
+class Digest:
+    w0: int
+    w1: int
+    w2: int
+    w3: int
+    w4: int
+    w5: int
+    w6: int
+    w7: int
 
 
 def serve_inproc(bundle: str) -> None:
@@ -242,7 +358,7 @@ class Child:
 # ---- the isolated side ---------------------------------------------------------------
 
 
-def isolated_calls(rt) -> dict[str, Callable[[], object]]:
+def isolated_calls(rt, blocks: contextlib.ExitStack) -> dict[str, Callable[[], object]]:
     from polyplug_isolated._channel_ffi import lib
 
     from polyplug_isolated import guest_contract_id
@@ -255,16 +371,32 @@ def isolated_calls(rt) -> dict[str, Callable[[], object]]:
     payload = rt.resolve_guest_contract(rt.find_guest_contract(guest_contract_id("test.payload", 1), 1))
     mul_args, digest_args = struct.pack("=QQ", 6, 7), struct.pack("=Q", 3)
     add_args = struct.pack("=II", 2, 3)
-    call = shapes.call
-    add, mul, stamp = typed.add, typed.mul, typed.stamp
+    call, call_many = shapes.call, shapes.call_many
+    packed = [struct.pack("=II", a, b) for a, b in PAIRS]
+    add, mul, stamp, digest = typed.add, typed.mul, typed.stamp, typed.digest
     point, data = typed.types.Point(1, 2, 3.0), b"d" * 64
     header = MiB.to_bytes(8, "little")
 
-    def echo_1mib() -> object:
+    def echo_1mib_block() -> object:
         with payload.buffers(0, 8 + MiB, MiB) as in_place:
             in_place.args[:8] = header
             in_place.args[8:] = SOURCE
             return in_place()[-1]
+
+    # The loop a user writes: one block, a call per megabyte. The block opens
+    # at the first call and stays open until run() closes `blocks` after the
+    # case (a block per call would wait for it: one arena per worker).
+    held: list[Any] = []
+
+    def echo_1mib() -> object:
+        if not held:
+            block = blocks.enter_context(payload.buffers(0, 8 + MiB, MiB))
+            block.args[:8] = header
+            held[:] = [block, block.args[8:]]
+            blocks.callback(held.clear)  # before the block's exit: drops the view of its args
+        block, args = held
+        args[:] = SOURCE
+        return block()[-1]
 
     shapes.call(0, add_args, 4)  # takes the thread's lease
     proxy, _, index = shapes.route()
@@ -277,14 +409,56 @@ def isolated_calls(rt) -> dict[str, Callable[[], object]]:
         "typed_add": (lambda: add(2, 3), 5),
         "typed_mul": (lambda: mul(6, 7), 42),
         "typed_stamp": (lambda: stamp(point, "label", data), None),
+        "typed_digest": (lambda: digest(3), typed.types.Digest(*[3 * k for k in range(1, 9)])),
         "echo_1mib": (echo_1mib, SOURCE[-1]),
         "many_tuples": (lambda: add.many(PAIRS), [a + b for a, b in PAIRS]),
+        "call_many_bytes": (lambda: call_many(0, packed, 4), [struct.pack("=I", a + b) for a, b in PAIRS]),
+        "raw_out4_x8": (lambda: call(0, add_args, 4), struct.pack("=I", 5)),
+        "raw_out64_x8": (lambda: call(2, digest_args, 64), struct.pack("=8Q", *[3 * k for k in range(1, 9)])),
+        "typed_add_x8": (lambda: add(2, 3), 5),
+        "typed_digest_x8": (lambda: digest(3), typed.types.Digest(*[3 * k for k in range(1, 9)])),
+        "echo_1mib_block": (echo_1mib_block, SOURCE[-1]),
         "cffi_small": (lambda: small(cffi_conn, index, 0, add_args, 8, 4, -1.0), 5),
     }
     for name, (fn, expected) in checks.items():
         if expected is not None and fn() != expected:
             raise SystemExit(f"bench._shapes: {name} answered {fn()!r}, not {expected!r}")
+        blocks.close()
     return {name: fn for name, (fn, _) in checks.items()}
+
+
+# ---- the C floor of the 1 MiB echo ----------------------------------------------------------
+
+
+def copy_floor(runs: int) -> list[dict[str, int]]:
+    """``runs`` runs of bench/copy_floor.c (built with cc into a temporary directory); [] without cc."""
+    with tempfile.TemporaryDirectory(prefix="polyplug-bench-copy-floor-") as tmp:
+        binary = Path(tmp) / "copy_floor"
+        cc = [*shlex.split(os.environ.get("CC", "cc")), "-std=gnu11", "-O2", "-pthread"]
+        try:
+            subprocess.run(
+                [*cc, "-o", str(binary), str(ROOT / "bench" / "copy_floor.c")], check=True, timeout=60
+            )
+        except (OSError, subprocess.SubprocessError):
+            return []
+        return [
+            json.loads(subprocess.run([str(binary), "300", str(MiB)], capture_output=True, check=True).stdout)
+            for _ in range(runs)
+        ]
+
+
+def _floor_line(runs: list[dict[str, int]]) -> str:
+    if not runs:
+        return "C floor of the 1 MiB echo: no C compiler"
+    local, cross, same = (
+        statistics.median(run[k] for run in runs) / 1e3 for k in ("local_ns", "cross_ns", "same_ns")
+    )
+    ratios = sorted(run["cross_ns"] / run["local_ns"] for run in runs)
+    return (
+        f"C floor of the 1 MiB echo (bench/copy_floor.c, {len(runs)} runs): one thread {local:.0f} us; "
+        f"handed to another core {cross:.0f} us ({cross / local:.2f}x, {ratios[0]:.2f}-{ratios[-1]:.2f}); "
+        f"to a thread on the same core {same:.0f} us"
+    )
 
 
 # ---- the run -------------------------------------------------------------------------
@@ -296,8 +470,8 @@ def run(rounds: int, quick: bool) -> dict:
     children = {bundle: Child(bundle) for bundle in ("shapes", "payload")}
     rows = []
     try:
-        with Runtime() as rt:
-            calls = isolated_calls(rt)
+        with Runtime() as rt, contextlib.ExitStack() as blocks:
+            calls = isolated_calls(rt, blocks)
             gc.disable()
             for shape in SHAPES:
                 n = max(2, shape.calls // 10) if quick else shape.calls
@@ -311,13 +485,16 @@ def run(rounds: int, quick: bool) -> dict:
                         else:
                             got[side] = measure(shape, calls[shape.name], n)
                     pairs.append((got["inproc"], got["isolated"]))
+                blocks.close()  # a buffers() block the case held
                 rows.append(_row(shape, pairs))
                 print(_line(rows[-1]), flush=True)
             gc.enable()
     finally:
         for child in children.values():
             child.close()
-    return {"rounds": rounds, "quick": quick, "load_avg": os.getloadavg(), "cases": rows}
+    floor = copy_floor(3 if quick else rounds)
+    print(_floor_line(floor), flush=True)
+    return {"rounds": rounds, "quick": quick, "load_avg": os.getloadavg(), "cases": rows, "copy_floor": floor}
 
 
 def _row(shape: Shape, pairs: list[tuple[float, float]]) -> dict:

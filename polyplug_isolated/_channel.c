@@ -242,10 +242,16 @@ static int spin_cap(void)
  * PP_CALL_PENDING, so Python can run its signal handlers and resume. */
 int ppc_await_frame(pp_conn *c, pp_slot *s, uint64_t seq, uint64_t deadline, int may_pend)
 {
+    return ppc_await_frame_for(c, s, seq, deadline, may_pend, 0);
+}
+
+int ppc_await_frame_for(pp_conn *c, pp_slot *s, uint64_t seq, uint64_t deadline, int may_pend,
+                        uint64_t extra_spin_ns)
+{
     uint64_t now = pp_now_ns();
     uint64_t spin_until = c->wait_mode == PP_WAIT_SPIN    ? UINT64_MAX
                           : c->wait_mode == PP_WAIT_BLOCK ? now
-                                                          : now + c->spin_ns;
+                                                          : now + c->spin_ns + extra_spin_ns;
     unsigned first = pp_same_cpu(&c->hdr->host_cpu, &c->hdr->worker_cpu) ? PP_PAUSE_SPINS : 1;
     /* Past half the CPUs, a spinning thread only takes a CPU from the threads
      * it waits for: with many calls in flight, wait=auto sleeps at once. */
@@ -461,7 +467,7 @@ static int settle(pp_conn *c, uint32_t i, int may_pend)
     uint32_t count = p->count;
     int rc;
     for (;;) {
-        rc = ppc_await_frame(c, s, hs->seq, p->deadline, may_pend);
+        rc = ppc_await_frame_for(c, s, hs->seq, p->deadline, may_pend, pp_spin_for_bytes(p->layout.spill_bytes));
         if (rc != PP_CALL_OK)
             break;
         uint32_t kind = *(volatile uint16_t *)&s->up_kind;
@@ -789,6 +795,7 @@ int pp_arena_hold(pp_conn *c, int64_t lease, size_t bytes, double timeout_s)
     if (lease <= 0 || i >= c->nslots)
         return PP_CALL_LEASE_LOST;
     int rc = lock_arena(c, i, deadline_of(timeout_s), 0);
+    c->slots[i].out_kept = 0;
     /* Fault the pages in once (the arena is only ever reused), so that big
      * calls do not take a page fault per page; best effort. */
     uint64_t want = ppc_min_u64(bytes, c->arena_cap) & ~(uint64_t)4095;
@@ -819,8 +826,13 @@ int pp_call_in_place(pp_conn *c, int64_t lease, uint32_t contract, uint32_t func
     uint8_t *arena = pp_arena_base(c);
     pp_extra x = PLAIN;
     x.keep_arena = 1;
-    return run(c, lease, contract, function, arena + args_at, args_len, 1, out_size ? arena + out_at : NULL,
-               out_size, &x, timeout_s);
+    /* The block's first call has its out zeroed; each later answer lands on the last. */
+    x.flags = c->slots[i].out_kept ? PP_FLAG_OUT_KEPT : 0;
+    rc = run(c, lease, contract, function, arena + args_at, args_len, 1, out_size ? arena + out_at : NULL, out_size,
+             &x, timeout_s);
+    if (rc == PP_CALL_OK || rc == PP_CALL_PLUGIN_ERROR) /* the worker ran it: the out was zeroed */
+        c->slots[i].out_kept = 1;
+    return rc;
 }
 
 static const pp_fast_api FAST_API = {

@@ -2,8 +2,10 @@
 
 When a typed proxy is made, each function whose parameters are integers,
 floats, bools, StringViews, Buffers or structs of scalars, and whose result is
-a scalar (or nothing), becomes a ``_fastcall.Function``: a callable C object
-that knows the offset and width of every parameter in the args record. A call
+a scalar, a struct of scalars or nothing, becomes a ``_fastcall.Function``: a
+callable C object that knows the offset and width of every parameter in the
+args record (and of every field of a struct result: its dataclass is built
+from them in the same C call). A call
 converts its Python values straight into a record on the C stack (a str's
 UTF-8 and a bytes' contents after it, pointed at by fixups), runs the call on
 the thread's slot without the GIL, and returns the answer as a Python value:
@@ -69,19 +71,36 @@ def param_entries(call: _Call, layout: TypeLayout | None) -> list[tuple[Any, ...
     return entries
 
 
+def struct_result(call: _Call) -> tuple[type, tuple[tuple[str, int], ...]] | None:
+    """A struct of scalars as the result: (its class, (struct code, offset) per field); else None."""
+    codec, out = call.result_codec, call.out_layout
+    if type(codec) is not _Struct or out is None or len(codec.fields) != len(out.fields):
+        return None
+    if not all(type(field) in _SCALARS for _, field in codec.fields):
+        return None
+    if not all(len(inner.format) == 1 for _, _, inner in out.fields):
+        return None
+    return codec.cls, tuple((inner.format, offset) for _, offset, inner in out.fields)
+
+
 def compile_function(
     call: _Call, contract: GuestContract, slow: Callable[..., Any], args_layout: TypeLayout | None
 ) -> Callable[..., Any] | None:
     """``call`` on the default instance compiled to one C call; None when its shape needs the general path."""
     result = call.result_codec
-    if (result is not None and type(result) not in _SCALARS) or call.returns_views:
+    result_struct = None
+    if result is not None and type(result) not in _SCALARS:
+        result_struct = struct_result(call)
+        if result_struct is None:
+            return None
+    if call.returns_views:
         return None
     params = param_entries(call, args_layout)
     if params is None or call.args_size > _MAX_RECORD or call.out_size > FAST_OUT:
         return None
     proxy, conn, index = contract.route()
     per_batch = max(1, (proxy.channel.payload_cap - 8) // max(1, call.args_size + call.out_size))
-    code = "" if result is None else call.out_format
+    code = "" if result is None else "T" if result_struct else call.out_format
 
     def rebind() -> None:
         bound_proxy, bound_conn, bound_index = contract._binding
@@ -138,6 +157,7 @@ def compile_function(
         per_batch,
         slow,
         failed,
+        *([result_struct] if result_struct else []),
     )
     fast.many = many
     return fast

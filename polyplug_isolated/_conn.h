@@ -43,6 +43,7 @@ typedef struct pp_hslot {
     uint32_t gen;
     int threaded; /* a worker thread serves the slot (BIND sent, no RETIRE since) */
     int retiring; /* a RETIRE (frame `seq`) is unanswered */
+    int out_kept; /* the slot's buffers() block made a call: the next ones leave the out as it is */
     pp_pending call;
 } pp_hslot;
 
@@ -114,6 +115,9 @@ static inline int ppc_lease_in_flight(pp_conn *c, int64_t lease)
 
 /* _channel.c */
 int ppc_await_frame(pp_conn *c, pp_slot *s, uint64_t seq, uint64_t deadline, int may_pend);
+/* The same, spinning `extra_spin_ns` past the conn's spin window (see pp_spin_for_bytes). */
+int ppc_await_frame_for(pp_conn *c, pp_slot *s, uint64_t seq, uint64_t deadline, int may_pend,
+                        uint64_t extra_spin_ns);
 int ppc_violation(const char *why);
 void ppc_release_arena(pp_conn *c, uint32_t slot);
 void ppc_leave(pp_conn *c);

@@ -325,9 +325,19 @@ class GuestContract:
         batch: PluginCallError's ``index`` names the failing call; the calls
         before it ran (their outs are dropped with the error).
         """
-        items = list(args_list)
+        items = args_list if type(args_list) is list else list(args_list)
         if not items:
             return []
+        if timeout is _DEFAULT and type(out_size) is int and out_size >= 0:
+            outs = self._many_in_c(fn_index, items, out_size)
+            if outs is not None:
+                return outs
+        return self._many_general(fn_index, items, out_size, timeout)
+
+    def _many_general(
+        self, fn_index: int, items: list[Any], out_size: int, timeout: float | _Default | None
+    ) -> list[bytes]:
+        """call_many through call_packed: any bytes-like items, checked in Python."""
         record = len(items[0])
         if any(len(item) != record for item in items):
             raise ValueError("call_many: every args must have the same length (one C struct per call)")
@@ -339,6 +349,30 @@ class GuestContract:
         if not out_size:
             return [b""] * len(items)
         return [out[i : i + out_size] for i in range(0, len(out), out_size)]
+
+    def _many_in_c(self, fn_index: int, items: list[Any], out_size: int) -> list[bytes] | None:
+        """call_many over bytes objects of one length, packed and answered in C; None: not for this path."""
+        proxy, _, _ = self.route(self._timeout)
+        if type(fn_index) is not int or not 0 <= fn_index < self.function_count:
+            raise self._no_such_function(fn_index)
+        record = len(items[0]) if type(items[0]) is bytes else 0
+        if not record or record + out_size > proxy.channel.arena_cap:
+            return None
+        per_batch = max(1, (proxy.channel.payload_cap - 8) // (record + out_size))
+        answer = self._raw._many(fn_index, items, out_size, per_batch)  # type: ignore[union-attr]
+        if isinstance(answer, list):
+            return answer
+        status, start, done, before, called = answer
+        if status == 0:  # an item is not bytes of the first one's length: nothing was sent
+            return None
+        if status == lib.PP_CALL_LEASE_LOST:  # a first call, or the lease was taken over
+            called.channel.cache_lease(self._timeout)
+        if status in (lib.PP_CALL_LEASE_LOST, lib.PP_CALL_UNAVAILABLE, lib.PP_CALL_TOO_LARGE):
+            return [*before, *self._many_general(fn_index, items[start:], out_size, _DEFAULT)]  # unsent
+        error = self._error(ChannelFailure.last(status), called, fn_index, self._timeout)
+        if isinstance(error, PluginCallError):
+            error.index = start + done
+        raise error from None
 
     def call_packed(
         self,

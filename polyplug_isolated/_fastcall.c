@@ -1,8 +1,9 @@
 /*
  * The call paths where a Python frame or a cffi conversion would show: a raw
- * call with an out of up to PP_FAST_OUT bytes (here), a typed call and a typed
- * batch over a list of argument tuples (_fastcall_typed.c); and the arena's
- * bytes lent to a zero-copy call (Region). Each is one vectorcall that
+ * call with an out of up to PP_FAST_OUT bytes and a raw batch over a list of
+ * bytes (here), a typed call and a typed batch over a list of argument tuples
+ * (_fastcall_typed.c); and the arena's bytes lent to a zero-copy call
+ * (Region). Each is one vectorcall (or method) that
  * converts its arguments straight into a C record, calls the data plane
  * (_channel.c, through the table pp_fast_api_table() hands out, so that its
  * per-thread state is the one the rest of the package uses) without the GIL,
@@ -187,25 +188,119 @@ static PyTypeObject RegionType = {
     .tp_doc = "Region(owner, address, length): arena bytes lent out as a buffer, its views counted.",
 };
 
+/* ---- Binding: what Raw and Function share ------------------------------------ */
+
+void ppf_binding_set(Binding *self, PyObject *conn, PyObject *proxy, uint32_t contract, double timeout,
+                     PyObject *slow, PyObject *failed, vectorcallfunc vectorcall)
+{
+    Py_INCREF(conn);
+    Py_XSETREF(self->conn, (Conn *)conn);
+    Py_INCREF(proxy);
+    Py_XSETREF(self->proxy, proxy);
+    Py_INCREF(slow);
+    Py_XSETREF(self->slow, slow);
+    Py_INCREF(failed);
+    Py_XSETREF(self->failed, failed);
+    self->contract = contract;
+    self->timeout = timeout;
+    self->vectorcall = vectorcall;
+}
+
+/* All fields change before any old reference is dropped (a drop may run
+ * Python code, and another thread). */
+PyObject *ppf_binding_rebind(Binding *self, PyObject *args)
+{
+    PyObject *conn, *proxy;
+    unsigned int contract;
+    if (!PyArg_ParseTuple(args, "O!OI", &ppf_ConnType, &conn, &proxy, &contract))
+        return NULL;
+    Conn *old_conn = self->conn;
+    PyObject *old_proxy = self->proxy;
+    Py_INCREF(conn);
+    Py_INCREF(proxy);
+    self->conn = (Conn *)conn;
+    self->proxy = proxy;
+    self->contract = contract;
+    Py_XDECREF(old_conn);
+    Py_XDECREF(old_proxy);
+    Py_RETURN_NONE;
+}
+
+int ppf_binding_traverse(Binding *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->dict);
+    Py_VISIT(self->conn);
+    Py_VISIT(self->proxy);
+    Py_VISIT(self->slow);
+    Py_VISIT(self->failed);
+    return 0;
+}
+
+int ppf_binding_clear(Binding *self)
+{
+    Py_CLEAR(self->dict);
+    Py_CLEAR(self->conn);
+    Py_CLEAR(self->proxy);
+    Py_CLEAR(self->slow);
+    Py_CLEAR(self->failed);
+    return 0;
+}
+
+void ppf_binding_dealloc(Binding *self)
+{
+    PyObject_GC_UnTrack(self);
+    Py_TYPE(self)->tp_clear((PyObject *)self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+PyMemberDef ppf_binding_members[] = {
+    {"proxy", T_OBJECT, offsetof(Binding, proxy), READONLY, "the worker proxy of the binding"},
+    {NULL},
+};
+
+int ppf_batch_room(Py_ssize_t count, size_t rec, size_t out_size, uint8_t **records, uint8_t **outs)
+{
+    *records = PyMem_Calloc((size_t)count + 1, rec ? rec : 1);
+    *outs = PyMem_Malloc(((size_t)count + 1) * (out_size ? out_size : 1));
+    if (*records != NULL && *outs != NULL)
+        return 0;
+    PyMem_Free(*records);
+    PyMem_Free(*outs);
+    *records = *outs = NULL;
+    PyErr_NoMemory();
+    return -1;
+}
+
+int ppf_run_batches(Binding *b, uint32_t function, const uint8_t *records, size_t args_size, Py_ssize_t count,
+                    Py_ssize_t per_batch, uint8_t *outs, size_t out_size, Py_ssize_t *failed_at)
+{
+    /* One binding for the whole run (another thread may re-bind the object). */
+    Conn *conn = b->conn;
+    uint32_t contract = b->contract;
+    int rc = PP_CALL_OK;
+    Py_INCREF(conn);
+    for (Py_ssize_t start = 0; start < count && rc == PP_CALL_OK; start += per_batch) {
+        Py_ssize_t n = count - start < per_batch ? count - start : per_batch;
+        Py_BEGIN_ALLOW_THREADS rc = ppf_api->call_batch(conn->conn, contract, function, records + (size_t)start * args_size,
+                                                    args_size, (size_t)n, outs + (size_t)start * out_size, out_size,
+                                                    b->timeout);
+        Py_END_ALLOW_THREADS
+        rc = ppf_settle(conn->conn, rc);
+        *failed_at = start;
+    }
+    Py_DECREF(conn);
+    return rc;
+}
+
 /* ---- Raw: GuestContract.call as a C callable ------------------------------------ */
 
-typedef struct {
-    PyObject_HEAD
-    vectorcallfunc vectorcall;
-    PyObject *dict; /* __signature__, __doc__, __name__: the method's */
-    Conn *conn;
-    PyObject *proxy;
-    uint32_t contract;
-    double timeout;
-    PyObject *general; /* general(fn_index, args, out_size, **kwargs): the Python method */
-    PyObject *failed;  /* failed(status, proxy, fn_index, args, out_size): a call that did not answer Ok */
-} Raw;
-
-static PyObject *Raw_vectorcall(Raw *self, PyObject *const *argv, size_t nargsf, PyObject *kwnames)
+/* A Binding whose slow is general(fn_index, args, out_size, **kwargs), the
+ * Python method, and failed(status, proxy, fn_index, args, out_size). */
+static PyObject *Raw_vectorcall(Binding *self, PyObject *const *argv, size_t nargsf, PyObject *kwnames)
 {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     if (kwnames != NULL || nargs != 3)
-        return PyObject_Vectorcall(self->general, argv, nargsf, kwnames);
+        return PyObject_Vectorcall(self->slow, argv, nargsf, kwnames);
     int rc;
     /* The worker proxy of the conn this call goes to: another thread may
      * re-bind the object meanwhile, and a failure must name the right one. */
@@ -215,7 +310,7 @@ static PyObject *Raw_vectorcall(Raw *self, PyObject *const *argv, size_t nargsf,
     if (result == Py_None) {
         Py_DECREF(result);
         if (rc == PP_CALL_OK || rc == PP_CALL_TOO_LARGE) /* not for this path: nothing was sent */
-            result = PyObject_Vectorcall(self->general, argv, nargsf, NULL);
+            result = PyObject_Vectorcall(self->slow, argv, nargsf, NULL);
         else
             result = PyObject_CallFunction(self->failed, "iOOOO", rc, proxy, argv[0], argv[1], argv[2]);
     }
@@ -223,106 +318,82 @@ static PyObject *Raw_vectorcall(Raw *self, PyObject *const *argv, size_t nargsf,
     return result; /* the out bytes, the general path's answer, or NULL: an exception */
 }
 
-void ppf_rebind_fields(Conn **conn_field, PyObject **proxy_field, uint32_t *contract_field, PyObject *conn,
-                       PyObject *proxy, uint32_t contract)
-{
-    Conn *old_conn = *conn_field;
-    PyObject *old_proxy = *proxy_field;
-    Py_INCREF(conn);
-    Py_INCREF(proxy);
-    *conn_field = (Conn *)conn;
-    *proxy_field = proxy;
-    *contract_field = contract;
-    Py_XDECREF(old_conn);
-    Py_XDECREF(old_proxy);
-}
-
 /* Raw(conn, proxy, contract, timeout, general, failed) */
-static int Raw_init(Raw *self, PyObject *args, PyObject *kwds)
+static int Raw_init(Binding *self, PyObject *args, PyObject *kwds)
 {
     PyObject *conn, *proxy, *general, *failed;
     unsigned int contract;
     double timeout;
     if (!PyArg_ParseTuple(args, "O!OIdOO", &ppf_ConnType, &conn, &proxy, &contract, &timeout, &general, &failed))
         return -1;
-    Py_INCREF(conn);
-    Py_XSETREF(self->conn, (Conn *)conn);
-    Py_INCREF(proxy);
-    Py_XSETREF(self->proxy, proxy);
-    Py_INCREF(general);
-    Py_XSETREF(self->general, general);
-    Py_INCREF(failed);
-    Py_XSETREF(self->failed, failed);
-    self->contract = contract;
-    self->timeout = timeout;
-    self->vectorcall = (vectorcallfunc)Raw_vectorcall;
+    ppf_binding_set(self, conn, proxy, contract, timeout, general, failed, (vectorcallfunc)Raw_vectorcall);
     return 0;
 }
 
-/* rebind(conn, proxy, contract): the contract's worker changed. */
-static PyObject *Raw_rebind(Raw *self, PyObject *args)
+/* _many(fn_index, items, out_size, per_batch): the out bytes of each call
+ * over a list of bytes objects of one length, in order; or, when not every
+ * call answered Ok, (status, first call of the failed batch, calls of it that
+ * completed, the outs before it, the worker proxy called); status 0: the
+ * items are not for this path, and nothing was sent. */
+static PyObject *Raw_many(Binding *self, PyObject *args)
 {
-    PyObject *conn, *proxy;
-    unsigned int contract;
-    if (!PyArg_ParseTuple(args, "O!OI", &ppf_ConnType, &conn, &proxy, &contract))
+    PyObject *items, *proxy = self->proxy;
+    unsigned int function;
+    Py_ssize_t out_size, per_batch;
+    if (!PyArg_ParseTuple(args, "IO!nn", &function, &PyList_Type, &items, &out_size, &per_batch))
         return NULL;
-    ppf_rebind_fields(&self->conn, &self->proxy, &self->contract, conn, proxy, contract);
-    Py_RETURN_NONE;
-}
-
-static int Raw_traverse(Raw *self, visitproc visit, void *arg)
-{
-    Py_VISIT(self->dict);
-    Py_VISIT(self->conn);
-    Py_VISIT(self->proxy);
-    Py_VISIT(self->general);
-    Py_VISIT(self->failed);
-    return 0;
-}
-
-static int Raw_clear(Raw *self)
-{
-    Py_CLEAR(self->dict);
-    Py_CLEAR(self->conn);
-    Py_CLEAR(self->proxy);
-    Py_CLEAR(self->general);
-    Py_CLEAR(self->failed);
-    return 0;
-}
-
-static void Raw_dealloc(Raw *self)
-{
-    PyObject_GC_UnTrack(self);
-    Raw_clear(self);
-    Py_TYPE(self)->tp_free((PyObject *)self);
+    Py_ssize_t count = PyList_GET_SIZE(items);
+    PyObject *first = count ? PyList_GET_ITEM(items, 0) : NULL;
+    Py_ssize_t rec = first && PyBytes_CheckExact(first) ? PyBytes_GET_SIZE(first) : 0;
+    if (rec == 0 || out_size < 0 || per_batch < 1)
+        return Py_BuildValue("(innNO)", 0, 0, 0, PyList_New(0), proxy);
+    uint8_t *records, *outs;
+    if (ppf_batch_room(count, (size_t)rec, (size_t)out_size, &records, &outs) < 0)
+        return NULL;
+    PyObject *result = NULL;
+    Py_INCREF(proxy);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *item = PyList_GET_ITEM(items, i);
+        if (!PyBytes_CheckExact(item) || PyBytes_GET_SIZE(item) != rec) {
+            result = Py_BuildValue("(innNO)", 0, 0, 0, PyList_New(0), proxy);
+            goto done;
+        }
+        memcpy(records + (size_t)i * (size_t)rec, PyBytes_AS_STRING(item), (size_t)rec);
+    }
+    Py_ssize_t at = 0;
+    int rc = ppf_run_batches(self, function, records, (size_t)rec, count, per_batch, outs, (size_t)out_size, &at);
+    if (rc < 0)
+        goto done;
+    Py_ssize_t made = rc == PP_CALL_OK ? count : at;
+    PyObject *list = PyList_New(made);
+    for (Py_ssize_t i = 0; list != NULL && i < made; i++) {
+        PyObject *out = PyBytes_FromStringAndSize((const char *)outs + (size_t)i * (size_t)out_size, out_size);
+        if (out == NULL)
+            Py_CLEAR(list);
+        else
+            PyList_SET_ITEM(list, i, out);
+    }
+    if (list == NULL || rc == PP_CALL_OK)
+        result = list;
+    else
+        result = Py_BuildValue("(innNO)", rc, at, (Py_ssize_t)ppf_api->last_result()->done_count, list, proxy);
+done:
+    Py_DECREF(proxy);
+    PyMem_Free(records);
+    PyMem_Free(outs);
+    return result;
 }
 
 static PyMethodDef Raw_methods[] = {
-    {"rebind", (PyCFunction)Raw_rebind, METH_VARARGS, "rebind(conn, proxy, contract)"},
+    {"rebind", (PyCFunction)ppf_binding_rebind, METH_VARARGS, "rebind(conn, proxy, contract)"},
+    {"_many", (PyCFunction)Raw_many, METH_VARARGS,
+     "_many(fn_index, items, out_size, per_batch): outs, or (status, first, done, before, proxy)"},
     {NULL},
 };
 
-static PyMemberDef Raw_members[] = {
-    {"proxy", T_OBJECT, offsetof(Raw, proxy), READONLY, "the worker proxy of the binding"},
-    {NULL},
-};
-
-static PyTypeObject RawType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "polyplug_isolated._fastcall.Raw",
-    .tp_basicsize = sizeof(Raw),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)Raw_init,
-    .tp_dealloc = (destructor)Raw_dealloc,
-    .tp_traverse = (traverseproc)Raw_traverse,
-    .tp_clear = (inquiry)Raw_clear,
-    .tp_call = PyVectorcall_Call,
-    .tp_vectorcall_offset = offsetof(Raw, vectorcall),
-    .tp_dictoffset = offsetof(Raw, dict),
-    .tp_methods = Raw_methods,
-    .tp_members = Raw_members,
-    .tp_doc = "GuestContract.call(fn_index, args, out_size) in one C call (see _contract).",
-};
+static PyTypeObject RawType = PPF_BINDING_TYPE("polyplug_isolated._fastcall.Raw", Binding, Raw_init,
+                                               ppf_binding_traverse, ppf_binding_clear, Raw_methods,
+                                               "GuestContract.call(fn_index, args, out_size) in one C call (see _contract).");
 
 /* ---- the module ----------------------------------------------------------------- */
 

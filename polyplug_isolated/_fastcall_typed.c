@@ -28,25 +28,23 @@ typedef struct {
     PyObject *name;
 } Field;
 
+/* A Binding whose slow is slow(*args, **kwargs), the general path, and
+ * failed(status, proxy, args_tuple). */
 typedef struct {
-    PyObject_HEAD
-    vectorcallfunc vectorcall;
-    PyObject *dict;
-    Conn *conn;
-    PyObject *proxy; /* the worker proxy the binding belongs to (for failed()) */
-    uint32_t contract, function;
-    double timeout;
+    Binding b;
+    uint32_t function;
     Py_ssize_t nparams; /* Python arguments */
     Py_ssize_t nfields; /* entries of params */
     Field params[MAX_PARAMS];
     uint32_t nfixups;
     pp_fixup fixups[MAX_PARAMS]; /* an ARG_POINTER per view */
     uint32_t args_size;
-    Field result; /* code 0: returns None */
+    Field result; /* code 0: returns None; 'T': a struct, built by result_type from result_fields */
+    PyObject *result_type;
+    Py_ssize_t nresult_fields;
+    Field result_fields[MAX_PARAMS];
     uint32_t out_size;
     Py_ssize_t per_batch;
-    PyObject *slow;   /* slow(*args, **kwargs): the general path */
-    PyObject *failed; /* failed(status, proxy, args_tuple): a call that did not answer Ok */
 } Function;
 
 static int field_size(char code)
@@ -131,6 +129,50 @@ static PyObject *get(char code, const uint8_t *p)
     case 'd': { double y; memcpy(&y, p, 8); return PyFloat_FromDouble(y); }
     default: Py_RETURN_NONE;
     }
+}
+
+/* The answer at p as a Python value: a scalar, None, or a struct built by
+ * calling its class with its fields in order. */
+static PyObject *answer_value(Function *self, const uint8_t *p)
+{
+    if (self->result.code != 'T')
+        return get(self->result.code, p);
+    PyObject *values[MAX_PARAMS];
+    Py_ssize_t n = 0;
+    for (; n < self->nresult_fields; n++) {
+        const Field *f = &self->result_fields[n];
+        if ((values[n] = get(f->code, p + f->offset)) == NULL)
+            break;
+    }
+    PyObject *value = n == self->nresult_fields ? PyObject_Vectorcall(self->result_type, values, n, NULL) : NULL;
+    while (n-- > 0)
+        Py_DECREF(values[n]);
+    return value;
+}
+
+/* Reads result_struct, (class, ((code, offset), ...)), into self; -1 when it does not fit out_size. */
+static int set_result_struct(Function *self, PyObject *spec, uint32_t out_size)
+{
+    PyObject *cls, *fields;
+    if (!PyArg_ParseTuple(spec, "OO!", &cls, &PyTuple_Type, &fields))
+        return -1;
+    Py_ssize_t n = PyTuple_GET_SIZE(fields);
+    if (n < 1 || n > MAX_PARAMS || !PyCallable_Check(cls))
+        return -1;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        const char *code;
+        unsigned int offset;
+        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(fields, k), "sI", &code, &offset))
+            return -1;
+        int size = field_size(*code);
+        if (strlen(code) != 1 || size == 0 || offset + (unsigned)size > out_size)
+            return -1;
+        self->result_fields[k] = (Field){*code, offset, 0, NULL};
+    }
+    self->nresult_fields = n;
+    Py_INCREF(cls);
+    Py_XSETREF(self->result_type, cls);
+    return 0;
 }
 
 /* Writes a view's (offset, len[, cap]) at p. */
@@ -232,7 +274,7 @@ static PyObject *call_failed(Function *self, int rc, PyObject *proxy, PyObject *
         Py_INCREF(argv[k]);
         PyTuple_SET_ITEM(args, k, argv[k]);
     }
-    PyObject *result = PyObject_CallFunction(self->failed, "iOO", rc, proxy, args);
+    PyObject *result = PyObject_CallFunction(self->b.failed, "iOO", rc, proxy, args);
     Py_DECREF(args);
     return result;
 }
@@ -242,7 +284,7 @@ static PyObject *Function_vectorcall(Function *self, PyObject *const *argv, size
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     uint8_t stack[MAX_RECORD + 512];
     if (kwnames != NULL || nargs != self->nparams)
-        return PyObject_Vectorcall(self->slow, argv, nargsf, kwnames);
+        return PyObject_Vectorcall(self->b.slow, argv, nargsf, kwnames);
     Py_ssize_t size = self->nfixups ? packed_size(self, argv) : (Py_ssize_t)self->args_size;
     uint8_t *blob = size >= 0 && (size_t)size > sizeof stack ? PyMem_Malloc((size_t)size) : stack;
     if (blob == NULL)
@@ -250,19 +292,19 @@ static PyObject *Function_vectorcall(Function *self, PyObject *const *argv, size
     if (size < 0 || pack(self, blob, argv) < 0) {
         if (blob != stack)
             PyMem_Free(blob);
-        return PyObject_Vectorcall(self->slow, argv, nargsf, NULL);
+        return PyObject_Vectorcall(self->b.slow, argv, nargsf, NULL);
     }
     /* One binding (another thread may re-bind the object while this call runs). */
-    Conn *conn = self->conn;
-    PyObject *proxy = self->proxy;
-    uint32_t contract = self->contract;
+    Conn *conn = self->b.conn;
+    PyObject *proxy = self->b.proxy;
+    uint32_t contract = self->b.contract;
     Py_INCREF(conn);
     Py_INCREF(proxy);
     const uint8_t *out;
     int rc;
     Py_BEGIN_ALLOW_THREADS rc = ppf_api->call_ex(conn->conn, contract, self->function, blob, (size_t)size,
                                              self->nfixups ? self->fixups : NULL, self->nfixups, self->out_size,
-                                             self->timeout, &out);
+                                             self->b.timeout, &out);
     Py_END_ALLOW_THREADS
     if (blob != stack)
         PyMem_Free(blob);
@@ -273,30 +315,37 @@ static PyObject *Function_vectorcall(Function *self, PyObject *const *argv, size
     else if (rc != PP_CALL_OK)
         result = call_failed(self, rc, proxy, argv, nargs);
     else
-        result = get(self->result.code, out);
+        result = answer_value(self, out);
     Py_DECREF(conn);
     Py_DECREF(proxy);
     return result;
 }
 
 /* Function(conn, proxy, contract, function, timeout, params, args_size, result, out_size, per_batch,
- *          slow, failed): params a sequence of (code, offset); result a code ('' for none). */
+ *          slow, failed[, result_struct]): params a sequence of (code, offset); result a code ('' for
+ *          none, 'T' for a struct: result_struct is then (class, ((code, offset), ...))). */
 static int Function_init(Function *self, PyObject *args, PyObject *kwds)
 {
-    PyObject *conn, *proxy, *params, *slow, *failed;
+    PyObject *conn, *proxy, *params, *slow, *failed, *result_struct = NULL;
     unsigned int contract, function, args_size, out_size;
     double timeout;
     const char *result;
     Py_ssize_t per_batch;
-    if (!PyArg_ParseTuple(args, "O!OIIdOIsInOO", &ppf_ConnType, &conn, &proxy, &contract, &function, &timeout,
-                          &params, &args_size, &result, &out_size, &per_batch, &slow, &failed))
+    if (!PyArg_ParseTuple(args, "O!OIIdOIsInOO|O", &ppf_ConnType, &conn, &proxy, &contract, &function, &timeout,
+                          &params, &args_size, &result, &out_size, &per_batch, &slow, &failed, &result_struct))
         return -1;
+    if ((*result == 'T') != (result_struct != NULL) ||
+        (result_struct && (out_size > PP_FAST_OUT || set_result_struct(self, result_struct, out_size) < 0))) {
+        PyErr_Clear();
+        PyErr_SetString(PyExc_ValueError, "Function: a result this fast path cannot take");
+        return -1;
+    }
     PyObject *seq = PySequence_Fast(params, "params must be a sequence of (code, offset)");
     if (seq == NULL)
         return -1;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     int bad = n > MAX_PARAMS || args_size > MAX_RECORD || out_size > PP_FAST_OUT || per_batch < 1 ||
-              strlen(result) > 1 || (*result && field_size(*result) != (int)out_size);
+              strlen(result) > 1 || (*result && *result != 'T' && field_size(*result) != (int)out_size);
     Py_ssize_t nparams = 0;
     uint32_t nfixups = 0, fields_left = 0;
     for (Py_ssize_t k = 0; k < n && !bad; k++) {
@@ -339,34 +388,13 @@ static int Function_init(Function *self, PyObject *args, PyObject *kwds)
     self->nfields = n;
     self->nfixups = nfixups;
     self->nparams = nparams;
-    self->contract = contract;
     self->function = function;
-    self->timeout = timeout;
     self->args_size = args_size;
     self->result = (Field){*result, 0};
     self->out_size = out_size;
     self->per_batch = per_batch;
-    Py_INCREF(conn);
-    Py_XSETREF(self->conn, (Conn *)conn);
-    Py_INCREF(proxy);
-    Py_XSETREF(self->proxy, proxy);
-    Py_INCREF(slow);
-    Py_XSETREF(self->slow, slow);
-    Py_INCREF(failed);
-    Py_XSETREF(self->failed, failed);
-    self->vectorcall = (vectorcallfunc)Function_vectorcall;
+    ppf_binding_set(&self->b, conn, proxy, contract, timeout, slow, failed, (vectorcallfunc)Function_vectorcall);
     return 0;
-}
-
-/* rebind(conn, proxy, contract): the contract's worker changed. */
-static PyObject *Function_rebind(Function *self, PyObject *args)
-{
-    PyObject *conn, *proxy;
-    unsigned int contract;
-    if (!PyArg_ParseTuple(args, "O!OI", &ppf_ConnType, &conn, &proxy, &contract))
-        return NULL;
-    ppf_rebind_fields(&self->conn, &self->proxy, &self->contract, conn, proxy, contract);
-    Py_RETURN_NONE;
 }
 
 /* The answers of calls [0, count) as a list. */
@@ -374,7 +402,7 @@ static PyObject *answers(Function *self, const uint8_t *outs, Py_ssize_t count)
 {
     PyObject *list = PyList_New(count);
     for (Py_ssize_t i = 0; list != NULL && i < count; i++) {
-        PyObject *value = get(self->result.code, outs + (size_t)i * self->out_size);
+        PyObject *value = answer_value(self, outs + (size_t)i * self->out_size);
         if (value == NULL)
             Py_CLEAR(list);
         else
@@ -402,18 +430,14 @@ static PyObject *Function_many(Function *self, PyObject *items)
         return NULL;
     Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
     size_t rec = self->args_size ? self->args_size : 1, outsz = self->out_size;
-    uint8_t *records = PyMem_Calloc((size_t)count + 1, rec);
-    uint8_t *outs = PyMem_Malloc(((size_t)count + 1) * (outsz ? outsz : 1));
-    PyObject *result = NULL;
-    Conn *conn = self->conn;
-    PyObject *proxy = self->proxy;
-    uint32_t contract = self->contract;
-    Py_INCREF(conn);
-    Py_INCREF(proxy);
-    if (records == NULL || outs == NULL) {
-        PyErr_NoMemory();
-        goto done;
+    uint8_t *records, *outs;
+    if (ppf_batch_room(count, rec, outsz, &records, &outs) < 0) {
+        Py_DECREF(seq);
+        return NULL;
     }
+    PyObject *result = NULL;
+    PyObject *proxy = self->b.proxy; /* the one a failure names, whatever re-binds meanwhile */
+    Py_INCREF(proxy);
     for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
         if (self->nfixups || !PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != self->nparams ||
@@ -422,24 +446,16 @@ static PyObject *Function_many(Function *self, PyObject *items)
             goto done;
         }
     }
-    for (Py_ssize_t start = 0; start < count; start += self->per_batch) {
-        Py_ssize_t n = count - start < self->per_batch ? count - start : self->per_batch;
-        int rc;
-        Py_BEGIN_ALLOW_THREADS rc = ppf_api->call_batch(conn->conn, contract, self->function,
-                                                    records + (size_t)start * rec, self->args_size, (size_t)n,
-                                                    outs + (size_t)start * outsz, outsz, self->timeout);
-        Py_END_ALLOW_THREADS
-        rc = ppf_settle(conn->conn, rc);
-        if (rc < 0)
-            goto done;
-        if (rc != PP_CALL_OK) {
-            result = status_tuple(self, rc, start, (Py_ssize_t)ppf_api->last_result()->done_count, outs, proxy);
-            goto done;
-        }
+    Py_ssize_t at = 0;
+    int rc = ppf_run_batches(&self->b, self->function, records, rec, count, self->per_batch, outs, outsz, &at);
+    if (rc < 0)
+        goto done;
+    if (rc != PP_CALL_OK) {
+        result = status_tuple(self, rc, at, (Py_ssize_t)ppf_api->last_result()->done_count, outs, proxy);
+        goto done;
     }
     result = answers(self, outs, count);
 done:
-    Py_DECREF(conn);
     Py_DECREF(proxy);
     PyMem_Free(records);
     PyMem_Free(outs);
@@ -449,57 +465,24 @@ done:
 
 static int Function_traverse(Function *self, visitproc visit, void *arg)
 {
-    Py_VISIT(self->dict);
-    Py_VISIT(self->conn);
-    Py_VISIT(self->proxy);
-    Py_VISIT(self->slow);
-    Py_VISIT(self->failed);
-    return 0;
+    Py_VISIT(self->result_type);
+    return ppf_binding_traverse(&self->b, visit, arg);
 }
 
 static int Function_clear(Function *self)
 {
+    Py_CLEAR(self->result_type);
     for (Py_ssize_t e = 0; e < MAX_PARAMS; e++)
         Py_CLEAR(self->params[e].name);
-    Py_CLEAR(self->dict);
-    Py_CLEAR(self->conn);
-    Py_CLEAR(self->proxy);
-    Py_CLEAR(self->slow);
-    Py_CLEAR(self->failed);
-    return 0;
-}
-
-static void Function_dealloc(Function *self)
-{
-    PyObject_GC_UnTrack(self);
-    Function_clear(self);
-    Py_TYPE(self)->tp_free((PyObject *)self);
+    return ppf_binding_clear(&self->b);
 }
 
 static PyMethodDef Function_methods[] = {
-    {"rebind", (PyCFunction)Function_rebind, METH_VARARGS, "rebind(conn, proxy, contract)"},
+    {"rebind", (PyCFunction)ppf_binding_rebind, METH_VARARGS, "rebind(conn, proxy, contract)"},
     {"_many", (PyCFunction)Function_many, METH_O, "_many(items): answers, or (status, first, done, before, proxy)"},
     {NULL},
 };
 
-static PyMemberDef Function_members[] = {
-    {"proxy", T_OBJECT, offsetof(Function, proxy), READONLY, "the worker proxy of the binding"},
-    {NULL},
-};
-
-PyTypeObject ppf_FunctionType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "polyplug_isolated._fastcall.Function",
-    .tp_basicsize = sizeof(Function),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)Function_init,
-    .tp_dealloc = (destructor)Function_dealloc,
-    .tp_traverse = (traverseproc)Function_traverse,
-    .tp_clear = (inquiry)Function_clear,
-    .tp_call = PyVectorcall_Call,
-    .tp_vectorcall_offset = offsetof(Function, vectorcall),
-    .tp_dictoffset = offsetof(Function, dict),
-    .tp_methods = Function_methods,
-    .tp_members = Function_members,
-    .tp_doc = "A typed function, called in one C call (see _compiled).",
-};
+PyTypeObject ppf_FunctionType = PPF_BINDING_TYPE("polyplug_isolated._fastcall.Function", Function, Function_init,
+                                                  Function_traverse, Function_clear, Function_methods,
+                                                  "A typed function, called in one C call (see _compiled).");

@@ -93,6 +93,7 @@ class _Call:
         self.pack = struct.Struct("=" + (args.format if args else "")).pack
         returns = function.returns
         out = layout.of(returns) if returns is not None else None
+        self.out_layout = out
         self.out_size = out.size if out else 0
         self.out_format = out.format if out else ""
         self.unpack = struct.Struct("=" + (out.format if out else "")).unpack

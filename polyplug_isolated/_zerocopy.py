@@ -18,6 +18,10 @@ released: using one afterwards raises ValueError, and a view made from them
 that is still alive (a slice, a cast, a numpy array) makes the exit raise
 BufferError, since its bytes would be the next call's. Such a view can never
 reach past the arena, which stays mapped as long as any view lives.
+
+The worker zeroes ``out`` for the block's first call; each later call's
+answer is written over the one before, as the plugin writes it (no pass over
+the bytes the plugin does not touch).
 """
 
 from __future__ import annotations

@@ -144,7 +144,6 @@ def test_a_struct_a_string_view_and_a_buffer_in_one_c_call(shapes):
 
 def test_scalar_functions_are_compiled_and_answer_python_values(shapes):
     assert type(shapes.add) is Function and type(shapes.mul) is Function
-    assert type(shapes.digest) is not Function  # a struct result: the general path
     assert shapes.add(2, 3) == 5
     assert shapes.add(0xFFFFFFFF, 2) == 1  # u32 wraps in the plugin
     assert shapes.mul(1 << 40, 3) == 3 << 40
@@ -243,6 +242,78 @@ def test_many_stops_at_a_plugin_error_and_names_the_call(bundle_dir):
         assert kitchen.divide.many(calls[:150]) == list(range(150))
 
 
+# ---- struct results, built in C ----------------------------------------------------------------
+
+
+def test_a_struct_of_scalars_comes_back_from_one_c_call(shapes):
+    assert type(shapes.digest) is Function
+    assert shapes.digest(3) == shapes.types.Digest(*[3 * k for k in range(1, 9)])
+    assert shapes.digest.many([(1,), (U64,)]) == [
+        shapes.types.Digest(*[k for k in range(1, 9)]),
+        shapes.types.Digest(*[(U64 * k) & U64 for k in range(1, 9)]),
+    ]
+
+
+def test_every_scalar_width_of_a_struct_result_is_read_at_its_offset(kitchen):
+    scalars = kitchen.types.Scalars
+    assert type(kitchen.echo_scalars) is Function and type(kitchen.echo_point) is Function
+    assert type(kitchen.echo_record) is not Function  # enum fields: the general path
+    edges = [
+        scalars(255, 65535, (1 << 32) - 1, U64, -128, -32768, -(1 << 31), -(1 << 63), 1.5, -2.25, True),
+        scalars(1, 2, 3, 4, -1, -2, -3, -4, -0.0, float("inf"), False),
+    ]
+    for value in edges:
+        fast = kitchen.echo_scalars(value)
+        assert fast == kitchen.echo_scalars(v=value) == value  # keywords: the general path, same answer
+        assert [type(getattr(fast, name)) for name in ("u64", "i8", "f32", "flag")] == [int, int, float, bool]
+    assert kitchen.echo_scalars.many([(value,) for value in edges]) == edges
+    assert kitchen.echo_point(kitchen.types.Point(0.5, -1.25)) == kitchen.types.Point(0.5, -1.25)
+
+
+# ---- call_many over bytes, packed in C -------------------------------------------------------
+
+
+def test_call_many_over_bytes_answers_every_call_in_order_across_batches(bundle_dir):
+    with Runtime(payload_capacity=4096) as rt:  # ~340 calls a batch: several hand-offs
+        shapes = typed(rt, bundle_dir, "shapes", "test.shapes").contract
+        records = [struct.pack("<II", i, 3 * i) for i in range(5000)]
+        expected = [struct.pack("<I", 4 * i) for i in range(5000)]
+        assert shapes.call_many(0, records, 4) == expected  # the thread's first call: takes its lease
+        assert shapes.call_many(0, records, 4) == expected
+        assert shapes.call_many(0, iter(records[:3]), 4) == expected[:3]
+        assert shapes.call_many(0, [bytearray(r) for r in records[:3]], 4) == expected[:3]  # general path
+        digests = shapes.call_many(2, [struct.pack("<Q", 3)] * 2, 64)
+        assert digests == [struct.pack("<8Q", *[3 * k for k in range(1, 9)])] * 2
+        with pytest.raises(ValueError, match="every args must have the same length"):
+            shapes.call_many(0, [records[0], b"12"], 4)
+        with pytest.raises(PluginCallError, match="no such function"):
+            shapes.call_many(9, records[:2], 4)
+
+
+def test_call_many_over_bytes_stops_at_a_plugin_error_and_names_the_call(bundle_dir):
+    with Runtime(payload_capacity=1024) as rt:  # 84 calls a batch: the error is in the second
+        kitchen = typed(rt, bundle_dir, "kitchen_sink", "test.kitchen")
+        assert kitchen.divide(4, 2) == 2  # takes the thread's lease: call_many goes the C way
+        divide = kitchen.contract
+        index = next(i for i, name in divide.function_names.items() if name == "divide")
+        calls = [struct.pack("<ii", 2 * i, 2) for i in range(200)]
+        calls[150] = struct.pack("<ii", 1, 0)
+        with pytest.raises(PluginCallError, match="code 256") as info:
+            divide.call_many(index, calls, 4)
+        assert info.value.index == 150
+        assert divide.call_many(index, calls[:150], 4) == [struct.pack("<i", i) for i in range(150)]
+
+
+def test_call_many_over_bytes_after_a_crash_is_worker_crashed_and_then_works_again(bundle_dir):
+    with Runtime(restart=RestartPolicy(max_restarts=1, backoff=0.0)) as rt:
+        crasher = contract(rt, bundle_dir, "crasher", CRASH)
+        assert crasher.call_many(4, [u32(1), u32(2)], 4) == [u32(2), u32(3)]
+        with pytest.raises(WorkerCrashed):
+            crasher.call_many(0, [b"\0\0\0\0"], 4)
+        wait_until(lambda: crasher.bundle.state is BundleState.READY)
+        assert crasher.call_many(4, [u32(5)] * 3, 4) == [u32(6)] * 3
+
+
 # ---- zero-copy: buffers() and call_into() -----------------------------------------------------
 
 
@@ -259,6 +330,21 @@ def test_buffers_echo_in_place(rt, bundle_dir, size):
             assert call.out == data
             call.args[8:] = bytes(size)  # a second call in the same block
             assert call() == bytes(size)
+
+
+def test_buffers_out_is_zeroed_for_a_blocks_first_call_and_kept_after(rt, bundle_dir):
+    payload = contract(rt, bundle_dir, "payload", PAYLOAD)
+    for _ in range(2):  # every block starts over
+        with payload.buffers(ECHO, 8 + 4096, 8192) as call:
+            call.out[:] = b"\xee" * 8192  # what the caller left there before the first call
+            call.args[:8] = (4096).to_bytes(8, "little")
+            call.args[8:] = b"a" * 4096
+            assert bytes(call()) == b"a" * 4096 + bytes(4096)  # zeroed, then the answer
+            call.out[4096:] = b"\xee" * 4096
+            call.args[8:] = b"b" * 4096
+            assert bytes(call()) == b"b" * 4096 + b"\xee" * 4096  # no pass over what echo leaves
+            call.args[:8] = (16).to_bytes(8, "little")
+            assert bytes(call()[:24]) == b"b" * 24  # echo wrote 16 bytes over the last answer
 
 
 def test_buffer_views_are_released_on_exit(rt, bundle_dir):
@@ -314,21 +400,29 @@ def test_call_into_writes_the_answer_in_the_callers_buffer(rt, bundle_dir):
 
 # ---- a hostile worker against the fast paths ----------------------------------------------------
 
+HOSTILE_ANSWERS = [  # the hostile fixture's function, an out size, what the ProtocolError says
+    (0, 64, "overwrote the segment header"),
+    (1, 40, "fields out of range"),
+    (2, 8, "forged or repeated"),
+]
 
-@pytest.mark.parametrize(
-    ("function", "out_size", "text"),
-    [
-        (0, 64, "overwrote the segment header"),
-        (1, 40, "fields out of range"),
-        (2, 8, "forged or repeated"),
-    ],
-)
+
+@pytest.mark.parametrize(("function", "out_size", "text"), HOSTILE_ANSWERS)
 def test_a_hostile_worker_on_the_fast_path_is_caught(bundle_dir, function, out_size, text):
     with Runtime(slots=1, call_timeout=10.0) as rt:
         hostile = contract(rt, bundle_dir, "hostile", HOSTILE)
         assert as_u32(hostile.call(5, u32(1), 4)) == 2  # the fast path is set up
         with pytest.raises(ProtocolError, match=text):
             hostile.call(function, b"", out_size)
+
+
+@pytest.mark.parametrize(("function", "out_size", "text"), HOSTILE_ANSWERS)
+def test_a_hostile_worker_under_call_many_in_c_is_caught(bundle_dir, function, out_size, text):
+    with Runtime(slots=1, call_timeout=10.0) as rt:
+        hostile = contract(rt, bundle_dir, "hostile", HOSTILE)
+        assert hostile.call_many(5, [u32(1)], 4) == [u32(2)]  # the thread's lease is taken
+        with pytest.raises(ProtocolError, match=text):
+            hostile.call_many(function, [b"\0" * 8], out_size)
 
 
 def test_a_worker_scribbling_the_arena_under_buffers_cannot_hurt_the_host(bundle_dir):

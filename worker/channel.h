@@ -165,7 +165,9 @@
 #define PP_WORKER_RETIRED 3u
 
 /* Down-frame flags. */
-#define PP_FLAG_ASYNC 1u /* ring the header's async_bell after the answer */
+#define PP_FLAG_ASYNC 1u    /* ring the header's async_bell after the answer */
+#define PP_FLAG_OUT_KEPT 2u /* the out is the caller's, in place in the arena (buffers()): the worker
+                               leaves it as it is instead of zeroing it (no pass over a megabyte) */
 
 typedef struct pp_header {
     uint32_t magic;
@@ -330,6 +332,17 @@ static inline int pp_sem_wait_until(sem_t *sem, uint64_t deadline_ns)
  * that each step yields the core, because when the scheduler has put both
  * processes on one core, spinning only delays the peer we wait for. */
 #define PP_PAUSE_SPINS 64u
+
+/* How much longer than the spin window a side keeps spinning after a call
+ * that moved `bytes` through the slot or arena: the other side's next step
+ * (writing the next megabyte, copying this one) takes time in proportion,
+ * and a sleep costs a wake-up (tens of microseconds on a VM) each way.
+ * 16 bytes a nanosecond, at most 2 ms. */
+static inline uint64_t pp_spin_for_bytes(uint64_t bytes)
+{
+    uint64_t ns = bytes / 16;
+    return ns < 2000000u ? ns : 2000000u;
+}
 
 /* Publishes the CPU this side runs on (stored only when it changed, to keep
  * the line quiet) and tells whether the other side last waited on the same

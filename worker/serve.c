@@ -179,6 +179,7 @@ static _Thread_local uint64_t t_payload_used;
 static _Thread_local pp_slot *t_slot;
 static _Thread_local uint32_t t_slot_index;
 static _Thread_local int t_tid;
+static _Thread_local uint64_t t_moved; /* bytes of args and out the last call moved */
 
 static const char *call_back(uint64_t target, uint32_t function, const void *args, uint32_t args_len, void *out,
                              uint32_t out_size, AbiError *err);
@@ -190,12 +191,17 @@ static void serve_one(pp_slot *s, uint64_t seq)
     uint32_t contract = s->contract, function = s->function, instance = s->instance;
     uint64_t args_len = s->args_len, out_size = s->out_size;
     pp_layout layout = pp_layout_of(count, args_len, out_size, nfix);
+    t_moved = layout.spill_bytes;
     uint64_t region_cap = spill == PP_IN_ARENA ? g_arena_cap : g_payload_cap;
     if (count == 0 || spill > PP_IN_ARENA || layout.spill_bytes > region_cap || (nfix && count != 1))
         return refuse(s, seq, "request does not fit its region");
     uint8_t *region = spill == PP_IN_ARENA ? g_base + pp_arena_offset(g_nslots, g_payload_cap) : pp_payload(s);
     uint8_t *args = args_len == 0 ? NULL : layout.args_inline ? s->args : region;
-    uint8_t *out = out_size == 0 ? NULL : layout.out_inline ? s->out : region + layout.out_offset;
+    /* An inline out lies in the up lines, which the host polls while it
+     * waits: the plugin writes it here, and it is copied there at once with
+     * the answer, so that the lines move to the host once per call. */
+    uint8_t staged[PP_INLINE_OUT];
+    uint8_t *out = out_size == 0 ? NULL : layout.out_inline ? staged : region + layout.out_offset;
     const pp_fixup *fix = (const pp_fixup *)(region + layout.fixup_offset);
     uint64_t ret_cap = region_cap - layout.spill_bytes;
     for (uint32_t i = 0; i < nfix; i++)
@@ -205,7 +211,7 @@ static void serve_one(pp_slot *s, uint64_t seq)
     if (refused)
         return refuse(s, seq, refused);
     t_payload_used = spill == PP_IN_ARENA ? 0 : layout.spill_bytes;
-    if (out)
+    if (out && (out == staged || !(s->flags & PP_FLAG_OUT_KEPT)))
         memset(out, 0, (size_t)(count * out_size));
     AbiError err = {ABI_OK, {NULL, 0}};
 
@@ -226,6 +232,7 @@ static void serve_one(pp_slot *s, uint64_t seq)
         }
         if (refused)
             return refuse(s, seq, refused);
+        memcpy(s->out, out, out_size);
         return answer(s, seq, PP_STATUS_OK, 1, 0, &err);
     }
 
@@ -252,6 +259,8 @@ static void serve_one(pp_slot *s, uint64_t seq)
         if (err.code != ABI_OK)
             done = 0;
     }
+    if (out == staged)
+        memcpy(s->out, staged, out_size);
     answer(s, t_seq, PP_STATUS_OK, done, ret_len, &err);
 }
 
@@ -288,7 +297,9 @@ static void step_aside(uint32_t host_cpu)
 static int await_frame(pp_header *h, pp_slot *s, uint64_t served, int may_retire)
 {
     int mode = g_wait_mode;
-    uint64_t spin_until = mode == PP_WAIT_SPIN ? UINT64_MAX : mode == PP_WAIT_BLOCK ? 0 : pp_now_ns() + g_spin_ns;
+    uint64_t spin_until = mode == PP_WAIT_SPIN    ? UINT64_MAX
+                          : mode == PP_WAIT_BLOCK ? 0
+                                                  : pp_now_ns() + g_spin_ns + pp_spin_for_bytes(t_moved);
     int same_cpu = pp_same_cpu(&h->worker_cpu, &h->host_cpu);
     /* Spinning sides want a CPU each; sleeping ones wake each other fastest
      * on one CPU, so wait=block never steps aside (nor does it co-locate them). */

@@ -8,8 +8,10 @@ the Python way and leaves a route; the ones after it must take the route and ans
 from __future__ import annotations
 
 import queue
+import struct
 
 import pytest
+from polyplug_isolated._channel_ffi import ffi, lib
 
 from polyplug_isolated import (
     BundleEventKind,
@@ -19,10 +21,13 @@ from polyplug_isolated import (
     RestartPolicy,
     Runtime,
     WorkerCrashed,
+    _callbacks,
     _cbroutes,
+    guest_contract_id,
 )
 
 PYTHON, FORWARDED = 1, 2  # positions in _cbroutes.answered()
+PP_CB_UNHANDLED = -2  # the hook's "ask Python" (_channel.h)
 
 
 class Logger:
@@ -154,3 +159,50 @@ def test_the_routes_of_a_worker_that_died_are_dropped(bundle_dir):
         while events.get(timeout=10.0).kind is not BundleEventKind.CRASHED:
             pass
         assert _cbroutes.held() == (0, 0)
+
+
+def test_a_request_that_does_not_fit_its_route_is_left_to_python(rt, bundle_dir):
+    """The hook itself, handed forged requests for a route that exists: only an exact fit is
+    forwarded; a wrong length, args size or flags is PP_CB_UNHANDLED (Python judges it)."""
+    rt.load_bundle(bundle_dir("cross_target"))
+    caller_bundle = rt.load_bundle(bundle_dir("cross_caller"))
+    caller = rt.contract("cross.caller")
+    before = answered(FORWARDED)
+    assert [caller.add_default(2, 3) for _ in range(2)] == [5, 5]
+    assert answered(FORWARDED) - before == 1  # the route exists
+    owner = caller_bundle.proxy.answerer.id
+    hook = ffi.cast("int64_t (*)(uint64_t, const uint8_t *, uint32_t, uint8_t *, uint32_t)", _callbacks._hook)
+    routed = forwarded_request(rt)
+    header = struct.Struct("=IIQQQIIII")
+    fields = list(header.unpack_from(routed))
+
+    def ask(request: bytes, cap: int = 256) -> tuple[int, bytes]:
+        reply = ffi.new("uint8_t[]", cap)
+        n = hook(owner, request, len(request), reply, cap)
+        return n, ffi.buffer(reply, max(n, 0))[:]
+
+    n, reply = ask(routed)  # the exact request: forwarded, 2 + 3 comes back
+    assert n == 32 and struct.unpack_from("=I", reply, 24)[0] == 5
+    args = struct.pack("<II", 2, 3)
+    forged = [
+        header.pack(*fields[:6], len(args) + 8, *fields[7:]) + args,  # args_len past the request
+        header.pack(*fields[:6], 4, *fields[7:]) + args[:4],  # shorter than the record
+        header.pack(*fields[:6], 16, *fields[7:]) + args + bytes(8),  # longer than the record padded
+        header.pack(*fields[:8], lib.PP_CB_OUT_NULL) + args,  # other flags than the route's
+        routed[:40],  # shorter than a request header
+    ]
+    before = answered(FORWARDED)
+    for request in forged:
+        assert ask(request)[0] == PP_CB_UNHANDLED
+    assert ask(routed, cap=24)[0] == PP_CB_UNHANDLED  # no room for the reply: nothing is sent
+    assert answered(FORWARDED) == before
+
+
+def forwarded_request(rt) -> bytes:
+    """The request cross_caller's add_default(2, 3) sends: cross.target's id and handle, function 0
+    (add), the default instance, the two u32."""
+    target = guest_contract_id("cross.target", 1)
+    handle = rt.find_guest_contract(target, 1)
+    args = struct.pack("<II", 2, 3)
+    key = (lib.PP_CB_GUEST_CALL, 0, target, handle.index | handle.generation << 32, 0)
+    return struct.pack("=IIQQQIIII", *key, 0, len(args), 4, 0) + args

@@ -46,7 +46,6 @@
 #define KEY_BYTES 32 /* what an answer depends on: op, function, id, handle, instance */
 #define BUCKETS 256
 #define MAX_ROUTES 4096
-#define UNHANDLED PP_CB_UNHANDLED
 
 enum { PYTHON = 1, FORWARD = 2 };
 
@@ -105,7 +104,7 @@ static void give_back(route *r)
 /* Copies a Python answer into the reply area, as pp_on_callback does: one
  * that does not fit becomes a BufferTooSmall reply; an exception (the answer
  * closures catch the plugin-facing ones) is reported and nobody answers (-1).
- * Never UNHANDLED: the answer has run and must not run twice. */
+ * Never PP_CB_UNHANDLED: the answer has run and must not run twice. */
 static int64_t copy_reply(PyObject *callable, PyObject *answer, uint8_t *reply, uint32_t cap)
 {
     char *bytes;
@@ -160,10 +159,10 @@ static int64_t forward(route *r, const uint8_t *request, uint32_t len, uint8_t *
     uint64_t size = sizeof(pp_cb_reply) + PP_ALIGN8(r->out_size);
     /* The worker's trampoline sends the record padded to 8; anything else is Python's to judge. */
     if (args_len < r->args_size || args_len > PP_ALIGN8(r->args_size) || size > cap)
-        return UNHANDLED;
+        return PP_CB_UNHANDLED;
     uint8_t args[PP_INLINE_ARGS * 8];
     if (args_len > sizeof args)
-        return UNHANDLED;
+        return PP_CB_UNHANDLED;
     memcpy(args, request + sizeof(pp_cb_request), args_len);
     const uint8_t *out;
     int rc = g_api->call(r->conn, r->contract, r->function, args, args_len, r->out_size, r->timeout_s, &out);
@@ -178,26 +177,26 @@ static int64_t forward(route *r, const uint8_t *request, uint32_t len, uint8_t *
     return (int64_t)size;
 }
 
-/* reply_callback's hook: the reply's length, -1, or UNHANDLED (Python answers). */
+/* reply_callback's hook: the reply's length, -1, or PP_CB_UNHANDLED (Python answers). */
 static int64_t answer_call_back(uint64_t owner, const uint8_t *request, uint32_t len, uint8_t *reply, uint32_t cap)
 {
     pp_cb_request q;
     if (len < sizeof q)
-        return UNHANDLED;
+        return PP_CB_UNHANDLED;
     memcpy(&q, request, sizeof q);
     if (q.args_len != len - sizeof q || (q.op != PP_CB_HOST_CALL && q.op != PP_CB_GUEST_CALL))
-        return UNHANDLED;
+        return PP_CB_UNHANDLED;
     route *r = take(owner, (const uint8_t *)&q);
     if (!r)
-        return UNHANDLED;
+        return PP_CB_UNHANDLED;
     if (r->flags != q.flags) {
         give_back(r);
-        return UNHANDLED;
+        return PP_CB_UNHANDLED;
     }
     int kind = r->kind;
     int64_t n = kind == FORWARD ? forward(r, request, len, reply, cap) : in_python(r, request, len, reply, cap);
     give_back(r);
-    g_answered[n == UNHANDLED ? 0 : kind]++;
+    g_answered[n == PP_CB_UNHANDLED ? 0 : kind]++;
     return n;
 }
 

@@ -42,5 +42,12 @@ setup(
                 "-Wno-cast-function-type",
             ],
         ),
+        Extension(
+            "polyplug_isolated._cbroutes",
+            sources=["polyplug_isolated/_cbroutes.c"],
+            depends=["polyplug_isolated/_channel.h", "worker/callback.h"],
+            include_dirs=["polyplug_isolated", "worker"],
+            extra_compile_args=["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter"],
+        ),
     ],
 )

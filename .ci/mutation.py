@@ -83,6 +83,13 @@ MUTATIONS = (
         ("tests/test_isolation.py::test_reload_back_and_forth_under_load_loses_no_call",),
         "a call a reload turned away is not retried on the new worker",
     ),
+    Mutation(
+        "routes-follow-reload",
+        "polyplug_isolated/_callbacks.py",
+        (("            _cbroutes.drop(owner)", "            pass"),),
+        ("tests/test_callback_routes.py::test_forwarded_calls_follow_a_reload_of_the_callee",),
+        "a reload leaves the routes of calls between bundles pointing at the old worker",
+    ),
 )
 # pytest's exit status when tests ran and some failed, or a hung one was ended by
 # pytest-timeout's thread method; 2-5 (interrupted, internal or usage error, no

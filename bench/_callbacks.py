@@ -6,8 +6,8 @@ Three calls into the same kind of worker, each returning a u32:
 * host:   reporter.level()           -- the call, plus one call back to a host contract
                                         (host.logger@1 get_level, a Python method) returning u32
 * cross:  depender.target_add()      -- the call, plus one call into cross_target's add
-                                        (through the handle its init found), routed through
-                                        the host thread waiting on the call
+                                        (through the handle its init found), forwarded in C by
+                                        the host thread waiting on the call (_cbroutes.c)
 
 The three are timed interleaved, in rounds of ``ROUND`` calls each, so that a
 contended machine weighs on all of them alike. The p50 of a row minus the
@@ -77,8 +77,8 @@ def callbacks(plan, pinned) -> list:
     plain_p50 = hists["plain"].get_value_at_percentile(50)
     labels = {
         "plain": ("calls back: plain call returning u32 (reporter.status)", "no call back"),
-        "host": ("calls back: + guest->host round trip (host contract -> u32)", "get_level in Python"),
-        "cross": ("calls back: + call into another bundle (add -> u32)", "routed through the host"),
+        "host": ("calls back: + guest->host round trip (host contract -> u32)", "get_level called from C"),
+        "cross": ("calls back: + call into another bundle (add -> u32)", "forwarded by the host in C"),
     }
     cases = []
     for name, hist in hists.items():

@@ -73,6 +73,7 @@ host_ffi.cdef(
     void pp_conn_destroy(pp_conn *c);
     void pp_conn_set_owner(pp_conn *c, uint64_t owner);
     int pp_callback_depth_limit(int limit);
+    void pp_set_callback_hook(void *hook);
     #define PP_CB_MAX_DEPTH ...
     extern "Python+C" int64_t pp_on_callback(uint64_t owner, uint8_t *request, uint32_t len, uint8_t *reply,
                                               uint32_t cap);

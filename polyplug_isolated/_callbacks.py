@@ -13,6 +13,13 @@ level is one more call back on the same host thread. A call into a bundle
 whose worker is already waiting on this thread would wait for itself; the
 channel refuses it (ReentrantCall, code 9), and chains deeper than
 ``MAX_DEPTH`` are refused too (both in _channel.c, before any Python runs).
+
+Once a kind of request has been answered here, the answer also becomes a
+route in _cbroutes.c, which reply_callback asks before this module: a host
+contract of numbers is called straight from C, and a plain call into another
+bundle is forwarded by the waiting host thread to that bundle's worker
+without entering Python (anything but an Ok answer comes back to
+``_plain_failed``, which does what the Python route does).
 """
 
 from __future__ import annotations
@@ -25,9 +32,9 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import _idl, _wire
+from . import _cbroutes, _idl, _wire
 from ._channel_ffi import ffi, lib
-from ._contract import GuestContract
+from ._contract import _DEFAULT, GuestContract
 from ._host_contracts import HostContracts, Refused
 from ._typed import _Route
 from .errors import CallError, PluginCallError, StaleHandle
@@ -45,6 +52,11 @@ _QUICK_KEY = 32  # op, function, id, handle, instance: what a cached answer depe
 
 def _header(request: _wire.Request) -> bytes:
     return _wire.REQUEST.pack(*request[:6], 0, 0, 0)[:_QUICK_KEY]
+
+
+# reply_callback asks the routes first (they call the data plane through its fast-path table).
+_hook = _cbroutes.bind(int(ffi.cast("uintptr_t", lib.pp_fast_api_table())))
+lib.pp_set_callback_hook(ffi.cast("void *", _hook))
 
 
 @ffi.def_extern()  # type: ignore[untyped-decorator]
@@ -68,6 +80,13 @@ def pp_on_callback(owner: int, request: Any, length: int, reply: Any, cap: int) 
     return len(answer)
 
 
+def _flags(request: _wire.Request) -> int:
+    """The request's PP_CB_* flags (a route answers only requests with the same)."""
+    return (lib.PP_CB_ARGS_NULL if request.args is None else 0) | (
+        lib.PP_CB_OUT_NULL if request.out_null else 0
+    )
+
+
 class Directory:
     """What every worker of one runtime may ask about: its bundles, contracts and host contracts."""
 
@@ -77,10 +96,13 @@ class Directory:
         self._shapes: dict[tuple[str, int, int], list[_wire.FunctionShape]] = {}
         self._lock = threading.Lock()
         self.revision = 0  # moves whenever the registry changes: cached routes are dropped
+        self.answerers: set[int] = set()  # ids of the answerers of this runtime's workers
 
     def changed(self) -> None:
         """The registry changed (a load, reload or unload): handles may name other bundles now."""
         self.revision += 1
+        for owner in list(self.answerers):
+            _cbroutes.drop(owner)
 
     @property
     def runtime(self) -> Runtime:
@@ -145,11 +167,14 @@ class Answerer:
     def attach(self, conn: Any) -> None:
         """Makes this the answerer of the calls back that come through ``conn``."""
         _answerers[self.id] = self
+        self._directory.answerers.add(self.id)
         lib.pp_conn_set_owner(conn, self.id)
 
     def close(self) -> None:
         """The worker ended: nothing comes through its conn any more."""
         _answerers.pop(self.id, None)
+        self._directory.answerers.discard(self.id)
+        _cbroutes.drop(self.id)
 
     def answer(self, data: bytes) -> bytes:
         """The reply to one request (never raises: a failure is an AbiError for the plugin)."""
@@ -196,6 +221,9 @@ class Answerer:
         quick = host.quick(request.instance, request.function)
         if quick is not None:
             self._quick[_header(request)] = quick
+            _cbroutes.answer_in_python(
+                self.id, _wire.REQUEST.pack(*request[:6], 0, 0, _flags(request)), quick
+            )
         return answer
 
     def _host_create(self, request: _wire.Request) -> bytes:
@@ -268,6 +296,8 @@ class Answerer:
         if not shape.arg_views and not views and out_size <= 7 and request.instance == 0:
             plain = functools.partial(self._plain_call, contract, request.function, out_size)
             self._quick[_header(request)] = lambda data: plain(data[_wire.REQUEST.size :])
+            if request.args is not None and not request.out_null and shape.args_size != _wire.UNKNOWN:
+                self._forward(request, contract, shape.args_size, out_size)
             return plain(request.args or b"")
         fixups = [(offset, lib.PP_FIX_ARG_POINTER) for offset, _ in shape.arg_views] if request.args else []
         fixups += [(o, lib.PP_FIX_OUT_BUFFER if owned else lib.PP_FIX_OUT_VIEW) for o, owned in views]
@@ -280,6 +310,33 @@ class Answerer:
         except CallError as error:
             return _wire.reply(_wire.GENERIC, str(error))
         return _wire.reply(out=out, tail=ret)
+
+    def _forward(
+        self, request: _wire.Request, contract: GuestContract, args_size: int, out_size: int
+    ) -> None:
+        """Lets the C hook forward calls like ``request`` to the bundle's current worker itself."""
+        proxy, _, index = contract.route()
+        conn = proxy.channel.conn
+        failed = functools.partial(self._plain_failed, contract, proxy, request.function, out_size)
+        header = _wire.REQUEST.pack(*request[:6], 0, 0, _flags(request))
+        address = int(ffi.cast("uintptr_t", conn))
+        timeout = contract.wait_for(_DEFAULT)
+        _cbroutes.forward(
+            self.id, header, conn, address, index, request.function, args_size, out_size, timeout, failed
+        )
+
+    @staticmethod
+    def _plain_failed(
+        contract: GuestContract, proxy: Any, function: int, out_size: int, status: int, args: bytes
+    ) -> bytes:
+        """A forwarded call that did not answer Ok: what ``_plain_call`` answers when its call fails so."""
+        try:
+            out = contract._failed_fast(status, proxy, function, args, out_size)
+        except PluginCallError as error:
+            return _wire.reply(error.code, error.message)
+        except CallError as error:
+            return _wire.reply(_wire.GENERIC, str(error))
+        return _wire.reply(out=out)
 
     @staticmethod
     def _plain_call(contract: GuestContract, function: int, out_size: int, args: bytes) -> bytes:

@@ -389,6 +389,11 @@ static _Atomic int depth_limit = PP_CB_MAX_DEPTH;
 
 void pp_conn_set_owner(pp_conn *c, uint64_t owner) { c->owner = owner; }
 
+/* Answers the calls back it has a route for (_cbroutes.c); PP_CB_UNHANDLED: Python does. */
+static _Atomic(pp_cb_hook) callback_hook;
+
+void pp_set_callback_hook(void *hook) { atomic_store(&callback_hook, (pp_cb_hook)hook); }
+
 int pp_callback_depth_limit(int limit)
 {
     return limit > 0 && limit <= WAITING_MAX ? atomic_exchange(&depth_limit, limit) : atomic_load(&depth_limit);
@@ -440,7 +445,10 @@ static void reply_callback(pp_conn *c, uint32_t i)
             n = too_deep(request + len, (uint32_t)cap);
         } else {
             waiting_on[waiting_depth++] = c;
-            n = pp_on_callback(c->owner, request, (uint32_t)len, request + len, (uint32_t)cap);
+            pp_cb_hook hook = atomic_load_explicit(&callback_hook, memory_order_acquire);
+            n = hook ? hook(c->owner, request, (uint32_t)len, request + len, (uint32_t)cap) : PP_CB_UNHANDLED;
+            if (n == PP_CB_UNHANDLED)
+                n = pp_on_callback(c->owner, request, (uint32_t)len, request + len, (uint32_t)cap);
             waiting_depth--;
         }
     }

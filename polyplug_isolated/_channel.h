@@ -51,6 +51,11 @@ void pp_conn_set_owner(pp_conn *c, uint64_t owner);
  * sets it when 1..64, returns the previous value. */
 int pp_callback_depth_limit(int limit);
 int64_t pp_on_callback(uint64_t owner, uint8_t *request, uint32_t len, uint8_t *reply, uint32_t cap);
+/* Asked first, without the GIL (polyplug_isolated/_cbroutes.c): the reply's
+ * length, -1, or PP_CB_UNHANDLED to leave the request to pp_on_callback. */
+#define PP_CB_UNHANDLED (-2)
+typedef int64_t (*pp_cb_hook)(uint64_t owner, const uint8_t *request, uint32_t len, uint8_t *reply, uint32_t cap);
+void pp_set_callback_hook(void *hook);
 int64_t pp_conn_inflight(pp_conn *c);
 uint64_t pp_conn_calls(pp_conn *c);
 uint64_t pp_conn_failures(pp_conn *c);

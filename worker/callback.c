@@ -214,7 +214,11 @@ static void remote_call(remote *rm, uint32_t op, uint64_t instance, uint32_t f, 
     if (args && pack_args(area + sizeof q, room, fn, views, args, &q.args_len) != 0)
         return fail(err, ABI_BUFFER_TOO_SMALL, TOO_LARGE);
     reply r;
-    if (exchange(area, &q, &r) != 0)
+    /* Another bundle's function runs in its worker, which may need this CPU meanwhile. */
+    ppw_call_back_yields(op == PP_CB_GUEST_CALL);
+    int answered = exchange(area, &q, &r) == 0;
+    ppw_call_back_yields(0);
+    if (!answered)
         return fail(err, ABI_GENERIC, NO_ANSWER);
     if (out && fn->out_size && r.out_len == fn->out_size) {
         memcpy(out, r.out, fn->out_size);

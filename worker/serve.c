@@ -180,6 +180,7 @@ static _Thread_local pp_slot *t_slot;
 static _Thread_local uint32_t t_slot_index;
 static _Thread_local int t_tid;
 static _Thread_local uint64_t t_moved; /* bytes of args and out the last call moved */
+static _Thread_local int t_cb_yields; /* ppw_call_back_yields */
 
 static const char *call_back(uint64_t target, uint32_t function, const void *args, uint32_t args_len, void *out,
                              uint32_t out_size, AbiError *err);
@@ -307,7 +308,7 @@ static int await_frame(pp_header *h, pp_slot *s, uint64_t served, int may_retire
         step_aside(atomic_load_explicit(&h->host_cpu, memory_order_relaxed));
     else
         t_colocated = 0;
-    unsigned first = same_cpu ? PP_PAUSE_SPINS : 1;
+    unsigned first = same_cpu || t_cb_yields ? PP_PAUSE_SPINS : 1;
     /* Past half the CPUs, a spinning thread only takes a CPU from the threads
      * it waits for: with many calls in flight, wait=auto sleeps at once. */
     int counted = mode == PP_WAIT_AUTO;
@@ -390,6 +391,8 @@ static const char *call_back(uint64_t target, uint32_t function, const void *arg
         memcpy(out, payload + offset + args_len, got);
     return NULL;
 }
+
+void ppw_call_back_yields(int on) { t_cb_yields = on; }
 
 /* For cb_transport.c: the room a call back's args and out have in this
  * thread's slot (0: the thread serves no slot), and the call back itself. */

@@ -76,6 +76,9 @@ int ppw_set_dependencies(const struct DependencyInfo *deps, size_t n);
 uint64_t ppw_call_back_room(void);
 const char *ppw_call_back(uint64_t target, uint32_t function, const void *args, uint32_t args_len, void *out,
                           uint32_t out_size, struct AbiError *err);
+/* The next call backs of this thread run in another worker (a call between
+ * bundles): wait for their REPLY yielding the CPU, which that worker needs. */
+void ppw_call_back_yields(int on);
 void ppw_cb_in_init(int on);
 /* callback.c: where to write a request (NULL: the host cannot be asked from
  * this thread); then send it and get the reply's place and length (< 0: none). */

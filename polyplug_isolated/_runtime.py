@@ -151,6 +151,7 @@ class Runtime:
             self._zygote,
             self._monitor,
             self.config.drain_timeout,
+            self._retiring,
         )
         self._finalizer.atexit = False
 
@@ -314,8 +315,9 @@ class Runtime:
         if not old.retire():
             old.shutdown(self.config.drain_timeout)
             return
-        with self._lock:
-            self._retiring = {proxy: id for proxy, id in self._retiring.items() if proxy.alive}
+        with self._lock:  # in place: the finalizer holds this dict too
+            for gone in [proxy for proxy in self._retiring if not proxy.alive]:
+                del self._retiring[gone]
             self._retiring[old] = bundle.id
 
     def _await_retired(self, bundle: Bundle | None) -> None:
@@ -733,7 +735,7 @@ class Runtime:
             if isinstance(watcher, WorkerProxy) and watcher.channel is not None:
                 watcher.channel.start_draining()
         self._zygote.forget_after_fork()
-        self._retiring = {}  # the parent's to wait for
+        self._retiring.clear()  # the parent's to wait for
         for bundle in self._bundles.values():
             bundle.forget_after_fork(why)
 

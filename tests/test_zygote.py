@@ -4,6 +4,7 @@ when the zygote dies, hangs or cannot fork. Plus many bundles in one runtime."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import signal
@@ -295,7 +296,7 @@ def test_the_scale_bench_runs_and_reports_every_figure(tmp_path):
     subprocess.run([*command, "--json", str(out)], cwd=ROOT, check=True, capture_output=True, timeout=120)
     result = json.loads(out.read_text())
     steps = [f"{step}_{kind}_ms" for step in ("load", "reload", "restart") for kind in ("ahead", "demand")]
-    for step in (*steps, "load_exec_ms", "c_process_start_ms"):
+    for step in (*steps, "load_back_to_back_ms", "load_exec_ms", "c_process_start_ms"):
         assert result["startup"][step]["n"] == 3 and result["startup"][step]["p50"] > 0
     scale = result["scale"]
     assert scale["bundles"] == 20 and scale["load_ms"]["n"] == 20
@@ -375,3 +376,14 @@ def test_unloading_a_bundle_waits_for_its_old_worker_still_unloading(bundle_dir)
         rt.reload_bundle(bundle_dir("adder"))
         rt.unload_bundle(bundle.id)  # escalates on the old worker as an unload does on its own
         assert old.exited.is_set() and old.returncode == -signal.SIGKILL
+
+
+def test_a_runtime_dropped_unclosed_ends_the_old_worker_of_its_last_reload(bundle_dir):
+    rt = Runtime(close_grace=0.5)
+    bundle = rt.load_bundle(bundle_dir("adder"))
+    old, old_worker = bundle.proxy.process, psutil.Process(bundle.worker_pid)
+    old_worker.suspend()
+    rt.reload_bundle(bundle_dir("adder"))
+    del rt, bundle
+    gc.collect()  # the finalizer closes it as close() would: the old worker too
+    assert old.exited.is_set() and old.returncode == -signal.SIGKILL

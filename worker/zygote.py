@@ -28,10 +28,13 @@ Two rules hold it together:
 Protocol (length-prefixed msgpack frames, _protocol.FrameReader)::
 
     zygote -> host   {"t": "ready", "pid": P}                once, after imports
-    host -> zygote   {"t": "fork", "exec_env": {..}|None}    + fds [control, output]
+    host -> zygote   {"t": "fork", "exec_env": {..}|None, "contain": policy}
+                                                      + fds [control, output]
     zygote -> host   {"t": "forked", "pid": W}    and the new worker sends the same
                    | {"t": "fork_failed", "errno": E, "message": M}
 
+``contain`` (absent when the child execs) is the containment the child
+applies first thing, before it waits for its load frame (run_worker).
 EOF on the socket (the host closed it, or died) ends the zygote.
 """
 

@@ -73,6 +73,7 @@ class WorkerProxy:
         self.answerer: Any = None  # answers this worker's calls back (_callbacks.Answerer)
         self._leaving = False
         self._unload_sent = False
+        self._retired_at: float | None = None  # when retire() told it to unload
         self.contracts: list[dict[str, Any]] = []
         self.death: Death | None = None
         self.options = WorkerOptions()
@@ -264,7 +265,14 @@ class WorkerProxy:
         assert self.channel is not None
         self.channel.start_draining()
         self.leave_if_idle()
+        self._retired_at = time.monotonic()
         return self._unload_sent
+
+    def end_if_overdue(self) -> None:
+        """Kills a retired worker still running past shutdown()'s two grace periods."""
+        overdue = 2 * self._config.close_grace
+        if self._retired_at is not None and time.monotonic() - self._retired_at >= overdue:
+            self.kill(f"did not exit within {overdue:g} s of being told to unload after a reload")
 
     def shutdown(self, drain_timeout: float) -> bool:
         """Drains calls in flight, then has the worker dlclose and exit.

@@ -311,13 +311,17 @@ class Runtime:
 
     def _retire(self, bundle: Bundle, old: WorkerProxy) -> None:
         """The old worker of a reload: an idle one unloads while the reload returns (the bundle's
-        unload and close() wait for it); one with calls in flight is drained first, as an unload does."""
+        unload and close() wait for it); one with calls in flight is drained first, as an unload does.
+        One still running two close_grace periods later is killed at the next reload."""
         if not old.retire():
             old.shutdown(self.config.drain_timeout)
             return
         with self._lock:  # in place: the finalizer holds this dict too
-            for gone in [proxy for proxy in self._retiring if not proxy.alive]:
-                del self._retiring[gone]
+            for earlier in list(self._retiring):
+                if earlier.alive:
+                    earlier.end_if_overdue()  # one whose unload hangs: as shutdown() would
+                else:
+                    del self._retiring[earlier]
             self._retiring[old] = bundle.id
 
     def _await_retired(self, bundle: Bundle | None) -> None:

@@ -387,3 +387,15 @@ def test_a_runtime_dropped_unclosed_ends_the_old_worker_of_its_last_reload(bundl
     del rt, bundle
     gc.collect()  # the finalizer closes it as close() would: the old worker too
     assert old.exited.is_set() and old.returncode == -signal.SIGKILL
+
+
+def test_an_old_worker_whose_unload_hangs_is_killed_at_the_next_reload(bundle_dir):
+    with Runtime(close_grace=0.001) as rt:  # overdue before the next reload has started its worker
+        bundle = rt.load_bundle(bundle_dir("adder"))
+        old, old_worker = bundle.proxy.process, psutil.Process(bundle.worker_pid)
+        old_worker.suspend()
+        rt.reload_bundle(bundle_dir("adder"))
+        assert not old.exited.is_set()
+        rt.reload_bundle(bundle_dir("adder"))
+        assert old.exited.wait(10) and old.returncode == -signal.SIGKILL
+        assert "after a reload" in str(old.kill_reason)

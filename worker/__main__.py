@@ -222,19 +222,17 @@ def run_worker(control_fd: int, policy: dict | str | None = FROM_LOAD_FRAME) -> 
     """
     lib.ppw_set_control_fd(control_fd)
     sock = socket.socket(fileno=control_fd)
-    # While single-threaded, and before any plugin code runs.
-    early = (
-        None
-        if policy == FROM_LOAD_FRAME
-        else contain(policy if isinstance(policy, dict) else None, control_fd)
-    )
+    # While single-threaded and before any plugin code runs; the report goes out at once, so that
+    # no plugin code can forge it (a spare's waits in the socket until the host takes the spare).
+    if policy != FROM_LOAD_FRAME:
+        _send(proto.CONTAINED, **contain(policy if isinstance(policy, dict) else None, control_fd))
 
     reader = proto.FrameReader()
     request, segment_fd = _first_frame(sock, reader)
     if request is None:
         return 0
-    if early is None:
-        report = contain(request.get("sandbox"), control_fd)
+    if policy == FROM_LOAD_FRAME:
+        _send(proto.CONTAINED, **contain(request.get("sandbox"), control_fd))
     elif request.get("sandbox") != policy:
         _send(
             proto.ERROR,
@@ -243,9 +241,6 @@ def run_worker(control_fd: int, policy: dict | str | None = FROM_LOAD_FRAME) -> 
             f"{request.get('sandbox')!r:.300}; the host must fork a new one",
         )
         return 0
-    else:
-        report = early
-    _send(proto.CONTAINED, **report)  # sent now, so that no plugin code can forge it
     lib.ppw_start_watchdog(control_fd)
     if not _load(request, segment_fd):
         return 0

@@ -69,11 +69,9 @@ class Zygote:
     (``Runtime(prestart=True)``), one worker is always forked ahead of need
     and contained with ``spare_policy`` (the runtime's default): a load whose
     policy is that one hands its first frame to the spare, which has already
-    paid for its fork, its namespaces, Landlock and seccomp (~3 ms here),
-    and the zygote is asked for the next spare at once, without waiting for
-    it (its answer is read at the next fork): it forks and contains while the
-    worker loads and the host waits, so loads in quick succession find it
-    sooner. ``fork_ahead`` asks after a load that found no spare.
+    paid for its fork, its namespaces, Landlock and seccomp (~3 ms here);
+    then ``fork_ahead`` asks the zygote for the next spare without waiting
+    for it: its answer is read at the next fork.
     """
 
     def __init__(self, timeout: float, keep_spare: bool = False, spare_policy: Policy = None):
@@ -127,16 +125,13 @@ class Zygote:
             process = self._take_spare(environment, first_frame, first_fd, policy)
             if process is None:
                 process = self._fork_now(environment, first_frame, first_fd, policy)
-            elif self._keep_spare and self._pending is None:
-                # While the worker loads and the host waits for it: a second core's work.
-                self._ask_for_spare()
             return process
 
     def fork_ahead(self) -> None:
-        """Asks for the next spare (with ``keep_spare``) if none is there or coming, without waiting.
+        """Asks for the next spare (with ``keep_spare``), without waiting for it.
 
-        Called once a worker forked on the spot has loaded its bundle: that
-        load (which found no spare) needed the CPU more than the spare does.
+        Called once the worker just forked has loaded its bundle: forking the
+        spare meanwhile would take the CPU that load needs.
         """
         with self._lock:
             if self._keep_spare and not self._closed and self._spare is None and self._pending is None:

@@ -20,7 +20,6 @@ from conftest import ADD, CRASH, as_u32, pair, wait_until
 from polyplug_isolated.bench._scale import copies  # the bench's own copies of a fixture
 
 from polyplug_isolated import (
-    Fault,
     InitFailed,
     ResourceLimits,
     Runtime,
@@ -400,18 +399,3 @@ def test_an_old_worker_whose_unload_hangs_is_killed_at_the_next_reload(bundle_di
         rt.reload_bundle(bundle_dir("adder"))
         assert old.exited.wait(10) and old.returncode == -signal.SIGKILL
         assert "after a reload" in str(old.kill_reason)
-
-
-def test_a_load_that_takes_the_spare_has_the_next_one_forked_while_it_loads(bundle_dir):
-    with Runtime(prestart=True) as rt:
-        rt.load_bundle(bundle_dir("adder"))
-        taken = contained_spare(rt)
-        loading = threading.Thread(
-            target=rt.load_bundle, args=(bundle_dir("environ"),), kwargs={"faults": [Fault.slow_start(3000)]}
-        )
-        loading.start()
-        known = {rt._zygote.pid, taken.pid, *(b.pid for b in rt.bundles)}
-        wait_until(lambda: {c.pid for c in psutil.Process().children()} - known != set())
-        assert loading.is_alive()  # the next spare came while polyplug_init still ran
-        loading.join(20)
-        assert rt.bundles[-1].pid == taken.pid

@@ -68,9 +68,10 @@ class RuntimeConfig:
         payload_capacity: bytes per call slot for args + out (args rounded up to 8).
         prestart: work ahead of need: start the runtime's zygote (the worker
             template every worker is forked from) with the Runtime rather than
-            at the first load (~40 ms once), and keep one worker forked ahead,
-            so that a load, reload or restart skips the fork (~1.5 ms) at the
-            cost of one idle worker (~1.6 MB). Without it, each one forks.
+            at the first load (~40 ms once), and keep one worker forked ahead and
+            contained with the default policy, so that a load, reload or restart
+            skips the fork and containment (~3 ms) at the cost of one idle worker
+            (~1.6 MB). Without it, or for a bundle with a Sandbox, each one forks.
         arena_capacity: bytes of the one shared spill area for a call (or batch) whose
             args + out exceed a slot: the largest call a worker takes. Calls that
             spill take turns; pages are only committed when touched.

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ._bundle import Bundle
     from ._monitor import Monitor
+    from ._proxy import WorkerProxy
     from ._runtime import Runtime
     from ._supervisor import Supervisor
     from ._zygote import Zygote
@@ -73,10 +74,11 @@ def reclaim(
     zygote: Zygote,
     monitor: Monitor,
     drain_timeout: float,
+    retiring: dict[WorkerProxy, int],
 ) -> None:
     """Finalizer of an unreachable Runtime: what close() does, without events or callbacks."""
     if threading.current_thread() is monitor.thread:  # it must reap the workers: close from elsewhere
-        args = (supervisor, bundles, zygote, monitor, drain_timeout)
+        args = (supervisor, bundles, zygote, monitor, drain_timeout, retiring)
         threading.Thread(target=reclaim, args=args, name="polyplug-reclaim", daemon=True).start()
         return
     from ._bundle import BundleState  # _bundle imports the call path; this module must stay light
@@ -93,5 +95,7 @@ def reclaim(
         bundle.proxy = None
         bundle.move(BundleState.UNLOADED)
     bundles.clear()
+    for proxy in list(retiring):  # reloads' old workers, still unloading
+        proxy.await_exit()
     zygote.close()
     monitor.close()

@@ -29,7 +29,7 @@ from ._manifest import ManifestData
 from ._monitor import Monitor
 from ._process import WorkerProcess, describe_exit
 from ._sandbox import SandboxReport, read_report, worker_policy
-from ._zygote import FrameFor
+from ._zygote import FrameFor, Policy
 from .errors import InitFailed, InitSymbolMissing, LoaderError
 
 DUMP_GRACE = 1.0  # seconds a timed-out worker gets to write its stack before SIGKILL
@@ -73,6 +73,7 @@ class WorkerProxy:
         self.answerer: Any = None  # answers this worker's calls back (_callbacks.Answerer)
         self._leaving = False
         self._unload_sent = False
+        self._retired_at: float | None = None  # when retire() told it to unload
         self.contracts: list[dict[str, Any]] = []
         self.death: Death | None = None
         self.options = WorkerOptions()
@@ -86,16 +87,17 @@ class WorkerProxy:
 
     def start(
         self,
-        spawn: Callable[[FrameFor, int], WorkerProcess],
+        spawn: Callable[[FrameFor, int, Policy], WorkerProcess],
         options: WorkerOptions,
         faults: list[dict[str, Any]],
         answerer: Any = None,
     ) -> None:
         """Starts a worker with ``spawn`` and loads the bundle in it; raises LoaderError, leaving nothing.
 
-        ``spawn(load_frame_for, segment_fd)`` starts the process and queues
+        ``spawn(load_frame_for, segment_fd, policy)`` starts the process and queues
         its load frame at once (``load_frame_for(env)``: env is what the worker
-        must set itself), so the worker loads while the host sets up.
+        must set itself), so the worker loads while the host sets up; ``policy``
+        is the containment that frame asks for.
         ``faults`` (fault specs) are armed before polyplug_init runs; ``answerer``
         answers the worker's calls back (during init on this thread).
         """
@@ -132,7 +134,7 @@ class WorkerProxy:
                 dependencies=[dep.as_info() for dep in self.manifest.dependencies],
                 sandbox=self._policy,
             )
-            self.process = spawn(lambda env: load(env=env), channel.fd)
+            self.process = spawn(lambda env: load(env=env), channel.fd, self._policy)
             undo.callback(self._discard)
             channel.close_fd()
             self._monitor.watch(self, self.process)
@@ -254,6 +256,24 @@ class WorkerProxy:
             self._leaving = True  # before the exit it causes can be taken for a crash
             self._unload_sent = self.process.send(proto.frame(proto.UNLOAD))
 
+    def retire(self) -> bool:
+        """Tells a worker with no call in flight to unload, and returns at once (a reload's old worker).
+
+        False when calls are still in flight: then shutdown() drains them. The
+        monitor reaps the worker when it exits; await_exit() waits for that.
+        """
+        assert self.channel is not None
+        self.channel.start_draining()
+        self.leave_if_idle()
+        self._retired_at = time.monotonic()
+        return self._unload_sent
+
+    def end_if_overdue(self) -> None:
+        """Kills a retired worker still running past shutdown()'s two grace periods."""
+        overdue = 2 * self._config.close_grace
+        if self._retired_at is not None and time.monotonic() - self._retired_at >= overdue:
+            self.kill(f"did not exit within {overdue:g} s of being told to unload after a reload")
+
     def shutdown(self, drain_timeout: float) -> bool:
         """Drains calls in flight, then has the worker dlclose and exit.
 
@@ -272,10 +292,10 @@ class WorkerProxy:
             self.process.kill(f"killed after the {drain_timeout:g} s drain timeout")
         elif not self._unload_sent:
             self.process.send(proto.frame(proto.UNLOAD))
-        self._await_exit()
+        self.await_exit()
         return drained
 
-    def _await_exit(self) -> None:
+    def await_exit(self) -> None:
         """Waits for the exit; escalates to SIGTERM, then SIGKILL, each after the grace period."""
         process, grace = self.process, self._config.close_grace
         for escalation in (signal.SIGTERM, signal.SIGKILL):

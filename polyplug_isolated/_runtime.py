@@ -30,10 +30,10 @@ from ._monitor import Monitor
 from ._oserrors import loader_errors
 from ._process import WorkerProcess
 from ._proxy import WorkerProxy
-from ._sandbox import RefusalLog, Sandbox, SandboxReport
+from ._sandbox import RefusalLog, Sandbox, SandboxReport, default_policy
 from ._supervisor import BundleEvent, BundleEventKind, Supervisor
 from ._typed import TypedContract, open_contract
-from ._zygote import FrameFor, Zygote
+from ._zygote import FrameFor, Policy, Zygote
 from .errors import (
     DependencyInUse,
     DependencyNotFound,
@@ -123,7 +123,11 @@ class Runtime:
         self._bundles: dict[int, Bundle] = {}
         self._slots: list[_Slot] = []
         self._monitor = Monitor()
-        self._zygote = Zygote(self.config.load_timeout, keep_spare=self.config.prestart)
+        self._zygote = Zygote(
+            self.config.load_timeout,
+            keep_spare=self.config.prestart,
+            spare_policy=default_policy(self.config.containment),
+        )
         if self.config.prestart:
             self._zygote.start()
         self._refusals = RefusalLog()
@@ -134,6 +138,7 @@ class Runtime:
         self._busy: dict[int, tuple[str, int]] = {}
         self._idle = threading.Condition(self._lock)
         self._starting: set[WorkerProxy] = set()
+        self._retiring: dict[WorkerProxy, int] = {}  # reloads' old workers, unloading: their bundle ids
         self._parent: int | None = None  # in a fork() child: the pid whose Runtime this is
         track(self)
         # Closes a Runtime dropped unclosed. Not at exit: workers see the host's
@@ -146,6 +151,7 @@ class Runtime:
             self._zygote,
             self._monitor,
             self.config.drain_timeout,
+            self._retiring,
         )
         self._finalizer.atexit = False
 
@@ -184,6 +190,7 @@ class Runtime:
         for bundle, (unloading, worker) in leaving:
             if unloading:
                 self._end_unload(bundle, worker)
+        self._await_retired(None)
         self._zygote.close()
         self._monitor.close()
         self._finalizer.detach()
@@ -299,8 +306,30 @@ class Runtime:
                 self._reinit(depender, bundle)
         self._report(ReloadPhaseType.RELOADED, bundle)
         if old is not None and old.alive:
-            old.shutdown(self.config.drain_timeout)
+            self._retire(bundle, old)
         return bundle
+
+    def _retire(self, bundle: Bundle, old: WorkerProxy) -> None:
+        """The old worker of a reload: an idle one unloads while the reload returns (the bundle's
+        unload and close() wait for it); one with calls in flight is drained first, as an unload does.
+        One still running two close_grace periods later is killed at the next reload."""
+        if not old.retire():
+            old.shutdown(self.config.drain_timeout)
+            return
+        with self._lock:  # in place: the finalizer holds this dict too
+            for earlier in list(self._retiring):
+                if earlier.alive:
+                    earlier.end_if_overdue()  # one whose unload hangs: as shutdown() would
+                else:
+                    del self._retiring[earlier]
+            self._retiring[old] = bundle.id
+
+    def _await_retired(self, bundle: Bundle | None) -> None:
+        """Waits for the old workers of ``bundle``'s reloads (None: of every bundle) to exit."""
+        with self._lock:
+            leaving = [proxy for proxy, id in self._retiring.items() if bundle is None or id == bundle.id]
+        for proxy in leaving:
+            proxy.await_exit()
 
     def _reinit(self, depender: Bundle, target: Bundle) -> None:
         """The cascade: a fresh worker runs the depender's polyplug_init again; calls are rerouted."""
@@ -419,6 +448,7 @@ class Runtime:
         """Drains and ends the worker (waiting for it), then the bundle is UNLOADED."""
         if proxy is not None and proxy.alive:
             proxy.shutdown(self.config.drain_timeout)
+        self._await_retired(bundle)
         with self._lock:
             bundle.proxy = None
             del self._bundles[bundle.id]
@@ -463,9 +493,9 @@ class Runtime:
         host_environment = dict(os.environ)
         environment = options.environment(host_environment) or host_environment
 
-        def spawn(load_frame_for: FrameFor, segment_fd: int) -> WorkerProcess:
+        def spawn(load_frame_for: FrameFor, segment_fd: int, policy: Policy) -> WorkerProcess:
             try:
-                return self._zygote.fork(environment, load_frame_for, segment_fd)
+                return self._zygote.fork(environment, load_frame_for, segment_fd, policy)
             except WorkerStartFailed as exc:
                 raise WorkerStartFailed(
                     f"bundle {manifest.name!r}: cannot start a worker: {exc}",
@@ -686,7 +716,8 @@ class Runtime:
         }
 
     def live_worker_count(self) -> int:
-        """How many worker processes of this runtime are running."""
+        """How many worker processes of this runtime are running (serving its bundles: not
+        counting a reload's old worker still finishing its unload)."""
         with self._lock:
             return sum(1 for b in self._bundles.values() if b.proxy is not None and b.proxy.alive)
 
@@ -708,6 +739,7 @@ class Runtime:
             if isinstance(watcher, WorkerProxy) and watcher.channel is not None:
                 watcher.channel.start_draining()
         self._zygote.forget_after_fork()
+        self._retiring.clear()  # the parent's to wait for
         for bundle in self._bundles.values():
             bundle.forget_after_fork(why)
 

@@ -143,6 +143,11 @@ def worker_policy(
     return policy
 
 
+def default_policy(containment: bool) -> dict[str, Any] | None:
+    """The policy of a bundle loaded without a Sandbox: the one spare workers are contained with."""
+    return worker_policy(containment, None, Path(), None)
+
+
 def _runtime_paths(bundle_dir: Path, cwd: str | None) -> list[str]:
     """What the worker program itself reads after containment: Python, its packages, the bundle."""
     prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}

@@ -49,6 +49,8 @@ _STARTUP_PREFIXES = ("LD_", "GLIBC_TUNABLES", "MALLOC_")
 
 # Builds a worker's first frame, given the environment it must still set itself.
 FrameFor = Callable[[dict[str, str] | None], bytes]
+# A worker's containment policy (_sandbox.worker_policy); None: nothing to apply.
+Policy = dict[str, Any] | None
 
 # A zygote starts an interpreter: on a busy machine that can outlast a short load_timeout.
 _START_TIMEOUT = 10.0
@@ -62,23 +64,27 @@ _FD_HEADROOM = 16
 class Zygote:
     """Starts worker processes by forking one template; thread-safe (forks take turns).
 
-    With ``keep_spare`` (``Runtime(prestart=True)``), one worker is always
-    forked ahead of need: a load hands its first frame to that spare, which
-    has already paid for its fork, its scheduling and CPython's after-fork
-    work (~1.5 ms here); then ``fork_ahead`` asks the zygote for the next
-    spare without waiting for it: its answer is read at the next fork.
+    Each worker gets its containment policy with the fork and applies it
+    before it reads its first frame. With ``keep_spare``
+    (``Runtime(prestart=True)``), one worker is always forked ahead of need
+    and contained with ``spare_policy`` (the runtime's default): a load whose
+    policy is that one hands its first frame to the spare, which has already
+    paid for its fork, its namespaces, Landlock and seccomp (~3 ms here);
+    then ``fork_ahead`` asks the zygote for the next spare without waiting
+    for it: its answer is read at the next fork.
     """
 
-    def __init__(self, timeout: float, keep_spare: bool = False):
+    def __init__(self, timeout: float, keep_spare: bool = False, spare_policy: Policy = None):
         self._timeout = timeout  # for the template to start, and for each fork
         self._keep_spare = keep_spare
+        self._spare_policy = spare_policy
         self._lock = threading.Lock()
         self._popen: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
         self._reader = proto.FrameReader()
         self._ready = False
         self._environment: dict[str, str] = {}
-        self._spare: tuple[WorkerProcess, dict[str, str]] | None = None  # and the environment it has
+        self._spare: tuple[WorkerProcess, dict[str, str], Policy] | None = None  # its environment, policy
         self._pending: tuple[socket.socket, int] | None = None  # a spare asked for: (control, output)
         # Each fork is reported twice (by the zygote and by the child): the PIDs already taken.
         self._reported: collections.deque[int] = collections.deque(maxlen=64)
@@ -100,12 +106,14 @@ class Zygote:
         environment: dict[str, str],
         first_frame: FrameFor,
         first_fd: int,
+        policy: Policy = None,
     ) -> WorkerProcess:
         """A new worker process with ``environment``, its first frame (and fd) already queued to it.
 
         ``first_frame(env)`` builds that frame, ``env`` being the environment
         the worker must still set itself (None: it has it). The frame is sent
         before the zygote answers, so the worker can read it as soon as it runs.
+        ``policy`` is the containment the frame asks for.
 
         Raises:
             WorkerStartFailed: the zygote could not start, hung, died or could
@@ -114,9 +122,9 @@ class Zygote:
         with self._lock:
             if self._closed:
                 raise WorkerStartFailed("the runtime is closed: no worker can be started")
-            process = self._take_spare(environment, first_frame, first_fd)
+            process = self._take_spare(environment, first_frame, first_fd, policy)
             if process is None:
-                process = self._fork_now(environment, first_frame, first_fd)
+                process = self._fork_now(environment, first_frame, first_fd, policy)
             return process
 
     def fork_ahead(self) -> None:
@@ -168,15 +176,16 @@ class Zygote:
         environment: dict[str, str],
         first_frame: FrameFor,
         first_fd: int,
+        policy: Policy,
     ) -> WorkerProcess | None:
         """The spare, if there is a live one that can become this worker; its first frame sent."""
         with contextlib.suppress(WorkerStartFailed):  # a spare lost with its zygote fails no load
             self._collect_spare()
         if self._spare is None:
             return None
-        process, spare_environment = self._spare
-        if _startup_part(environment) != _startup_part(spare_environment):
-            return None  # this worker needs an exec; the spare waits for the next one
+        process, spare_environment, spare_policy = self._spare
+        if _startup_part(environment) != _startup_part(spare_environment) or policy != spare_policy:
+            return None  # an exec, or another containment: the spare waits for the next load
         self._spare = None
         env = None if environment == spare_environment else environment
         if not process.alive() or not _send(process.control, first_frame(env), first_fd):
@@ -192,7 +201,7 @@ class Zygote:
         self._pending = None
         try:
             pid = self._answer()
-            self._spare = (_adopt(pid, control, output_read), self._environment)
+            self._spare = (_adopt(pid, control, output_read), self._environment, self._spare_policy)
         except BaseException:
             control.close()
             os.close(output_read)
@@ -206,7 +215,7 @@ class Zygote:
             return  # out of fds: no spare this time
         with worker_control, open(output_write, "wb", closefd=True):
             try:
-                self._ask(None, (worker_control.fileno(), output_write))
+                self._ask(None, (worker_control.fileno(), output_write), self._spare_policy)
             except WorkerStartFailed:
                 control.close()
                 os.close(output_read)
@@ -218,6 +227,7 @@ class Zygote:
         environment: dict[str, str],
         first_frame: FrameFor,
         first_fd: int,
+        policy: Policy,
     ) -> WorkerProcess:
         if self._popen is None or self._popen.poll() is not None:
             self._replace()
@@ -226,7 +236,7 @@ class Zygote:
         control, worker_control, output_read, output_write = _worker_fds()
         try:
             with worker_control, open(output_write, "wb", closefd=True):
-                self._ask(exec_env, (worker_control.fileno(), output_write))
+                self._ask(exec_env, (worker_control.fileno(), output_write), policy)
                 if not _send(control, first_frame(env), first_fd):
                     raise WorkerStartFailed("the new worker's control socket failed")
             pid = self._answer()
@@ -236,14 +246,18 @@ class Zygote:
             raise
         return _adopt(pid, control, output_read)
 
-    def _ask(self, exec_env: dict[str, str] | None, fds: tuple[int, int]) -> None:
-        """Sends one fork request (with the worker's two fds); the answer is read by _answer."""
+    def _ask(self, exec_env: dict[str, str] | None, fds: tuple[int, int], policy: Policy) -> None:
+        """Sends one fork request (with the worker's two fds); the answer is read by _answer.
+
+        A forked worker is told its containment ``policy`` now; an exec'd one
+        reads it in its load frame (it contains itself after the exec)."""
         assert self._sock is not None
         with self._replaced_on_failure():
             if not self._ready:
                 self._await("ready", timeout=max(self._timeout, _START_TIMEOUT))
                 self._ready = True
-            request = proto.frame("fork", exec_env=exec_env)
+            contained = {} if exec_env is not None else {"contain": policy}
+            request = proto.frame("fork", exec_env=exec_env, **contained)
             sent = socket.send_fds(self._sock, [request], list(fds))
             self._sock.sendall(request[sent:])
 

@@ -42,14 +42,24 @@ def attempt(contract, function: int, args: bytes) -> dict[str, object]:
         return {"worker_died": str(crash.signal or crash.exitcode)}
 
 
+ESCAPE_PIDS: list[int | None] = []  # the escape bundle's workers, as the host sees them
+
+
 def escape(rt: Runtime, fixtures: Path, **options):
-    rt.load_bundle(fixtures / "escape", **options)
+    ESCAPE_PIDS.append(rt.load_bundle(fixtures / "escape", **options).pid)
     return rt.resolve_guest_contract(rt.find_guest_contract(ESCAPE, 1))
 
 
-def run(scenario: str, fixtures: Path, containment: bool, lock: str | None) -> dict[str, object]:
+def run(
+    scenario: str, fixtures: Path, containment: bool, lock: str | None, from_spare: bool = False
+) -> dict[str, object]:
     result: dict[str, object] = {}
-    with Runtime(containment=containment, load_timeout=20.0) as rt:
+    with Runtime(containment=containment, load_timeout=20.0, prestart=from_spare) as rt:
+        if from_spare:  # the first load has the next worker forked and contained ahead
+            rt.load_bundle(fixtures / "adder")
+            with rt._zygote._lock:
+                rt._zygote._collect_spare()
+                result["spare"] = rt._zygote._spare[0].pid if rt._zygote._spare else None
         if scenario == "kill_parent":
             attacker = escape(rt, fixtures)
             result["getppid"] = attempt(attacker, 0, target())
@@ -100,6 +110,7 @@ def run(scenario: str, fixtures: Path, containment: bool, lock: str | None) -> d
                 os._exit(0)  # no close(): the host just ends
         else:
             raise SystemExit(f"unknown scenario {scenario!r}")
+    result["escape_pids"] = ESCAPE_PIDS
     return result
 
 
@@ -117,4 +128,7 @@ if __name__ == "__main__":
     if name == "fallback" or name.endswith("_without_namespaces"):
         refuse_namespaces()
         name = name.removesuffix("_without_namespaces")
-    print(json.dumps(run(name, root, contained, sys.argv[4] if len(sys.argv) > 4 else None)), flush=True)
+    from_spare = name.endswith("_from_spare")
+    name = name.removesuffix("_from_spare")
+    lock = sys.argv[4] if len(sys.argv) > 4 else None
+    print(json.dumps(run(name, root, contained, lock, from_spare)), flush=True)

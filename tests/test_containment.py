@@ -278,6 +278,21 @@ def test_contain_works_in_a_forked_child_as_a_zygote_calls_it(way):
         assert os.WEXITSTATUS(result["worker_status"]) == 3
 
 
+@pytest.mark.parametrize("scenario", ["kill_parent", "proc_mem", "environ"])
+def test_a_spare_contained_ahead_of_its_load_holds_as_one_contained_on_demand(fixtures_root, scenario):
+    returncode, result = Host(fixtures_root, "host user").run(f"{scenario}_from_spare")
+    assert returncode == 0, result  # the host lived to print its answer
+    assert result["escape_pids"] == [result["spare"]], result  # the plugin ran in the spare
+    if scenario == "kill_parent":
+        assert denied(result["getppid"]) and denied(result["host_pid"]), result
+    elif scenario == "proc_mem":
+        assert denied(result["peek"]) and denied(result["poke"]), result
+        assert result["host_buffer"] == "host secret 8c1f"
+    else:
+        for name in ("host", "parent", "init"):
+            assert denied(result[name]) and SECRET not in result[name].get("data", ""), (name, result)
+
+
 # ---- control: the same attacks succeed without containment ------------------------------
 
 

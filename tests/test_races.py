@@ -93,7 +93,7 @@ def test_unload_during_a_reload_gets_a_clear_error_and_leaves_no_orphan(rt, bund
     thread.join(20)
     assert outcome == [bundle]
     assert bundle.state is BundleState.READY and rt.bundles == [bundle]
-    assert workers() == {bundle.pid}
+    wait_until(lambda: workers() == {bundle.pid})  # the old worker unloads after the reload returned
     rt.unload_bundle(bundle.id)
     assert bundle.state is BundleState.UNLOADED
     assert not rt.find_guest_contract(ADD, 1).found

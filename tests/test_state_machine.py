@@ -633,6 +633,7 @@ class Lifecycle(RuleBasedStateMachine):
             found = self.rt.find_all_by_contract(contract_id, 1)
             assert found == ([self.models[name].handle] if name in self.models else []), (name, found)
 
+        self.rt._await_retired(None)  # a reload's old worker exits after the reload returned
         ready = {m.bundle.pid for m in self.models.values() if m.state == "ready"}
         pending = sum(m.state == "pending" for m in self.models.values())
         zygote = {self.rt._zygote.pid}

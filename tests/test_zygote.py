@@ -4,6 +4,7 @@ when the zygote dies, hangs or cannot fork. Plus many bundles in one runtime."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import signal
@@ -19,12 +20,15 @@ from conftest import ADD, CRASH, as_u32, pair, wait_until
 from polyplug_isolated.bench._scale import copies  # the bench's own copies of a fixture
 
 from polyplug_isolated import (
+    InitFailed,
     ResourceLimits,
     Runtime,
+    Sandbox,
     WorkerCrashed,
     WorkerStartFailed,
     guest_contract_id,
 )
+from polyplug_isolated._sandbox import worker_policy
 
 ENV = guest_contract_id("test.env", 1)
 PIDS_CGROUP = Path("/sys/fs/cgroup/pids")
@@ -292,7 +296,7 @@ def test_the_scale_bench_runs_and_reports_every_figure(tmp_path):
     subprocess.run([*command, "--json", str(out)], cwd=ROOT, check=True, capture_output=True, timeout=120)
     result = json.loads(out.read_text())
     steps = [f"{step}_{kind}_ms" for step in ("load", "reload", "restart") for kind in ("ahead", "demand")]
-    for step in (*steps, "load_exec_ms", "c_process_start_ms"):
+    for step in (*steps, "load_back_to_back_ms", "load_exec_ms", "c_process_start_ms"):
         assert result["startup"][step]["n"] == 3 and result["startup"][step]["p50"] > 0
     scale = result["scale"]
     assert scale["bundles"] == 20 and scale["load_ms"]["n"] == 20
@@ -301,3 +305,97 @@ def test_the_scale_bench_runs_and_reports_every_figure(tmp_path):
     assert scale["uss_per_worker_mb"] > 0 and result["startup"]["uss_per_exec_worker_mb"] > 0
     assert scale["host_threads"] == scale["host_threads_before"] + 1
     assert scale["host_fds_after_close"] == scale["host_fds_before"]
+
+
+# ---- spares contained ahead of need, reloads that do not wait for the old worker --------------
+
+
+def contained_spare(rt: Runtime) -> psutil.Process:
+    """The runtime's spare once it has contained itself: its namespace's init and worker run."""
+    spare = psutil.Process(spare_worker(rt))
+    wait_until(lambda: len(spare.children(recursive=True)) == 2)
+    return spare
+
+
+def test_a_spare_is_contained_before_a_load_takes_it(bundle_dir):
+    with Runtime(prestart=True) as rt:
+        rt.load_bundle(bundle_dir("adder"))
+        spare = contained_spare(rt)  # no load frame has reached it yet
+        [init] = spare.children()
+        [worker] = init.children()
+        assert (init.ppid(), worker.ppid()) == (spare.pid, init.pid)
+        bundle = rt.load_bundle(bundle_dir("environ"))
+        assert bundle.pid == spare.pid and bundle.worker_pid == worker.pid
+        report = rt.sandbox_report()["environ"]
+        assert report.in_force >= {"user_namespace", "pid_namespace", "landlock", "seccomp"}
+        assert report.pid == worker.pid
+
+
+def test_a_bundle_with_another_containment_skips_the_spare_and_leaves_it_for_the_next(bundle_dir):
+    with Runtime(prestart=True) as rt:
+        rt.load_bundle(bundle_dir("adder"))
+        spare = contained_spare(rt)
+        strict = rt.load_bundle(bundle_dir("wellbehaved"), sandbox=Sandbox(network=False))
+        assert strict.pid != spare.pid
+        assert rt.sandbox_report()["wellbehaved"].mechanisms["network"] == "on"
+        assert rt.load_bundle(bundle_dir("environ")).pid == spare.pid
+
+
+def test_a_spare_contained_otherwise_than_its_load_asks_refuses_it(bundle_dir):
+    """Fail closed: were the host to hand a spare to a bundle that asks for more containment than
+    the spare applied, the worker refuses before any plugin code runs."""
+    with Runtime(prestart=True) as rt:
+        rt.load_bundle(bundle_dir("adder"))
+        strict = Sandbox(network=False)
+        # The next spare is recorded as contained with the strict policy; it applies the default one.
+        rt._zygote._spare_policy = worker_policy(True, strict, bundle_dir("wellbehaved"), None)
+        rt.load_bundle(bundle_dir("environ"))
+        with pytest.raises(InitFailed, match=r"bundle 'wellbehaved': .*was contained as .*must fork a new"):
+            rt.load_bundle(bundle_dir("wellbehaved"), sandbox=strict)
+        assert [b.name for b in rt.bundles] == ["adder", "environ"]
+
+
+def test_a_reload_returns_while_the_old_worker_unloads_and_loses_no_call(bundle_dir):
+    with Runtime(close_grace=0.5) as rt:
+        bundle = rt.load_bundle(bundle_dir("adder"))
+        adder = rt.resolve_guest_contract(rt.find_guest_contract(ADD, 1))
+        old, old_worker = bundle.proxy.process, psutil.Process(bundle.worker_pid)
+        old_worker.suspend()  # it cannot unload: a reload that waited for it would escalate to SIGKILL
+        rt.reload_bundle(bundle_dir("adder"))
+        assert not old.exited.is_set() and bundle.pid != old.pid
+        assert as_u32(adder.call(0, pair(2, 3), 4)) == 5  # served by the new worker
+        old_worker.resume()
+        assert old.exited.wait(10) and old.returncode == 0  # it unloaded as told
+
+
+def test_unloading_a_bundle_waits_for_its_old_worker_still_unloading(bundle_dir):
+    with Runtime(close_grace=0.5) as rt:
+        bundle = rt.load_bundle(bundle_dir("adder"))
+        old, old_worker = bundle.proxy.process, psutil.Process(bundle.worker_pid)
+        old_worker.suspend()
+        rt.reload_bundle(bundle_dir("adder"))
+        rt.unload_bundle(bundle.id)  # escalates on the old worker as an unload does on its own
+        assert old.exited.is_set() and old.returncode == -signal.SIGKILL
+
+
+def test_a_runtime_dropped_unclosed_ends_the_old_worker_of_its_last_reload(bundle_dir):
+    rt = Runtime(close_grace=0.5)
+    bundle = rt.load_bundle(bundle_dir("adder"))
+    old, old_worker = bundle.proxy.process, psutil.Process(bundle.worker_pid)
+    old_worker.suspend()
+    rt.reload_bundle(bundle_dir("adder"))
+    del rt, bundle
+    gc.collect()  # the finalizer closes it as close() would: the old worker too
+    assert old.exited.is_set() and old.returncode == -signal.SIGKILL
+
+
+def test_an_old_worker_whose_unload_hangs_is_killed_at_the_next_reload(bundle_dir):
+    with Runtime(close_grace=0.001) as rt:  # overdue before the next reload has started its worker
+        bundle = rt.load_bundle(bundle_dir("adder"))
+        old, old_worker = bundle.proxy.process, psutil.Process(bundle.worker_pid)
+        old_worker.suspend()
+        rt.reload_bundle(bundle_dir("adder"))
+        assert not old.exited.is_set()
+        rt.reload_bundle(bundle_dir("adder"))
+        assert old.exited.wait(10) and old.returncode == -signal.SIGKILL
+        assert "after a reload" in str(old.kill_reason)

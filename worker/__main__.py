@@ -205,23 +205,42 @@ def _prepare_process() -> None:
     faulthandler.enable()  # writes to fd 2, which each worker points at its own output
 
 
-def run_worker(control_fd: int) -> int:
+# run_worker's policy when the load frame brings it (an exec'd worker).
+FROM_LOAD_FRAME = "from the load frame"
+
+
+def run_worker(control_fd: int, policy: dict | str | None = FROM_LOAD_FRAME) -> int:
     """One worker's life: set up, load the bundle its load frame names, serve it until unloaded.
 
     Runs in a freshly forked (or exec'd) process: its threads (the watchdog
     here, the serve loop below) start only now, never in the zygote, and
     only after containment (Landlock binds only the threads alive then).
+    A zygote's child gets its containment ``policy`` with the fork and
+    applies it before it waits for its load frame: a spare forked ahead is
+    contained while nothing waits for it. The load frame must then ask for
+    that very policy (the host hands a spare only to bundles that do).
     """
     lib.ppw_set_control_fd(control_fd)
     sock = socket.socket(fileno=control_fd)
+    # While single-threaded and before any plugin code runs; the report goes out at once, so that
+    # no plugin code can forge it (a spare's waits in the socket until the host takes the spare).
+    if policy != FROM_LOAD_FRAME:
+        _send(proto.CONTAINED, **contain(policy if isinstance(policy, dict) else None, control_fd))
 
     reader = proto.FrameReader()
     request, segment_fd = _first_frame(sock, reader)
     if request is None:
         return 0
-    # While single-threaded, and before any plugin code runs; sent at once so
-    # that no plugin code can forge the report.
-    _send(proto.CONTAINED, **contain(request.get("sandbox"), control_fd))
+    if policy == FROM_LOAD_FRAME:
+        _send(proto.CONTAINED, **contain(request.get("sandbox"), control_fd))
+    elif request.get("sandbox") != policy:
+        _send(
+            proto.ERROR,
+            kind=proto.CONFINE,
+            message=f"this worker was contained as {policy!r:.300} before its load frame asked for "
+            f"{request.get('sandbox')!r:.300}; the host must fork a new one",
+        )
+        return 0
     lib.ppw_start_watchdog(control_fd)
     if not _load(request, segment_fd):
         return 0

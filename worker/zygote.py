@@ -28,10 +28,13 @@ Two rules hold it together:
 Protocol (length-prefixed msgpack frames, _protocol.FrameReader)::
 
     zygote -> host   {"t": "ready", "pid": P}                once, after imports
-    host -> zygote   {"t": "fork", "exec_env": {..}|None}    + fds [control, output]
+    host -> zygote   {"t": "fork", "exec_env": {..}|None, "contain": policy}
+                                                      + fds [control, output]
     zygote -> host   {"t": "forked", "pid": W}    and the new worker sends the same
                    | {"t": "fork_failed", "errno": E, "message": M}
 
+``contain`` (absent when the child execs) is the containment the child
+applies first thing, before it waits for its load frame (run_worker).
 EOF on the socket (the host closed it, or died) ends the zygote.
 """
 
@@ -49,6 +52,7 @@ from polyplug_isolated import _protocol as proto
 
 _CLONE_PARENT = 0x00008000
 _SYS_CLONE3 = 435  # the same number on every architecture (syscalls >= 424 are unified)
+_UNSET = object()  # a fork request without "contain": the worker reads its policy in its load frame
 _SYS_CLONE = {"x86_64": 56, "aarch64": 220, "riscv64": 220}  # flags first, like clone3's fields
 
 
@@ -98,7 +102,8 @@ def _become_worker(
     control_fd: int,
     output_fd: int,
     exec_env: dict[str, str] | None,
-    run_worker: Callable[[int], int],
+    policy: object,
+    run_worker: Callable[..., int],
 ) -> None:
     """The child's side of a fork: drop the zygote's socket, take the worker's fds, run (or exec).
 
@@ -118,14 +123,14 @@ def _become_worker(
             os.set_inheritable(control_fd, True)
             command = [sys.executable, "-m", "polyplug_isolated.worker", "--control-fd", str(control_fd)]
             os.execve(sys.executable, command, exec_env)
-        status = run_worker(control_fd)
+        status = run_worker(control_fd) if policy is _UNSET else run_worker(control_fd, policy)
     except BaseException as exc:  # a worker must never fall back into the zygote's loop
         os.write(2, f"polyplug_isolated worker: {exc!r}\n".encode("utf-8", "replace"))
     finally:
         os._exit(status)
 
 
-def serve_forks(zygote_fd: int, run_worker: Callable[[int], int]) -> int:
+def serve_forks(zygote_fd: int, run_worker: Callable[..., int]) -> int:
     """The zygote's loop: one fork per request until the host hangs up."""
     threads = len(os.listdir("/proc/self/task"))
     if threads != 1:
@@ -161,15 +166,21 @@ def _fork(
     request: dict[str, object],
     control_fd: int,
     output_fd: int,
-    run_worker: Callable[[int], int],
+    run_worker: Callable[..., int],
 ) -> None:
     """Forks one worker for ``request``; the child never returns from here."""
     exec_env = request.get("exec_env")
+    policy = request.get("contain", _UNSET)
     try:
         pid = _clone_parent()
         if pid == 0:
             _become_worker(
-                sock, control_fd, output_fd, exec_env if isinstance(exec_env, dict) else None, run_worker
+                sock,
+                control_fd,
+                output_fd,
+                exec_env if isinstance(exec_env, dict) else None,
+                policy,
+                run_worker,
             )
         _send(sock, "forked", pid=pid)
     except OSError as exc:

@@ -277,3 +277,32 @@ def test_ctrl_c_interrupts_a_call_blocked_in_a_worker(bundle_dir, tmp_path):
     # The next call runs on a fresh worker thread (the old one still sleeps).
     assert out == "interrupted\nnext call 1\n"
     assert host.returncode == 0
+
+
+def allowed_cpus(pid: int) -> set[frozenset[int]]:
+    """The CPU sets the threads of ``pid`` may run on (one entry per distinct set)."""
+    return {frozenset(os.sched_getaffinity(int(tid))) for tid in os.listdir(f"/proc/{pid}/task")}
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to step aside to")
+def test_a_worker_pinned_from_outside_stays_pinned_when_it_meets_its_caller(rt, bundle_dir):
+    """A spinning worker thread that keeps meeting its host thread on one CPU
+    steps aside, within the CPUs it is allowed now: a pin set from outside
+    (taskset, a benchmark placing its sides) is kept."""
+    contract = threads_contract(rt, bundle_dir)
+    ask(contract, TID)
+    cpu = min(os.sched_getaffinity(0))
+    everywhere = os.sched_getaffinity(0)
+    pid = contract.bundle.worker_pid
+    os.sched_setaffinity(0, {cpu})
+    try:
+        pinned: set[str] = set()
+        while fresh := set(os.listdir(f"/proc/{pid}/task")) - pinned:  # also threads started meanwhile
+            for tid in fresh:
+                os.sched_setaffinity(int(tid), {cpu})
+            pinned |= fresh
+        for _ in range(2_000):  # far more meetings on one CPU than the worker tolerates before stepping aside
+            ask(contract, TID)
+    finally:
+        os.sched_setaffinity(0, everywhere)
+    assert allowed_cpus(pid) == {frozenset({cpu})}

@@ -272,7 +272,6 @@ static void serve_one(pp_slot *s, uint64_t seq)
  * aside: it forbids itself that CPU for one migration, then allows it again. */
 #define COLOCATED_BEFORE_MOVING 64
 
-static cpu_set_t g_allowed;
 static _Thread_local unsigned t_colocated;
 static _Atomic int g_spinners; /* slot threads spinning now (wait=auto) */
 static int g_spin_cap = 1;     /* at most half the CPUs this worker may use, at least 1 */
@@ -282,13 +281,17 @@ static void step_aside(uint32_t host_cpu)
     if (++t_colocated < COLOCATED_BEFORE_MOVING)
         return;
     t_colocated = 0;
-    cpu_set_t elsewhere = g_allowed;
-    if (host_cpu < CPU_SETSIZE)
-        CPU_CLR(host_cpu, &elsewhere);
+    /* The CPUs allowed now, not at start: a pin set from outside (taskset, a
+     * bench placing its sides) stays, and the thread only moves within it. */
+    cpu_set_t allowed;
+    if (sched_getaffinity(0, sizeof allowed, &allowed) != 0 || host_cpu >= CPU_SETSIZE)
+        return;
+    cpu_set_t elsewhere = allowed;
+    CPU_CLR(host_cpu, &elsewhere);
     if (CPU_COUNT(&elsewhere) == 0)
         return;
     if (sched_setaffinity(0, sizeof elsewhere, &elsewhere) == 0)
-        sched_setaffinity(0, sizeof g_allowed, &g_allowed);
+        sched_setaffinity(0, sizeof allowed, &allowed);
 }
 
 /* Waits until the slot's down_seq moves past `served`. Returns 0 when it
@@ -557,9 +560,9 @@ static void stop_threads(void)
 
 int ppw_serve(int wait_mode, uint64_t spin_ns)
 {
-    if (sched_getaffinity(0, sizeof g_allowed, &g_allowed) != 0)
-        CPU_ZERO(&g_allowed); /* then step_aside never moves */
-    g_spin_cap = CPU_COUNT(&g_allowed) / 2 > 1 ? CPU_COUNT(&g_allowed) / 2 : 1;
+    cpu_set_t allowed;
+    int cpus = sched_getaffinity(0, sizeof allowed, &allowed) == 0 ? CPU_COUNT(&allowed) : 1;
+    g_spin_cap = cpus / 2 > 1 ? cpus / 2 : 1;
     g_wait_mode = wait_mode;
     g_spin_ns = spin_ns;
     g_slot_owner = calloc(g_nslots, sizeof *g_slot_owner);

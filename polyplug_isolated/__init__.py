@@ -19,7 +19,8 @@ _EXPORTS = {
     "._ids": ("bundle_id", "fnv1a64", "guest_contract_id"),
     "._loader": ("BundleSource", "IsolatedLoader"),
     "._manifest": ("ManifestData", "parse_manifest"),
-    "._runtime": ("GuestContractHandle", "ReloadPhase", "ReloadPhaseType", "Runtime"),
+    "._registry": ("GuestContractHandle",),
+    "._runtime": ("ReloadPhase", "ReloadPhaseType", "Runtime"),
     "._signing": ("bundle_digest", "generate_signing_key", "sign_bundle"),
     "._sandbox": ("Sandbox", "SandboxReport"),
     "._supervisor": ("BundleEvent", "BundleEventKind"),
@@ -69,7 +70,7 @@ if TYPE_CHECKING:  # type checkers see the real names; at run time they are impo
     from ._manifest import ManifestData as ManifestData
     from ._manifest import parse_manifest as parse_manifest
     from ._paths import get_include as get_include
-    from ._runtime import GuestContractHandle as GuestContractHandle
+    from ._registry import GuestContractHandle as GuestContractHandle
     from ._runtime import ReloadPhase as ReloadPhase
     from ._runtime import ReloadPhaseType as ReloadPhaseType
     from ._runtime import Runtime as Runtime

@@ -36,6 +36,7 @@ from . import _cbroutes, _idl, _wire
 from ._channel_ffi import ffi, lib
 from ._contract import _DEFAULT, GuestContract
 from ._host_contracts import HostContracts, Refused
+from ._registry import GuestContractHandle
 from ._typed import _Route
 from .errors import CallError, PluginCallError, StaleHandle
 
@@ -262,8 +263,6 @@ class Answerer:
     def _contract(self, handle: int) -> GuestContract:
         found = self._contracts.get(handle)
         runtime = self._directory.runtime
-        from ._runtime import GuestContractHandle
-
         try:
             fresh = runtime.resolve_guest_contract(GuestContractHandle(handle & 0xFFFFFFFF, handle >> 32))
         except StaleHandle as exc:

@@ -15,7 +15,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 from . import _checks as check
 from . import _dependencies
@@ -30,6 +30,7 @@ from ._monitor import Monitor
 from ._oserrors import loader_errors
 from ._process import WorkerProcess
 from ._proxy import WorkerProxy
+from ._registry import NOT_FOUND, ContractRegistry, GuestContractHandle
 from ._sandbox import RefusalLog, Sandbox, SandboxReport, default_policy
 from ._supervisor import BundleEvent, BundleEventKind, Supervisor
 from ._typed import TypedContract, open_contract
@@ -40,25 +41,12 @@ from .errors import (
     InitFailed,
     LifecycleConflict,
     LoaderError,
-    StaleHandle,
     WorkerStartFailed,
 )
 
 _logger = logging.getLogger("polyplug_isolated")
-NOT_FOUND = 0xFFFFFFFF
 _BUNDLE = 'load_bundle("fixtures/build/adder")'
 _OPTIONS = ("on_reload", "on_event", *(f.name for f in dataclasses.fields(RuntimeConfig)))
-
-
-class GuestContractHandle(NamedTuple):
-    """Names a registered contract; ``index == 0xFFFFFFFF`` means not found."""
-
-    index: int  # type: ignore[assignment]  # polyplug's field name; shadows tuple.index
-    generation: int
-
-    @property
-    def found(self) -> bool:
-        return self.index != NOT_FOUND
 
 
 class ReloadPhaseType(enum.IntEnum):
@@ -76,16 +64,6 @@ class ReloadPhase:
     bundle_id: int
     bundle_name: str
     reason: str = ""
-
-
-@dataclass
-class _Slot:
-    """A registry entry: one contract of one bundle; vacated on unload (generation bumped)."""
-
-    contract_id: int
-    major: int
-    bundle: Bundle | None
-    generation: int = 0
 
 
 class Runtime:
@@ -121,7 +99,6 @@ class Runtime:
         self._supervisor = Supervisor(self.config.restart, weakly(self._restart), weakly(self._event))
         self._lock = threading.RLock()
         self._bundles: dict[int, Bundle] = {}
-        self._slots: list[_Slot] = []
         self._monitor = Monitor()
         self._zygote = Zygote(
             self.config.load_timeout,
@@ -133,6 +110,7 @@ class Runtime:
         self._refusals = RefusalLog()
         self._closed = False
         self._directory = Directory(self)  # what workers' calls back see (_callbacks)
+        self._registry = ContractRegistry(self._directory.changed)
         # Lifecycle operations in progress, by bundle id: (what, thread). One
         # at a time per bundle; close() waits for them and kills their starts.
         self._busy: dict[int, tuple[str, int]] = {}
@@ -255,7 +233,7 @@ class Runtime:
         proxy = self._start_worker(bundle, manifest)
         with self._lock:
             bundle.proxy = proxy
-            self._publish(bundle, proxy)
+            self._registry.publish(bundle, proxy.contracts)
             self._bundles[bundle.id] = bundle
             bundle.move(BundleState.READY)
         return bundle
@@ -297,7 +275,7 @@ class Runtime:
                 # old worker is turned away unsent, and rerouted to the new one.
                 old.channel.start_draining()
             bundle.crash = None
-            self._publish(bundle, proxy)
+            self._registry.publish(bundle, proxy.contracts)
             if bundle.state is BundleState.CRASHED:
                 bundle.move(BundleState.RESTARTING)
                 bundle.move(BundleState.READY)
@@ -439,7 +417,7 @@ class Runtime:
             if proxy is not None:
                 proxy.channel.start_draining()  # before anyone can see DRAINING
             bundle.move(BundleState.DRAINING)
-            self._unpublish(bundle)
+            self._registry.unpublish(bundle)
         if proxy is not None and proxy.alive:
             proxy.leave_if_idle()
         return True, proxy
@@ -574,7 +552,7 @@ class Runtime:
                 bundle.proxy = proxy
                 bundle.crash = None
                 bundle.restarts += 1
-                self._publish(bundle, proxy)
+                self._registry.publish(bundle, proxy.contracts)
                 bundle.move(BundleState.READY)
         if not current:
             proxy.shutdown(self.config.drain_timeout)
@@ -582,58 +560,16 @@ class Runtime:
 
     # ---- registry ------------------------------------------------------------
 
-    def _publish(self, bundle: Bundle, proxy: WorkerProxy) -> None:
-        """Points the registry at ``proxy``'s contracts.
-
-        A contract the bundle already provided keeps its slot and generation, so
-        handles minted before a reload stay valid (as in polyplug); a contract
-        it no longer provides is vacated; a new one takes a free slot.
-        """
-        self._directory.changed()
-        fresh = {contract["contract_id"]: contract for contract in proxy.contracts}
-        for slot in self._slots:
-            if slot.bundle is bundle:
-                contract = fresh.pop(slot.contract_id, None)
-                if contract is None:
-                    slot.bundle = None
-                    slot.generation += 1
-                else:
-                    slot.major = contract["version"][0]
-        free = (s for s in self._slots if s.bundle is None)  # one pass, however many contracts
-        for contract in fresh.values():
-            vacant = next(free, None)
-            if vacant is None:
-                vacant = _Slot(0, 0, None)
-                self._slots.append(vacant)
-            vacant.contract_id = contract["contract_id"]
-            vacant.major = contract["version"][0]
-            vacant.bundle = bundle
-
-    def _unpublish(self, bundle: Bundle) -> None:
-        self._directory.changed()
-        for slot in self._slots:
-            if slot.bundle is bundle:
-                slot.bundle = None
-                slot.generation += 1
-
     def find_guest_contract(self, contract_id: int, min_version: int = 0) -> GuestContractHandle:
         """The first provider of ``contract_id`` whose major is at least ``min_version``."""
-        _check_lookup("find_guest_contract", contract_id, min_version)
         with self._lock:
-            for index, slot in enumerate(self._slots):
-                if slot.bundle is not None and slot.contract_id == contract_id and slot.major >= min_version:
-                    return GuestContractHandle(index, slot.generation)
-        return GuestContractHandle(NOT_FOUND, 0)
+            found = self._registry.find_all("find_guest_contract", contract_id, min_version)
+        return found[0] if found else GuestContractHandle(NOT_FOUND, 0)
 
     def find_all_by_contract(self, contract_id: int, min_version: int = 0) -> list[GuestContractHandle]:
         """Every provider of ``contract_id`` (major >= ``min_version``), in registration order."""
-        _check_lookup("find_all_by_contract", contract_id, min_version)
         with self._lock:
-            return [
-                GuestContractHandle(index, slot.generation)
-                for index, slot in enumerate(self._slots)
-                if slot.bundle is not None and slot.contract_id == contract_id and slot.major >= min_version
-            ]
+            return self._registry.find_all("find_all_by_contract", contract_id, min_version)
 
     def resolve_guest_contract(self, handle: GuestContractHandle) -> GuestContract:
         """The callable contract a handle names.
@@ -642,18 +578,8 @@ class Runtime:
             StaleHandle: the handle was never found, or its bundle was unloaded.
         """
         with self._lock:
-            if handle.index == NOT_FOUND:
-                raise StaleHandle(
-                    "this handle is find_guest_contract's not-found answer (index 0xFFFFFFFF): no loaded "
-                    "bundle provided the contract at that version; check handle.found before resolving"
-                )
-            slot = self._slots[handle.index] if 0 <= handle.index < len(self._slots) else None
-            if slot is None or slot.bundle is None or slot.generation != handle.generation:
-                raise StaleHandle(
-                    f"stale plugin handle: index={handle.index} generation={handle.generation} refers to a "
-                    "vacated or recycled slot (its bundle was unloaded); call find_guest_contract again"
-                )
-            return GuestContract(slot.bundle, slot.contract_id, self.config)
+            bundle, contract_id = self._registry.provider(handle)
+        return GuestContract(bundle, contract_id, self.config)
 
     def contract(
         self, name: str | int, min_version: int = 1, api: str | os.PathLike[str] | None = None
@@ -764,9 +690,3 @@ class Runtime:
             self._on_reload(ReloadPhase(phase, bundle.id, bundle.name, reason))
         except Exception:
             _logger.exception("on_reload callback raised for bundle %r (ignored)", bundle.name)
-
-
-def _check_lookup(owner: str, contract_id: object, min_version: object) -> None:
-    example = f'{owner}(guest_contract_id("test.add", 1), 1)'
-    check.integer(owner, "contract_id", contract_id, example, low=0, high=(1 << 64) - 1)
-    check.integer(owner, "min_version", min_version, example, low=0, high=(1 << 32) - 1)

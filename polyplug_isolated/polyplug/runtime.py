@@ -29,7 +29,7 @@ from .. import _host_bridge
 from .._bundle import Bundle
 from .._host_bridge import HostApiTable, Interface
 from .._manifest import ManifestData, parse_manifest
-from .._runtime import GuestContractHandle as IsolatedHandle
+from .._registry import GuestContractHandle as IsolatedHandle
 from .._runtime import ReloadPhase as IsolatedPhase
 from .._runtime import Runtime as IsolatedRuntime
 from .._signing import SignatureCheck

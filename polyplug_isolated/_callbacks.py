@@ -48,11 +48,13 @@ MAX_DEPTH = lib.PP_CB_MAX_DEPTH  # nested calls back on one host thread (enforce
 _logger = logging.getLogger("polyplug_isolated")
 _answerers: dict[int, Answerer] = {}  # by owner id; an answerer leaves when its worker ends
 _ids = itertools.count(1)
-_QUICK_KEY = 32  # op, function, id, handle, instance: what a cached answer depends on
+_QUICK_KEY = _wire.REQUEST.size  # the whole header: a request unlike the cached one in any field is new
 
 
 def _header(request: _wire.Request) -> bytes:
-    return _wire.REQUEST.pack(*request[:6], 0, 0, 0)[:_QUICK_KEY]
+    """The header of a request just like ``request``: what its quick answer is kept under."""
+    args = request.args or b""
+    return _wire.REQUEST.pack(*request[:6], len(args), request.out_size, _flags(request))
 
 
 # reply_callback asks the routes first (they call the data plane through its fast-path table).
@@ -183,7 +185,7 @@ class Answerer:
             self._quick.clear()
             self._revision = self._directory.revision
         quick = self._quick.get(data[:_QUICK_KEY])
-        if quick is not None:
+        if quick is not None and len(data) == _QUICK_KEY + _wire.args_len(data):
             return quick(data)
         try:
             request = _wire.parse_request(data)

@@ -64,7 +64,15 @@ def parse_request(data: bytes) -> Request:
     return Request(op, function, id_, handle, instance, min_version, args, out_size, bool(flags & _OUT_NULL))
 
 
+def args_len(data: bytes) -> int:
+    """The args length a request's header claims (parse_request checks it against the bytes)."""
+    claimed: int = _unpack_args_len(data, _ARGS_LEN_OFFSET)[0]
+    return claimed
+
+
 _unpack_request = REQUEST.unpack_from
+_unpack_args_len = struct.Struct("=I").unpack_from
+_ARGS_LEN_OFFSET = struct.calcsize("=IIQQQI")
 _REQUEST_SIZE = REQUEST.size
 _ARGS_NULL = lib.PP_CB_ARGS_NULL
 _OUT_NULL = lib.PP_CB_OUT_NULL

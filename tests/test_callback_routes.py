@@ -14,6 +14,7 @@ import pytest
 from polyplug_isolated._channel_ffi import ffi, lib
 
 from polyplug_isolated import (
+    AbiErrorCode,
     BundleEventKind,
     BundleState,
     Fault,
@@ -206,3 +207,31 @@ def forwarded_request(rt) -> bytes:
     args = struct.pack("<II", 2, 3)
     key = (lib.PP_CB_GUEST_CALL, 0, target, handle.index | handle.generation << 32, 0)
     return struct.pack("=IIQQQIIII", *key, 0, len(args), 4, 0) + args
+
+
+def test_python_answers_a_request_unlike_the_one_it_cached_as_a_new_request(rt, bundle_dir):
+    """Python keeps a quick answer for a request it has seen; one that differs in its args length
+    or flags is a different request (a hostile worker can send it) and gets the full checks."""
+    rt.load_bundle(bundle_dir("cross_target"))
+    caller_bundle = rt.load_bundle(bundle_dir("cross_caller"))
+    caller = rt.contract("cross.caller")
+    assert [caller.add_default(2, 3) for _ in range(2)] == [5, 5]  # the quick answer exists
+    answerer = caller_bundle.proxy.answerer
+    header = struct.Struct("=IIQQQIIII")
+    reply = struct.Struct("=IIIIQ")  # code, message length, out length, tail length, value
+    routed = forwarded_request(rt)
+    fields = list(header.unpack_from(routed))
+    args = struct.pack("<II", 2, 3)
+    code, _, out_len, _, _ = reply.unpack_from(answerer.answer(routed))
+    assert (code, out_len) == (0, 4)
+    for wrong in (
+        header.pack(*fields[:6], len(args) + 8, *fields[7:]) + args,  # args_len past the request
+        header.pack(*fields[:6], 4, *fields[7:]) + args[:4],  # shorter than the record
+    ):
+        code, *_ = reply.unpack_from(answerer.answer(wrong))
+        assert code != 0, wrong
+    code, _, out_len, _, _ = reply.unpack_from(
+        answerer.answer(header.pack(*fields[:8], lib.PP_CB_OUT_NULL) + args)
+    )
+    # out == NULL reaches the other bundle's plugin, which refuses it, as in-process.
+    assert (code, out_len) == (AbiErrorCode.INVALID_POINTER, 0)

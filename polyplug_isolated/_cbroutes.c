@@ -6,8 +6,9 @@
  * host thread T waiting on the caller's slot. Before handing it to Python
  * (pp_on_callback), reply_callback asks the hook here. Once _callbacks.py has
  * answered a kind of request the slow way, it leaves a route for it, keyed
- * like its own cache of quick answers: the worker it came from (owner) and
- * the request's first 32 bytes (op, function, contract id, handle, instance).
+ * by the worker it came from (owner) and the request's first 32 bytes (op,
+ * function, contract id, handle, instance); a route answers only requests
+ * with the flags of the one that made it, and FORWARD only args of its size.
  *
  *   PYTHON   a host contract whose arguments and result are numbers: the
  *            answer closure is called with the request's bytes, under the

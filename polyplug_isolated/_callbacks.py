@@ -223,10 +223,9 @@ class Answerer:
         answer = host.call(request.instance, request, self._api)
         quick = host.quick(request.instance, request.function)
         if quick is not None:
-            self._quick[_header(request)] = quick
-            _cbroutes.answer_in_python(
-                self.id, _wire.REQUEST.pack(*request[:6], 0, 0, _flags(request)), quick
-            )
+            header = _header(request)
+            self._quick[header] = quick
+            _cbroutes.answer_in_python(self.id, header, quick)
         return answer
 
     def _host_create(self, request: _wire.Request) -> bytes:
@@ -296,9 +295,10 @@ class Answerer:
         views = [] if request.out_null else shape.out_views
         if not shape.arg_views and not views and out_size <= 7 and request.instance == 0:
             plain = functools.partial(self._plain_call, contract, request.function, out_size)
-            self._quick[_header(request)] = lambda data: plain(data[_wire.REQUEST.size :])
+            header = _header(request)
+            self._quick[header] = lambda data: plain(data[_wire.REQUEST.size :])
             if request.args is not None and not request.out_null and shape.args_size != _wire.UNKNOWN:
-                self._forward(request, contract, shape.args_size, out_size)
+                self._forward(request.function, header, contract, shape.args_size, out_size)
             return plain(request.args or b"")
         fixups = [(offset, lib.PP_FIX_ARG_POINTER) for offset, _ in shape.arg_views] if request.args else []
         fixups += [(o, lib.PP_FIX_OUT_BUFFER if owned else lib.PP_FIX_OUT_VIEW) for o, owned in views]
@@ -313,17 +313,16 @@ class Answerer:
         return _wire.reply(out=out, tail=ret)
 
     def _forward(
-        self, request: _wire.Request, contract: GuestContract, args_size: int, out_size: int
+        self, function: int, header: bytes, contract: GuestContract, args_size: int, out_size: int
     ) -> None:
-        """Lets the C hook forward calls like ``request`` to the bundle's current worker itself."""
+        """Lets the C hook forward calls with this ``header`` to the bundle's current worker itself."""
         proxy, _, index = contract.route()
         conn = proxy.channel.conn
-        failed = functools.partial(self._plain_failed, contract, proxy, request.function, out_size)
-        header = _wire.REQUEST.pack(*request[:6], 0, 0, _flags(request))
+        failed = functools.partial(self._plain_failed, contract, proxy, function, out_size)
         address = int(ffi.cast("uintptr_t", conn))
         timeout = contract.wait_for(_DEFAULT)
         _cbroutes.forward(
-            self.id, header, conn, address, index, request.function, args_size, out_size, timeout, failed
+            self.id, header, conn, address, index, function, args_size, out_size, timeout, failed
         )
 
     @staticmethod

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import _cases, _rounds
+from . import _cases, _placement, _rounds
 from ._load import LoadMeter, RoundMeter
 
 T = TypeVar("T")
@@ -398,11 +398,11 @@ class Runner:
         """
         if self.host_cpu is None:
             return self._compare(key, sides)
-        _cases.pin_process(worker_pid, self.all_cpus - {self.host_cpu})
+        _placement.pin_process(worker_pid, self.all_cpus - {self.host_cpu})
         try:
             return self._compare(key, sides)
         finally:
-            _cases.pin_process(worker_pid, self.all_cpus)
+            _placement.pin_process(worker_pid, self.all_cpus)
 
     def _compare_batch(self) -> None:
         plan = self.plan
@@ -432,7 +432,7 @@ class Runner:
             rt.load_bundle(self.adder)
             contract = _cases.contract_of(rt, "test.add")
             # Placed as the floor places its two processes: host here, worker on the other CPU.
-            _cases.pin_process(contract.bundle.worker_pid, other)
+            _placement.pin_process(contract.bundle.worker_pid, other)
             call = functools.partial(contract.call, _cases.ADD_PRIMITIVE, _cases.ARGS, 4)
             n = plan.block_round_n
             sides = [

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from conftest import CRASH, as_u32, u32, wait_until
 from polyplug_isolated._channel_ffi import lib
+from polyplug_isolated.bench._placement import pin_process
 
 from polyplug_isolated import CallTimeout, Fault, Runtime, WorkerCrashed, guest_contract_id
 from polyplug_isolated._channel import ChannelFailure
@@ -296,11 +297,7 @@ def test_a_worker_pinned_from_outside_stays_pinned_when_it_meets_its_caller(rt, 
     pid = contract.bundle.worker_pid
     os.sched_setaffinity(0, {cpu})
     try:
-        pinned: set[str] = set()
-        while fresh := set(os.listdir(f"/proc/{pid}/task")) - pinned:  # also threads started meanwhile
-            for tid in fresh:
-                os.sched_setaffinity(int(tid), {cpu})
-            pinned |= fresh
+        pin_process(pid, {cpu})
         for _ in range(2_000):  # far more meetings on one CPU than the worker tolerates before stepping aside
             ask(contract, TID)
     finally:

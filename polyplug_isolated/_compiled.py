@@ -26,11 +26,9 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._channel import ChannelFailure
-from ._channel_ffi import lib
-from ._contract import _DEFAULT, GuestContract
+from ._contract import _DEFAULT, UNSENT, GuestContract
 from ._fastcall import FAST_OUT, Function
 from ._marshal import _Bool, _Float, _Int, _Struct, _View
-from .errors import PluginCallError
 
 if TYPE_CHECKING:
     from ._layout import TypeLayout
@@ -38,7 +36,6 @@ if TYPE_CHECKING:
 
 _SCALARS = (_Int, _Float, _Bool)
 _MAX_RECORD = 256  # MAX_RECORD in _fastcall.c
-_UNSENT = (lib.PP_CALL_LEASE_LOST, lib.PP_CALL_UNAVAILABLE, lib.PP_CALL_TOO_LARGE)
 
 
 def param_entries(call: _Call, layout: TypeLayout | None) -> list[tuple[Any, ...]] | None:
@@ -110,7 +107,7 @@ def compile_function(
     def failed(status: int, at: Any, args: tuple[Any, ...]) -> Any:
         """A call that did not answer Ok: the general path, or the error it means."""
         try:
-            if status in _UNSENT:
+            if status in UNSENT:
                 return slow(*args)  # nothing was sent: this path takes a lease, waits out reloads
             failure = ChannelFailure.last(status)  # read before anything else calls on this thread
             out = contract._failed(failure, at, call.index, call.encode(args), call.out_size, _DEFAULT)
@@ -134,13 +131,9 @@ def compile_function(
             return answer
         status, start, done, before, called = answer
         try:
-            if status == 0 or status in _UNSENT:  # the rest never went out: the general path
+            if status == 0 or status in UNSENT:  # the rest never went out: the general path
                 return [*before, *_many_slowly(call, contract, items[start:])]
-            failure = ChannelFailure.last(status)
-            error = contract._error(failure, called, call.index, contract._timeout)
-            if isinstance(error, PluginCallError):
-                error.index = start + done
-            raise error from None
+            raise contract._batch_error(status, called, call.index, start + done) from None
         finally:
             rebind()
 

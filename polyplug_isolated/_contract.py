@@ -50,6 +50,8 @@ class _Default(enum.Enum):
 
 
 _DEFAULT = _Default.CALL_TIMEOUT
+# A batch that failed with one of these never reached the worker: its rest goes the general path.
+UNSENT = (lib.PP_CALL_LEASE_LOST, lib.PP_CALL_UNAVAILABLE, lib.PP_CALL_TOO_LARGE)
 
 
 class AbiErrorCode(enum.IntEnum):
@@ -304,7 +306,7 @@ class GuestContract:
         try:
             return await reactor.call(index, fn_index, instance, args, fixups, out_size, ret_cap, wait)
         except ChannelFailure as failure:
-            if failure.status == lib.PP_CALL_UNAVAILABLE and self._rerouted(failure, proxy):
+            if self._rerouted(failure, proxy):
                 return await self.acall_ex(
                     fn_index, instance, args, fixups, out_size, ret_cap, timeout=timeout
                 )
@@ -367,12 +369,16 @@ class GuestContract:
             return None
         if status == lib.PP_CALL_LEASE_LOST:  # a first call, or the lease was taken over
             called.channel.cache_lease(self._timeout)
-        if status in (lib.PP_CALL_LEASE_LOST, lib.PP_CALL_UNAVAILABLE, lib.PP_CALL_TOO_LARGE):
-            return [*before, *self._many_general(fn_index, items[start:], out_size, _DEFAULT)]  # unsent
-        error = self._error(ChannelFailure.last(status), called, fn_index, self._timeout)
+        if status in UNSENT:
+            return [*before, *self._many_general(fn_index, items[start:], out_size, _DEFAULT)]
+        raise self._batch_error(status, called, fn_index, start + done) from None
+
+    def _batch_error(self, status: int, proxy: WorkerProxy, fn_index: int, index: int) -> Exception:
+        """The error of a batch the C path ran, naming the failing call by its ``index`` in the list."""
+        error = self._error(ChannelFailure.last(status), proxy, fn_index, self._timeout)
         if isinstance(error, PluginCallError):
-            error.index = start + done
-        raise error from None
+            error.index = index
+        return error
 
     def call_packed(
         self,

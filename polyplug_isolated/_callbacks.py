@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from . import _cbroutes, _idl, _wire
 from ._channel_ffi import ffi, lib
 from ._contract import _DEFAULT, GuestContract
-from ._host_contracts import HostContracts, Refused
+from ._host_contracts import HostContract, HostContracts, Refused
 from ._registry import GuestContractHandle
 from ._typed import _Route
 from .errors import CallError, PluginCallError, StaleHandle
@@ -81,6 +81,13 @@ def pp_on_callback(owner: int, request: Any, length: int, reply: Any, cap: int) 
         return -1
     ffi.memmove(reply, answer, len(answer))
     return len(answer)
+
+
+def _error_reply(error: CallError) -> bytes:
+    """A failed call as the calling plugin gets it: the other plugin's own AbiError, else GENERIC."""
+    if isinstance(error, PluginCallError):
+        return _wire.reply(error.code, error.message)
+    return _wire.reply(_wire.GENERIC, str(error))
 
 
 def _flags(request: _wire.Request) -> int:
@@ -206,17 +213,19 @@ class Answerer:
 
     # ---- host contracts ---------------------------------------------------------------
 
-    def _host_iface(self, request: _wire.Request, token: int = 0) -> bytes:
-        host = self._directory.host_contracts
-        contract = host.lookup(request.id, request.min_version)
-        shapes = host.shapes(contract, self._api)
-        description = _wire.describe(contract.contract_id, contract.version, contract.singleton, shapes)
-        return _wire.reply(out=description, value=token)
+    def _host_iface(self, request: _wire.Request) -> bytes:
+        return self._describe(self._directory.host_contracts.lookup(request.id, request.min_version))
 
     def _host_get(self, request: _wire.Request) -> bytes:
         host = self._directory.host_contracts
         contract = host.lookup(request.id, request.min_version)
-        return self._host_iface(request, host.instance(contract))
+        return self._describe(contract, host.instance(contract))
+
+    def _describe(self, contract: HostContract, token: int = 0) -> bytes:
+        """The interface of a host contract as the worker builds it, with the instance ``token``."""
+        shapes = self._directory.host_contracts.shapes(contract, self._api)
+        description = _wire.describe(contract.contract_id, contract.version, contract.singleton, shapes)
+        return _wire.reply(out=description, value=token)
 
     def _host_call(self, request: _wire.Request) -> bytes:
         host = self._directory.host_contracts
@@ -306,10 +315,8 @@ class Answerer:
             out, ret, _ = _Route(contract).call(
                 request.function, request.instance, request.args or b"", fixups, out_size, bool(views)
             )
-        except PluginCallError as error:
-            return _wire.reply(error.code, error.message)
         except CallError as error:
-            return _wire.reply(_wire.GENERIC, str(error))
+            return _error_reply(error)
         return _wire.reply(out=out, tail=ret)
 
     def _forward(
@@ -332,10 +339,8 @@ class Answerer:
         """A forwarded call that did not answer Ok: what ``_plain_call`` answers when its call fails so."""
         try:
             out = contract._failed_fast(status, proxy, function, args, out_size)
-        except PluginCallError as error:
-            return _wire.reply(error.code, error.message)
         except CallError as error:
-            return _wire.reply(_wire.GENERIC, str(error))
+            return _error_reply(error)
         return _wire.reply(out=out)
 
     @staticmethod
@@ -343,10 +348,8 @@ class Answerer:
         """No views, a small out, the default instance: the raw call's fast path."""
         try:
             out = contract.call(function, args, out_size)
-        except PluginCallError as error:
-            return _wire.reply(error.code, error.message)
         except CallError as error:
-            return _wire.reply(_wire.GENERIC, str(error))
+            return _error_reply(error)
         return _wire.reply(out=out)
 
     def _guest_create(self, request: _wire.Request) -> bytes:

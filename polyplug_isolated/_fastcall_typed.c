@@ -20,11 +20,11 @@
 /* One entry of a function's parameters: a scalar (its struct-module code) at
  * `offset`; 'S' a StringView or 'U' a Buffer at `offset` (the bytes follow
  * the record, the worker makes the offset a pointer); or 'T' a struct whose
- * `count` scalar fields follow as entries with their attribute `name`. */
+ * scalar fields (as many as its spec says) follow as entries with their
+ * attribute `name`. */
 typedef struct {
     char code;
     uint32_t offset;
-    uint32_t count;
     PyObject *name;
 } Field;
 
@@ -167,7 +167,7 @@ static int set_result_struct(Function *self, PyObject *spec, uint32_t out_size)
         int size = field_size(*code);
         if (strlen(code) != 1 || size == 0 || offset + (unsigned)size > out_size)
             return -1;
-        self->result_fields[k] = (Field){*code, offset, 0, NULL};
+        self->result_fields[k] = (Field){*code, offset, NULL};
     }
     self->nresult_fields = n;
     Py_INCREF(cls);
@@ -356,7 +356,7 @@ static int Function_init(Function *self, PyObject *args, PyObject *kwds)
             Py_DECREF(seq);
             return -1;
         }
-        Field f = {*code, offset, 0, NULL};
+        Field f = {*code, offset, NULL};
         int size = *code == 'S' ? 16 : *code == 'U' ? 24 : *code == 'T' ? 0 : field_size(*code);
         bad = strlen(code) != 1 || (size == 0 && *code != 'T') || offset + (unsigned)size > args_size;
         if (fields_left) { /* a field of the struct before */
@@ -367,7 +367,7 @@ static int Function_init(Function *self, PyObject *args, PyObject *kwds)
             nparams++;
             if (*code == 'T') {
                 bad = bad || extra == NULL || !PyLong_Check(extra);
-                f.count = fields_left = bad ? 0 : (uint32_t)PyLong_AsUnsignedLong(extra);
+                fields_left = bad ? 0 : (uint32_t)PyLong_AsUnsignedLong(extra);
                 bad = bad || PyErr_Occurred() != NULL;
             } else if (size == 16 || size == 24) {
                 self->fixups[nfixups++] = (pp_fixup){offset, PP_FIX_ARG_POINTER};

@@ -44,9 +44,7 @@ class Plan:
     thread_counts: tuple[int, ...]
     thread_total: int
     packed_records: int
-    packed_repeats: int
     list_records: int
-    list_repeats: int
     payload: tuple[tuple[int, int], ...]  # (size, calls)
     floor_spin_n: int
     floor_sem_n: int
@@ -71,9 +69,7 @@ class Plan:
                 thread_counts=(1, 2, 4, 8),
                 thread_total=8_000,
                 packed_records=100_000,
-                packed_repeats=10,
                 list_records=10_000,
-                list_repeats=10,
                 payload=((8, 5_000), (4 * KiB, 2_000), (MiB, 100)),
                 floor_spin_n=50_000,
                 floor_sem_n=2_000,
@@ -95,9 +91,7 @@ class Plan:
             thread_counts=(1, 2, 4, 8),
             thread_total=200_000,
             packed_records=100_000,
-            packed_repeats=200,
             list_records=10_000,
-            list_repeats=200,
             payload=(
                 (8, 100_000),
                 (64, 100_000),
@@ -600,12 +594,3 @@ def collect() -> None:
 
 
 from ._callbacks import callbacks  # noqa: E402,F401 - host contract and cross-bundle rows (bench/_callbacks.py)
-
-# ---- worker start-up and scale (bench/_scale.py; also ``python -m bench._scale``) ----------
-
-
-def startup_and_scale(plan: Plan) -> dict:
-    """Load/reload/restart times, USS per worker, and 100 (quick) or 1,000 bundles in one runtime."""
-    from . import _scale
-
-    return _scale.run(bundles=100 if plan.quick else 1000, repeats=10 if plan.quick else 50, calls=20_000)

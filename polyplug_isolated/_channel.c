@@ -665,10 +665,18 @@ static int64_t cached_lease(pp_conn *c)
     return 0;
 }
 
+/* pp_call_ex_fast with no fixups, written out: calling that one from here
+ * measured ~15 ns slower per raw call (bench._shapes, interleaved A/B). */
 int pp_call_fast(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *args, size_t args_len,
                  size_t out_size, double timeout_s, const uint8_t **out)
 {
-    return pp_call_ex_fast(c, contract, function, args, args_len, NULL, 0, out_size, timeout_s, out);
+    *out = small_out;
+    if (out_size > PP_FAST_OUT)
+        return PP_CALL_TOO_LARGE;
+    int64_t lease = cached_lease(c);
+    if (!lease)
+        return PP_CALL_LEASE_LOST;
+    return run(c, lease, contract, function, args, args_len, 1, NULL, out_size, &PLAIN, timeout_s);
 }
 
 int pp_call_ex_fast(pp_conn *c, uint32_t contract, uint32_t function, const uint8_t *args, size_t args_len,

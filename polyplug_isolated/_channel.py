@@ -227,6 +227,13 @@ class Channel:
         if status != lib.PP_CALL_OK:
             raise ChannelFailure.last(status)
 
+    def records_per_batch(self, record: int, out_size: int) -> int:
+        """How many calls of ``record`` args bytes and ``out_size`` out bytes one hand-off carries.
+
+        A batch travels in one slot's payload, after its 8-byte header; at least one call goes.
+        """
+        return max(1, (self.payload_cap - 8) // max(1, record + out_size))
+
     def call_batch(
         self,
         contract: int,

@@ -96,7 +96,7 @@ def compile_function(
     if params is None or call.args_size > _MAX_RECORD or call.out_size > FAST_OUT:
         return None
     proxy, conn, index = contract.route()
-    per_batch = max(1, (proxy.channel.payload_cap - 8) // max(1, call.args_size + call.out_size))
+    per_batch = proxy.channel.records_per_batch(call.args_size, call.out_size)
     code = "" if result is None else "T" if result_struct else call.out_format
 
     def rebind() -> None:

@@ -187,8 +187,7 @@ class GuestContract:
     def _call(self, fn_index: int, args: Any, out_size: int, timeout: float | _Default | None) -> bytes:
         wait = self.wait_for(timeout)
         proxy, _, index = self.route(wait)
-        if type(fn_index) is not int or not 0 <= fn_index < self.function_count:
-            raise self._no_such_function(fn_index)
+        self._check_function(fn_index)
         if type(args) is not bytes:
             args = _as_bytes_view(args)
         if type(out_size) is not int or out_size < 0:
@@ -238,8 +237,7 @@ class GuestContract:
         if target.readonly:
             raise TypeError("call_into: out must be a writable buffer (bytearray, memoryview, numpy array)")
         proxy, _, index = self.route(wait)
-        if type(fn_index) is not int or not 0 <= fn_index < self.function_count:
-            raise self._no_such_function(fn_index)
+        self._check_function(fn_index)
         if type(args) is not bytes:
             args = _as_bytes_view(args)
         try:
@@ -296,8 +294,7 @@ class GuestContract:
         if self._bundle.proxy is None and self._bundle.restart_pending:
             await asyncio.to_thread(self._bundle.await_worker, None if wait < 0 else wait)
         proxy, _, index = self.route()
-        if type(fn_index) is not int or not 0 <= fn_index < self.function_count:
-            raise self._no_such_function(fn_index)
+        self._check_function(fn_index)
         if type(args) is not bytes:
             args = _as_bytes_view(args)
         if type(out_size) is not int or out_size < 0:
@@ -355,12 +352,11 @@ class GuestContract:
     def _many_in_c(self, fn_index: int, items: list[Any], out_size: int) -> list[bytes] | None:
         """call_many over bytes objects of one length, packed and answered in C; None: not for this path."""
         proxy, _, _ = self.route(self._timeout)
-        if type(fn_index) is not int or not 0 <= fn_index < self.function_count:
-            raise self._no_such_function(fn_index)
+        self._check_function(fn_index)
         record = len(items[0]) if type(items[0]) is bytes else 0
         if not record or record + out_size > proxy.channel.arena_cap:
             return None
-        per_batch = max(1, (proxy.channel.payload_cap - 8) // (record + out_size))
+        per_batch = proxy.channel.records_per_batch(record, out_size)
         answer = self._raw._many(fn_index, items, out_size, per_batch)  # type: ignore[union-attr]
         if isinstance(answer, list):
             return answer
@@ -397,8 +393,7 @@ class GuestContract:
         """
         wait = self.wait_for(timeout)
         proxy, _, index = self.route(wait)
-        if type(fn_index) is not int or not 0 <= fn_index < self.function_count:
-            raise self._no_such_function(fn_index)
+        self._check_function(fn_index)
         view = packed if type(packed) is bytes else _as_bytes_view(packed)
         if type(record_size) is not int or record_size <= 0 or type(out_size) is not int or out_size < 0:
             raise ValueError("record_size must be a positive int and out_size a non-negative int")
@@ -409,7 +404,7 @@ class GuestContract:
         if record_size + out_size > proxy.channel.arena_cap:  # refused before the outs are allocated
             raise self._error(ChannelFailure(lib.PP_CALL_TOO_LARGE), proxy, fn_index, wait)
         count = len(view) // record_size
-        per_batch = max(1, (proxy.channel.payload_cap - 8) // (record_size + out_size))
+        per_batch = proxy.channel.records_per_batch(record_size, out_size)
         outs = []
         start = 0
         while start < count:
@@ -451,6 +446,11 @@ class GuestContract:
         else:
             why = "it is being unloaded or was unloaded; load it again to call it"
         return BundleUnavailable(f"bundle {bundle.name!r} is {state.name}: {why}", bundle=bundle.name)
+
+    def _check_function(self, fn_index: object) -> None:
+        """Refuses an index that is not an int naming one of the contract's functions."""
+        if type(fn_index) is not int or not 0 <= fn_index < self.function_count:
+            raise self._no_such_function(fn_index)
 
     def _no_such_function(self, fn_index: object) -> Exception:
         if isinstance(fn_index, bool) or not isinstance(fn_index, int):

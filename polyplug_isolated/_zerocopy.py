@@ -60,8 +60,7 @@ class InPlaceCall:
     def __enter__(self) -> InPlaceCall:
         contract = self._contract
         proxy, _, index = contract.route(self._timeout)
-        if type(self._fn) is not int or not 0 <= self._fn < contract.function_count:
-            raise contract._no_such_function(self._fn)
+        contract._check_function(self._fn)
         channel = proxy.channel
         conn = channel.conn
         args_at, out_at = ffi.new("uint64_t *"), ffi.new("uint64_t *")

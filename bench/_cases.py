@@ -10,6 +10,7 @@ import itertools
 import json
 import multiprocessing
 import os
+import statistics
 import struct
 import subprocess
 import sys
@@ -271,7 +272,7 @@ def local_side(name: str, fn: Callable[[], object], n: int, warmup: int) -> _rou
 
     def measure() -> tuple[float, Any]:
         samples = _measure.time_each(fn, n, warmup)
-        return _measure.median(samples), _measure.histogram_of(samples)
+        return float(statistics.median(samples)), _measure.histogram_of(samples)
 
     return _rounds.Side(name, measure)
 
@@ -296,7 +297,7 @@ def floor_side(floor: Any, mode: str, n: int, budget_s: float, cpus: set[int]) -
             samples, _ = floor.run(mode, n, max(100, n // 20), budget_s)
         finally:
             os.sched_setaffinity(0, pinned)
-        return _measure.median(samples), _measure.histogram_of(samples)
+        return float(statistics.median(samples)), _measure.histogram_of(samples)
 
     return _rounds.Side(f"floor.{mode}", measure)
 

@@ -36,6 +36,7 @@ import gc
 import importlib.util
 import json
 import os
+import statistics
 import struct
 import sys
 from collections.abc import Callable
@@ -213,7 +214,7 @@ def _serve(sides: dict[str, Callable[[], object]]) -> None:
         samples = _measure.time_each(fn, request["n"], request["warmup"])
         _reply(
             {
-                "p50_ns": _measure.median(samples),
+                "p50_ns": float(statistics.median(samples)),
                 "hist": _measure.encode(_measure.histogram_of(samples)),
             }
         )

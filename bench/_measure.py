@@ -148,15 +148,6 @@ def _run_for(fn, n: int) -> int:
     return done
 
 
-def median(samples) -> float:
-    """The median of one round's samples (the value each round contributes to a ratio)."""
-    ordered = sorted(samples)
-    if not ordered:
-        raise ValueError("no samples")
-    mid = len(ordered) // 2
-    return float(ordered[mid]) if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-
-
 def summarize(hist: HdrHistogram, per: int = 1) -> dict[str, Any]:
     """p50/p99/p99.9/mean/max in ns of one call (a histogram of batches is divided by ``per``)."""
     return {

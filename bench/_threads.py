@@ -51,17 +51,10 @@ def _summary(samples, calls_per_s: float) -> dict:
 
 
 def _inproc_main(request: dict) -> dict:
-    from polyplug_isolated.worker._serve_ffi import ffi, lib
-
-    from polyplug_isolated import bundle_id
+    from ._inproc import _load_serve_ffi
 
     name, function, args, out_size = WORKS[request["work"]]
-    bundle = Path(request["bundle"])
-    result = ffi.new("ppw_load_result *")
-    directory = str(bundle).encode()
-    lib.ppw_load(str(bundle / f"lib{name}.so").encode(), bundle_id(name), directory, len(directory), result)
-    if result.kind != lib.PPW_LOAD_OK:
-        raise SystemExit(f"bench._threads: ppw_load({name}) failed: kind {result.kind}")
+    ffi, lib = _load_serve_ffi(Path(request["bundle"]), name)
     _measure.BUDGET_S = request["budget_s"]
 
     def make_fn():

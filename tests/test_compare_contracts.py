@@ -120,7 +120,8 @@ def _ours(scenario: str, bundles: Path) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(
-    "scenario", ["reporter", "reporter_without_logger", "cross", "cross_null_out", "error_chain", "dependencies"]
+    "scenario",
+    ["reporter", "reporter_without_logger", "cross", "cross_null_out", "error_chain", "dependencies"],
 )
 def test_same_outcome_as_polyplug(scenario: str, fixtures_root: Path) -> None:
     assert _ours(scenario, fixtures_root) == _reference(scenario, fixtures_root)

@@ -10,7 +10,8 @@
  *
  *   - two processes on CPU 0 handing a word back and forth, waiting with
  *     sched_yield (two context switches per round trip), and the same
- *     hand-off across two CPUs with a pause loop (no switch);
+ *     hand-off across two CPUs with a pause loop (no switch); then sleeping
+ *     on the word instead (futex), on one CPU and across two;
  *   - the skeleton of a call between bundles, with no work in it: a host
  *     process H pinned to CPU 1 calls worker A, whose call needs worker B
  *     (both unpinned, as workers are). "host route": A asks H, H calls B and
@@ -20,12 +21,14 @@
  *     between calls after 64 pause steps. p50 and p90 of 100000 calls.
  */
 #define _GNU_SOURCE
+#include <linux/futex.h>
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -79,26 +82,47 @@ static void *shared(size_t size)
     return p;
 }
 
-/* ns per round trip: the child on `child_cpu`, both waiting with yields or pauses only. */
-static double ping_pong(int child_cpu, int yield)
+enum wait { YIELD, PAUSE, SLEEP };
+
+/* Waits for *w == value as `how` says. */
+static void await_as(word *w, unsigned long value, enum wait how)
+{
+    unsigned long seen;
+    while ((seen = atomic_load(&w->v)) != value) {
+        if (how == SLEEP)
+            syscall(SYS_futex, &w->v, FUTEX_WAIT, (unsigned)seen, NULL, NULL, 0);
+        else
+            await_value(w, value, how == YIELD ? PAUSES : 0);
+    }
+}
+
+static void hand_over(word *w, unsigned long value, enum wait how)
+{
+    atomic_store(&w->v, value);
+    if (how == SLEEP)
+        syscall(SYS_futex, &w->v, FUTEX_WAKE, 1, NULL, NULL, 0);
+}
+
+/* ns per round trip, the child on `child_cpu`. */
+static double ping_pong(int child_cpu, enum wait how)
 {
     word *w = shared(sizeof *w);
-    unsigned first = yield ? PAUSES : 0;
+    unsigned long rounds = how == SLEEP ? ROUNDS / 10 : ROUNDS;
     if (fork() == 0) {
         pin(child_cpu);
-        for (unsigned long i = 1; i <= ROUNDS; i++) {
-            await_value(w, 2 * i - 1, yield ? first : 0);
-            atomic_store(&w->v, 2 * i);
+        for (unsigned long i = 1; i <= rounds; i++) {
+            await_as(w, 2 * i - 1, how);
+            hand_over(w, 2 * i, how);
         }
         _exit(0);
     }
     pin(0);
     unsigned long start = now_ns();
-    for (unsigned long i = 1; i <= ROUNDS; i++) {
-        atomic_store(&w->v, 2 * i - 1);
-        await_value(w, 2 * i, yield ? first : 0);
+    for (unsigned long i = 1; i <= rounds; i++) {
+        hand_over(w, 2 * i - 1, how);
+        await_as(w, 2 * i, how);
     }
-    double ns = (double)(now_ns() - start) / ROUNDS;
+    double ns = (double)(now_ns() - start) / rounds;
     wait(NULL);
     munmap(w, sizeof *w);
     return ns;
@@ -168,8 +192,10 @@ static void call_chain(int direct)
 int main(void)
 {
     sched_getaffinity(0, sizeof g_all, &g_all);
-    printf("one CPU, sched_yield (two context switches):  %.0f ns per round trip\n", ping_pong(0, 1));
-    printf("two CPUs, pause loop (no switch):             %.0f ns per round trip\n", ping_pong(1, 0));
+    printf("one CPU, sched_yield (two context switches):  %.0f ns per round trip\n", ping_pong(0, YIELD));
+    printf("two CPUs, pause loop (no switch):             %.0f ns per round trip\n", ping_pong(1, PAUSE));
+    printf("one CPU, futex sleep and wake:                %.0f ns per round trip\n", ping_pong(0, SLEEP));
+    printf("two CPUs, futex sleep and wake:               %.0f ns per round trip\n", ping_pong(1, SLEEP));
     call_chain(0);
     call_chain(1);
     return 0;

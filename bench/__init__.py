@@ -12,5 +12,6 @@ result document), ``_rounds`` (alternating rounds and the verdict rules),
 in-process baselines, each a subprocess serving rounds), ``_shim`` (builds
 ``shim.c``, the baseline's C half), ``_floor`` (builds and runs ``floor.c``),
 ``_cases`` (the isolated runtime, threads, payloads, Pipe, idle worker),
-``_report`` (table, JSON, plot).
+``_report`` (table, JSON, plot). ``switch_floor.c`` stands alone: what the two context
+switches of a call between bundles on two CPUs cost (its header has the command).
 """

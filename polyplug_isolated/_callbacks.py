@@ -271,14 +271,15 @@ class Answerer:
         return _wire.reply(out=b"".join(i.to_bytes(8, "little") for i in ids))
 
     def _contract(self, handle: int) -> GuestContract:
-        found = self._contracts.get(handle)
+        """The contract ``handle`` names; a new one (bound afresh) only when its provider changed."""
         runtime = self._directory.runtime
         try:
-            fresh = runtime.resolve_guest_contract(GuestContractHandle(handle & 0xFFFFFFFF, handle >> 32))
+            bundle, contract_id = runtime._provider(GuestContractHandle(handle & 0xFFFFFFFF, handle >> 32))
         except StaleHandle as exc:
             raise Refused(_wire.STALE_HANDLE, str(exc)) from None
-        if found is None or found.bundle is not fresh.bundle:
-            found = self._contracts[handle] = fresh
+        found = self._contracts.get(handle)
+        if found is None or found.bundle is not bundle or found.contract_id != contract_id:
+            found = self._contracts[handle] = GuestContract(bundle, contract_id, runtime.config)
         return found
 
     def _resolve(self, request: _wire.Request) -> bytes:

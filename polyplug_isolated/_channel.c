@@ -578,7 +578,7 @@ static int submit(pp_conn *c, int64_t lease, uint32_t contract, uint32_t functio
     }
     uint8_t *region = spill == PP_IN_ARENA ? c->base + pp_arena_offset(c->nslots, c->payload_cap) : pp_payload(s);
     s->kind = PP_DOWN_CALL;
-    s->flags = x->flags;
+    s->flags = x->flags | (waiting_depth ? PP_FLAG_PEER_WAITS : 0);
     s->spill = (uint8_t)spill;
     s->contract = contract;
     s->function = function;

@@ -577,9 +577,17 @@ class Runtime:
         Raises:
             StaleHandle: the handle was never found, or its bundle was unloaded.
         """
-        with self._lock:
-            bundle, contract_id = self._registry.provider(handle)
+        bundle, contract_id = self._provider(handle)
         return GuestContract(bundle, contract_id, self.config)
+
+    def _provider(self, handle: GuestContractHandle) -> tuple[Bundle, int]:
+        """(bundle, contract id) that ``handle`` names now, without building a contract to call.
+
+        Raises:
+            StaleHandle: the handle was never found, or its bundle was unloaded.
+        """
+        with self._lock:
+            return self._registry.provider(handle)
 
     def contract(
         self, name: str | int, min_version: int = 1, api: str | os.PathLike[str] | None = None

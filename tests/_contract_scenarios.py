@@ -80,6 +80,25 @@ def cross(driver: Driver, bundles: Path) -> dict[str, Any]:
     return steps
 
 
+def cross_null_out(driver: Driver, bundles: Path) -> dict[str, Any]:
+    """cross_caller calls cross_target's add with out == NULL: add's own AbiError comes back.
+
+    Twice (the second takes the quick route the first left), with calls that pass an out
+    around them, which must still get their sum.
+    """
+    pair = struct.pack("<II", 2, 3)
+    steps: dict[str, Any] = {
+        "load_target": driver.load(bundles / "cross_target"),
+        "load_caller": driver.load(bundles / "cross_caller"),
+    }
+    steps["add_before"] = driver.call_u32(CROSS_CALLER, 3, pair)
+    steps["null_out"] = driver.call_error_out(CROSS_CALLER, 4, pair)
+    steps["add_between"] = driver.call_u32(CROSS_CALLER, 3, pair)
+    steps["null_out_again"] = driver.call_error_out(CROSS_CALLER, 4, pair)
+    steps["add_after"] = driver.call_u32(CROSS_CALLER, 3, pair)
+    return steps
+
+
 def error_chain(driver: Driver, bundles: Path) -> dict[str, Any]:
     """polyplug's error_plugin behaviours: a returned AbiError, a panic, errors propagated across bundles."""
     steps: dict[str, Any] = {
@@ -121,5 +140,13 @@ def dependency_missing(driver: Driver, bundles: Path) -> dict[str, Any]:
 
 SCENARIOS = {
     f.__name__: f
-    for f in (reporter, reporter_without_logger, cross, error_chain, dependencies, dependency_missing)
+    for f in (
+        reporter,
+        reporter_without_logger,
+        cross,
+        cross_null_out,
+        error_chain,
+        dependencies,
+        dependency_missing,
+    )
 }

@@ -81,7 +81,7 @@ class IsolatedDriver:
         typed = self.rt.contract(contract_id)
         name = typed.idl.functions[fn].name
         params = [p.name for p in typed.idl.functions[fn].params]
-        values = dict(zip(params, _unpack_chain(args), strict=False)) if params else {}
+        values = dict(zip(params, _unpack(args, typed.idl.functions[fn].params), strict=True))
         try:
             out = typed.functions[name](**values)
         except PluginCallError as error:
@@ -89,8 +89,15 @@ class IsolatedDriver:
         return 0, out.code, out.message
 
 
-def _unpack_chain(args: bytes) -> tuple[int, int]:
-    return int.from_bytes(args[:8], "little"), int.from_bytes(args[8:12], "little")
+def _unpack(args: bytes, params: Any) -> list[int]:
+    """The integer fields of an args record, each at its natural alignment."""
+    values, at = [], 0
+    for param in params:
+        size = param.type.size
+        at = (at + size - 1) // size * size
+        values.append(int.from_bytes(args[at : at + size], "little"))
+        at += size
+    return values
 
 
 def _reference(scenario: str, bundles: Path) -> dict[str, Any]:
@@ -113,7 +120,8 @@ def _ours(scenario: str, bundles: Path) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(
-    "scenario", ["reporter", "reporter_without_logger", "cross", "error_chain", "dependencies"]
+    "scenario",
+    ["reporter", "reporter_without_logger", "cross", "cross_null_out", "error_chain", "dependencies"],
 )
 def test_same_outcome_as_polyplug(scenario: str, fixtures_root: Path) -> None:
     assert _ours(scenario, fixtures_root) == _reference(scenario, fixtures_root)

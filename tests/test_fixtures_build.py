@@ -70,7 +70,7 @@ EXPECTED_EXPORTS: dict[str, tuple[set[str], int | None]] = {
 # contract name -> function count, for every fixture that registers contracts
 EXPECTED_CONTRACTS: dict[str, dict[str, int]] = {
     "adder": {"test.add": 4},
-    "cross_caller": {"cross.caller": 4},
+    "cross_caller": {"cross.caller": 5},
     "cross_target": {"cross.target": 2},
     "cross_target_v2": {"cross.target": 2},
     "depender": {"depender.test": 3},

@@ -168,6 +168,9 @@
 #define PP_FLAG_ASYNC 1u    /* ring the header's async_bell after the answer */
 #define PP_FLAG_OUT_KEPT 2u /* the out is the caller's, in place in the arena (buffers()): the worker
                                leaves it as it is instead of zeroing it (no pass over a megabyte) */
+#define PP_FLAG_PEER_WAITS 4u /* sent while the host answers a call back: another worker's thread waits
+                                 for this answer, yielding the CPU it likely shares with this one, so
+                                 after answering the slot thread yields from its first wait step */
 
 typedef struct pp_header {
     uint32_t magic;

@@ -181,6 +181,7 @@ static _Thread_local uint32_t t_slot_index;
 static _Thread_local int t_tid;
 static _Thread_local uint64_t t_moved; /* bytes of args and out the last call moved */
 static _Thread_local int t_cb_yields; /* ppw_call_back_yields */
+static _Thread_local int t_peer_waits; /* the last frame served had PP_FLAG_PEER_WAITS */
 
 static const char *call_back(uint64_t target, uint32_t function, const void *args, uint32_t args_len, void *out,
                              uint32_t out_size, AbiError *err);
@@ -311,7 +312,10 @@ static int await_frame(pp_header *h, pp_slot *s, uint64_t served, int may_retire
         step_aside(atomic_load_explicit(&h->host_cpu, memory_order_relaxed));
     else
         t_colocated = 0;
-    unsigned first = same_cpu || t_cb_yields ? PP_PAUSE_SPINS : 1;
+    /* Yields from the first step when the CPU is likely shared with the
+     * thread we wait for: the host's, or another worker's (a call back out to
+     * another bundle, or an answer to one, PP_FLAG_PEER_WAITS). */
+    unsigned first = same_cpu || t_cb_yields || t_peer_waits ? PP_PAUSE_SPINS : 1;
     /* Past half the CPUs, a spinning thread only takes a CPU from the threads
      * it waits for: with many calls in flight, wait=auto sleeps at once. */
     int counted = mode == PP_WAIT_AUTO;
@@ -429,6 +433,7 @@ static void serve_slot(uint32_t index)
         if (kind == PP_DOWN_RETIRE)
             return answer(s, served, PP_STATUS_OK, 0, 0, &ok);
         if (kind == PP_DOWN_CALL) {
+            t_peer_waits = (s->flags & PP_FLAG_PEER_WAITS) != 0;
             serve_one(s, served);
             served = t_seq; /* past the REPLYs of its call backs */
         } else

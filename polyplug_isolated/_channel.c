@@ -242,17 +242,17 @@ static int spin_cap(void)
  * PP_CALL_PENDING, so Python can run its signal handlers and resume. */
 int ppc_await_frame(pp_conn *c, pp_slot *s, uint64_t seq, uint64_t deadline, int may_pend)
 {
-    return ppc_await_frame_for(c, s, seq, deadline, may_pend, 0);
+    return ppc_await_frame_for(c, s, seq, deadline, may_pend, 0, 0);
 }
 
 int ppc_await_frame_for(pp_conn *c, pp_slot *s, uint64_t seq, uint64_t deadline, int may_pend,
-                        uint64_t extra_spin_ns)
+                        uint64_t extra_spin_ns, int near)
 {
     uint64_t now = pp_now_ns();
     uint64_t spin_until = c->wait_mode == PP_WAIT_SPIN    ? UINT64_MAX
                           : c->wait_mode == PP_WAIT_BLOCK ? now
                                                           : now + c->spin_ns + extra_spin_ns;
-    unsigned first = pp_same_cpu(&c->hdr->host_cpu, &c->hdr->worker_cpu) ? PP_PAUSE_SPINS : 1;
+    unsigned first = pp_same_cpu(&c->hdr->host_cpu, &c->hdr->worker_cpu) || near ? PP_PAUSE_SPINS : 1;
     /* Past half the CPUs, a spinning thread only takes a CPU from the threads
      * it waits for: with many calls in flight, wait=auto sleeps at once. */
     int counted = c->wait_mode == PP_WAIT_AUTO;
@@ -365,6 +365,17 @@ static uint64_t deadline_of(double timeout_s)
     return timeout_s < 0 ? UINT64_MAX : pp_now_ns() + (uint64_t)(timeout_s * 1e9);
 }
 
+/* EXPERIMENT ONLY (removed before commit) */
+static uint64_t near_bytes(void)
+{
+    static uint64_t v;
+    if (!v) {
+        const char *e = getenv("PP_NEAR_BYTES_EXPERIMENT");
+        v = e ? strtoull(e, NULL, 10) : PP_NEAR_BYTES;
+    }
+    return v;
+}
+
 /* What a plain call does not need: an instance, pointer fixups, a return area. */
 typedef struct pp_extra {
     uint32_t instance;
@@ -475,7 +486,9 @@ static int settle(pp_conn *c, uint32_t i, int may_pend)
     uint32_t count = p->count;
     int rc;
     for (;;) {
-        rc = ppc_await_frame_for(c, s, hs->seq, p->deadline, may_pend, pp_spin_for_bytes(p->layout.spill_bytes));
+        int near = p->near && !atomic_load_explicit(&c->hdr->near_declined, memory_order_relaxed);
+        rc = ppc_await_frame_for(c, s, hs->seq, p->deadline, may_pend, pp_spin_for_bytes(p->layout.spill_bytes),
+                                 near);
         if (rc != PP_CALL_OK)
             break;
         uint32_t kind = *(volatile uint16_t *)&s->up_kind;
@@ -577,8 +590,12 @@ static int submit(pp_conn *c, int64_t lease, uint32_t contract, uint32_t functio
         goto unsent;
     }
     uint8_t *region = spill == PP_IN_ARENA ? c->base + pp_arena_offset(c->nslots, c->payload_cap) : pp_payload(s);
+    int near = c->wait_mode == PP_WAIT_AUTO && !(x->flags & PP_FLAG_ASYNC) && layout.spill_bytes >= near_bytes();
+    int cpu = near ? sched_getcpu() : -1;
+    near = cpu >= 0 && cpu < UINT16_MAX;
     s->kind = PP_DOWN_CALL;
-    s->flags = x->flags;
+    s->flags = x->flags | (near ? PP_FLAG_NEAR : 0);
+    s->near_cpu = near ? (uint16_t)cpu : 0;
     s->spill = (uint8_t)spill;
     s->contract = contract;
     s->function = function;
@@ -595,7 +612,7 @@ static int submit(pp_conn *c, int64_t lease, uint32_t contract, uint32_t functio
         memcpy(fix, x->fixups, x->nfixups * sizeof *fix);
         fix[x->nfixups] = (pp_fixup){x->ret_cap, PP_FIX_RETURN_CAP};
     }
-    hs->call = (pp_pending){count, table, out_size, out, x->ret, x->ret_cap, spill, x->keep_arena, layout, deadline};
+    hs->call = (pp_pending){count, table, out_size, out, x->ret, x->ret_cap, spill, x->keep_arena, near, layout, deadline};
     if (!out)
         memset(small_out, 0, sizeof small_out);
     ppc_publish(c, i);

@@ -32,6 +32,7 @@ typedef struct pp_pending {
     uint32_t ret_cap;
     int spill;
     int keep_arena; /* the caller holds the arena past the call (pp_arena_hold) */
+    int near;       /* sent with PP_FLAG_NEAR: the worker thread comes to this CPU */
     pp_layout layout;
     uint64_t deadline;
 } pp_pending;
@@ -115,9 +116,11 @@ static inline int ppc_lease_in_flight(pp_conn *c, int64_t lease)
 
 /* _channel.c */
 int ppc_await_frame(pp_conn *c, pp_slot *s, uint64_t seq, uint64_t deadline, int may_pend);
-/* The same, spinning `extra_spin_ns` past the conn's spin window (see pp_spin_for_bytes). */
+/* The same, spinning `extra_spin_ns` past the conn's spin window (see pp_spin_for_bytes);
+ * `near`: the worker thread runs the call on this CPU, so each step of the
+ * spin yields the CPU to it. */
 int ppc_await_frame_for(pp_conn *c, pp_slot *s, uint64_t seq, uint64_t deadline, int may_pend,
-                        uint64_t extra_spin_ns);
+                        uint64_t extra_spin_ns, int near);
 int ppc_violation(const char *why);
 void ppc_release_arena(pp_conn *c, uint32_t slot);
 void ppc_leave(pp_conn *c);

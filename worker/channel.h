@@ -108,7 +108,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define PP_PROTOCOL_VERSION 7u
+#define PP_PROTOCOL_VERSION 8u
 #define PP_MAGIC 0x70706c67u /* "pplg" */
 #define PP_CACHE_LINE 64
 #define PP_ERR_CAP 1024 /* bytes of an AbiError message carried back */
@@ -168,6 +168,17 @@
 #define PP_FLAG_ASYNC 1u    /* ring the header's async_bell after the answer */
 #define PP_FLAG_OUT_KEPT 2u /* the out is the caller's, in place in the arena (buffers()): the worker
                                leaves it as it is instead of zeroing it (no pass over a megabyte) */
+#define PP_FLAG_NEAR 4u     /* a large call: its worker thread runs it on the caller's CPU (near_cpu),
+                               within the CPUs it is allowed, while the caller sleeps (see PP_NEAR_BYTES) */
+
+/* Bytes a call moves through the slot or arena (pp_layout.spill_bytes) from
+ * which, in wait=auto, it runs on the caller's CPU: past this size the data
+ * the caller just wrote costs more to move to another core's cache than the
+ * two context switches of a hand-over on one CPU. Measured on a 2-core Zen 4
+ * VM (private L2 per core) with the payload echo at 16 KiB .. 1 MiB,
+ * interleaved, the hand-over on one CPU against both sides spinning on two:
+ * see README "Large calls run on the caller's CPU". */
+#define PP_NEAR_BYTES (256u << 10)
 
 typedef struct pp_header {
     uint32_t magic;
@@ -181,6 +192,7 @@ typedef struct pp_header {
     alignas(PP_CACHE_LINE) _Atomic uint32_t worker_sleeping; /* the dispatcher sleeps on it */
     _Atomic uint32_t worker_cpu; /* where each side last waited (see pp_same_cpu) */
     _Atomic uint32_t host_cpu;
+    _Atomic uint32_t near_declined; /* 1: the last PP_FLAG_NEAR call could not come to its caller's CPU */
     alignas(PP_CACHE_LINE) _Atomic uint32_t async_bell; /* bumped after each async answer */
     _Atomic uint32_t async_waiting;                     /* the host sleeps on async_bell */
 } pp_header;
@@ -209,7 +221,7 @@ typedef struct pp_slot {
     uint32_t out_size; /* per call; REPLY: out bytes written */
     uint32_t instance; /* 0: the contract's default instance, else a PP_FN_CREATE_INSTANCE handle */
     uint16_t fixups;   /* entries in the fixup table (only with count == 1) */
-    uint16_t reserved;
+    uint16_t near_cpu; /* PP_FLAG_NEAR: the CPU the caller runs on */
     uint8_t args[PP_INLINE_ARGS];
     /* wake line: the two sleep flags, and the descriptor of a CALLBACK frame.
      * Between the down and up lines: CPUs fetch lines in 128-byte pairs, and

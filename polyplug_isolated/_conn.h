@@ -37,6 +37,13 @@ typedef struct pp_pending {
     uint64_t deadline;
 } pp_pending;
 
+/* Whose answer a buffers() block's out holds in the arena (see pp_arena_hold). */
+typedef struct pp_kept {
+    int64_t lease; /* 0: nobody's, the next block zeroes it */
+    uint64_t args_len;
+    uint64_t out_size;
+} pp_kept;
+
 typedef struct pp_hslot {
     alignas(PP_CACHE_LINE) _Atomic uint64_t lease;
     uint64_t seq;     /* down_seq of the last frame written */
@@ -44,7 +51,7 @@ typedef struct pp_hslot {
     uint32_t gen;
     int threaded; /* a worker thread serves the slot (BIND sent, no RETIRE since) */
     int retiring; /* a RETIRE (frame `seq`) is unanswered */
-    int out_kept; /* the slot's buffers() block made a call: the next ones leave the out as it is */
+    int out_kept; /* the slot's buffers() block's out holds its own answer: calls leave it as it is */
     pp_pending call;
 } pp_hslot;
 
@@ -73,6 +80,7 @@ struct pp_conn {
     _Atomic uint32_t arena_waiters;
     sem_t arena_freed;
     uint64_t arena_faulted; /* arena bytes faulted in by pp_arena_hold (under the arena) */
+    pp_kept kept;           /* (under the arena) */
     _Atomic uint64_t calls;
     _Atomic uint64_t failures;
     pp_hslot *slots;

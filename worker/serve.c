@@ -295,13 +295,13 @@ static void step_aside(uint32_t host_cpu)
 }
 
 /* A large call (PP_FLAG_NEAR) runs on its caller's CPU, where the bytes the
- * caller just wrote are in cache, and the caller sleeps meanwhile. The
- * thread stays pinned there while its calls stay large, sleeping between
- * them (a spin would keep the caller off its CPU), so that the caller's wake
- * lands it there; the first call that is not large restores the CPUs it was
- * allowed before. It only comes within the CPUs allowed at that moment: a pin
- * set from outside (taskset) stays, and the host is told (near_declined) so
- * that its callers spin again. */
+ * caller just wrote are in cache; the caller yields that CPU meanwhile. The
+ * thread stays pinned there while its calls stay large and sleeps between
+ * them (a spin would keep the caller off its CPU), so that the caller's next
+ * call wakes it there; the first call that is not large restores the CPUs it
+ * was allowed before. It only comes within the CPUs allowed at that moment:
+ * a pin set from outside (taskset) stays, and the host is told
+ * (near_declined), so that its callers wait as for any other call. */
 static _Thread_local int t_near;
 static _Thread_local uint32_t t_near_cpu;
 static _Thread_local cpu_set_t t_allowed; /* before it came near */
@@ -356,10 +356,10 @@ static int await_frame(pp_header *h, pp_slot *s, uint64_t served, int may_retire
         step_aside(atomic_load_explicit(&h->host_cpu, memory_order_relaxed));
     else
         t_colocated = 0;
-    unsigned first = same_cpu || t_cb_yields || t_near ? PP_PAUSE_SPINS : 1;
+    unsigned first = same_cpu || t_cb_yields ? PP_PAUSE_SPINS : 1;
     /* Past half the CPUs, a spinning thread only takes a CPU from the threads
      * it waits for: with many calls in flight, wait=auto sleeps at once. */
-    int counted = mode == PP_WAIT_AUTO && !t_near;
+    int counted = mode == PP_WAIT_AUTO && !t_near; /* near: sleeps at once */
     if (counted && atomic_fetch_add(&g_spinners, 1) >= g_spin_cap) {
         atomic_fetch_sub(&g_spinners, 1);
         counted = 0;

@@ -11,6 +11,9 @@ worker's own dispatch (``_serve_ffi``) loads the bundle there, and each call
 goes through one cffi call of ``ppw_invoke`` with Python ints in and Python
 values (or bytes) out, the way a host using cffi would call the plugin.
 
+A round during which a CPU ran a fixed loop 1.3x slower than its best does
+not count and is run again (up to twice the rounds asked for; see SlowCpus).
+
 Options: ``--rounds N`` (10), ``--quick`` (smaller rounds), ``--json PATH``.
 """
 
@@ -461,6 +464,52 @@ def _floor_line(runs: list[dict[str, int]]) -> str:
     )
 
 
+# ---- rounds on a slowed CPU ---------------------------------------------------------------
+
+# On the 2-core VM, a CPU at times runs a fixed loop ~1.8x slower for tens to
+# hundreds of milliseconds, with nothing else queued on it (schedstat shows no
+# run-queue delay: the slowdown comes from outside the VM). A round that falls
+# in such a spell on one side only gives a ratio far off either way (raw
+# 8 B: 0.44x-1.81x across runs whose other rounds agree), so a round whose
+# probes find a CPU that slow does not count and is run again.
+PROBE_LOOPS = 20_000
+SLOW = 1.3  # a probe this much slower than the CPU's best marks the round
+MAX_ATTEMPTS = 2  # rounds run at most this many times the rounds asked for
+
+
+def cpu_probe() -> dict[int, int]:
+    """ns of a fixed loop on each CPU allowed (the calling thread pinned to each in turn, best of 2)."""
+    allowed = os.sched_getaffinity(0)
+    took = {}
+    try:
+        for cpu in sorted(allowed):
+            os.sched_setaffinity(0, {cpu})
+            laps = []
+            for _ in range(2):
+                t0 = time.perf_counter_ns()
+                for _ in range(PROBE_LOOPS):
+                    pass
+                laps.append(time.perf_counter_ns() - t0)
+            took[cpu] = min(laps)
+    finally:
+        os.sched_setaffinity(0, allowed)
+    return took
+
+
+class SlowCpus:
+    """Tells whether a CPU ran slow around a round, against the best probe seen on each CPU."""
+
+    def __init__(self) -> None:
+        self.best: dict[int, int] = {}
+        for _ in range(5):
+            self.slow(cpu_probe())
+
+    def slow(self, probe: dict[int, int]) -> bool:
+        for cpu, ns in probe.items():
+            self.best[cpu] = min(self.best.get(cpu, ns), ns)
+        return any(ns > SLOW * self.best[cpu] for cpu, ns in probe.items())
+
+
 # ---- the run -------------------------------------------------------------------------
 
 
@@ -472,21 +521,29 @@ def run(rounds: int, quick: bool) -> dict:
     try:
         with Runtime() as rt, contextlib.ExitStack() as blocks:
             calls = isolated_calls(rt, blocks)
+            slow_cpus = SlowCpus()
             gc.disable()
             for shape in SHAPES:
                 n = max(2, shape.calls // 10) if quick else shape.calls
-                pairs = []
-                for r in range(rounds):
+                pairs: list[tuple[float, float]] = []
+                slowed: list[tuple[float, float]] = []
+                for r in range(MAX_ATTEMPTS * rounds):
+                    if len(pairs) == rounds:
+                        break
                     sides = ("inproc", "isolated") if r % 2 == 0 else ("isolated", "inproc")
                     got = {}
+                    before = slow_cpus.slow(cpu_probe())
                     for side in sides:
                         if side == "inproc":
                             got[side] = children[shape.bundle].measure(shape.name, n)
                         else:
                             got[side] = measure(shape, calls[shape.name], n)
-                    pairs.append((got["inproc"], got["isolated"]))
+                    after = slow_cpus.slow(cpu_probe())
+                    (slowed if before or after else pairs).append((got["inproc"], got["isolated"]))
                 blocks.close()  # a buffers() block the case held
-                rows.append(_row(shape, pairs))
+                # A CPU slow for longer than twice the rounds: the last slowed rounds count after all.
+                counted = (pairs + slowed[::-1])[:rounds]
+                rows.append(_row(shape, counted, len(slowed)))
                 print(_line(rows[-1]), flush=True)
             gc.enable()
     finally:
@@ -497,7 +554,7 @@ def run(rounds: int, quick: bool) -> dict:
     return {"rounds": rounds, "quick": quick, "load_avg": os.getloadavg(), "cases": rows, "copy_floor": floor}
 
 
-def _row(shape: Shape, pairs: list[tuple[float, float]]) -> dict:
+def _row(shape: Shape, pairs: list[tuple[float, float]], disturbed: int = 0) -> dict:
     if shape.kind == "rate":
         values = [iso for _, iso in pairs]
         met = [v >= shape.limit for v in values]
@@ -515,6 +572,7 @@ def _row(shape: Shape, pairs: list[tuple[float, float]]) -> dict:
         "high": max(values),
         "met": sum(met),
         "rounds": len(values),
+        "disturbed": disturbed,
         "inproc": [inproc for inproc, _ in pairs],
         "isolated": [iso for _, iso in pairs],
     }
@@ -529,7 +587,8 @@ def _line(row: dict) -> str:
         target = f"<= {row['limit']}x"
         iso = statistics.median(row["isolated"])
         value += f"  isolated p50 {iso:,.0f} ns"
-    return f"{row['label']:<48} {value:<44} target {target:<10} met {row['met']}/{row['rounds']}"
+    rerun = f" (+{row['disturbed']} rounds on a slowed CPU, run again)" if row.get("disturbed") else ""
+    return f"{row['label']:<48} {value:<44} target {target:<10} met {row['met']}/{row['rounds']}{rerun}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -242,17 +242,17 @@ static int spin_cap(void)
  * PP_CALL_PENDING, so Python can run its signal handlers and resume. */
 int ppc_await_frame(pp_conn *c, pp_slot *s, uint64_t seq, uint64_t deadline, int may_pend)
 {
-    return ppc_await_frame_for(c, s, seq, deadline, may_pend, 0);
+    return ppc_await_frame_for(c, s, seq, deadline, may_pend, 0, 0);
 }
 
 int ppc_await_frame_for(pp_conn *c, pp_slot *s, uint64_t seq, uint64_t deadline, int may_pend,
-                        uint64_t extra_spin_ns)
+                        uint64_t extra_spin_ns, int near)
 {
     uint64_t now = pp_now_ns();
     uint64_t spin_until = c->wait_mode == PP_WAIT_SPIN    ? UINT64_MAX
                           : c->wait_mode == PP_WAIT_BLOCK ? now
                                                           : now + c->spin_ns + extra_spin_ns;
-    unsigned first = pp_same_cpu(&c->hdr->host_cpu, &c->hdr->worker_cpu) ? PP_PAUSE_SPINS : 1;
+    unsigned first = pp_same_cpu(&c->hdr->host_cpu, &c->hdr->worker_cpu) || near ? PP_PAUSE_SPINS : 1;
     /* Past half the CPUs, a spinning thread only takes a CPU from the threads
      * it waits for: with many calls in flight, wait=auto sleeps at once. */
     int counted = c->wait_mode == PP_WAIT_AUTO;
@@ -475,7 +475,9 @@ static int settle(pp_conn *c, uint32_t i, int may_pend)
     uint32_t count = p->count;
     int rc;
     for (;;) {
-        rc = ppc_await_frame_for(c, s, hs->seq, p->deadline, may_pend, pp_spin_for_bytes(p->layout.spill_bytes));
+        int near = p->near && !atomic_load_explicit(&c->hdr->near_declined, memory_order_relaxed);
+        rc = ppc_await_frame_for(c, s, hs->seq, p->deadline, may_pend, pp_spin_for_bytes(p->layout.spill_bytes),
+                                 near);
         if (rc != PP_CALL_OK)
             break;
         uint32_t kind = *(volatile uint16_t *)&s->up_kind;
@@ -568,6 +570,8 @@ static int submit(pp_conn *c, int64_t lease, uint32_t contract, uint32_t functio
         spill = PP_IN_SLOT; /* not taken: nothing to give back (a buffers() block may hold it) */
         goto unsent;
     }
+    if (spill == PP_IN_ARENA && !x->keep_arena)
+        c->kept = (pp_kept){0, 0, 0}; /* this call writes over a block's out */
     pp_slot *s = ppc_slot_at(c, i);
     /* The worker answers each frame once: a slot whose count moved since our
      * last answer was answered twice, or scribbled on. */
@@ -577,8 +581,12 @@ static int submit(pp_conn *c, int64_t lease, uint32_t contract, uint32_t functio
         goto unsent;
     }
     uint8_t *region = spill == PP_IN_ARENA ? c->base + pp_arena_offset(c->nslots, c->payload_cap) : pp_payload(s);
+    int near = c->wait_mode == PP_WAIT_AUTO && !(x->flags & PP_FLAG_ASYNC) && layout.spill_bytes >= PP_NEAR_BYTES;
+    int cpu = near ? sched_getcpu() : -1;
+    near = cpu >= 0 && cpu < UINT16_MAX;
     s->kind = PP_DOWN_CALL;
-    s->flags = x->flags | (waiting_depth ? PP_FLAG_PEER_WAITS : 0);
+    s->flags = x->flags | (waiting_depth ? PP_FLAG_PEER_WAITS : 0) | (near ? PP_FLAG_NEAR : 0);
+    s->near_cpu = near ? (uint16_t)cpu : 0;
     s->spill = (uint8_t)spill;
     s->contract = contract;
     s->function = function;
@@ -595,7 +603,7 @@ static int submit(pp_conn *c, int64_t lease, uint32_t contract, uint32_t functio
         memcpy(fix, x->fixups, x->nfixups * sizeof *fix);
         fix[x->nfixups] = (pp_fixup){x->ret_cap, PP_FIX_RETURN_CAP};
     }
-    hs->call = (pp_pending){count, table, out_size, out, x->ret, x->ret_cap, spill, x->keep_arena, layout, deadline};
+    hs->call = (pp_pending){count, table, out_size, out, x->ret, x->ret_cap, spill, x->keep_arena, near, layout, deadline};
     if (!out)
         memset(small_out, 0, sizeof small_out);
     ppc_publish(c, i);
@@ -799,17 +807,29 @@ uint8_t *pp_arena_base(pp_conn *c) { return c->base + pp_arena_offset(c->nslots,
 #define MADV_POPULATE_WRITE 23 /* Linux 5.14 */
 #endif
 
-int pp_arena_hold(pp_conn *c, int64_t lease, size_t bytes, double timeout_s)
+int pp_arena_hold(pp_conn *c, int64_t lease, size_t args_len, size_t out_size, double timeout_s)
 {
     uint32_t i = LEASE_SLOT(lease);
+    uint64_t args_at, out_at;
     if (lease <= 0 || i >= c->nslots)
         return PP_CALL_LEASE_LOST;
-    int rc = lock_arena(c, i, deadline_of(timeout_s), 0);
-    c->slots[i].out_kept = 0;
+    int rc = pp_in_place_layout(c, args_len, out_size, &args_at, &out_at);
+    if (rc == PP_CALL_OK)
+        rc = lock_arena(c, i, deadline_of(timeout_s), 0);
+    if (rc != PP_CALL_OK)
+        return rc;
+    /* The out holds only what this lease's last block left there: this block
+     * goes on from it, as if it were the same block. Otherwise its first call
+     * zeroes the out, and until then the block may write anywhere. */
+    pp_kept *kept = &c->kept;
+    c->slots[i].out_kept = kept->lease == lease && kept->args_len == args_len && kept->out_size == out_size;
+    if (!c->slots[i].out_kept)
+        *kept = (pp_kept){0, 0, 0};
     /* Fault the pages in once (the arena is only ever reused), so that big
      * calls do not take a page fault per page; best effort. */
-    uint64_t want = ppc_min_u64(bytes, c->arena_cap) & ~(uint64_t)4095;
-    if (rc == PP_CALL_OK && want > c->arena_faulted) {
+    uint64_t end = args_at + args_len > out_at + out_size ? args_at + args_len : out_at + out_size;
+    uint64_t want = end & ~(uint64_t)4095;
+    if (want > c->arena_faulted) {
         if (madvise(pp_arena_base(c) + c->arena_faulted, want - c->arena_faulted, MADV_POPULATE_WRITE) == 0)
             c->arena_faulted = want;
     }
@@ -836,12 +856,14 @@ int pp_call_in_place(pp_conn *c, int64_t lease, uint32_t contract, uint32_t func
     uint8_t *arena = pp_arena_base(c);
     pp_extra x = PLAIN;
     x.keep_arena = 1;
-    /* The block's first call has its out zeroed; each later answer lands on the last. */
+    /* The block's first call has its out zeroed (unless it goes on from the
+     * lease's last block, see pp_arena_hold); each later answer lands on the last. */
     x.flags = c->slots[i].out_kept ? PP_FLAG_OUT_KEPT : 0;
     rc = run(c, lease, contract, function, arena + args_at, args_len, 1, out_size ? arena + out_at : NULL, out_size,
              &x, timeout_s);
-    if (rc == PP_CALL_OK || rc == PP_CALL_PLUGIN_ERROR) /* the worker ran it: the out was zeroed */
-        c->slots[i].out_kept = 1;
+    int ran = rc == PP_CALL_OK || rc == PP_CALL_PLUGIN_ERROR; /* the worker ran it: the out was zeroed */
+    c->slots[i].out_kept = ran;
+    c->kept = ran ? (pp_kept){lease, args_len, out_size} : (pp_kept){0, 0, 0};
     return rc;
 }
 

@@ -134,7 +134,7 @@ void pp_bell_wait(pp_conn *c, uint32_t seen, double timeout_s);
  * lie in it; pp_call_in_place runs one call on them. */
 int pp_in_place_layout(pp_conn *c, size_t args_len, size_t out_size, uint64_t *args_at, uint64_t *out_at);
 uint8_t *pp_arena_base(pp_conn *c);
-int pp_arena_hold(pp_conn *c, int64_t lease, size_t bytes, double timeout_s);
+int pp_arena_hold(pp_conn *c, int64_t lease, size_t args_len, size_t out_size, double timeout_s);
 void pp_arena_drop(pp_conn *c, int64_t lease);
 int pp_call_in_place(pp_conn *c, int64_t lease, uint32_t contract, uint32_t function, size_t args_len,
                      size_t out_size, double timeout_s);

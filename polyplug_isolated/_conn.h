@@ -32,9 +32,17 @@ typedef struct pp_pending {
     uint32_t ret_cap;
     int spill;
     int keep_arena; /* the caller holds the arena past the call (pp_arena_hold) */
+    int near;       /* sent with PP_FLAG_NEAR: the worker thread comes to this CPU */
     pp_layout layout;
     uint64_t deadline;
 } pp_pending;
+
+/* Whose answer a buffers() block's out holds in the arena (see pp_arena_hold). */
+typedef struct pp_kept {
+    int64_t lease; /* 0: nobody's, the next block zeroes it */
+    uint64_t args_len;
+    uint64_t out_size;
+} pp_kept;
 
 typedef struct pp_hslot {
     alignas(PP_CACHE_LINE) _Atomic uint64_t lease;
@@ -43,7 +51,7 @@ typedef struct pp_hslot {
     uint32_t gen;
     int threaded; /* a worker thread serves the slot (BIND sent, no RETIRE since) */
     int retiring; /* a RETIRE (frame `seq`) is unanswered */
-    int out_kept; /* the slot's buffers() block made a call: the next ones leave the out as it is */
+    int out_kept; /* the slot's buffers() block's out holds its own answer: calls leave it as it is */
     pp_pending call;
 } pp_hslot;
 
@@ -72,6 +80,7 @@ struct pp_conn {
     _Atomic uint32_t arena_waiters;
     sem_t arena_freed;
     uint64_t arena_faulted; /* arena bytes faulted in by pp_arena_hold (under the arena) */
+    pp_kept kept;           /* (under the arena) */
     _Atomic uint64_t calls;
     _Atomic uint64_t failures;
     pp_hslot *slots;
@@ -115,9 +124,11 @@ static inline int ppc_lease_in_flight(pp_conn *c, int64_t lease)
 
 /* _channel.c */
 int ppc_await_frame(pp_conn *c, pp_slot *s, uint64_t seq, uint64_t deadline, int may_pend);
-/* The same, spinning `extra_spin_ns` past the conn's spin window (see pp_spin_for_bytes). */
+/* The same, spinning `extra_spin_ns` past the conn's spin window (see pp_spin_for_bytes);
+ * `near`: the worker thread runs the call on this CPU, so each step of the
+ * spin yields the CPU to it. */
 int ppc_await_frame_for(pp_conn *c, pp_slot *s, uint64_t seq, uint64_t deadline, int may_pend,
-                        uint64_t extra_spin_ns);
+                        uint64_t extra_spin_ns, int near);
 int ppc_violation(const char *why);
 void ppc_release_arena(pp_conn *c, uint32_t slot);
 void ppc_leave(pp_conn *c);

@@ -68,10 +68,10 @@ class InPlaceCall:
             raise contract._error(ChannelFailure(lib.PP_CALL_TOO_LARGE), proxy, self._fn, self._timeout)
         end = max(args_at[0] + self._args_size, out_at[0] + self._out_size)
         lease = channel.lease(self._timeout)
-        status = lib.pp_arena_hold(conn, lease, end, self._timeout)
+        status = lib.pp_arena_hold(conn, lease, self._args_size, self._out_size, self._timeout)
         if status == lib.PP_CALL_LEASE_LOST:
             lease = channel.renew_lease(self._timeout)
-            status = lib.pp_arena_hold(conn, lease, end, self._timeout)
+            status = lib.pp_arena_hold(conn, lease, self._args_size, self._out_size, self._timeout)
         if status != lib.PP_CALL_OK:
             raise contract._error(ChannelFailure.last(status), proxy, self._fn, self._timeout)
         self._held = (proxy, conn, index, lease)

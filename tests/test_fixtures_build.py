@@ -84,7 +84,7 @@ EXPECTED_CONTRACTS: dict[str, dict[str, int]] = {
     "kitchen_sink": {"test.kitchen": 28, "test.counter": 5},
     "multi": {"test.mul": 1, "test.sub": 1},
     "oversized": {"test.oversized": 1},
-    "payload": {"test.payload": 2},
+    "payload": {"test.payload": 3},
     "probe_v1": {"test.probe": 2},
     "probe_v2": {"test.probe": 2},
     "register_fail": {"regfail.add": 1},

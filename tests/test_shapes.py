@@ -9,6 +9,7 @@ import inspect
 import random
 import struct
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from conftest import CRASH, as_u32, u32, wait_until
@@ -334,17 +335,50 @@ def test_buffers_echo_in_place(rt, bundle_dir, size):
 
 def test_buffers_out_is_zeroed_for_a_blocks_first_call_and_kept_after(rt, bundle_dir):
     payload = contract(rt, bundle_dir, "payload", PAYLOAD)
-    for _ in range(2):  # every block starts over
-        with payload.buffers(ECHO, 8 + 4096, 8192) as call:
-            call.out[:] = b"\xee" * 8192  # what the caller left there before the first call
-            call.args[:8] = (4096).to_bytes(8, "little")
-            call.args[8:] = b"a" * 4096
-            assert bytes(call()) == b"a" * 4096 + bytes(4096)  # zeroed, then the answer
-            call.out[4096:] = b"\xee" * 4096
-            call.args[8:] = b"b" * 4096
-            assert bytes(call()) == b"b" * 4096 + b"\xee" * 4096  # no pass over what echo leaves
-            call.args[:8] = (16).to_bytes(8, "little")
-            assert bytes(call()[:24]) == b"b" * 24  # echo wrote 16 bytes over the last answer
+    with payload.buffers(ECHO, 8 + 4096, 8192) as call:
+        call.out[:] = b"\xee" * 8192  # what the caller left there before the first call
+        call.args[:8] = (4096).to_bytes(8, "little")
+        call.args[8:] = b"a" * 4096
+        assert bytes(call()) == b"a" * 4096 + bytes(4096)  # zeroed, then the answer
+        call.out[4096:] = b"\xee" * 4096
+        call.args[8:] = b"b" * 4096
+        assert bytes(call()) == b"b" * 4096 + b"\xee" * 4096  # no pass over what echo leaves
+        call.args[:8] = (16).to_bytes(8, "little")
+        assert bytes(call()[:24]) == b"b" * 24  # echo wrote 16 bytes over the last answer
+
+
+def echo_in_block(payload, fill: bytes, out_size: int = 8192, leave: bytes = b"") -> bytes:
+    """One block: echo 4096 ``fill`` bytes into an out of ``out_size``; returns the answer, then
+    writes ``leave`` over the out's tail (what the block leaves there for the next one)."""
+    with payload.buffers(ECHO, 8 + 4096, out_size) as call:
+        call.args[:8] = (4096).to_bytes(8, "little")
+        call.args[8:] = fill * 4096
+        answer = bytes(call())
+        if leave:
+            call.out[4096:] = leave * (out_size - 4096)
+        return answer
+
+
+def test_a_block_goes_on_from_the_threads_last_block_of_the_same_sizes(rt, bundle_dir):
+    """The out holds only what this thread's last block left: no zeroing pass over it."""
+    payload = contract(rt, bundle_dir, "payload", PAYLOAD)
+    echo_in_block(payload, b"a", leave=b"\xee")
+    assert echo_in_block(payload, b"b") == b"b" * 4096 + b"\xee" * 4096
+
+
+def test_a_block_starts_over_after_anyone_else_used_the_arena(rt, bundle_dir):
+    """Another thread's block, a big call that went through the arena, or other sizes: the out
+    may hold someone else's bytes, and the next block's first call zeroes it."""
+    payload = contract(rt, bundle_dir, "payload", PAYLOAD)
+    zeroed = lambda fill: fill * 4096 + bytes(4096)  # noqa: E731
+    echo_in_block(payload, b"a", leave=b"\xee")
+    with ThreadPoolExecutor(1) as other:
+        assert other.submit(echo_in_block, payload, b"c", leave=b"\xcc").result() == zeroed(b"c")
+    assert echo_in_block(payload, b"b", leave=b"\xee") == zeroed(b"b")
+    big = b"\x77" * 100_000  # past the slot's payload: it goes through the arena (over the out)
+    assert payload.call(ECHO, blob(big), len(big)) == big
+    assert echo_in_block(payload, b"d", leave=b"\xee") == zeroed(b"d")
+    assert echo_in_block(payload, b"e", out_size=8200)[4096:] == bytes(4104)
 
 
 def test_buffer_views_are_released_on_exit(rt, bundle_dir):

@@ -303,3 +303,61 @@ def test_a_worker_pinned_from_outside_stays_pinned_when_it_meets_its_caller(rt, 
     finally:
         os.sched_setaffinity(0, everywhere)
     assert allowed_cpus(pid) == {frozenset({cpu})}
+
+
+PAYLOAD = guest_contract_id("test.payload", 1)
+CPU = 2  # payload's cpu(any) -> u32: where the call runs; its args are not read
+LARGE = bytes(lib.PP_NEAR_BYTES)  # calls that move this much, in a row, run on their caller's CPU
+
+
+def payload_contract(rt, bundle_dir):
+    rt.load_bundle(bundle_dir("payload"))
+    return rt.resolve_guest_contract(rt.find_guest_contract(PAYLOAD, 1))
+
+
+def cpu_of_call(contract, args: bytes) -> int:
+    return as_u32(contract.call(CPU, args, 4))
+
+
+def cpu_of_large_calls(contract, cpu: int) -> int:
+    """Two large calls in a row from this thread pinned to ``cpu``: where the second ran."""
+    everywhere = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        cpu_of_call(contract, LARGE)
+        return cpu_of_call(contract, LARGE)
+    finally:
+        os.sched_setaffinity(0, everywhere)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to choose from")
+def test_large_calls_run_on_the_callers_cpu_and_a_small_one_frees_the_worker_thread(rt, bundle_dir):
+    payload = payload_contract(rt, bundle_dir)
+    everywhere = os.sched_getaffinity(0)
+    pid = payload.bundle.worker_pid
+    for cpu in sorted(everywhere) * 3:
+        assert cpu_of_large_calls(payload, cpu) == cpu
+        assert frozenset({cpu}) in allowed_cpus(pid)  # it waits there for the next large call
+    cpu_of_call(payload, b"")  # a small call: the thread may go anywhere again
+    assert allowed_cpus(pid) == {frozenset(everywhere)}
+    cpu_of_call(payload, LARGE)  # one large call after small ones stays where it is
+    assert allowed_cpus(pid) == {frozenset(everywhere)}
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to pin apart")
+def test_large_calls_stay_within_a_pin_from_outside(rt, bundle_dir):
+    """The worker thread only comes to its caller's CPU where the CPUs it is
+    allowed at that moment let it: a pin set from outside (taskset, before or
+    while it waits near its caller) is kept, by the large calls and after them."""
+    payload = payload_contract(rt, bundle_dir)
+    mine, other = sorted(os.sched_getaffinity(0))[:2]
+    pid = payload.bundle.worker_pid
+    pin_process(pid, {other})
+    assert cpu_of_large_calls(payload, mine) == other
+    assert allowed_cpus(pid) == {frozenset({other})}
+    pin_process(pid, os.sched_getaffinity(0))
+    assert cpu_of_large_calls(payload, mine) == mine  # came near
+    pin_process(pid, {other})  # while it waits near its caller
+    cpu_of_call(payload, b"")
+    assert cpu_of_large_calls(payload, mine) == other
+    assert allowed_cpus(pid) == {frozenset({other})}

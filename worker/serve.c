@@ -295,6 +295,60 @@ static void step_aside(uint32_t host_cpu)
         sched_setaffinity(0, sizeof allowed, &allowed);
 }
 
+/* A large call (PP_FLAG_NEAR) runs on its caller's CPU, where the bytes the
+ * caller just wrote are in cache; the caller yields that CPU meanwhile. The
+ * thread stays pinned there while its calls stay large and sleeps between
+ * them (a spin would keep the caller off its CPU), so that the caller's next
+ * call wakes it there; the first call that is not large restores the CPUs it
+ * was allowed before. It only comes within the CPUs allowed at that moment:
+ * a pin set from outside (taskset) stays, and the host is told
+ * (near_declined), so that its callers wait as for any other call. */
+#define LARGE_CALLS_BEFORE_NEAR 2
+
+static _Thread_local int t_near;
+static _Thread_local uint32_t t_near_cpu;
+static _Thread_local cpu_set_t t_allowed; /* before it came near */
+
+static void leave_near(void)
+{
+    if (!t_near)
+        return;
+    t_near = 0;
+    /* A pin set from outside meanwhile (anything but the one CPU it came to) stays. */
+    cpu_set_t now;
+    if (sched_getaffinity(0, sizeof now, &now) != 0 || CPU_COUNT(&now) != 1 || !CPU_ISSET(t_near_cpu, &now))
+        return;
+    /* Back to the CPUs it was allowed by way of the others, as step_aside
+     * would after many calls: the small calls that follow wait spinning, a
+     * CPU each, instead of taking turns on the caller's (~10 us each). */
+    cpu_set_t elsewhere = t_allowed;
+    CPU_CLR(t_near_cpu, &elsewhere);
+    if (CPU_COUNT(&elsewhere) > 0)
+        sched_setaffinity(0, sizeof elsewhere, &elsewhere);
+    sched_setaffinity(0, sizeof t_allowed, &t_allowed);
+}
+
+static void come_near(pp_header *h, uint32_t cpu)
+{
+    if (t_near && cpu == t_near_cpu)
+        return;
+    leave_near();
+    cpu_set_t allowed, there;
+    int declined = 1;
+    if (cpu < CPU_SETSIZE && sched_getaffinity(0, sizeof allowed, &allowed) == 0 && CPU_ISSET(cpu, &allowed)) {
+        CPU_ZERO(&there);
+        CPU_SET(cpu, &there);
+        if (sched_setaffinity(0, sizeof there, &there) == 0) {
+            t_allowed = allowed;
+            t_near_cpu = cpu;
+            t_near = 1;
+            declined = 0;
+        }
+    }
+    if (atomic_load_explicit(&h->near_declined, memory_order_relaxed) != (uint32_t)declined)
+        atomic_store_explicit(&h->near_declined, (uint32_t)declined, memory_order_relaxed);
+}
+
 /* Waits until the slot's down_seq moves past `served`. Returns 0 when it
  * does, 1 when asked to stop, 2 when it retired after idle_retire_ms (only
  * `may_retire`: between calls). Spins for the wait window first (the host's
@@ -307,8 +361,9 @@ static int await_frame(pp_header *h, pp_slot *s, uint64_t served, int may_retire
                                                   : pp_now_ns() + g_spin_ns + pp_spin_for_bytes(t_moved);
     int same_cpu = pp_same_cpu(&h->worker_cpu, &h->host_cpu);
     /* Spinning sides want a CPU each; sleeping ones wake each other fastest
-     * on one CPU, so wait=block never steps aside (nor does it co-locate them). */
-    if (same_cpu && mode != PP_WAIT_BLOCK)
+     * on one CPU, so wait=block never steps aside (nor does it co-locate them),
+     * nor does a thread that came near (it sleeps). */
+    if (same_cpu && mode != PP_WAIT_BLOCK && !t_near)
         step_aside(atomic_load_explicit(&h->host_cpu, memory_order_relaxed));
     else
         t_colocated = 0;
@@ -318,7 +373,7 @@ static int await_frame(pp_header *h, pp_slot *s, uint64_t served, int may_retire
     unsigned first = same_cpu || t_cb_yields || t_peer_waits ? PP_PAUSE_SPINS : 1;
     /* Past half the CPUs, a spinning thread only takes a CPU from the threads
      * it waits for: with many calls in flight, wait=auto sleeps at once. */
-    int counted = mode == PP_WAIT_AUTO;
+    int counted = mode == PP_WAIT_AUTO && !t_near; /* near: sleeps at once */
     if (counted && atomic_fetch_add(&g_spinners, 1) >= g_spin_cap) {
         atomic_fetch_sub(&g_spinners, 1);
         counted = 0;
@@ -426,6 +481,7 @@ static void serve_slot(uint32_t index)
     t_slot_index = index;
     t_tid = gettid();
     uint64_t served = atomic_load_explicit(&s->up_seq, memory_order_acquire);
+    unsigned large_run = 0; /* PP_FLAG_NEAR calls in a row */
     while (!await_frame(h, s, served, 1)) {
         served = atomic_load_explicit(&s->down_seq, memory_order_acquire);
         uint32_t kind = s->kind;
@@ -434,6 +490,14 @@ static void serve_slot(uint32_t index)
             return answer(s, served, PP_STATUS_OK, 0, 0, &ok);
         if (kind == PP_DOWN_CALL) {
             t_peer_waits = (s->flags & PP_FLAG_PEER_WAITS) != 0;
+            /* A lone large call between small ones stays where it is: coming
+             * near and going back costs two moves (~35 us), which only a run
+             * of large calls pays back. */
+            large_run = s->flags & PP_FLAG_NEAR ? large_run + 1 : 0;
+            if (large_run >= LARGE_CALLS_BEFORE_NEAR)
+                come_near(h, s->near_cpu);
+            else if (!large_run)
+                leave_near();
             serve_one(s, served);
             served = t_seq; /* past the REPLYs of its call backs */
         } else

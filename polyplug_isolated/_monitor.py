@@ -20,6 +20,7 @@ import logging
 import os
 import selectors
 import threading
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from ._process import WorkerProcess
@@ -114,6 +115,7 @@ class Monitor:
         self._selector.register(self._wake_read, selectors.EVENT_READ, None)
         self._lock = threading.Lock()
         self._incoming: list[_Watch] = []
+        self._soon: list[Callable[[], None]] = []
         self._closing = False
         self._failed = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -136,6 +138,17 @@ class Monitor:
                 self._incoming.append(_Watch(watcher, process))
         if failed:
             _bury(_Watch(watcher, process))
+        self._wake()
+
+    def call_soon(self, task: Callable[[], None]) -> None:
+        """Runs ``task`` on the monitor thread, which must not block in it; returns at once.
+
+        For work a caller wants done but not waited for: the runtime's next
+        spare is asked for here as a load returns, so that neither the
+        request nor the zygote it wakes takes the loading thread's time.
+        """
+        with self._lock:
+            self._soon.append(task)
         self._wake()
 
     def close(self) -> None:
@@ -213,6 +226,7 @@ class Monitor:
                 break
         with self._lock:
             incoming, self._incoming = self._incoming, []
+            soon, self._soon = self._soon, []
             closing = self._closing
         for watch in incoming:
             watch.control.setblocking(False)
@@ -220,6 +234,11 @@ class Monitor:
             self._selector.register(watch.control, selectors.EVENT_READ, ("control", watch))
             self._selector.register(watch.process.output, selectors.EVENT_READ, ("output", watch))
             self._selector.register(watch.process.pidfd, selectors.EVENT_READ, ("exit", watch))
+        for task in soon:
+            try:
+                task()
+            except Exception:  # the monitor must outlive any task's trouble
+                _logger.exception("monitor: a task failed (ignored)")
         return closing
 
     # ---- control socket ----------------------------------------------------------------

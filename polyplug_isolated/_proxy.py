@@ -58,16 +58,12 @@ class WorkerProxy:
         monitor: Monitor,
         on_death: Callable[[WorkerProxy], None],
         on_fault: Callable[[WorkerProxy, dict[str, Any]], None],
-        on_load_ended: Callable[[], None] = lambda: None,
     ):
-        """``on_load_ended`` runs on the monitor thread as the worker's ready (or error) frame
-        arrives: the runtime asks for its next spare worker then."""
         self.manifest = manifest
         self._config = config
         self._monitor = monitor
         self._on_death = on_death
         self._on_fault = on_fault
-        self._on_load_ended = on_load_ended
         self._request_lock = threading.Lock()
         self._reply: concurrent.futures.Future[dict[str, Any]] | None = None
         self._bundle_log = logging.getLogger(f"polyplug_isolated.bundle.{manifest.name}")
@@ -330,7 +326,6 @@ class WorkerProxy:
         elif kind in (proto.READY, proto.ERROR) and not self._handshake.done():
             self._handshake.set_result(message)
             self._init_calls.put(None)
-            self._on_load_ended()
         elif kind == proto.CB and not self._handshake.done():
             self._init_calls.put(message)
         elif kind == proto.CONTAINED and self.sandbox_report is None and not self._handshake.done():

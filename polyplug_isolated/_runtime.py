@@ -488,7 +488,6 @@ class Runtime:
             self._monitor,
             lambda dead: on_death(bundle, dead),
             bundle.record_fault,
-            self._zygote.fork_ahead,
         )
         starting = {proxy} if cancellable else set()
         with self._lock:
@@ -500,6 +499,7 @@ class Runtime:
         finally:
             with self._lock:
                 self._starting -= starting
+            self._monitor.call_soon(self._zygote.fork_ahead)
         if proxy.sandbox_report is not None:
             self._refusals.note(proxy.sandbox_report)
         return proxy

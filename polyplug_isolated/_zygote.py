@@ -131,12 +131,12 @@ class Zygote:
     def fork_ahead(self) -> None:
         """Asks for the next spare (with ``keep_spare``), without waiting for anything.
 
-        The monitor thread calls it as a worker's load ends (its ready or
-        error frame): not earlier, as forking the spare meanwhile would take
-        the CPU that load needs, and not on the loading thread, whose caller
-        would wait for the request (the zygote, woken, takes that thread's
-        CPU). It never waits for the lock either: whoever holds it is a fork
-        in progress (whose worker's load asks again when it ends) or close().
+        The monitor thread calls it once a worker's start has ended: not
+        earlier, as forking the spare meanwhile would take the CPU that load
+        needs, and not on the loading thread, whose caller would wait for the
+        request (the zygote, woken, takes that thread's CPU). It never waits
+        for the lock either: whoever holds it is a fork in progress (whose
+        start asks again when it ends) or close().
         """
         if not self._keep_spare or not self._lock.acquire(blocking=False):
             return

@@ -178,13 +178,13 @@ static _Noreturn void mirror(int status)
 }
 
 /* The namespace's init: when the worker ends, so does every process left in
- * the namespace (the kernel kills them as init exits). */
-static _Noreturn void run_init(pid_t worker, int status_fd, int hold_fd)
+ * the namespace (the kernel kills them as init exits). It writes the
+ * worker's wait status to status_fd, for the stand-in outside to mirror. */
+static _Noreturn void run_init(pid_t worker, int status_fd)
 {
-    close_fds_except(status_fd, hold_fd);
+    close_fds_except(status_fd, -1);
     int status = supervise(worker);
-    if (status_fd >= 0)
-        (void)!write(status_fd, &status, sizeof status);
+    (void)!write(status_fd, &status, sizeof status);
     if (WIFSIGNALED(status))
         _exit(128 + WTERMSIG(status)); /* init cannot die of a signal it sends itself */
     _exit(WIFEXITED(status) ? WEXITSTATUS(status) : 1);
@@ -305,42 +305,13 @@ int ppw_sb_enter_namespaces(int hold_fd, int *error, int *outer_pid)
     if (worker < 0)
         _exit(127);
     if (worker > 0)
-        run_init(worker, status_pipe[1], -1);
+        run_init(worker, status_pipe[1]);
     /* pid 2: the worker. */
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     close(status_pipe[1]);
     sigprocmask(SIG_SETMASK, &old, NULL);
     *outer_pid = outer_pid_of_self(); /* /proc is still the host's: it names us as the host does */
     return ns;
-}
-
-int ppw_sb_unshare_pid(void)
-{
-    return unshare(CLONE_NEWPID) == 0 ? 0 : -errno;
-}
-
-int ppw_sb_become_init(int status_fd, int hold_fd, int *outer_pid)
-{
-    *outer_pid = getpid();
-    if (unshare(CLONE_NEWNS) != 0)
-        return -errno;
-    sigset_t all, old;
-    sigfillset(&all);
-    sigprocmask(SIG_BLOCK, &all, &old);
-    pid_t worker = fork();
-    if (worker < 0) {
-        int err = -errno;
-        sigprocmask(SIG_SETMASK, &old, NULL);
-        return err;
-    }
-    if (worker > 0)
-        run_init(worker, status_fd, hold_fd);
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (status_fd >= 0)
-        close(status_fd);
-    sigprocmask(SIG_SETMASK, &old, NULL);
-    *outer_pid = outer_pid_of_self();
-    return 0;
 }
 
 int ppw_sb_mount_proc(void)

@@ -402,3 +402,34 @@ def test_an_old_worker_whose_unload_hangs_is_killed_at_the_next_reload(bundle_di
         rt.reload_bundle(bundle_dir("adder"))
         assert old.exited.wait(10) and old.returncode == -signal.SIGKILL
         assert "after a reload" in str(old.kill_reason)
+
+
+def test_a_default_runtime_keeps_a_contained_spare_and_spare_worker_false_none(bundle_dir):
+    with Runtime() as rt:
+        rt.load_bundle(bundle_dir("adder"))
+        spare = contained_spare(rt)  # asked for once the first load returned
+        assert rt.load_bundle(bundle_dir("environ")).pid == spare.pid
+    with Runtime(spare_worker=False) as rt:
+        first = rt.load_bundle(bundle_dir("adder"))
+        second = rt.load_bundle(bundle_dir("environ"))
+        children = {child.pid for child in psutil.Process().children()}
+        assert children == {rt._zygote.pid, first.pid, second.pid}  # nothing forked ahead
+
+
+def anonymous_kb(pid: int) -> int:
+    """The anonymous memory ``pid`` maps (its own, or shared copy-on-write with the zygote)."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Anonymous:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no Anonymous line for {pid}")
+
+
+def test_the_stand_in_and_the_init_shed_the_interpreter_they_were_forked_with(rt, bundle_dir):
+    """They run only C once the worker is split off: a copy of the interpreter would cost their
+    exit (which the host waits for to learn of a death) its teardown."""
+    bundle = rt.load_bundle(bundle_dir("adder"))
+    stand_in = psutil.Process(bundle.pid)
+    [init] = stand_in.children()
+    worker = anonymous_kb(bundle.worker_pid)  # the worker keeps its interpreter's heap
+    # What they keep is the libraries' own data (~2 MB here), a fraction of the heap (~10 MB).
+    assert 3 * anonymous_kb(stand_in.pid) < worker and 3 * anonymous_kb(init.pid) < worker

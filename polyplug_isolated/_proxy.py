@@ -272,7 +272,7 @@ class WorkerProxy:
             return False
         self._leaving = True  # before the exit it causes can be taken for a crash
         self._unload_sent = True  # at once, by the monitor; a worker already gone needs none
-        self._monitor.call_soon(self._send_unload)
+        self._monitor.defer(self._send_unload)
         return True
 
     def _send_unload(self) -> None:

@@ -499,7 +499,7 @@ class Runtime:
         finally:
             with self._lock:
                 self._starting -= starting
-            self._monitor.call_soon(self._zygote.fork_ahead)
+            self._monitor.defer(self._zygote.fork_ahead)
         if proxy.sandbox_report is not None:
             self._refusals.note(proxy.sandbox_report)
         return proxy

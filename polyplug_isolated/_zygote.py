@@ -131,7 +131,7 @@ class Zygote:
     def fork_ahead(self) -> None:
         """Asks for the next spare (with ``keep_spare``), without waiting for anything.
 
-        The monitor thread calls it once a worker's start has ended: not
+        The monitor thread calls it just after a worker's start has ended: not
         earlier, as forking the spare meanwhile would take the CPU that load
         needs, and not on the loading thread, whose caller would wait for the
         request (the zygote, woken, takes that thread's CPU). It never waits

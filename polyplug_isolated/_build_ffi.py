@@ -228,8 +228,6 @@ worker_ffi.cdef(
     #define PPW_NS_MOUNT ...
     #define PPW_NS_REAPER ...
     int ppw_sb_enter_namespaces(int hold_fd, int *error, int *outer_pid);
-    int ppw_sb_become_init(int status_fd, int hold_fd, int *outer_pid);
-    int ppw_sb_unshare_pid(void);
     int ppw_sb_mount_proc(void);
     int ppw_sb_drop_capabilities(void);
     int ppw_sb_no_new_privs(void);

@@ -178,13 +178,19 @@ void pp_conn_mark_dead(pp_conn *c)
 {
     atomic_store(&c->state, PP_CONN_DEAD);
     for (uint32_t i = 0; i < c->nslots; i++) {
+        sem_post(&c->slot_freed);
+        /* Only a thread holding a lease waits on its slot. One that claims
+         * the slot after this load reads DEAD before it would wait (both are
+         * seq_cst): a slot never leased stays untouched, and its pages
+         * unallocated (touching all 64 took ~0.2 ms of a restart). */
+        if (atomic_load(&c->slots[i].lease) == 0)
+            continue;
         pp_slot *s = ppc_slot_at(c, i);
         /* A waiter between its last state check and its futex_wait(1) would
          * miss a bare wake-up and sleep a whole slice: the changed word makes
          * that futex_wait return at once. */
         atomic_store(&s->host_waiting, 2);
         pp_futex_wake(&s->host_waiting, INT32_MAX);
-        sem_post(&c->slot_freed);
     }
     atomic_fetch_add(&c->hdr->async_bell, 1);
     pp_futex_wake(&c->hdr->async_bell, INT32_MAX);

@@ -66,12 +66,15 @@ class RuntimeConfig:
             thread made no call exits (its next call gets a fresh one, with
             fresh thread-local state); None: it lives as long as its host thread.
         payload_capacity: bytes per call slot for args + out (args rounded up to 8).
-        prestart: work ahead of need: start the runtime's zygote (the worker
-            template every worker is forked from) with the Runtime rather than
-            at the first load (~40 ms once), and keep one worker forked ahead and
-            contained with the default policy, so that a load, reload or restart
-            skips the fork and containment (~3 ms) at the cost of one idle worker
-            (~1.6 MB). Without it, or for a bundle with a Sandbox, each one forks.
+        prestart: start the runtime's zygote (the worker template every worker
+            is forked from) with the Runtime rather than at the first load (~40 ms
+            once, then ~90 ms on a busy machine).
+        spare_worker: keep one worker forked ahead and contained with the default
+            policy (from the first load on, or from the start with ``prestart``),
+            so that a load, reload or restart skips the fork and the containment
+            (~4 ms) at the cost of one idle worker (~1.6 MB, three processes).
+            False: each worker is forked when it is needed. A bundle with a
+            Sandbox, or whose environment needs an exec, forks its own either way.
         arena_capacity: bytes of the one shared spill area for a call (or batch) whose
             args + out exceed a slot: the largest call a worker takes. Calls that
             spill take turns; pages are only committed when touched.
@@ -93,6 +96,7 @@ class RuntimeConfig:
     arena_capacity: int = 4 * 1024 * 1024
     restart: RestartPolicy = RestartPolicy()
     prestart: bool = False
+    spare_worker: bool = True
     containment: bool = True
 
     def __post_init__(self) -> None:
@@ -132,6 +136,7 @@ class RuntimeConfig:
         check.integer(owner, "spin_ns", self.spin_ns, "spin_ns=50_000", low=0)
         check.instance(owner, "restart", self.restart, RestartPolicy, "restart=RestartPolicy(max_restarts=3)")
         check.flag(owner, "prestart", self.prestart, "prestart=True")
+        check.flag(owner, "spare_worker", self.spare_worker, "spare_worker=False")
 
 
 @dataclass(frozen=True)

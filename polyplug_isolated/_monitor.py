@@ -20,6 +20,8 @@ import logging
 import os
 import selectors
 import threading
+import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from ._process import WorkerProcess
@@ -31,6 +33,7 @@ READ_CHUNK = 1 << 16  # one read per ready descriptor per round
 OUTPUT_LINE_CAP = 1 << 16  # longer output lines reach the host in pieces of this size
 TAIL_LINE_CAP = 4096  # of a line kept for error messages (stack lines are far shorter)
 LAST_WORDS_READS = 64  # after an exit: reads of what the worker left behind (a child may hold the pipe)
+DEFER_S = 0.001  # how long deferred work waits (Monitor.defer)
 
 
 class Watcher(Protocol):
@@ -114,6 +117,8 @@ class Monitor:
         self._selector.register(self._wake_read, selectors.EVENT_READ, None)
         self._lock = threading.Lock()
         self._incoming: list[_Watch] = []
+        self._deferred: list[tuple[float, Callable[[], None]]] = []  # (when, task): queued by others
+        self._due: list[tuple[float, Callable[[], None]]] = []  # the monitor thread's own copy
         self._closing = False
         self._failed = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -136,6 +141,19 @@ class Monitor:
                 self._incoming.append(_Watch(watcher, process))
         if failed:
             _bury(_Watch(watcher, process))
+        self._wake()
+
+    def defer(self, task: Callable[[], None]) -> None:
+        """Runs ``task`` on the monitor thread, which must not block in it, ``DEFER_S`` from now.
+
+        For work a lifecycle operation wants done but not waited for (asking
+        for the next spare, telling a reload's old worker to unload): the
+        delay lets the calling thread finish its operation first, so that
+        neither the task, nor the GIL it holds, nor the process it wakes
+        takes that thread's time.
+        """
+        with self._lock:
+            self._deferred.append((time.monotonic() + DEFER_S, task))
         self._wake()
 
     def close(self) -> None:
@@ -176,7 +194,8 @@ class Monitor:
 
     def _serve(self) -> None:
         while True:
-            for key, _ in self._selector.select():
+            timeout = max(0.0, self._due[0][0] - time.monotonic()) if self._due else None
+            for key, _ in self._selector.select(timeout):
                 if key.data is None:
                     if self._take_incoming():
                         return
@@ -189,6 +208,7 @@ class Monitor:
                 except Exception:  # the monitor must outlive any one worker's trouble
                     _logger.exception("monitor: handling %s of worker %d failed", kind, watch.process.pid)
                     _abandon(watch, f"the monitor failed handling its {kind}")
+            self._run_due()
 
     def _fail_all(self) -> None:
         """Last resort: every watched worker is killed, reaped and reported dead, so no caller
@@ -213,6 +233,8 @@ class Monitor:
                 break
         with self._lock:
             incoming, self._incoming = self._incoming, []
+            self._due += self._deferred
+            self._deferred = []
             closing = self._closing
         for watch in incoming:
             watch.control.setblocking(False)
@@ -221,6 +243,16 @@ class Monitor:
             self._selector.register(watch.process.output, selectors.EVENT_READ, ("output", watch))
             self._selector.register(watch.process.pidfd, selectors.EVENT_READ, ("exit", watch))
         return closing
+
+    def _run_due(self) -> None:
+        """Runs the deferred tasks whose time has come (queued in order, so due in order)."""
+        now = time.monotonic()
+        while self._due and self._due[0][0] <= now:
+            _, task = self._due.pop(0)
+            try:
+                task()
+            except Exception:  # the monitor must outlive any task's trouble
+                _logger.exception("monitor: a deferred task failed (ignored)")
 
     # ---- control socket ----------------------------------------------------------------
 

@@ -261,12 +261,22 @@ class WorkerProxy:
 
         False when calls are still in flight: then shutdown() drains them. The
         monitor reaps the worker when it exits; await_exit() waits for that.
+        The monitor thread sends the unload too: the old worker it wakes (which
+        unloads, exits and tears its memory down) then takes neither the
+        reloading thread's time nor its CPU.
         """
         assert self.channel is not None
         self.channel.start_draining()
-        self.leave_if_idle()
         self._retired_at = time.monotonic()
-        return self._unload_sent
+        if not self.channel.wait_drained(0):
+            return False
+        self._leaving = True  # before the exit it causes can be taken for a crash
+        self._unload_sent = True  # at once, by the monitor; a worker already gone needs none
+        self._monitor.defer(self._send_unload)
+        return True
+
+    def _send_unload(self) -> None:
+        self.process.send(proto.frame(proto.UNLOAD))
 
     def end_if_overdue(self) -> None:
         """Kills a retired worker still running past shutdown()'s two grace periods."""

@@ -102,7 +102,7 @@ class Runtime:
         self._monitor = Monitor()
         self._zygote = Zygote(
             self.config.load_timeout,
-            keep_spare=self.config.prestart,
+            keep_spare=self.config.spare_worker,
             spare_policy=default_policy(self.config.containment),
         )
         if self.config.prestart:
@@ -483,7 +483,11 @@ class Runtime:
 
         on_death = weakly(self._on_death)  # the monitor thread must not keep the runtime alive
         proxy = WorkerProxy(
-            manifest, self.config, self._monitor, lambda dead: on_death(bundle, dead), bundle.record_fault
+            manifest,
+            self.config,
+            self._monitor,
+            lambda dead: on_death(bundle, dead),
+            bundle.record_fault,
         )
         starting = {proxy} if cancellable else set()
         with self._lock:
@@ -495,7 +499,7 @@ class Runtime:
         finally:
             with self._lock:
                 self._starting -= starting
-            self._zygote.fork_ahead()
+            self._monitor.defer(self._zygote.fork_ahead)
         if proxy.sandbox_report is not None:
             self._refusals.note(proxy.sandbox_report)
         return proxy

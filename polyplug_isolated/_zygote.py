@@ -66,12 +66,13 @@ class Zygote:
 
     Each worker gets its containment policy with the fork and applies it
     before it reads its first frame. With ``keep_spare``
-    (``Runtime(prestart=True)``), one worker is always forked ahead of need
-    and contained with ``spare_policy`` (the runtime's default): a load whose
-    policy is that one hands its first frame to the spare, which has already
-    paid for its fork, its namespaces, Landlock and seccomp (~3 ms here);
-    then ``fork_ahead`` asks the zygote for the next spare without waiting
-    for it: its answer is read at the next fork.
+    (``Runtime(spare_worker=True)``, the default), one worker is kept forked
+    ahead of need and contained with ``spare_policy`` (the runtime's
+    default): a load whose policy is that one hands its first frame to the
+    spare, which has already paid for its fork, its namespaces, Landlock and
+    seccomp (~4 ms here); once that worker's load has ended,
+    ``fork_ahead`` asks the zygote for the next spare without waiting for it:
+    its answer is read at the next fork.
     """
 
     def __init__(self, timeout: float, keep_spare: bool = False, spare_policy: Policy = None):
@@ -128,14 +129,24 @@ class Zygote:
             return process
 
     def fork_ahead(self) -> None:
-        """Asks for the next spare (with ``keep_spare``), without waiting for it.
+        """Asks for the next spare (with ``keep_spare``), without waiting for anything.
 
-        Called once the worker just forked has loaded its bundle: forking the
-        spare meanwhile would take the CPU that load needs.
+        The monitor thread calls it just after a worker's start has ended: not
+        earlier, as forking the spare meanwhile would take the CPU that load
+        needs, and not on the loading thread, whose caller would wait for the
+        request (the zygote, woken, takes that thread's CPU). It never waits
+        for the lock either: whoever holds it is a fork in progress (whose
+        start asks again when it ends) or close().
         """
-        with self._lock:
-            if self._keep_spare and not self._closed and self._spare is None and self._pending is None:
+        if not self._keep_spare or not self._lock.acquire(blocking=False):
+            return
+        try:
+            if self._ready and not self._closed and self._spare is None and self._pending is None:
                 self._ask_for_spare()
+        except OSError:  # no new zygote could be started: the next load tries again, and says why
+            pass
+        finally:
+            self._lock.release()
 
     def close(self) -> None:
         """Ends the template and the spare (the workers are the runtime's to end). Idempotent."""

@@ -16,6 +16,7 @@ import logging
 import os
 import struct
 import sys
+import time
 from pathlib import Path
 
 from polyplug_isolated import Runtime, WorkerCrashed, guest_contract_id
@@ -57,6 +58,9 @@ def run(
     with Runtime(containment=containment, load_timeout=20.0, prestart=from_spare) as rt:
         if from_spare:  # the first load has the next worker forked and contained ahead
             rt.load_bundle(fixtures / "adder")
+            deadline = time.monotonic() + 10
+            while rt._zygote._pending is None and time.monotonic() < deadline:  # asked by the monitor
+                time.sleep(0.001)
             with rt._zygote._lock:
                 rt._zygote._collect_spare()
                 result["spare"] = rt._zygote._spare[0].pid if rt._zygote._spare else None

@@ -43,6 +43,7 @@ BAD_OPTIONS = [
     (lambda: Runtime(load_timeout=True), TypeError, ["load_timeout"]),
     (lambda: Runtime(wait="fast"), ValueError, ["wait", "auto"]),
     (lambda: Runtime(prestart="yes"), TypeError, ["prestart", "prestart=True"]),
+    (lambda: Runtime(spare_worker=1), TypeError, ["spare_worker", "spare_worker=False"]),
     (lambda: Runtime(spin_ns=-1), ValueError, ["spin_ns"]),
     (lambda: Runtime(arena_capacity=1 << 40), ValueError, ["arena_capacity"]),
     (lambda: Runtime(on_event="log"), TypeError, ["on_event", "callable"]),

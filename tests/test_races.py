@@ -30,6 +30,12 @@ from polyplug_isolated import (
 SLOW_START_MS = 1000  # long enough for the racing call to arrive while a start is under way
 
 
+@pytest.fixture
+def isolated_runtime_options():
+    """No spare: a worker that starts is a new child of the host, which ``workers()`` sees."""
+    return {"load_timeout": 5.0, "drain_timeout": 5.0, "spare_worker": False}
+
+
 def workers() -> set[int]:
     """The host's worker processes: its children but the runtimes' zygotes, which fork them."""
     zygotes = {runtime._zygote.pid for runtime in list(_lifetime._live)}
@@ -55,7 +61,7 @@ def in_thread(target):
 
 
 def test_close_during_a_load_ends_the_load_with_a_loader_error(bundle_dir):
-    rt = Runtime(load_timeout=30.0)
+    rt = Runtime(load_timeout=30.0, spare_worker=False)
     before = workers()
     thread, outcome = in_thread(lambda: rt.load_bundle(bundle_dir("init_hang")))
     wait_until(lambda: len(workers() - before) == 1)  # its worker runs polyplug_init, which hangs
@@ -68,7 +74,7 @@ def test_close_during_a_load_ends_the_load_with_a_loader_error(bundle_dir):
 
 
 def test_close_during_a_reload_leaves_no_worker(bundle_dir):
-    rt = Runtime()
+    rt = Runtime(spare_worker=False)
     rt.load_bundle(bundle_dir("adder"), faults=[Fault.slow_start(SLOW_START_MS)])
     before = workers()
     thread, outcome = in_thread(lambda: rt.reload_bundle(bundle_dir("adder")))

@@ -242,8 +242,12 @@ class Lifecycle(RuleBasedStateMachine):
     def start(self, max_restarts):
         self.max_restarts = max_restarts
         policy = RestartPolicy(max_restarts=max_restarts, backoff=0.01, jitter=0.0, window=600.0)
-        self.rt = Runtime(
-            restart=policy, on_event=self.events.put, call_timeout=SAFETY_TIMEOUT, load_timeout=10.0
+        self.rt = Runtime(  # no spare: the model counts the workers' processes and fds
+            restart=policy,
+            on_event=self.events.put,
+            call_timeout=SAFETY_TIMEOUT,
+            load_timeout=10.0,
+            spare_worker=False,
         )
         self.rt._zygote.start()  # the zygote (a child with fds of its own) is there before fd_base
         self.fd_base = len(os.listdir("/proc/self/fd"))

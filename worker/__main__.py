@@ -205,6 +205,20 @@ def _prepare_process() -> None:
     faulthandler.enable()  # writes to fd 2, which each worker points at its own output
 
 
+def _rehearse() -> None:
+    """A forked worker, before its load frame: runs what a load runs that needs no bundle.
+
+    A fresh fork shares every page with the zygote, and the first write to
+    each (a reference count is one) copies it: done here, those copies are
+    off the load's path, which a spare is waiting to shorten.
+    """
+    _install_faults([], append=False)
+    _declare_dependencies([])
+    ffi.new("ppw_load_result *")
+    proto.decode(proto.encode(proto.READY, abi_version=1, contracts=_registrations()))
+    proto.FrameReader().feed(proto.frame(proto.LOAD, protocol=0))
+
+
 # run_worker's policy when the load frame brings it (an exec'd worker).
 FROM_LOAD_FRAME = "from the load frame"
 
@@ -226,6 +240,8 @@ def run_worker(control_fd: int, policy: dict | str | None = FROM_LOAD_FRAME) -> 
     # no plugin code can forge it (a spare's waits in the socket until the host takes the spare).
     if policy != FROM_LOAD_FRAME:
         _send(proto.CONTAINED, **contain(policy if isinstance(policy, dict) else None, control_fd))
+        lib.ppw_start_watchdog(control_fd)
+        _rehearse()
 
     reader = proto.FrameReader()
     request, segment_fd = _first_frame(sock, reader)
@@ -233,6 +249,7 @@ def run_worker(control_fd: int, policy: dict | str | None = FROM_LOAD_FRAME) -> 
         return 0
     if policy == FROM_LOAD_FRAME:
         _send(proto.CONTAINED, **contain(request.get("sandbox"), control_fd))
+        lib.ppw_start_watchdog(control_fd)
     elif request.get("sandbox") != policy:
         _send(
             proto.ERROR,
@@ -241,7 +258,6 @@ def run_worker(control_fd: int, policy: dict | str | None = FROM_LOAD_FRAME) -> 
             f"{request.get('sandbox')!r:.300}; the host must fork a new one",
         )
         return 0
-    lib.ppw_start_watchdog(control_fd)
     if not _load(request, segment_fd):
         return 0
     server = threading.Thread(

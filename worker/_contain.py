@@ -22,13 +22,10 @@ fatal): the host logs a warning and shows it in ``Runtime.sandbox_report()``.
 
 A zygote (a template process that forks workers) calls it the same way, first
 thing in each forked child, while that child has one thread: the child then
-stays outside as the worker's stand-in, as a worker started by subprocess
-does. Or, to save that process, ``prepare_fork()`` in the zygote right before
-each fork (it needs CAP_SYS_ADMIN over the zygote's user namespace) and
-``contain(policy, control_fd, status_fd)`` in the child: the fork creates the
-child as pid 1 of a new pid namespace, and ``contain`` makes it the
-namespace's init (the zygote reaps it and reads the worker's wait status from
-``status_fd``) and returns in a forked worker.
+stays outside as the worker's stand-in (the host's child: it forwards the
+host's signals and ends as the worker ended, so the host reads the worker's
+own exit status), its child is the namespace's init, and the grandchild
+returns from here as the worker.
 """
 
 from __future__ import annotations
@@ -49,29 +46,14 @@ def _refused(err: int) -> str:
     return f"unavailable: {errno.errorcode.get(err, str(err))} ({os.strerror(err)})"
 
 
-def prepare_fork() -> str:
-    """Zygote only, before each fork: the child becomes pid 1 of a new pid namespace.
-
-    Needs CAP_SYS_ADMIN over the zygote's user namespace: run the zygote as
-    root, or unshare a user namespace in it once at its start. Returns ON or
-    why not (then ``contain`` reports the pid namespace as unavailable).
-    """
-    err = lib.ppw_sb_unshare_pid()
-    return ON if err == 0 else _refused(err)
-
-
-def contain(policy: dict[str, Any] | None, control_fd: int, status_fd: int = -1) -> dict[str, Any]:
+def contain(policy: dict[str, Any] | None, control_fd: int) -> dict[str, Any]:
     """Applies ``policy`` to this process; returns what took effect, for the host.
 
     Returns ``{"mechanisms": {name: "on" | "off" | "unavailable: why"},
     "pid": the worker's pid as the host sees it, "seconds": how long it took}``. The processes left
     outside keep ``control_fd`` open until the worker's exit status is
     theirs, so the host never sees the socket close before it can reap
-    that status. In a zygote's child
-    (pid 1 after ``prepare_fork``) it forks: the caller continues in the
-    worker, while the init stays behind and, when the worker ends, writes
-    the worker's wait status (a native int) to ``status_fd`` if one is given
-    and exits with the worker's exit code (128 + signal if it was killed).
+    that status.
     """
     started = time.perf_counter()
     mechanisms: dict[str, str] = {}
@@ -79,7 +61,7 @@ def contain(policy: dict[str, Any] | None, control_fd: int, status_fd: int = -1)
     if not policy:
         return {"mechanisms": mechanisms, "pid": pid, "seconds": 0.0}
     if policy.get("contain"):
-        pid = _namespaces(mechanisms, control_fd, status_fd)
+        pid = _namespaces(mechanisms, control_fd)
         _capabilities(mechanisms)
     mechanisms["no_new_privs"] = _step(lib.ppw_sb_no_new_privs())
     _landlock(mechanisms, policy)
@@ -91,17 +73,12 @@ def _step(err: int) -> str:
     return ON if err == 0 else _refused(err)
 
 
-def _namespaces(mechanisms: dict[str, str], control_fd: int, status_fd: int) -> int:
+def _namespaces(mechanisms: dict[str, str], control_fd: int) -> int:
     outer = ffi.new("int *")
-    if os.getpid() == 1:  # a zygote's child, forked after prepare_fork()
-        err = lib.ppw_sb_become_init(status_fd, control_fd, outer)
-        entered = lib.PPW_NS_PID | lib.PPW_NS_MOUNT if err == 0 else 0
-        mechanisms["user_namespace"] = ON if _in_user_namespace() else "unavailable: the zygote has none"
-    else:
-        error = ffi.new("int *")
-        entered = lib.ppw_sb_enter_namespaces(control_fd, error, outer)
-        err = error[0]
-        mechanisms["user_namespace"] = ON if entered & lib.PPW_NS_USER else _refused(err)
+    error = ffi.new("int *")
+    entered = lib.ppw_sb_enter_namespaces(control_fd, error, outer)
+    err = error[0]
+    mechanisms["user_namespace"] = ON if entered & lib.PPW_NS_USER else _refused(err)
     mechanisms["pid_namespace"] = ON if entered & lib.PPW_NS_PID else _refused(err or errno.EPERM)
     if entered & lib.PPW_NS_REAPER:
         mechanisms["pid_namespace"] += (
@@ -117,14 +94,6 @@ def _namespaces(mechanisms: dict[str, str], control_fd: int, status_fd: int) -> 
     except OSError as exc:
         mechanisms["own_session"] = _refused(exc.errno or errno.EPERM)
     return int(outer[0])
-
-
-def _in_user_namespace() -> bool:
-    try:
-        with open("/proc/self/uid_map") as mapping:
-            return mapping.read().split() != ["0", "0", "4294967295"]
-    except OSError:
-        return False
 
 
 def _capabilities(mechanisms: dict[str, str]) -> None:

@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -75,11 +76,68 @@ static void close_fds_except(int keep, int hold)
         close(fd);
 }
 
+/* Whether the mapping line `line` ("start-end perms offset dev inode path")
+ * is private anonymous memory that holds neither `keep1` nor `keep2`; its
+ * bounds in *start and *end. */
+static int sheddable(const char *line, uintptr_t keep1, uintptr_t keep2, uintptr_t *start, uintptr_t *end)
+{
+    char perms[5], path[32] = "";
+    unsigned long long from, to, offset, inode;
+    unsigned major, minor;
+    if (sscanf(line, "%llx-%llx %4s %llx %x:%x %llu %31s", &from, &to, perms, &offset, &major, &minor, &inode,
+               path) < 7)
+        return 0;
+    if (perms[1] != 'w' || perms[3] != 'p' || inode != 0 || (path[0] && strcmp(path, "[heap]") != 0))
+        return 0;
+    if ((keep1 >= from && keep1 < to) || (keep2 >= from && keep2 < to))
+        return 0;
+    *start = (uintptr_t)from;
+    *end = (uintptr_t)to;
+    return 1;
+}
+
+/* A stand-in or an init runs nothing but the C below from here on, yet it
+ * is a fork of the zygote: its exit would have to tear down a copy of the
+ * whole interpreter's memory, ~1.5 ms that the host waits for before it
+ * learns of a worker's death. Dropping that memory now, while nothing
+ * waits, makes the exit cheap. Kept: the stack and the thread's own block
+ * (errno, the stack guard); the libraries' data is file-backed, kept too. */
+static void shed_memory(void)
+{
+    uintptr_t sp = (uintptr_t)__builtin_frame_address(0), tp = (uintptr_t)__builtin_thread_pointer();
+    int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    char buffer[8192];
+    size_t have = 0;
+    for (;;) {
+        ssize_t n = read(fd, buffer + have, sizeof buffer - 1 - have);
+        if (n <= 0)
+            break;
+        have += (size_t)n;
+        buffer[have] = 0;
+        char *line = buffer, *newline;
+        while ((newline = strchr(line, '\n')) != NULL) {
+            *newline = 0;
+            uintptr_t start, end;
+            if (sheddable(line, sp, tp, &start, &end))
+                madvise((void *)start, end - start, MADV_DONTNEED);
+            line = newline + 1;
+        }
+        have = strlen(line);
+        memmove(buffer, line, have);
+        if (have == sizeof buffer - 1)
+            have = 0; /* no line is this long: drop it */
+    }
+    close(fd);
+}
+
 /* Waits for `child` with every signal blocked (they were blocked before the
  * fork, so none is lost): forwards the ones the host sends, reaps every
  * other child on the way (as init must), returns the child's wait status. */
 static int supervise(pid_t child)
 {
+    shed_memory();
     sigset_t all;
     sigfillset(&all);
     for (;;) {
@@ -120,13 +178,13 @@ static _Noreturn void mirror(int status)
 }
 
 /* The namespace's init: when the worker ends, so does every process left in
- * the namespace (the kernel kills them as init exits). */
-static _Noreturn void run_init(pid_t worker, int status_fd, int hold_fd)
+ * the namespace (the kernel kills them as init exits). It writes the
+ * worker's wait status to status_fd, for the stand-in outside to mirror. */
+static _Noreturn void run_init(pid_t worker, int status_fd)
 {
-    close_fds_except(status_fd, hold_fd);
+    close_fds_except(status_fd, -1);
     int status = supervise(worker);
-    if (status_fd >= 0)
-        (void)!write(status_fd, &status, sizeof status);
+    (void)!write(status_fd, &status, sizeof status);
     if (WIFSIGNALED(status))
         _exit(128 + WTERMSIG(status)); /* init cannot die of a signal it sends itself */
     _exit(WIFEXITED(status) ? WEXITSTATUS(status) : 1);
@@ -247,42 +305,13 @@ int ppw_sb_enter_namespaces(int hold_fd, int *error, int *outer_pid)
     if (worker < 0)
         _exit(127);
     if (worker > 0)
-        run_init(worker, status_pipe[1], -1);
+        run_init(worker, status_pipe[1]);
     /* pid 2: the worker. */
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     close(status_pipe[1]);
     sigprocmask(SIG_SETMASK, &old, NULL);
     *outer_pid = outer_pid_of_self(); /* /proc is still the host's: it names us as the host does */
     return ns;
-}
-
-int ppw_sb_unshare_pid(void)
-{
-    return unshare(CLONE_NEWPID) == 0 ? 0 : -errno;
-}
-
-int ppw_sb_become_init(int status_fd, int hold_fd, int *outer_pid)
-{
-    *outer_pid = getpid();
-    if (unshare(CLONE_NEWNS) != 0)
-        return -errno;
-    sigset_t all, old;
-    sigfillset(&all);
-    sigprocmask(SIG_BLOCK, &all, &old);
-    pid_t worker = fork();
-    if (worker < 0) {
-        int err = -errno;
-        sigprocmask(SIG_SETMASK, &old, NULL);
-        return err;
-    }
-    if (worker > 0)
-        run_init(worker, status_fd, hold_fd);
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (status_fd >= 0)
-        close(status_fd);
-    sigprocmask(SIG_SETMASK, &old, NULL);
-    *outer_pid = outer_pid_of_self();
-    return 0;
 }
 
 int ppw_sb_mount_proc(void)

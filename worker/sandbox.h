@@ -29,17 +29,6 @@
  * worker's exit status, never before. */
 int ppw_sb_enter_namespaces(int hold_fd, int *error, int *outer_pid);
 
-/* For a process forked after ppw_sb_unshare_pid() (a zygote's child, pid 1
- * of its new pid namespace): unshares a mount namespace, forks the worker
- * and stays behind as the namespace's init. The init writes the worker's
- * wait status (an int) to status_fd (if >= 0) and exits with the worker's
- * exit code, or 128 + its signal; it keeps hold_fd open as above. Returns 0
- * in the worker, or -errno (and nothing was forked). */
-int ppw_sb_become_init(int status_fd, int hold_fd, int *outer_pid);
-
-/* In a zygote, before each fork: the next child starts a new pid namespace. */
-int ppw_sb_unshare_pid(void);
-
 /* Makes every mount private, then mounts a procfs of the worker's own pid
  * namespace over /proc: the host's (and other workers') entries are gone. */
 int ppw_sb_mount_proc(void);

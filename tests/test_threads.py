@@ -124,9 +124,8 @@ def test_a_worker_thread_idle_past_thread_idle_timeout_retires(bundle_dir):
         contract = threads_contract(rt, bundle_dir)
         first = ask(contract, TID)
         assert [ask(contract, COUNT), ask(contract, COUNT)] == [1, 2]
-        tasks = f"/proc/{contract.bundle.worker_pid}/task"
-        busy = len(os.listdir(tasks))
-        wait_until(lambda: len(os.listdir(tasks)) == busy - 1)  # it left, with nothing in flight
+        serving = host_tid(contract.bundle.worker_pid, first)
+        wait_until(lambda: not os.path.exists(serving))  # it left, with nothing in flight
         assert ask(contract, COUNT) == 1  # the next call brought a fresh thread: fresh thread-locals
         assert ask(contract, TID) != first
 
@@ -143,6 +142,19 @@ def test_past_max_threads_calls_wait_for_an_idle_worker_thread(bundle_dir):
 def test_max_threads_must_fit_the_slots():
     with pytest.raises(ValueError, match="max_threads must be between 1 and slots"):
         Runtime(slots=4, max_threads=5)
+
+
+def host_tid(pid: int, tid: int) -> str:
+    """The /proc path of worker thread ``tid`` as its worker (in its own pid namespace) sees it.
+
+    Counting the worker's threads instead would race the parked threads it starts and retires.
+    """
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/status") as status:
+            nspid = next(line for line in status if line.startswith("NSpid:")).split()
+        if int(nspid[-1]) == tid:
+            return f"/proc/{pid}/task/{task}"
+    raise AssertionError(f"worker {pid} has no thread {tid}")
 
 
 def start_sleepers(contract, count: int, ms: int, **options):

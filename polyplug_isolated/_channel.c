@@ -828,8 +828,7 @@ int pp_arena_hold(pp_conn *c, int64_t lease, size_t args_len, size_t out_size, d
      * goes on from it, as if it were the same block. Otherwise its first call
      * zeroes the out, and until then the block may write anywhere. */
     pp_kept *kept = &c->kept;
-    c->slots[i].out_kept = kept->lease == lease && kept->args_len == args_len && kept->out_size == out_size;
-    if (!c->slots[i].out_kept)
+    if (kept->lease != lease || kept->args_len != args_len || kept->out_size != out_size)
         *kept = (pp_kept){0, 0, 0};
     /* Fault the pages in once (the arena is only ever reused), so that big
      * calls do not take a page fault per page; best effort. */
@@ -863,12 +862,12 @@ int pp_call_in_place(pp_conn *c, int64_t lease, uint32_t contract, uint32_t func
     pp_extra x = PLAIN;
     x.keep_arena = 1;
     /* The block's first call has its out zeroed (unless it goes on from the
-     * lease's last block, see pp_arena_hold); each later answer lands on the last. */
-    x.flags = c->slots[i].out_kept ? PP_FLAG_OUT_KEPT : 0;
+     * lease's last block, see pp_arena_hold); each later answer lands on the
+     * last: while the block holds the arena, only its calls write the out. */
+    x.flags = c->kept.lease == lease ? PP_FLAG_OUT_KEPT : 0;
     rc = run(c, lease, contract, function, arena + args_at, args_len, 1, out_size ? arena + out_at : NULL, out_size,
              &x, timeout_s);
     int ran = rc == PP_CALL_OK || rc == PP_CALL_PLUGIN_ERROR; /* the worker ran it: the out was zeroed */
-    c->slots[i].out_kept = ran;
     c->kept = ran ? (pp_kept){lease, args_len, out_size} : (pp_kept){0, 0, 0};
     return rc;
 }

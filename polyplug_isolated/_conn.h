@@ -37,7 +37,8 @@ typedef struct pp_pending {
     uint64_t deadline;
 } pp_pending;
 
-/* Whose answer a buffers() block's out holds in the arena (see pp_arena_hold). */
+/* Whose answer a buffers() block's out holds in the arena (see pp_arena_hold):
+ * that lease's calls leave it as it is. */
 typedef struct pp_kept {
     int64_t lease; /* 0: nobody's, the next block zeroes it */
     uint64_t args_len;
@@ -51,7 +52,6 @@ typedef struct pp_hslot {
     uint32_t gen;
     int threaded; /* a worker thread serves the slot (BIND sent, no RETIRE since) */
     int retiring; /* a RETIRE (frame `seq`) is unanswered */
-    int out_kept; /* the slot's buffers() block's out holds its own answer: calls leave it as it is */
     pp_pending call;
 } pp_hslot;
 

@@ -88,7 +88,7 @@ OPTION_CASES = {
 
 
 def spare_worker(rt: Runtime) -> int:
-    """The PID of the worker a prestarted runtime keeps forked ahead (once it runs)."""
+    """The PID of the worker a runtime keeps forked ahead (``spare_worker``, the default), once it runs."""
     known = {rt._zygote.pid} | {b.pid for b in rt.bundles}
     others: set[int] = set()
 

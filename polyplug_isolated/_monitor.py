@@ -94,8 +94,11 @@ def _cut(line: bytes, cap: int) -> list[bytes]:
     return [line[i : i + cap] for i in range(0, len(line), cap)] or [b""]
 
 
-class _Watch:
-    def __init__(self, watcher: Watcher, process: WorkerProcess):
+class Watch:
+    """One watched worker; ``control_open`` until its control socket is dropped (or while its
+    handshake is read by the loading thread, before Monitor.hand_over)."""
+
+    def __init__(self, watcher: Watcher, process: WorkerProcess, control: bool):
         self.watcher = watcher
         self.control = process.control
         self.process = process
@@ -103,7 +106,7 @@ class _Watch:
         # than any later frame (polyplug loads 20k contracts, 1 MiB names).
         self.frames = FrameReader(handshake_max=MAX_READY_FRAME)
         self.lines = LineSplitter()
-        self.control_open = True
+        self.control_open = control
         self.output_open = True
         self.exit_open = True
 
@@ -116,7 +119,8 @@ class Monitor:
         self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._selector.register(self._wake_read, selectors.EVENT_READ, None)
         self._lock = threading.Lock()
-        self._incoming: list[_Watch] = []
+        self._incoming: list[Watch] = []
+        self._handovers: list[Watch] = []  # control sockets whose handshake is over
         self._deferred: list[tuple[float, Callable[[], None]]] = []  # (when, task): queued by others
         self._due: list[tuple[float, Callable[[], None]]] = []  # the monitor thread's own copy
         self._closing = False
@@ -133,14 +137,28 @@ class Monitor:
         """The thread died of an internal error: no worker can be watched any more."""
         return self._failed
 
-    def watch(self, watcher: Watcher, process: WorkerProcess) -> None:
-        """Starts watching a worker: its frames, output and exit go to ``watcher``."""
+    def watch(self, watcher: Watcher, process: WorkerProcess, control: bool = True) -> Watch:
+        """Starts watching a worker: its frames, output and exit go to ``watcher``.
+
+        ``control=False``: its control socket is someone else's to read (a load
+        reads the handshake itself, one thread hop sooner) until ``hand_over``.
+        """
+        watch = Watch(watcher, process, control)
         with self._lock:
             failed = self._failed
             if not failed:
-                self._incoming.append(_Watch(watcher, process))
+                self._incoming.append(watch)
         if failed:
-            _bury(_Watch(watcher, process))
+            _bury(watch)
+        self._wake()
+        return watch
+
+    def hand_over(self, watch: Watch, frames: FrameReader) -> None:
+        """From now on the monitor reads ``watch``'s control socket too, going on with ``frames``
+        (what its reader so far holds of a frame not yet complete)."""
+        watch.frames = frames
+        with self._lock:
+            self._handovers.append(watch)
         self._wake()
 
     def defer(self, task: Callable[[], None]) -> None:
@@ -233,16 +251,25 @@ class Monitor:
                 break
         with self._lock:
             incoming, self._incoming = self._incoming, []
+            handovers, self._handovers = self._handovers, []
             self._due += self._deferred
             self._deferred = []
             closing = self._closing
         for watch in incoming:
-            watch.control.setblocking(False)
             os.set_blocking(watch.process.output.fileno(), False)
-            self._selector.register(watch.control, selectors.EVENT_READ, ("control", watch))
             self._selector.register(watch.process.output, selectors.EVENT_READ, ("output", watch))
             self._selector.register(watch.process.pidfd, selectors.EVENT_READ, ("exit", watch))
+            if watch.control_open:
+                self._watch_control(watch)
+        for watch in handovers:
+            if watch.exit_open:  # else its exit was handled already: nothing is left to read
+                watch.control_open = True
+                self._watch_control(watch)
         return closing
+
+    def _watch_control(self, watch: Watch) -> None:
+        watch.control.setblocking(False)
+        self._selector.register(watch.control, selectors.EVENT_READ, ("control", watch))
 
     def _run_due(self) -> None:
         """Runs the deferred tasks whose time has come (queued in order, so due in order)."""
@@ -256,10 +283,10 @@ class Monitor:
 
     # ---- control socket ----------------------------------------------------------------
 
-    def _on_control(self, watch: _Watch) -> None:
+    def _on_control(self, watch: Watch) -> None:
         self._read_control(watch, report_loss=True)
 
-    def _read_control(self, watch: _Watch, report_loss: bool) -> bool:
+    def _read_control(self, watch: Watch, report_loss: bool) -> bool:
         """One bounded read of frames; False when nothing more is there now (or ever).
 
         ``report_loss``: tell the watcher when the socket is done (EOF, error,
@@ -289,7 +316,7 @@ class Monitor:
             watch.watcher.on_frame(message)
         return True
 
-    def _drop_control(self, watch: _Watch) -> None:
+    def _drop_control(self, watch: Watch) -> None:
         # Unregister only: the socket is closed by reap(), under the lock
         # that senders hold, so its fd number cannot be reused under them.
         if watch.control_open:
@@ -298,10 +325,10 @@ class Monitor:
 
     # ---- output pipe --------------------------------------------------------------------
 
-    def _on_output(self, watch: _Watch) -> None:
+    def _on_output(self, watch: Watch) -> None:
         self._read_output(watch)
 
-    def _read_output(self, watch: _Watch) -> bool:
+    def _read_output(self, watch: Watch) -> bool:
         """One bounded read of output; False once there is nothing more now (or ever)."""
         try:
             data = os.read(watch.process.output.fileno(), READ_CHUNK)
@@ -316,19 +343,19 @@ class Monitor:
             self._emit_line(watch, line)
         return True
 
-    def _drop_output(self, watch: _Watch) -> None:
+    def _drop_output(self, watch: Watch) -> None:
         if watch.output_open:
             self._selector.unregister(watch.process.output)
             watch.output_open = False
 
-    def _emit_line(self, watch: _Watch, line: bytes) -> None:
+    def _emit_line(self, watch: Watch, line: bytes) -> None:
         text = line.decode("utf-8", "replace").rstrip("\r")
         watch.process.output_tail.append(text if len(text) <= TAIL_LINE_CAP else text[:TAIL_LINE_CAP] + "...")
         watch.watcher.on_output(text)
 
     # ---- exit -----------------------------------------------------------------------------
 
-    def _on_exit(self, watch: _Watch) -> None:
+    def _on_exit(self, watch: Watch) -> None:
         # Take the last words first (bounded: a child of the plugin may still
         # hold the pipe and write on): they are what an error message quotes.
         for _ in range(LAST_WORDS_READS):
@@ -347,14 +374,14 @@ class Monitor:
         watch.watcher.on_exit(returncode)
 
 
-def _abandon(watch: _Watch, reason: str) -> None:
+def _abandon(watch: Watch, reason: str) -> None:
     try:
         watch.watcher.abandon(reason)
     except Exception:
         _logger.exception("monitor: could not abandon worker %d", watch.process.pid)
 
 
-def _bury(watch: _Watch) -> None:
+def _bury(watch: Watch) -> None:
     """Kills, reaps and reports dead a worker that no monitor watches any more."""
     reason = "killed: the runtime's monitor thread failed"
     try:

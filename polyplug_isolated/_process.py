@@ -56,6 +56,19 @@ class WorkerProcess:
                 return False
             return True
 
+    def duplicate_fds(self) -> tuple[socket.socket, int] | None:
+        """Copies of the control socket and the pidfd that stay valid after reap() (None: reaped
+        already), for a thread that waits on the worker beside the monitor."""
+        with self._lock:
+            if self.exited.is_set():
+                return None
+            control = socket.socket(fileno=os.dup(self.control.fileno()))
+            try:
+                return control, os.dup(self.pidfd)
+            except OSError:
+                control.close()
+                raise
+
     def signal(self, signum: int) -> None:
         """Sends ``signum`` unless the process has already been reaped."""
         with self._lock:

@@ -14,8 +14,9 @@ import contextlib
 import functools
 import logging
 import os
-import queue
+import select
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from . import _protocol as proto
 from ._channel import WAIT_MODES, Channel
 from ._config import ResourceLimits, RuntimeConfig, WorkerOptions
 from ._manifest import ManifestData
-from ._monitor import Monitor
+from ._monitor import READ_CHUNK, Monitor
 from ._process import WorkerProcess, describe_exit
 from ._sandbox import SandboxReport, read_report, worker_policy
 from ._zygote import FrameFor, Policy
@@ -68,8 +69,6 @@ class WorkerProxy:
         self._reply: concurrent.futures.Future[dict[str, Any]] | None = None
         self._bundle_log = logging.getLogger(f"polyplug_isolated.bundle.{manifest.name}")
         self._handshake: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
-        # Calls back made by polyplug_init, for the loading thread; None: the handshake is over.
-        self._init_calls: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
         self.answerer: Any = None  # answers this worker's calls back (_callbacks.Answerer)
         self._leaving = False
         self._unload_sent = False
@@ -137,9 +136,9 @@ class WorkerProxy:
             self.process = spawn(lambda env: load(env=env), channel.fd, self._policy)
             undo.callback(self._discard)
             channel.close_fd()
-            self._monitor.watch(self, self.process)
+            watch = self._monitor.watch(self, self.process, control=False)
             try:
-                reply = self._await_handshake(config.load_timeout)
+                reply, frames = self._read_handshake(config.load_timeout)
             except concurrent.futures.TimeoutError:
                 raise InitFailed(
                     f"bundle {self.manifest.name!r}: loading {self.manifest.file} did not finish within "
@@ -148,27 +147,77 @@ class WorkerProxy:
                     bundle=self.manifest.name,
                 ) from None
             self._accept(reply)
+            self._monitor.hand_over(watch, frames)
             undo.pop_all()
 
-    def _await_handshake(self, timeout: float) -> dict[str, Any]:
-        """The ready (or error) frame; meanwhile answers what polyplug_init asks the host."""
+    def _read_handshake(self, timeout: float) -> tuple[dict[str, Any], proto.FrameReader]:
+        """The ready (or error) frame, and the reader that found it; meanwhile answers what
+        polyplug_init asks the host.
+
+        Read here, not relayed by the monitor thread: a load waits for one
+        wake-up instead of two. The worker's exit (which the monitor reaps and
+        describes) ends the wait too, through a duplicate of its pidfd, which
+        the monitor may close meanwhile.
+
+        Raises:
+            concurrent.futures.TimeoutError: nothing conclusive within ``timeout``.
+        """
         deadline = time.monotonic() + timeout
+        frames = proto.FrameReader(handshake_max=proto.MAX_READY_FRAME)
+        fds = self.process.duplicate_fds()
+        if fds is None:  # reaped already: its exit is being described
+            return self._handshake.result(timeout), frames
+        control, exit_fd = fds
         if self.answerer is not None:
             self.answerer.initialising = True
         try:
+            control.setblocking(False)
             while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise concurrent.futures.TimeoutError
+                readable, _, _ = select.select([control.fileno(), exit_fd], [], [], remaining)
+                data = _receive(control) if control.fileno() in readable else None
+                if not data:
+                    if data is None and exit_fd not in readable:
+                        continue
+                    # Gone (or hung up): its exit, once the monitor has reaped it, says how.
+                    return self._handshake.result(max(0.0, deadline - time.monotonic())), frames
                 try:
-                    call = self._init_calls.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    raise concurrent.futures.TimeoutError from None
-                if call is None:
-                    return self._handshake.result()
-                data = call.get("data")
-                answer = self.answerer.answer(data) if self.answerer and isinstance(data, bytes) else b""
-                self.process.send(proto.frame(proto.CB_REPLY, data=answer))
+                    messages = frames.feed(data)
+                except proto.FrameError as exc:
+                    self._settle({"t": "malformed", "reason": f"malformed control frame: {exc}"})
+                    return self._handshake.result(), frames
+                for index, message in enumerate(messages):
+                    if message["t"] in (proto.READY, proto.ERROR):
+                        self._settle(message)
+                        for later in messages[index + 1 :]:
+                            self.on_frame(later)
+                        # The worker's own error explains its exit best; a ready worker that
+                        # has exited meanwhile (the monitor was first) failed its load.
+                        return message if message["t"] == proto.ERROR else self._handshake.result(), frames
+                    if message["t"] == proto.CB:
+                        self._answer_init_call(message)
+                    else:
+                        self.on_frame(message)
         finally:
+            control.close()
+            os.close(exit_fd)
             if self.answerer is not None:
                 self.answerer.initialising = False
+
+    def _answer_init_call(self, call: dict[str, Any]) -> None:
+        data = call.get("data")
+        answer = self.answerer.answer(data) if self.answerer and isinstance(data, bytes) else b""
+        self.process.send(proto.frame(proto.CB_REPLY, data=answer))
+
+    def _settle(self, outcome: dict[str, Any]) -> bool:
+        """Records how the handshake ended, unless something else already did (its exit, say)."""
+        try:
+            self._handshake.set_result(outcome)
+        except concurrent.futures.InvalidStateError:
+            return False
+        return True
 
     def _accept(self, reply: dict[str, Any]) -> None:
         name, library = self.manifest.name, self.manifest.file
@@ -333,11 +382,6 @@ class WorkerProxy:
         kind = message["t"]
         if kind == proto.LOG:
             self._log_record(message)
-        elif kind in (proto.READY, proto.ERROR) and not self._handshake.done():
-            self._handshake.set_result(message)
-            self._init_calls.put(None)
-        elif kind == proto.CB and not self._handshake.done():
-            self._init_calls.put(message)
         elif kind == proto.CONTAINED and self.sandbox_report is None and not self._handshake.done():
             # Sent before dlopen: only the first one is the worker's own.
             if self._policy is None:
@@ -360,9 +404,6 @@ class WorkerProxy:
     def on_control_lost(self, reason: str, malformed: bool = False) -> None:
         # A worker that died closes its socket too: only a live one that hung
         # up (or sent garbage) is killed for it, and only then is it the reason.
-        if malformed and not self._handshake.done():
-            self._handshake.set_result({"t": "malformed", "reason": reason})
-            self._init_calls.put(None)  # the load waiting on the handshake reads it now
         if not self._leaving and self.process.alive():
             self.kill(reason)
 
@@ -371,10 +412,8 @@ class WorkerProxy:
         process = self.process
         if self.answerer is not None:
             self.answerer.close()
-        if not self._handshake.done():
-            self._handshake.set_result({"t": "exited", "description": description, "tail": process.tail()})
-            self._init_calls.put(None)
-            return
+        if self._settle({"t": "exited", "description": description, "tail": process.tail()}):
+            return  # the load reading the handshake raises it
         if self._reply is not None and not self._reply.done():
             self._reply.set_result({"t": "exited"})
         # A kill only explains a death it caused: a worker that segfaulted and
@@ -417,6 +456,16 @@ class WorkerProxy:
         text = _text(message.get("message"))
         severity = _LOG_LEVELS.get(level, logging.ERROR) if isinstance(level, int) else logging.ERROR
         self._bundle_log.log(severity, "[%s] %s", target, text)
+
+
+def _receive(sock: socket.socket) -> bytes | None:
+    """What the socket holds (b"": the peer hung up, or it failed), or None if nothing yet."""
+    try:
+        return sock.recv(READ_CHUNK)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""
 
 
 def _limits_of(options: WorkerOptions) -> ResourceLimits | None:

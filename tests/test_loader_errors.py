@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 from conftest import ADD, pair
 
@@ -137,3 +139,18 @@ def test_code_and_bytes_sources_are_unsupported(rt, bundle_dir, source):
 def test_every_loader_error_is_a_loader_error():
     for error, _ in LOAD_FAILURES.values():
         assert issubclass(error, LoaderError)
+
+
+def test_a_crash_in_init_fails_the_load_at_once_while_a_child_holds_the_control_socket(bundle_dir, tmp_path):
+    """The handshake reader wakes on the worker's exit too: a process the plugin forked keeps the
+    socket open (nothing kills it without containment), so no EOF would come for 3 s."""
+    pid_file = tmp_path / "child.pid"
+    with Runtime(containment=False, load_timeout=30.0) as rt:
+        started = time.monotonic()
+        with pytest.raises(InitFailed, match="SIGSEGV"):
+            rt.load_bundle(bundle_dir("init_crash"), env={"POLYPLUG_TEST_HOLD_FDS": str(pid_file)})
+        took = time.monotonic() - started
+        child = psutil.Process(int(pid_file.read_text()))
+        assert child.is_running()  # it still held the socket when the load failed
+        child.wait(10)
+    assert took < 2.0, f"the load failed only after {took:.1f} s"

@@ -172,11 +172,14 @@ class WorkerProxy:
             self.answerer.initialising = True
         try:
             control.setblocking(False)
+            waiting = select.poll()  # not select(): a host with 1,000 workers has fds past 1,024
+            waiting.register(control, select.POLLIN)
+            waiting.register(exit_fd, select.POLLIN)
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise concurrent.futures.TimeoutError
-                readable, _, _ = select.select([control.fileno(), exit_fd], [], [], remaining)
+                readable = {fd for fd, _ in waiting.poll(remaining * 1000)}
                 data = _receive(control) if control.fileno() in readable else None
                 if not data:
                     if data is None and exit_fd not in readable:

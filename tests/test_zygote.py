@@ -7,6 +7,7 @@ import contextlib
 import gc
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -20,8 +21,10 @@ from conftest import ADD, CRASH, as_u32, pair, wait_until
 from polyplug_isolated.bench._scale import copies  # the bench's own copies of a fixture
 
 from polyplug_isolated import (
+    BundleState,
     InitFailed,
     ResourceLimits,
+    RestartPolicy,
     Runtime,
     Sandbox,
     WorkerCrashed,
@@ -285,6 +288,30 @@ def _load_call_unload(tmp_path: Path, source: Path, count: int) -> None:
 
 def test_200_bundles_load_answer_and_unload_leaving_nothing(tmp_path, bundle_dir):
     _load_call_unload(tmp_path, bundle_dir("adder"), 200)
+
+
+def test_a_host_whose_fds_go_past_1024_loads_calls_and_restarts(bundle_dir):
+    """What 1,000 workers' fds do to a host, without the 1,000 workers: no select() on the way."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < 1200:
+        pytest.skip(f"the hard fd limit {hard} is below 1,200")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    filler = []
+    try:
+        while not filler or filler[-1] < 1100:
+            filler.append(os.open(os.devnull, os.O_RDONLY))
+        with Runtime(restart=RestartPolicy(max_restarts=1, backoff=0.0, jitter=0.0)) as rt:
+            bundle = rt.load_bundle(bundle_dir("adder"))
+            assert bundle.proxy.process.control.fileno() > 1024
+            contract = rt.resolve_guest_contract(rt.find_guest_contract(ADD, 1))
+            assert as_u32(contract.call(0, pair(2, 3), 4)) == 5
+            os.kill(bundle.pid, signal.SIGKILL)
+            wait_until(lambda: bundle.state is BundleState.READY and bundle.restarts == 1)
+            assert as_u32(contract.call(0, pair(4, 5), 4)) == 9
+    finally:
+        for fd in filler:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 @pytest.mark.scale

@@ -10,6 +10,8 @@
 #define _GNU_SOURCE
 #include "sandbox.h"
 
+#include <dlfcn.h>
+
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/audit.h>
@@ -28,6 +30,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -76,37 +79,81 @@ static void close_fds_except(int keep, int hold)
         close(fd);
 }
 
-/* Whether the mapping line `line` ("start-end perms offset dev inode path")
- * is private anonymous memory that holds neither `keep1` nor `keep2`; its
- * bounds in *start and *end. */
-static int sheddable(const char *line, uintptr_t keep1, uintptr_t keep2, uintptr_t *start, uintptr_t *end)
+enum shedding { KEEP, DROP_PAGES, UNMAP };
+
+#define MAX_LIBRARIES 512
+
+/* The libraries mapped here (files with an executable mapping), and the two a
+ * stand-in or an init keeps: libc, and the library this code is in. */
+typedef struct libraries {
+    struct stat libc, own;
+    unsigned count;
+    struct {
+        unsigned long long dev, inode;
+    } seen[MAX_LIBRARIES];
+} libraries;
+
+typedef struct mapping {
+    unsigned long long from, to, inode, dev;
+    char perms[5];
+    char path[512];
+} mapping;
+
+static int parse_mapping(const char *line, mapping *m)
 {
-    char perms[5], path[32] = "";
-    unsigned long long from, to, offset, inode;
+    unsigned long long offset;
     unsigned major, minor;
-    if (sscanf(line, "%llx-%llx %4s %llx %x:%x %llu %31s", &from, &to, perms, &offset, &major, &minor, &inode,
-               path) < 7)
+    m->path[0] = 0;
+    if (sscanf(line, "%llx-%llx %4s %llx %x:%x %llu %511s", &m->from, &m->to, m->perms, &offset, &major, &minor,
+               &m->inode, m->path) < 7)
         return 0;
-    if (perms[1] != 'w' || perms[3] != 'p' || inode != 0 || (path[0] && strcmp(path, "[heap]") != 0))
-        return 0;
-    if ((keep1 >= from && keep1 < to) || (keep2 >= from && keep2 < to))
-        return 0;
-    *start = (uintptr_t)from;
-    *end = (uintptr_t)to;
+    m->dev = makedev(major, minor);
     return 1;
 }
 
-/* A stand-in or an init runs nothing but the C below from here on, yet it
- * is a fork of the zygote: its exit would have to tear down a copy of the
- * whole interpreter's memory, ~1.5 ms that the host waits for before it
- * learns of a worker's death. Dropping that memory now, while nothing
- * waits, makes the exit cheap. Kept: the stack and the thread's own block
- * (errno, the stack guard); the libraries' data is file-backed, kept too. */
-static void shed_memory(void)
+static int same_file(const struct stat *st, const mapping *m)
 {
-    uintptr_t sp = (uintptr_t)__builtin_frame_address(0), tp = (uintptr_t)__builtin_thread_pointer();
-    int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
+    return st->st_ino == m->inode && st->st_dev == m->dev;
+}
+
+static int is_library(const libraries *libs, const mapping *m)
+{
+    for (unsigned i = 0; i < libs->count; i++)
+        if (libs->seen[i].inode == m->inode && libs->seen[i].dev == m->dev)
+            return 1;
+    return 0;
+}
+
+/* What to do with a mapping: DROP_PAGES for private anonymous memory that
+ * holds neither `keep1` nor `keep2` (the interpreter's heap), UNMAP for the
+ * mappings of a library other than libc, the dynamic loader and this one
+ * (nothing else runs here any more), KEEP for the rest (data files such as
+ * the locale's, which libc reads, among them). */
+static enum shedding shedding_of(const mapping *m, uintptr_t keep1, uintptr_t keep2, const libraries *libs)
+{
+    if ((keep1 >= m->from && keep1 < m->to) || (keep2 >= m->from && keep2 < m->to))
+        return KEEP;
+    if (m->inode != 0)
+        return is_library(libs, m) && !same_file(&libs->libc, m) && !same_file(&libs->own, m) &&
+                       strstr(m->path, "/ld-") == NULL
+                   ? UNMAP
+                   : KEEP;
+    if (m->perms[1] != 'w' || m->perms[3] != 'p' || (m->path[0] && strcmp(m->path, "[heap]") != 0))
+        return KEEP;
+    return DROP_PAGES;
+}
+
+/* The file that holds `code`, in *st; 0 if it cannot be told. */
+static int file_of(void *code, struct stat *st)
+{
+    Dl_info info;
+    return dladdr(code, &info) && info.dli_fname && info.dli_fname[0] == '/' && stat(info.dli_fname, st) == 0;
+}
+
+/* Calls `each(m, context)` for every mapping in `fd` (a /proc/PID/maps), in address order. */
+static void for_each_mapping(int fd, void (*each)(const mapping *, void *), void *context)
+{
+    if (lseek(fd, 0, SEEK_SET) != 0)
         return;
     char buffer[8192];
     size_t have = 0;
@@ -119,9 +166,9 @@ static void shed_memory(void)
         char *line = buffer, *newline;
         while ((newline = strchr(line, '\n')) != NULL) {
             *newline = 0;
-            uintptr_t start, end;
-            if (sheddable(line, sp, tp, &start, &end))
-                madvise((void *)start, end - start, MADV_DONTNEED);
+            mapping m;
+            if (parse_mapping(line, &m))
+                each(&m, context);
             line = newline + 1;
         }
         have = strlen(line);
@@ -129,7 +176,68 @@ static void shed_memory(void)
         if (have == sizeof buffer - 1)
             have = 0; /* no line is this long: drop it */
     }
-    close(fd);
+}
+
+static void note_library(const mapping *m, void *context)
+{
+    libraries *libs = context;
+    if (m->inode != 0 && m->perms[2] == 'x' && !is_library(libs, m) && libs->count < MAX_LIBRARIES) {
+        libs->seen[libs->count].dev = m->dev;
+        libs->seen[libs->count].inode = m->inode;
+        libs->count++;
+    }
+}
+
+typedef struct shedder {
+    const libraries *libs;
+    uintptr_t sp, tp;
+} shedder;
+
+static void shed_mapping(const mapping *m, void *context)
+{
+    const shedder *how = context;
+    switch (shedding_of(m, how->sp, how->tp, how->libs)) {
+    case DROP_PAGES:
+        madvise((void *)(uintptr_t)m->from, m->to - m->from, MADV_DONTNEED);
+        break;
+    case UNMAP:
+        munmap((void *)(uintptr_t)m->from, m->to - m->from);
+        break;
+    case KEEP:
+        break;
+    }
+}
+
+/* A stand-in or an init runs nothing but the C below from here on, yet it
+ * is a fork of the zygote: its exit would have to tear down a copy of the
+ * whole interpreter's memory, ~1.5 ms that the host waits for before it
+ * learns of a worker's death. Dropping that memory now, while nothing
+ * waits, makes the exit cheap: the interpreter's heap loses its pages, and
+ * the libraries this code never calls (the interpreter, the extension
+ * modules) are unmapped. Kept: the stack and the thread's own block (errno,
+ * the stack guard), libc, the dynamic loader and this library with their
+ * data, and every mapped file that is not a library. */
+static void shed_memory(int maps_fd)
+{
+    libraries libs = {.count = 0}; /* on the stack, which stays: this library's data may not */
+    shedder how = {&libs, (uintptr_t)__builtin_frame_address(0), (uintptr_t)__builtin_thread_pointer()};
+    if (maps_fd < 0)
+        return;
+    /* Unless the code it needs cannot be told apart from the rest: then it keeps everything. */
+    if (file_of((void *)sigwaitinfo, &libs.libc) && file_of((void *)shed_memory, &libs.own)) {
+        for_each_mapping(maps_fd, note_library, &libs);
+        for_each_mapping(maps_fd, shed_mapping, &how);
+    }
+    close(maps_fd);
+}
+
+/* This process's memory map, to shed from; -1 if it cannot be read. A stand-in
+ * opens it before it splits off the namespace's init: once the worker mounts
+ * its namespace's /proc (which the stand-in shares, not the pid namespace),
+ * /proc/self names nobody for the stand-in. */
+static int open_own_maps(void)
+{
+    return open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
 }
 
 /* Waits for `child` with every signal blocked (they were blocked before the
@@ -137,7 +245,6 @@ static void shed_memory(void)
  * other child on the way (as init must), returns the child's wait status. */
 static int supervise(pid_t child)
 {
-    shed_memory();
     sigset_t all;
     sigfillset(&all);
     for (;;) {
@@ -183,6 +290,7 @@ static _Noreturn void mirror(int status)
 static _Noreturn void run_init(pid_t worker, int status_fd)
 {
     close_fds_except(status_fd, -1);
+    shed_memory(open_own_maps());
     int status = supervise(worker);
     (void)!write(status_fd, &status, sizeof status);
     if (WIFSIGNALED(status))
@@ -234,6 +342,7 @@ static int split_as_subreaper(int hold_fd, int *outer_pid)
     }
     if (worker > 0) {
         close_fds_except(-1, hold_fd);
+        shed_memory(open_own_maps());
         int status = supervise(worker);
         kill_orphans();
         mirror(status);
@@ -280,17 +389,21 @@ int ppw_sb_enter_namespaces(int hold_fd, int *error, int *outer_pid)
         sigprocmask(SIG_SETMASK, &old, NULL);
         return ns & ~PPW_NS_PID;
     }
+    int own_maps = open_own_maps();
     pid_t init = fork();
     if (init < 0) {
         *error = errno;
         sigprocmask(SIG_SETMASK, &old, NULL);
         close(status_pipe[0]);
         close(status_pipe[1]);
+        if (own_maps >= 0)
+            close(own_maps);
         return ns & ~PPW_NS_PID;
     }
     if (init > 0) {
         /* The host's handle on the worker: it signals and reaps this process. */
         close(status_pipe[1]);
+        shed_memory(own_maps);
         close_fds_except(status_pipe[0], hold_fd);
         int init_status = supervise(init);
         int worker_status;
@@ -301,6 +414,8 @@ int ppw_sb_enter_namespaces(int hold_fd, int *error, int *outer_pid)
     /* pid 1: dies with the host's handle, whatever killed it. */
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     close(status_pipe[0]);
+    if (own_maps >= 0)
+        close(own_maps); /* the stand-in's */
     pid_t worker = fork();
     if (worker < 0)
         _exit(127);

@@ -17,7 +17,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import CRASH, as_u32, u32, wait_until
+from conftest import ADD, CRASH, as_u32, pair, u32, wait_until
 from polyplug_isolated._channel_ffi import lib
 from polyplug_isolated.bench._placement import pin_process
 
@@ -128,6 +128,45 @@ def test_a_worker_thread_idle_past_thread_idle_timeout_retires(bundle_dir):
         wait_until(lambda: not os.path.exists(serving))  # it left, with nothing in flight
         assert ask(contract, COUNT) == 1  # the next call brought a fresh thread: fresh thread-locals
         assert ask(contract, TID) != first
+
+
+def cpu_ns_and_sleeps(pid: int) -> tuple[int, int]:
+    """CPU time (ns, schedstat) and voluntary context switches (sleeps) of every thread of ``pid``."""
+    cpu = sleeps = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+            cpu += int(f.read().split()[0])
+        with open(f"/proc/{pid}/task/{tid}/status") as f:
+            sleeps += int(next(line for line in f if line.startswith("voluntary_ctxt_switches")).split()[1])
+    return cpu, sleeps
+
+
+def test_a_worker_thread_called_after_its_spin_window_stops_spinning_until_calls_come_quickly(rt, bundle_dir):
+    """wait=auto: a spin nobody ends only takes a CPU from the threads that have work (a host
+    calling many bundles in turn spreads its calls that way); a call soon after brings it back."""
+    bundle = rt.load_bundle(bundle_dir("adder"))
+    contract = rt.resolve_guest_contract(rt.find_guest_contract(ADD, 1))
+    window = rt.config.spin_ns
+
+    def call_after(pause_ns: int, calls: int) -> None:
+        for _ in range(calls):
+            until = time.perf_counter_ns() + pause_ns
+            while time.perf_counter_ns() < until:  # pacing the calls, not waiting for anything
+                pass
+            assert as_u32(contract.call(0, pair(2, 3), 4)) == 5
+
+    call_after(4 * window, 4)
+    cpu_before, _ = cpu_ns_and_sleeps(bundle.worker_pid)
+    call_after(4 * window, 100)
+    cpu_after, _ = cpu_ns_and_sleeps(bundle.worker_pid)
+    # A spin after each call would take a whole window each: 100 of them (~5 ms); a wake-up and
+    # the call take a fraction of one (~1-2 ms for the 100 here).
+    assert cpu_after - cpu_before < 60 * window, f"{(cpu_after - cpu_before) / 1e6:.2f} ms of CPU"
+    _, sleeps_before = cpu_ns_and_sleeps(bundle.worker_pid)
+    call_after(0, 2000)
+    _, sleeps_after = cpu_ns_and_sleeps(bundle.worker_pid)
+    # Spinning again: it does not sleep between these calls.
+    assert sleeps_after - sleeps_before < 200, f"{sleeps_after - sleeps_before} sleeps in 2,000 calls"
 
 
 def test_past_max_threads_calls_wait_for_an_idle_worker_thread(bundle_dir):

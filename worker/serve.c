@@ -353,12 +353,25 @@ static void come_near(pp_header *h, uint32_t cpu)
  * does, 1 when asked to stop, 2 when it retired after idle_retire_ms (only
  * `may_retire`: between calls). Spins for the wait window first (the host's
  * next call usually follows at once), then sleeps on worker_waiting. */
+/* A thread whose calls keep coming after its spin window has passed stops
+ * spinning after them (wait=auto, between calls): its spin only took a CPU
+ * from the threads that do have work (with a host calling many bundles in
+ * turn, the ones it calls next), and it sleeps anyway. A call that comes
+ * within the window again brings the spin back. */
+#define LATE_CALLS_BEFORE_NO_SPIN 2
+
+static _Thread_local unsigned t_late_calls; /* in a row, between calls */
+
+static int await_sleeping(pp_header *h, pp_slot *s, uint64_t served, int may_retire);
+
 static int await_frame(pp_header *h, pp_slot *s, uint64_t served, int may_retire)
 {
     int mode = g_wait_mode;
+    uint64_t entered = mode == PP_WAIT_AUTO ? pp_now_ns() : 0;
+    uint64_t window = g_spin_ns + pp_spin_for_bytes(t_moved);
     uint64_t spin_until = mode == PP_WAIT_SPIN    ? UINT64_MAX
                           : mode == PP_WAIT_BLOCK ? 0
-                                                  : pp_now_ns() + g_spin_ns + pp_spin_for_bytes(t_moved);
+                                                  : entered + window;
     int same_cpu = pp_same_cpu(&h->worker_cpu, &h->host_cpu);
     /* Spinning sides want a CPU each; sleeping ones wake each other fastest
      * on one CPU, so wait=block never steps aside (nor does it co-locate them),
@@ -374,6 +387,9 @@ static int await_frame(pp_header *h, pp_slot *s, uint64_t served, int may_retire
     /* Past half the CPUs, a spinning thread only takes a CPU from the threads
      * it waits for: with many calls in flight, wait=auto sleeps at once. */
     int counted = mode == PP_WAIT_AUTO && !t_near; /* near: sleeps at once */
+    int between_calls = may_retire && mode == PP_WAIT_AUTO;
+    if (between_calls && t_late_calls >= LATE_CALLS_BEFORE_NO_SPIN)
+        counted = 0;
     if (counted && atomic_fetch_add(&g_spinners, 1) >= g_spin_cap) {
         atomic_fetch_sub(&g_spinners, 1);
         counted = 0;
@@ -388,10 +404,21 @@ static int await_frame(pp_header *h, pp_slot *s, uint64_t served, int may_retire
     }
     if (counted)
         atomic_fetch_sub(&g_spinners, 1);
-    if (atomic_load_explicit(&s->down_seq, memory_order_acquire) != served)
+    if (atomic_load_explicit(&s->down_seq, memory_order_acquire) != served) {
+        t_late_calls = 0; /* it came while this thread spun */
         return 0;
+    }
     if (atomic_load_explicit(&g_stop, memory_order_relaxed))
         return 1;
+    int woken = await_sleeping(h, s, served, may_retire);
+    if (woken == 0 && between_calls)
+        t_late_calls = pp_now_ns() - entered > window ? t_late_calls + 1 : 0;
+    return woken;
+}
+
+/* await_frame's second half: sleeps on worker_waiting until the frame comes. */
+static int await_sleeping(pp_header *h, pp_slot *s, uint64_t served, int may_retire)
+{
     uint64_t retire_at = may_retire && h->idle_retire_ms ? pp_now_ns() + h->idle_retire_ms * 1000000ull : UINT64_MAX;
     for (;;) {
         atomic_store(&s->worker_waiting, 1);

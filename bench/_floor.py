@@ -18,31 +18,38 @@ class FloorError(RuntimeError):
     pass
 
 
+def build(source: Path, binary: Path) -> None:
+    """Compiles one of the bench's C programs with ``cc -O2`` (``$CC`` if set)."""
+    cmd = [
+        *shlex.split(os.environ.get("CC", "cc")),
+        "-std=c11",
+        "-O2",
+        "-Wall",
+        "-Wextra",
+        "-o",
+        str(binary),
+        str(source),
+        "-lpthread",
+    ]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise FloorError(f"cannot run the C compiler: {exc}") from exc
+    if proc.returncode != 0:
+        raise FloorError(f"{shlex.join(cmd)} failed:\n{proc.stderr}")
+
+
 class Floor:
     """A built floor binary in a temporary directory (removed by ``close``)."""
 
     def __init__(self) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="polyplug-bench-floor-")
         self.binary = Path(self._tmp.name) / "floor"
-        cmd = [
-            *shlex.split(os.environ.get("CC", "cc")),
-            "-std=c11",
-            "-O2",
-            "-Wall",
-            "-Wextra",
-            "-o",
-            str(self.binary),
-            str(SOURCE),
-            "-lpthread",
-        ]
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=60)
-        except (OSError, subprocess.TimeoutExpired) as exc:
+            build(SOURCE, self.binary)
+        except FloorError:
             self.close()
-            raise FloorError(f"cannot run the C compiler: {exc}") from exc
-        if proc.returncode != 0:
-            self.close()
-            raise FloorError(f"{shlex.join(cmd)} failed:\n{proc.stderr}")
+            raise
 
     def run(self, mode: str, rounds: int, warmup: int, budget_s: float) -> tuple[array, dict]:
         """(ns per round trip samples, the binary's JSON summary); stops after ``budget_s``."""

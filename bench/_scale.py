@@ -19,8 +19,9 @@ busy machine all three slow down together.
 Scale: ``--bundles`` copies of adder under distinct names, loaded into one
 runtime whose process starts with a soft fd limit of 1,024 (the common
 default, which the runtime raises at need): total load time, workers'
-memory, the host's fds and threads, per-call latency over all bundles vs one,
-and close().
+memory, the host's fds and threads, per-call latency over all bundles vs one
+(and vs the C floor of the same round robin over as many sleeping processes,
+``spread_floor.c``, in the same rounds), and close().
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import shutil
 import signal
 import statistics
 import struct
+import subprocess
 import sys
 import tempfile
 import threading
@@ -56,6 +58,8 @@ from polyplug_isolated import (
     guest_contract_id,
 )
 from polyplug_isolated._fixtures import build_fixtures
+
+from ._floor import build
 
 ADD = guest_contract_id("test.add", 1)
 ADD_PRIMITIVE = 1
@@ -216,6 +220,16 @@ def call_latencies(contracts: list[GuestContract], calls: int, idle_ns: int) -> 
     return samples
 
 
+SPREAD_FLOOR = Path(__file__).resolve().parent / "spread_floor.c"
+
+
+def spread_floor_ns(binary: Path, processes: int, rounds: int) -> int:
+    """p50 of the C floor of a call spread over ``processes`` sleeping processes (spread_floor.c)."""
+    command = [str(binary), str(processes), str(rounds)]
+    proc = subprocess.run(command, capture_output=True, text=True, check=True)
+    return int(json.loads(proc.stdout)["p50_ns"])
+
+
 def scale(root: Path, work: Path, count: int, calls: int) -> dict[str, Any]:
     """``count`` bundles in one runtime: load, memory, fds, threads, call latency, close."""
     paths = copies(root / "adder", work, count, prefix="s")
@@ -232,11 +246,14 @@ def scale(root: Path, work: Path, count: int, calls: int) -> dict[str, Any]:
             for c in (rt.resolve_guest_contract(h) for h in rt.find_all_by_contract(ADD, 1))
             if c.bundle.name.startswith("s")
         ]
-        one, spread, one_idle = [], [], []
-        for _ in range(5):  # interleaved rounds: contention hits all three alike
+        one, spread, one_idle, floor = [], [], [], []
+        floor_binary = work / "spread_floor"
+        build(SPREAD_FLOOR, floor_binary)
+        for _ in range(5):  # interleaved rounds: contention hits all four alike
             one += call_latencies(contracts[:1], calls // 5, 0)
             spread += call_latencies(contracts, calls // 5, 0)
             one_idle += call_latencies(contracts[:1], calls // 5, 2 * rt.config.spin_ns)
+            floor.append(spread_floor_ns(floor_binary, len(contracts), calls // 5))
         workers = [uss(c.bundle.pid) for c in contracts]
         host_rss = host.memory_info().rss
     except BaseException:
@@ -260,6 +277,7 @@ def scale(root: Path, work: Path, count: int, calls: int) -> dict[str, Any]:
         "call_one_bundle_p50_us": statistics.median(one) * us,
         "call_spread_p50_us": statistics.median(spread) * us,
         "call_one_bundle_idle_worker_p50_us": statistics.median(one_idle) * us,
+        "spread_c_floor_p50_us": statistics.median(floor) / 1e3,
         "close_s": close_s,
         "host_fds_after_close": host.num_fds(),
         "python_threads_after_close": threading.active_count(),
@@ -303,6 +321,8 @@ def report(result: dict[str, Any]) -> str:
         f"  call p50: one bundle {b['call_one_bundle_p50_us']:.1f} us, "
         f"spread over all {b['call_spread_p50_us']:.1f} us, "
         f"one bundle whose worker went to sleep {b['call_one_bundle_idle_worker_p50_us']:.1f} us",
+        f"  C floor of the spread: the same round robin over {b['bundles']} sleeping processes "
+        f"(bench/spread_floor.c) {b['spread_c_floor_p50_us']:.1f} us",
         f"  close(): {b['close_s']:.2f} s (target <= 2 s)",
     ]
     return "\n".join(lines)

@@ -334,6 +334,7 @@ def test_the_scale_bench_runs_and_reports_every_figure(tmp_path):
     assert scale["uss_per_worker_mb"] > 0 and result["startup"]["uss_per_exec_worker_mb"] > 0
     assert scale["host_threads"] == scale["host_threads_before"] + 1
     assert scale["host_fds_after_close"] == scale["host_fds_before"]
+    assert scale["spread_c_floor_p50_us"] > 0
 
 
 # ---- spares contained ahead of need, reloads that do not wait for the old worker --------------

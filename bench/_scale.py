@@ -96,12 +96,20 @@ def summary_ms(samples: list[float]) -> dict[str, float]:
 
 # Before each timed start-up step: one runtime's work in the background (its next spare
 # starting, a reload's old worker unloading) must not land in the next step measured. The
-# host busy-waits: a sleeping host lets its vCPU idle, and waking one costs the next step.
+# host ends each pause busy: a sleeping host lets its vCPU idle, and waking one costs the
+# next step.
 SETTLE_S = 0.01
 
 
+AWAKE_S = 0.002
+
+
 def settle(seconds: float) -> None:
+    """Sleeps, then busy-waits the last ``AWAKE_S``: a host that spun in Python the whole pause
+    would hold the GIL, and the monitor thread would run the work it was left (asking for the
+    next spare) only when the interpreter forces a switch (every 5 ms) — after the next step."""
     until = time.perf_counter() + seconds
+    time.sleep(max(0.0, seconds - AWAKE_S))
     while time.perf_counter() < until:
         pass
 

@@ -1,7 +1,8 @@
 """The one thread that owns the liveness of every worker of a runtime.
 
 It waits, in one epoll (no FD_SETSIZE limit: a runtime may watch thousands
-of workers), on each worker's control socket (frames, EOF), its output pipe
+of workers), on each worker's control socket (frames, EOF; from the end of
+its load handshake, which the loading thread reads itself), its output pipe
 (kept as a tail for error messages) and its pidfd (exit), plus a wake-up
 pipe for new registrations. It never sleeps to poll. What it learns it hands
 to the worker's :class:`Watcher` callbacks, which must not block.

@@ -2,8 +2,9 @@
 
 Erlang's restart intensity (at most ``max_restarts`` within ``window``
 seconds, else give up for good) with exponential backoff and jitter between
-attempts. Restarts run on timer threads, never on the monitor thread: starting
-a worker needs the monitor to read its handshake.
+attempts. Restarts run on timer threads, never on the monitor thread: a
+restart waits for the new worker's polyplug_init (up to load_timeout), and
+the monitor must meanwhile go on hearing of every other worker.
 """
 
 from __future__ import annotations

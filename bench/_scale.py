@@ -234,7 +234,7 @@ SPREAD_FLOOR = Path(__file__).resolve().parent / "spread_floor.c"
 def spread_floor_ns(binary: Path, processes: int, rounds: int) -> int:
     """p50 of the C floor of a call spread over ``processes`` sleeping processes (spread_floor.c)."""
     command = [str(binary), str(processes), str(rounds)]
-    proc = subprocess.run(command, capture_output=True, text=True, check=True)
+    proc = subprocess.run(command, capture_output=True, text=True, check=True, timeout=300)
     return int(json.loads(proc.stdout)["p50_ns"])
 
 

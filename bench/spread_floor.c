@@ -27,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -53,6 +54,7 @@ static void futex(_Atomic uint32_t *word, int op, uint32_t value)
 
 static _Noreturn void serve(line *mine)
 {
+    prctl(PR_SET_PDEATHSIG, SIGKILL); /* a killed parent leaves no child asleep */
     uint32_t seen = 0;
     for (;;) {
         uint32_t ping;

@@ -96,10 +96,10 @@ def _cut(line: bytes, cap: int) -> list[bytes]:
 
 
 class Watch:
-    """One watched worker; ``control_open`` until its control socket is dropped (or while its
-    handshake is read by the loading thread, before Monitor.hand_over)."""
+    """One watched worker; ``control_open`` from Monitor.hand_over until its control socket is
+    dropped (before, the loading thread reads the handshake on it)."""
 
-    def __init__(self, watcher: Watcher, process: WorkerProcess, control: bool):
+    def __init__(self, watcher: Watcher, process: WorkerProcess):
         self.watcher = watcher
         self.control = process.control
         self.process = process
@@ -107,7 +107,8 @@ class Watch:
         # than any later frame (polyplug loads 20k contracts, 1 MiB names).
         self.frames = FrameReader(handshake_max=MAX_READY_FRAME)
         self.lines = LineSplitter()
-        self.control_open = control
+        self.pending: list[dict[str, Any]] = []  # frames read by the loading thread after its handshake
+        self.control_open = False
         self.output_open = True
         self.exit_open = True
 
@@ -138,13 +139,10 @@ class Monitor:
         """The thread died of an internal error: no worker can be watched any more."""
         return self._failed
 
-    def watch(self, watcher: Watcher, process: WorkerProcess, control: bool = True) -> Watch:
-        """Starts watching a worker: its frames, output and exit go to ``watcher``.
-
-        ``control=False``: its control socket is someone else's to read (a load
-        reads the handshake itself, one thread hop sooner) until ``hand_over``.
-        """
-        watch = Watch(watcher, process, control)
+    def watch(self, watcher: Watcher, process: WorkerProcess) -> Watch:
+        """Starts watching a worker: its output and exit go to ``watcher`` now, its frames once
+        its load has read the handshake (one thread hop sooner) and called ``hand_over``."""
+        watch = Watch(watcher, process)
         with self._lock:
             failed = self._failed
             if not failed:
@@ -154,10 +152,12 @@ class Monitor:
         self._wake()
         return watch
 
-    def hand_over(self, watch: Watch, frames: FrameReader) -> None:
+    def hand_over(self, watch: Watch, frames: FrameReader, pending: list[dict[str, Any]]) -> None:
         """From now on the monitor reads ``watch``'s control socket too, going on with ``frames``
-        (what its reader so far holds of a frame not yet complete)."""
+        (what its reader so far holds of a frame not yet complete), after it has passed on
+        ``pending`` (frames already read)."""
         watch.frames = frames
+        watch.pending = pending
         with self._lock:
             self._handovers.append(watch)
         self._wake()
@@ -260,10 +260,11 @@ class Monitor:
             os.set_blocking(watch.process.output.fileno(), False)
             self._selector.register(watch.process.output, selectors.EVENT_READ, ("output", watch))
             self._selector.register(watch.process.pidfd, selectors.EVENT_READ, ("exit", watch))
-            if watch.control_open:
-                self._watch_control(watch)
         for watch in handovers:
-            if watch.exit_open:  # else its exit was handled already: nothing is left to read
+            for message in watch.pending:
+                watch.watcher.on_frame(message)
+            watch.pending = []
+            if watch.exit_open:  # else its exit was handled already (what it sent after is lost)
                 watch.control_open = True
                 self._watch_control(watch)
         return closing

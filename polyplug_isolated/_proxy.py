@@ -34,6 +34,7 @@ from ._zygote import FrameFor, Policy
 from .errors import InitFailed, InitSymbolMissing, LoaderError
 
 DUMP_GRACE = 1.0  # seconds a timed-out worker gets to write its stack before SIGKILL
+HANG_UP_GRACE_S = 1.0  # after a worker closed its control socket in its load: for its exit to show
 _LOG_LEVELS = {1: logging.ERROR, 2: logging.WARNING, 3: logging.INFO, 4: logging.DEBUG, 5: logging.DEBUG}
 _logger = logging.getLogger("polyplug_isolated")
 
@@ -136,9 +137,9 @@ class WorkerProxy:
             self.process = spawn(lambda env: load(env=env), channel.fd, self._policy)
             undo.callback(self._discard)
             channel.close_fd()
-            watch = self._monitor.watch(self, self.process, control=False)
+            watch = self._monitor.watch(self, self.process)
             try:
-                reply, frames = self._read_handshake(config.load_timeout)
+                reply, frames, later = self._read_handshake(config.load_timeout)
             except concurrent.futures.TimeoutError:
                 raise InitFailed(
                     f"bundle {self.manifest.name!r}: loading {self.manifest.file} did not finish within "
@@ -147,12 +148,15 @@ class WorkerProxy:
                     bundle=self.manifest.name,
                 ) from None
             self._accept(reply)
-            self._monitor.hand_over(watch, frames)
+            self._monitor.hand_over(watch, frames, later)
             undo.pop_all()
 
-    def _read_handshake(self, timeout: float) -> tuple[dict[str, Any], proto.FrameReader]:
-        """The ready (or error) frame, and the reader that found it; meanwhile answers what
-        polyplug_init asks the host.
+    def _read_handshake(
+        self, timeout: float
+    ) -> tuple[dict[str, Any], proto.FrameReader, list[dict[str, Any]]]:
+        """The ready (or error) frame, the reader that found it and the frames read after it
+        (for the monitor, once the contracts are known); meanwhile answers what polyplug_init
+        asks the host.
 
         Read here, not relayed by the monitor thread: a load waits for one
         wake-up instead of two. The worker's exit (which the monitor reaps and
@@ -166,12 +170,11 @@ class WorkerProxy:
         frames = proto.FrameReader(handshake_max=proto.MAX_READY_FRAME)
         fds = self.process.duplicate_fds()
         if fds is None:  # reaped already: its exit is being described
-            return self._handshake.result(timeout), frames
+            return self._handshake.result(timeout), frames, []
         control, exit_fd = fds
         if self.answerer is not None:
             self.answerer.initialising = True
         try:
-            control.setblocking(False)
             waiting = select.poll()  # not select(): a host with 1,000 workers has fds past 1,024
             waiting.register(control, select.POLLIN)
             waiting.register(exit_fd, select.POLLIN)
@@ -184,21 +187,29 @@ class WorkerProxy:
                 if not data:
                     if data is None and exit_fd not in readable:
                         continue
-                    # Gone (or hung up): its exit, once the monitor has reaped it, says how.
-                    return self._handshake.result(max(0.0, deadline - time.monotonic())), frames
+                    if exit_fd not in readable and not _exits_within(exit_fd, HANG_UP_GRACE_S):
+                        # It hung up and lives on (a dying process closes its fds just before its
+                        # exit is seen): nothing more can come from it.
+                        self.process.kill("it closed its control socket while loading")
+                        tail = self.process.tail()
+                        self._settle(
+                            {"t": "exited", "description": "closed its control socket", "tail": tail}
+                        )
+                    # Gone: its exit, once the monitor has reaped it, says how.
+                    return self._handshake.result(max(0.0, deadline - time.monotonic())), frames, []
                 try:
                     messages = frames.feed(data)
                 except proto.FrameError as exc:
                     self._settle({"t": "malformed", "reason": f"malformed control frame: {exc}"})
-                    return self._handshake.result(), frames
+                    return self._handshake.result(), frames, []
                 for index, message in enumerate(messages):
-                    if message["t"] in (proto.READY, proto.ERROR):
+                    if message["t"] == proto.ERROR:  # its own error explains its exit best
                         self._settle(message)
-                        for later in messages[index + 1 :]:
-                            self.on_frame(later)
-                        # The worker's own error explains its exit best; a ready worker that
-                        # has exited meanwhile (the monitor was first) failed its load.
-                        return message if message["t"] == proto.ERROR else self._handshake.result(), frames
+                        return message, frames, []
+                    if message["t"] == proto.READY:
+                        self._settle(message)
+                        # A ready worker that has exited meanwhile (the monitor was first) failed its load.
+                        return self._handshake.result(), frames, messages[index + 1 :]
                     if message["t"] == proto.CB:
                         self._answer_init_call(message)
                     else:
@@ -461,10 +472,20 @@ class WorkerProxy:
         self._bundle_log.log(severity, "[%s] %s", target, text)
 
 
+def _exits_within(exit_fd: int, seconds: float) -> bool:
+    """Whether the process behind ``exit_fd`` (a pidfd) has exited, or does within ``seconds``."""
+    waiting = select.poll()
+    waiting.register(exit_fd, select.POLLIN)
+    return bool(waiting.poll(seconds * 1000))
+
+
 def _receive(sock: socket.socket) -> bytes | None:
-    """What the socket holds (b"": the peer hung up, or it failed), or None if nothing yet."""
+    """What the socket holds (b"": the peer hung up, or it failed), or None if nothing yet.
+
+    MSG_DONTWAIT rather than a non-blocking socket: the flag would be the
+    shared file's, and the monitor's copy's too."""
     try:
-        return sock.recv(READ_CHUNK)
+        return sock.recv(READ_CHUNK, socket.MSG_DONTWAIT)
     except BlockingIOError:
         return None
     except OSError:

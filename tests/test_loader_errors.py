@@ -85,6 +85,16 @@ def test_init_hang_is_killed_after_the_load_timeout(bundle_dir):
         assert_host_still_works(rt, bundle_dir)
 
 
+def test_a_worker_that_hangs_up_its_control_socket_in_init_is_killed_at_once(bundle_dir):
+    """It lives on but can send nothing more: the load fails now, not at the load_timeout."""
+    with Runtime(load_timeout=30.0) as rt:
+        started = time.monotonic()
+        with pytest.raises(InitFailed, match="closed its control socket"):
+            rt.load_bundle(bundle_dir("init_hang"), env={"POLYPLUG_TEST_HANG_UP": "1"})
+        assert time.monotonic() - started < 10.0
+        assert rt.live_worker_count() == 0
+
+
 def copy_bundle(bundle_dir, name: str, target: Path) -> Path:
     shutil.copytree(bundle_dir(name), target)
     return target

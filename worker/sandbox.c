@@ -10,7 +10,7 @@
 #define _GNU_SOURCE
 #include "sandbox.h"
 
-#include <dlfcn.h>
+#include <sys/auxv.h>
 
 #include <errno.h>
 #include <fcntl.h>
@@ -81,16 +81,17 @@ static void close_fds_except(int keep, int hold)
 
 enum shedding { KEEP, DROP_PAGES, UNMAP };
 
-#define MAX_LIBRARIES 512
+#define MAX_FILES 512
 
-/* The libraries mapped here (files with an executable mapping), and the two a
- * stand-in or an init keeps: libc, and the library this code is in. */
+typedef struct file_id {
+    unsigned long long dev, inode;
+} file_id;
+
+/* The libraries mapped here (files with an executable mapping), and the files
+ * a stand-in or an init keeps: those that hold code it still runs. */
 typedef struct libraries {
-    struct stat libc, own;
-    unsigned count;
-    struct {
-        unsigned long long dev, inode;
-    } seen[MAX_LIBRARIES];
+    unsigned count, kept_count, found; /* found: how many of the addresses of code_still_run */
+    file_id seen[MAX_FILES], kept[MAX_FILES];
 } libraries;
 
 typedef struct mapping {
@@ -111,43 +112,33 @@ static int parse_mapping(const char *line, mapping *m)
     return 1;
 }
 
-static int same_file(const struct stat *st, const mapping *m)
+static int listed(const file_id *ids, unsigned count, const mapping *m)
 {
-    return st->st_ino == m->inode && st->st_dev == m->dev;
-}
-
-static int is_library(const libraries *libs, const mapping *m)
-{
-    for (unsigned i = 0; i < libs->count; i++)
-        if (libs->seen[i].inode == m->inode && libs->seen[i].dev == m->dev)
+    for (unsigned i = 0; i < count; i++)
+        if (ids[i].inode == m->inode && ids[i].dev == m->dev)
             return 1;
     return 0;
 }
 
+static void add(file_id *ids, unsigned *count, const mapping *m)
+{
+    if (!listed(ids, *count, m) && *count < MAX_FILES)
+        ids[(*count)++] = (file_id){m->dev, m->inode};
+}
+
 /* What to do with a mapping: DROP_PAGES for private anonymous memory that
  * holds neither `keep1` nor `keep2` (the interpreter's heap), UNMAP for the
- * mappings of a library other than libc, the dynamic loader and this one
- * (nothing else runs here any more), KEEP for the rest (data files such as
- * the locale's, which libc reads, among them). */
+ * mappings of a library that holds none of the code still to run, KEEP for
+ * the rest (data files such as the locale's, which libc reads, among them). */
 static enum shedding shedding_of(const mapping *m, uintptr_t keep1, uintptr_t keep2, const libraries *libs)
 {
     if ((keep1 >= m->from && keep1 < m->to) || (keep2 >= m->from && keep2 < m->to))
         return KEEP;
     if (m->inode != 0)
-        return is_library(libs, m) && !same_file(&libs->libc, m) && !same_file(&libs->own, m) &&
-                       strstr(m->path, "/ld-") == NULL
-                   ? UNMAP
-                   : KEEP;
+        return listed(libs->seen, libs->count, m) && !listed(libs->kept, libs->kept_count, m) ? UNMAP : KEEP;
     if (m->perms[1] != 'w' || m->perms[3] != 'p' || (m->path[0] && strcmp(m->path, "[heap]") != 0))
         return KEEP;
     return DROP_PAGES;
-}
-
-/* The file that holds `code`, in *st; 0 if it cannot be told. */
-static int file_of(void *code, struct stat *st)
-{
-    Dl_info info;
-    return dladdr(code, &info) && info.dli_fname && info.dli_fname[0] == '/' && stat(info.dli_fname, st) == 0;
 }
 
 /* Calls `each(m, context)` for every mapping in `fd` (a /proc/PID/maps), in address order. */
@@ -178,14 +169,43 @@ static void for_each_mapping(int fd, void (*each)(const mapping *, void *), void
     }
 }
 
+/* Where the code a stand-in or an init runs after shedding lives: this
+ * library, the dynamic loader, and every function it calls from here on
+ * (taken by address, each resolves as its call does: libc's, or a
+ * libpthread's or a preloaded library's that stands in for it). */
+static uintptr_t code_still_run[32];
+static unsigned code_still_run_count;
+
+static void note_code_still_run(void)
+{
+    void *functions[] = {
+        (void *)note_code_still_run, (void *)sigwaitinfo, (void *)sigfillset, (void *)sigemptyset,
+        (void *)sigaddset, (void *)sigprocmask, (void *)waitpid, (void *)kill, (void *)raise,
+        (void *)signal, (void *)setrlimit, (void *)_exit, (void *)read, (void *)write,
+        (void *)open, (void *)close, (void *)lseek, (void *)syscall, (void *)snprintf,
+        (void *)strtol, (void *)strchr, (void *)strlen, (void *)memmove, (void *)sscanf,
+        (void *)strcmp, (void *)madvise, (void *)munmap, (void *)__errno_location,
+    };
+    code_still_run_count = 0;
+    for (unsigned i = 0; i < sizeof functions / sizeof *functions; i++)
+        code_still_run[code_still_run_count++] = (uintptr_t)functions[i];
+    uintptr_t loader = (uintptr_t)getauxval(AT_BASE);
+    if (loader)
+        code_still_run[code_still_run_count++] = loader;
+}
+
 static void note_library(const mapping *m, void *context)
 {
     libraries *libs = context;
-    if (m->inode != 0 && m->perms[2] == 'x' && !is_library(libs, m) && libs->count < MAX_LIBRARIES) {
-        libs->seen[libs->count].dev = m->dev;
-        libs->seen[libs->count].inode = m->inode;
-        libs->count++;
-    }
+    if (m->inode == 0)
+        return;
+    if (m->perms[2] == 'x')
+        add(libs->seen, &libs->count, m);
+    for (unsigned i = 0; i < code_still_run_count; i++)
+        if (code_still_run[i] >= m->from && code_still_run[i] < m->to) {
+            add(libs->kept, &libs->kept_count, m);
+            libs->found++;
+        }
 }
 
 typedef struct shedder {
@@ -213,21 +233,24 @@ static void shed_mapping(const mapping *m, void *context)
  * whole interpreter's memory, ~1.5 ms that the host waits for before it
  * learns of a worker's death. Dropping that memory now, while nothing
  * waits, makes the exit cheap: the interpreter's heap loses its pages, and
- * the libraries this code never calls (the interpreter, the extension
- * modules) are unmapped. Kept: the stack and the thread's own block (errno,
- * the stack guard), libc, the dynamic loader and this library with their
- * data, and every mapped file that is not a library. */
+ * the libraries that hold none of the code still to run (the interpreter,
+ * the extension modules) are unmapped. Kept: the stack and the thread's own
+ * block (errno, the stack guard), the files that hold code still to run,
+ * and every mapped file that is not a library. The files are told by the
+ * map's own (device, inode), found at the addresses of that code, never by
+ * name or stat(). What runs from here on must not allocate (the heap and
+ * the libraries' zero-filled data are dropped) nor resolve a symbol (the
+ * interpreter's module is dlopened with RTLD_NOW, as CPython does). */
 static void shed_memory(int maps_fd)
 {
     libraries libs = {.count = 0}; /* on the stack, which stays: this library's data may not */
     shedder how = {&libs, (uintptr_t)__builtin_frame_address(0), (uintptr_t)__builtin_thread_pointer()};
     if (maps_fd < 0)
         return;
-    /* Unless the code it needs cannot be told apart from the rest: then it keeps everything. */
-    if (file_of((void *)sigwaitinfo, &libs.libc) && file_of((void *)shed_memory, &libs.own)) {
-        for_each_mapping(maps_fd, note_library, &libs);
+    note_code_still_run();
+    for_each_mapping(maps_fd, note_library, &libs);
+    if (libs.found == code_still_run_count) /* else some of that code is not told apart: keep everything */
         for_each_mapping(maps_fd, shed_mapping, &how);
-    }
     close(maps_fd);
 }
 

@@ -349,10 +349,6 @@ static void come_near(pp_header *h, uint32_t cpu)
         atomic_store_explicit(&h->near_declined, (uint32_t)declined, memory_order_relaxed);
 }
 
-/* Waits until the slot's down_seq moves past `served`. Returns 0 when it
- * does, 1 when asked to stop, 2 when it retired after idle_retire_ms (only
- * `may_retire`: between calls). Spins for the wait window first (the host's
- * next call usually follows at once), then sleeps on worker_waiting. */
 /* A thread whose calls keep coming after its spin window has passed stops
  * spinning after them (wait=auto, between calls): its spin only took a CPU
  * from the threads that do have work (with a host calling many bundles in
@@ -364,6 +360,11 @@ static _Thread_local unsigned t_late_calls; /* in a row, between calls */
 
 static int await_sleeping(pp_header *h, pp_slot *s, uint64_t served, int may_retire);
 
+/* Waits until the slot's down_seq moves past `served`. Returns 0 when it
+ * does, 1 when asked to stop, 2 when it retired after idle_retire_ms (only
+ * `may_retire`: between calls). Spins for the wait window first (the host's
+ * next call usually follows at once; not after late calls, above), then
+ * sleeps on worker_waiting. */
 static int await_frame(pp_header *h, pp_slot *s, uint64_t served, int may_retire)
 {
     int mode = g_wait_mode;
@@ -405,7 +406,8 @@ static int await_frame(pp_header *h, pp_slot *s, uint64_t served, int may_retire
     if (counted)
         atomic_fetch_sub(&g_spinners, 1);
     if (atomic_load_explicit(&s->down_seq, memory_order_acquire) != served) {
-        t_late_calls = 0; /* it came while this thread spun */
+        if (between_calls)
+            t_late_calls = 0; /* it came while this thread spun */
         return 0;
     }
     if (atomic_load_explicit(&g_stop, memory_order_relaxed))

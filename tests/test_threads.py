@@ -155,9 +155,9 @@ def test_a_worker_thread_called_after_its_spin_window_stops_spinning_until_calls
                 pass
             assert as_u32(contract.call(0, pair(2, 3), 4)) == 5
 
-    call_after(4 * window, 4)
+    call_after(8 * window, 4)
     cpu_before, _ = cpu_ns_and_sleeps(bundle.worker_pid)
-    call_after(4 * window, 100)
+    call_after(8 * window, 100)
     cpu_after, _ = cpu_ns_and_sleeps(bundle.worker_pid)
     # A spin after each call would take a whole window each: 100 of them (~5 ms); a wake-up and
     # the call take a fraction of one (~1-2 ms for the 100 here).

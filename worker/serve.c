@@ -353,8 +353,10 @@ static void come_near(pp_header *h, uint32_t cpu)
  * spinning after them (wait=auto, between calls): its spin only took a CPU
  * from the threads that do have work (with a host calling many bundles in
  * turn, the ones it calls next), and it sleeps anyway. A call that comes
- * within the window again brings the spin back. */
+ * within WAY_BACK_WINDOWS windows again (its wake-up included) brings the
+ * spin back. */
 #define LATE_CALLS_BEFORE_NO_SPIN 2
+#define WAY_BACK_WINDOWS 4
 
 static _Thread_local unsigned t_late_calls; /* in a row, between calls */
 
@@ -413,8 +415,12 @@ static int await_frame(pp_header *h, pp_slot *s, uint64_t served, int may_retire
     if (atomic_load_explicit(&g_stop, memory_order_relaxed))
         return 1;
     int woken = await_sleeping(h, s, served, may_retire);
-    if (woken == 0 && between_calls)
-        t_late_calls = pp_now_ns() - entered > window ? t_late_calls + 1 : 0;
+    if (woken == 0 && between_calls) {
+        /* Unspun, the time also counts this thread's wake-up, which a call
+         * waits for: one within a few windows brings the spin back. */
+        uint64_t late_after = counted ? window : WAY_BACK_WINDOWS * window;
+        t_late_calls = pp_now_ns() - entered > late_after ? t_late_calls + 1 : 0;
+    }
     return woken;
 }
 

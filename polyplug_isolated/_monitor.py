@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ._process import WorkerProcess
-from ._protocol import MAX_READY_FRAME, FrameError, FrameReader
+from ._protocol import FrameError, FrameReader
 
 _logger = logging.getLogger("polyplug_isolated")
 
@@ -103,11 +103,11 @@ class Watch:
         self.watcher = watcher
         self.control = process.control
         self.process = process
-        # The ready frame carries every registration: it may be far larger
-        # than any later frame (polyplug loads 20k contracts, 1 MiB names).
-        self.frames = FrameReader(handshake_max=MAX_READY_FRAME)
+        # Both from hand_over: the reader that read the handshake (and holds what
+        # followed it), and the frames it read after the ready frame.
+        self.frames = FrameReader()
+        self.pending: list[dict[str, Any]] = []
         self.lines = LineSplitter()
-        self.pending: list[dict[str, Any]] = []  # frames read by the loading thread after its handshake
         self.control_open = False
         self.output_open = True
         self.exit_open = True

@@ -88,10 +88,12 @@ typedef struct file_id {
 } file_id;
 
 /* The libraries mapped here (files with an executable mapping), and the files
- * a stand-in or an init keeps: those that hold code it still runs. */
+ * a stand-in or an init keeps: those that hold the code it still runs, found
+ * at that code's addresses (`code`; `found` of them so far). */
 typedef struct libraries {
-    unsigned count, kept_count, found; /* found: how many of the addresses of code_still_run */
+    unsigned count, kept_count, code_count, found;
     file_id seen[MAX_FILES], kept[MAX_FILES];
+    uintptr_t code[32];
 } libraries;
 
 typedef struct mapping {
@@ -173,10 +175,11 @@ static void for_each_mapping(int fd, void (*each)(const mapping *, void *), void
  * library, the dynamic loader, and every function it calls from here on
  * (taken by address, each resolves as its call does: libc's, or a
  * libpthread's or a preloaded library's that stands in for it). */
-static uintptr_t code_still_run[32];
-static unsigned code_still_run_count;
-
-static void note_code_still_run(void)
+/* Where the code a stand-in or an init runs after shedding lives: this
+ * library, the dynamic loader, and every function it calls from here on
+ * (taken by address, each resolves as its call does: libc's, or a
+ * libpthread's or a preloaded library's that stands in for it). */
+static void note_code_still_run(libraries *libs)
 {
     void *functions[] = {
         (void *)note_code_still_run, (void *)sigwaitinfo, (void *)sigfillset, (void *)sigemptyset,
@@ -186,12 +189,11 @@ static void note_code_still_run(void)
         (void *)strtol, (void *)strchr, (void *)strlen, (void *)memmove, (void *)sscanf,
         (void *)strcmp, (void *)madvise, (void *)munmap, (void *)__errno_location,
     };
-    code_still_run_count = 0;
     for (unsigned i = 0; i < sizeof functions / sizeof *functions; i++)
-        code_still_run[code_still_run_count++] = (uintptr_t)functions[i];
+        libs->code[libs->code_count++] = (uintptr_t)functions[i];
     uintptr_t loader = (uintptr_t)getauxval(AT_BASE);
     if (loader)
-        code_still_run[code_still_run_count++] = loader;
+        libs->code[libs->code_count++] = loader;
 }
 
 static void note_library(const mapping *m, void *context)
@@ -201,8 +203,8 @@ static void note_library(const mapping *m, void *context)
         return;
     if (m->perms[2] == 'x')
         add(libs->seen, &libs->count, m);
-    for (unsigned i = 0; i < code_still_run_count; i++)
-        if (code_still_run[i] >= m->from && code_still_run[i] < m->to) {
+    for (unsigned i = 0; i < libs->code_count; i++)
+        if (libs->code[i] >= m->from && libs->code[i] < m->to) {
             add(libs->kept, &libs->kept_count, m);
             libs->found++;
         }
@@ -247,9 +249,9 @@ static void shed_memory(int maps_fd)
     shedder how = {&libs, (uintptr_t)__builtin_frame_address(0), (uintptr_t)__builtin_thread_pointer()};
     if (maps_fd < 0)
         return;
-    note_code_still_run();
+    note_code_still_run(&libs);
     for_each_mapping(maps_fd, note_library, &libs);
-    if (libs.found == code_still_run_count) /* else some of that code is not told apart: keep everything */
+    if (libs.found == libs.code_count) /* else some of that code is not told apart: keep everything */
         for_each_mapping(maps_fd, shed_mapping, &how);
     close(maps_fd);
 }

@@ -432,9 +432,9 @@ class Runtime:
             del self._bundles[bundle.id]
             bundle.move(BundleState.UNLOADED)
 
-    def _start_worker(self, bundle: Bundle, manifest: ManifestData, cancellable: bool = True) -> WorkerProxy:
-        """A worker serving ``manifest``; ``cancellable``: close() may kill it while it starts
-        (loads and reloads; a restart is waited for, as the supervisor stops first)."""
+    def _start_worker(self, bundle: Bundle, manifest: ManifestData) -> WorkerProxy:
+        """A worker serving ``manifest``; close() kills it while it starts (a load, reload or
+        restart racing close() would otherwise hold it up to its load_timeout)."""
         if self._monitor.failed:
             raise InitFailed(
                 f"bundle {manifest.name!r}: this Runtime's monitor thread failed (see the log), so no "
@@ -443,7 +443,7 @@ class Runtime:
             )
         try:
             with loader_errors(manifest.name, "starting its worker"):
-                return self._start_worker_process(bundle, manifest, cancellable)
+                return self._start_worker_process(bundle, manifest)
         except LoaderError as exc:
             if self._closed:
                 raise LoaderError(
@@ -452,7 +452,7 @@ class Runtime:
                 ) from exc
             raise
 
-    def _start_worker_process(self, bundle: Bundle, manifest: ManifestData, cancellable: bool) -> WorkerProxy:
+    def _start_worker_process(self, bundle: Bundle, manifest: ManifestData) -> WorkerProxy:
         try:
             os.fsencode(manifest.path).decode("utf-8")
         except UnicodeDecodeError:
@@ -489,16 +489,17 @@ class Runtime:
             lambda dead: on_death(bundle, dead),
             bundle.record_fault,
         )
-        starting = {proxy} if cancellable else set()
         with self._lock:
-            self._starting |= starting
+            if self._closed:  # close() has killed the starts it saw: this one must not begin
+                raise LoaderError(f"bundle {manifest.name!r}: the runtime is closed", bundle=manifest.name)
+            self._starting.add(proxy)
         try:
             proxy.start(
                 spawn, options, bundle.fault_specs(bundle.start_faults), Answerer(self._directory, bundle)
             )
         finally:
             with self._lock:
-                self._starting -= starting
+                self._starting.discard(proxy)
             self._monitor.defer(self._zygote.fork_ahead)
         if proxy.sandbox_report is not None:
             self._refusals.note(proxy.sandbox_report)
@@ -537,18 +538,21 @@ class Runtime:
         """Supervisor thread: a fresh worker for a crashed bundle, same file, init again.
 
         Handles stay valid: contracts follow their bundle to the new worker.
-        Returns False when the bundle was unloaded or reloaded meanwhile.
+        Returns False when the bundle was unloaded or reloaded meanwhile, or the runtime closed.
         """
         with self._lock:
             if self._bundles.get(bundle.id) is not bundle or bundle.state is not BundleState.CRASHED:
                 return False
             bundle.move(BundleState.RESTARTING)
         try:
-            proxy = self._start_worker(bundle, bundle.manifest, cancellable=False)
+            proxy = self._start_worker(bundle, bundle.manifest)
         except LoaderError:
             with self._lock:
                 if bundle.state is BundleState.RESTARTING:  # type: ignore[comparison-overlap]  # moved above
                     bundle.move(BundleState.CRASHED)
+                closed = self._closed
+            if closed:  # close() cut it short: no failure to report
+                return False
             raise
         with self._lock:
             current = bundle.state is BundleState.RESTARTING  # type: ignore[comparison-overlap]  # moved above

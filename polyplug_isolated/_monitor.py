@@ -139,14 +139,23 @@ class Monitor:
         """The thread died of an internal error: no worker can be watched any more."""
         return self._failed
 
-    def watch(self, watcher: Watcher, process: WorkerProcess) -> Watch:
-        """Starts watching a worker: its output and exit go to ``watcher`` now, its frames once
-        its load has read the handshake (one thread hop sooner) and called ``hand_over``."""
+    def watch(
+        self,
+        watcher: Watcher,
+        process: WorkerProcess,
+        handshake: tuple[FrameReader, list[dict[str, Any]]] | None = None,
+    ) -> Watch:
+        """Starts watching a worker: its output and exit go to ``watcher`` now; its frames once
+        its load has read the handshake, with ``handshake`` here (what ``hand_over`` takes: one
+        wake-up of this thread for all three) or by calling ``hand_over`` later."""
         watch = Watch(watcher, process)
         with self._lock:
             failed = self._failed
             if not failed:
                 self._incoming.append(watch)
+                if handshake is not None:
+                    watch.frames, watch.pending = handshake
+                    self._handovers.append(watch)
         if failed:
             _bury(watch)
         self._wake()

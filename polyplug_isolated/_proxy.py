@@ -27,7 +27,7 @@ from . import _protocol as proto
 from ._channel import WAIT_MODES, Channel
 from ._config import ResourceLimits, RuntimeConfig, WorkerOptions
 from ._manifest import ManifestData
-from ._monitor import READ_CHUNK, Monitor
+from ._monitor import READ_CHUNK, Monitor, Watch
 from ._process import WorkerProcess, describe_exit
 from ._sandbox import SandboxReport, read_report, worker_policy
 from ._zygote import FrameFor, Policy
@@ -70,6 +70,7 @@ class WorkerProxy:
         self._reply: concurrent.futures.Future[dict[str, Any]] | None = None
         self._bundle_log = logging.getLogger(f"polyplug_isolated.bundle.{manifest.name}")
         self._handshake: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
+        self._watch: Watch | None = None  # from the first moment the monitor watches the worker
         self.answerer: Any = None  # answers this worker's calls back (_callbacks.Answerer)
         self._leaving = False
         self._unload_sent = False
@@ -136,8 +137,8 @@ class WorkerProxy:
             )
             self.process = spawn(lambda env: load(env=env), channel.fd, self._policy)
             undo.callback(self._discard)
+            undo.callback(self._watched)  # first: the monitor reaps what _discard kills
             channel.close_fd()
-            watch = self._monitor.watch(self, self.process)
             try:
                 reply, frames, later = self._read_handshake(config.load_timeout)
             except concurrent.futures.TimeoutError:
@@ -148,8 +149,16 @@ class WorkerProxy:
                     bundle=self.manifest.name,
                 ) from None
             self._accept(reply)
-            self._monitor.hand_over(watch, frames, later)
+            if self._watch is None:
+                self._watch = self._monitor.watch(self, self.process, (frames, later))
+            else:
+                self._monitor.hand_over(self._watch, frames, later)
             undo.pop_all()
+
+    def _watched(self) -> None:
+        """Has the monitor watch the worker's output and exit from now on, if it does not yet."""
+        if self._watch is None:
+            self._watch = self._monitor.watch(self, self.process)
 
     def _read_handshake(
         self, timeout: float
@@ -159,9 +168,12 @@ class WorkerProxy:
         asks the host.
 
         Read here, not relayed by the monitor thread: a load waits for one
-        wake-up instead of two. The worker's exit (which the monitor reaps and
-        describes) ends the wait too, through a duplicate of its pidfd, which
-        the monitor may close meanwhile.
+        wake-up instead of two. The monitor is not woken either, unless the
+        worker writes output (which the monitor reads) or exits (which it
+        reaps and describes, ending this wait too): a load that succeeds
+        wakes it once, at its end, for output, exit and frames at once. From
+        then on the monitor may close the worker's fds, so this thread polls
+        duplicates.
 
         Raises:
             concurrent.futures.TimeoutError: nothing conclusive within ``timeout``.
@@ -169,20 +181,24 @@ class WorkerProxy:
         deadline = time.monotonic() + timeout
         frames = proto.FrameReader(handshake_max=proto.MAX_READY_FRAME)
         fds = self.process.duplicate_fds()
-        if fds is None:  # reaped already: its exit is being described
-            return self._handshake.result(timeout), frames, []
+        assert fds is not None  # nothing reaps it before the monitor watches it
         control, exit_fd = fds
+        output = self.process.output.fileno()  # polled only until the monitor watches it
         if self.answerer is not None:
             self.answerer.initialising = True
         try:
             waiting = select.poll()  # not select(): a host with 1,000 workers has fds past 1,024
             waiting.register(control, select.POLLIN)
             waiting.register(exit_fd, select.POLLIN)
+            waiting.register(output, select.POLLIN)
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise concurrent.futures.TimeoutError
                 readable = {fd for fd, _ in waiting.poll(remaining * 1000)}
+                if self._watch is None and readable & {output, exit_fd}:
+                    waiting.unregister(output)  # before the monitor, which may close it, has it
+                    self._watched()
                 data = _receive(control) if control.fileno() in readable else None
                 if not data:
                     if data is None and exit_fd not in readable:
@@ -196,6 +212,7 @@ class WorkerProxy:
                             {"t": "exited", "description": "closed its control socket", "tail": tail}
                         )
                     # Gone: its exit, once the monitor has reaped it, says how.
+                    self._watched()
                     return self._handshake.result(max(0.0, deadline - time.monotonic())), frames, []
                 try:
                     messages = frames.feed(data)

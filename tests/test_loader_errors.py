@@ -7,6 +7,7 @@ go on loading and calling other bundles.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
@@ -93,6 +94,23 @@ def test_a_worker_that_hangs_up_its_control_socket_in_init_is_killed_at_once(bun
             rt.load_bundle(bundle_dir("init_hang"), env={"POLYPLUG_TEST_HANG_UP": "1"})
         assert time.monotonic() - started < 10.0
         assert rt.live_worker_count() == 0
+
+
+def test_a_worker_writing_more_than_a_pipe_holds_in_init_loads_and_all_of_it_is_logged(
+    bundle_dir, tmp_path, caplog
+):
+    """The monitor reads a load's output while the load waits: the loading thread hands the
+    worker over at the first byte (or a full pipe would block polyplug_init for good)."""
+    caplog.set_level(logging.INFO, logger="polyplug_isolated.bundle")
+    chatter = 1 << 18  # four pipes' worth, in lines of 64 bytes
+    env = {"POLYPLUG_TEST_CHATTER": str(chatter), "POLYPLUG_TEST_HANG_IF": str(tmp_path / "absent")}
+    with Runtime(load_timeout=5.0) as rt:
+        rt.load_bundle(bundle_dir("init_hang"), env=env)
+        assert rt.live_worker_count() == 1
+    lines = [
+        r for r in caplog.records if r.name.startswith("polyplug_isolated.bundle.") and "...." in r.message
+    ]
+    assert len(lines) == chatter // 64
 
 
 def copy_bundle(bundle_dir, name: str, target: Path) -> Path:

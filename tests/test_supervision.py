@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import queue
 import signal
-import threading
 import time
 
 import pytest
@@ -19,7 +18,6 @@ from polyplug_isolated import (
     RestartPolicy,
     Runtime,
     WorkerCrashed,
-    _supervisor,
 )
 from polyplug_isolated._supervisor import Supervisor
 
@@ -31,11 +29,8 @@ class Events:
 
     def __init__(self):
         self.seen = queue.Queue()
-        self.restart_threads = []  # the thread that reported each RESTARTED
 
     def __call__(self, event):
-        if event.kind is BundleEventKind.RESTARTED:
-            self.restart_threads.append(threading.current_thread())
         self.seen.put(event)
 
     def next(self, kind: BundleEventKind, timeout: float = 10.0):
@@ -145,38 +140,6 @@ def test_policy_values_are_checked():
         RestartPolicy(window=0)
     with pytest.raises(ValueError):
         RestartPolicy(jitter=2)
-
-
-def test_restarts_one_after_another_run_on_one_kept_thread_that_ends_with_the_runtime(bundle_dir):
-    """Starting a thread per restart cost ~1 ms here, a third of the whole restart."""
-    events = Events()
-    restart_threads = events.restart_threads
-    with Runtime(restart=RestartPolicy(max_restarts=3, backoff=0.0, jitter=0.0), on_event=events) as rt:
-        crasher = crasher_of(rt, bundle_dir)
-        for restarts in range(1, 4):
-            with pytest.raises(WorkerCrashed):
-                crasher.call(0, b"", 0)
-            events.next(BundleEventKind.RESTARTED)
-            assert crasher.bundle.restarts == restarts
-            wait_until(lambda: rt._supervisor._threads._waiting == 1)  # back waiting for the next
-        assert all(thread is restart_threads[0] for thread in restart_threads)
-    assert not restart_threads[0].is_alive()  # close() ended it
-    assert not [thread for thread in threading.enumerate() if thread.name.startswith("polyplug-restart")]
-
-
-def test_a_restart_thread_left_waiting_ends_after_its_idle_time(bundle_dir, monkeypatch):
-    monkeypatch.setattr(_supervisor, "RESTART_THREAD_IDLE_S", 0.05)
-    events = Events()
-    restart_threads = events.restart_threads
-    with Runtime(restart=RestartPolicy(max_restarts=2, backoff=0.0, jitter=0.0), on_event=events) as rt:
-        crasher = crasher_of(rt, bundle_dir)
-        for _ in range(2):
-            with pytest.raises(WorkerCrashed):
-                crasher.call(0, b"", 0)
-            events.next(BundleEventKind.RESTARTED)
-            wait_until(lambda: not restart_threads[-1].is_alive())  # while the runtime is open
-        assert restart_threads[0] is not restart_threads[1]  # the next restart started a new one
-        assert as_u32(crasher.call(4, u32(1), 4)) == 2
 
 
 def test_a_restart_hanging_in_init_holds_back_no_other_restart_nor_close(bundle_dir, tmp_path):

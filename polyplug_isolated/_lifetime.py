@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._bundle import Bundle
+    from ._channel import ChannelStock
     from ._monitor import Monitor
     from ._proxy import WorkerProxy
     from ._runtime import Runtime
@@ -72,13 +73,14 @@ def reclaim(
     supervisor: Supervisor,
     bundles: dict[int, Bundle],
     zygote: Zygote,
+    channels: ChannelStock,
     monitor: Monitor,
     drain_timeout: float,
     retiring: dict[WorkerProxy, int],
 ) -> None:
     """Finalizer of an unreachable Runtime: what close() does, without events or callbacks."""
     if threading.current_thread() is monitor.thread:  # it must reap the workers: close from elsewhere
-        args = (supervisor, bundles, zygote, monitor, drain_timeout, retiring)
+        args = (supervisor, bundles, zygote, channels, monitor, drain_timeout, retiring)
         threading.Thread(target=reclaim, args=args, name="polyplug-reclaim", daemon=True).start()
         return
     from ._bundle import BundleState  # _bundle imports the call path; this module must stay light
@@ -98,4 +100,5 @@ def reclaim(
     for proxy in list(retiring):  # reloads' old workers, still unloading
         proxy.await_exit()
     zygote.close()
+    channels.close()
     monitor.close()

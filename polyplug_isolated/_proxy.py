@@ -89,6 +89,7 @@ class WorkerProxy:
     def start(
         self,
         spawn: Callable[[FrameFor, int, Policy], WorkerProcess],
+        channel: Channel,
         options: WorkerOptions,
         faults: list[dict[str, Any]],
         answerer: Any = None,
@@ -98,22 +99,14 @@ class WorkerProxy:
         ``spawn(load_frame_for, segment_fd, policy)`` starts the process and queues
         its load frame at once (``load_frame_for(env)``: env is what the worker
         must set itself), so the worker loads while the host sets up; ``policy``
-        is the containment that frame asks for.
+        is the containment that frame asks for. ``channel`` is the worker's data
+        plane; its fd goes to the worker and is closed here.
         ``faults`` (fault specs) are armed before polyplug_init runs; ``answerer``
         answers the worker's calls back (during init on this thread).
         """
         config = self._config
         self.options = options
         with contextlib.ExitStack() as undo:
-            channel = Channel(
-                config.slots,
-                config.max_threads or config.slots,
-                config.payload_capacity,
-                config.arena_capacity,
-                config.wait,
-                config.spin_ns,
-                round(config.thread_idle_timeout * 1000) if config.thread_idle_timeout else 0,
-            )
             undo.callback(channel.close_fd)
             self.channel = channel
             self.answerer = answerer

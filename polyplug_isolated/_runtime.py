@@ -21,6 +21,7 @@ from . import _checks as check
 from . import _dependencies
 from ._bundle import Bundle, BundleState
 from ._callbacks import Answerer, Directory
+from ._channel import ChannelStock
 from ._config import ResourceLimits, RestartPolicy, RuntimeConfig, WorkerOptions, worker_options
 from ._contract import GuestContract
 from ._faults import Fault
@@ -105,6 +106,7 @@ class Runtime:
             keep_spare=self.config.spare_worker,
             spare_policy=default_policy(self.config.containment),
         )
+        self._channels = ChannelStock(self.config, keep=self.config.spare_worker)
         if self.config.prestart:
             self._zygote.start()
         self._refusals = RefusalLog()
@@ -127,6 +129,7 @@ class Runtime:
             self._supervisor,
             self._bundles,
             self._zygote,
+            self._channels,
             self._monitor,
             self.config.drain_timeout,
             self._retiring,
@@ -170,6 +173,7 @@ class Runtime:
                 self._end_unload(bundle, worker)
         self._await_retired(None)
         self._zygote.close()
+        self._channels.close()
         self._monitor.close()
         self._finalizer.detach()
 
@@ -495,15 +499,24 @@ class Runtime:
             self._starting.add(proxy)
         try:
             proxy.start(
-                spawn, options, bundle.fault_specs(bundle.start_faults), Answerer(self._directory, bundle)
+                spawn,
+                self._channels.take(),
+                options,
+                bundle.fault_specs(bundle.start_faults),
+                Answerer(self._directory, bundle),
             )
         finally:
             with self._lock:
                 self._starting.discard(proxy)
-            self._monitor.defer(self._zygote.fork_ahead)
+            self._monitor.defer(weakly(self._ready_next_start))  # the monitor must not keep the runtime alive
         if proxy.sandbox_report is not None:
             self._refusals.note(proxy.sandbox_report)
         return proxy
+
+    def _ready_next_start(self) -> None:
+        """Monitor thread, after a start: the next start's spare worker and channel."""
+        self._zygote.fork_ahead()
+        self._channels.refill()
 
     def _on_death(self, bundle: Bundle, proxy: WorkerProxy) -> None:
         """Monitor thread: a worker of the bundle died unasked.
@@ -681,6 +694,7 @@ class Runtime:
             if isinstance(watcher, WorkerProxy) and watcher.channel is not None:
                 watcher.channel.start_draining()
         self._zygote.forget_after_fork()
+        self._channels.forget_after_fork()
         self._retiring.clear()  # the parent's to wait for
         for bundle in self._bundles.values():
             bundle.forget_after_fork(why)

@@ -347,6 +347,32 @@ def contained_spare(rt: Runtime) -> psutil.Process:
     return spare
 
 
+def monitor_caught_up(rt: Runtime) -> None:
+    """Returns once the monitor has run every task deferred so far (they run in order)."""
+    done = threading.Event()
+    rt._monitor.defer(done.set)
+    assert done.wait(10)
+
+
+def test_a_start_takes_the_channel_made_ahead_and_spare_worker_false_makes_none(bundle_dir):
+    """The monitor makes the next worker's channel after each start, with the spare worker."""
+    with Runtime() as rt:
+        rt.load_bundle(bundle_dir("adder"))
+        monitor_caught_up(rt)
+        ahead = rt._channels._ready
+        assert ahead is not None
+        bundle = rt.reload_bundle(bundle_dir("adder"))
+        assert bundle.proxy.channel is ahead
+        add = rt.resolve_guest_contract(rt.find_guest_contract(ADD, 1))
+        assert as_u32(add.call(1, pair(20, 22), 4)) == 42
+        monitor_caught_up(rt)
+        assert rt._channels._ready not in (None, ahead)  # and the next one is made
+    with Runtime(spare_worker=False) as rt:
+        rt.load_bundle(bundle_dir("adder"))
+        monitor_caught_up(rt)
+        assert rt._channels._ready is None
+
+
 def test_a_spare_is_contained_before_a_load_takes_it(bundle_dir):
     with Runtime(prestart=True) as rt:
         rt.load_bundle(bundle_dir("adder"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
+import functools
 import logging
 import os
 import threading
@@ -167,7 +168,9 @@ class Runtime:
         # the other, 1,000 workers took seconds to exit); dependers (loaded
         # later) first.
         farewell = "its Runtime was closed; load it into an open Runtime to call it"
-        leaving = [(bundle, self._begin_unload(bundle, farewell)) for bundle in reversed(bundles)]
+        untold: list[WorkerProxy] = []
+        leaving = [(bundle, self._begin_unload(bundle, farewell, untold)) for bundle in reversed(bundles)]
+        self._monitor.defer(functools.partial(_tell_to_unload, untold))  # see leave_if_idle
         for bundle, (unloading, worker) in leaving:
             if unloading:
                 self._end_unload(bundle, worker)
@@ -406,8 +409,11 @@ class Runtime:
         if unloading:
             self._end_unload(bundle, proxy)
 
-    def _begin_unload(self, bundle: Bundle, why: str) -> tuple[bool, WorkerProxy | None]:
-        """Turns the bundle DRAINING and tells its worker, if idle, to exit.
+    def _begin_unload(
+        self, bundle: Bundle, why: str, untold: list[WorkerProxy] | None = None
+    ) -> tuple[bool, WorkerProxy | None]:
+        """Turns the bundle DRAINING and tells its worker, if idle, to exit (or, with ``untold``,
+        adds it there for the caller to have told).
 
         Returns whether this call unloads the bundle, and its worker.
         """
@@ -422,8 +428,13 @@ class Runtime:
                 proxy.channel.start_draining()  # before anyone can see DRAINING
             bundle.move(BundleState.DRAINING)
             self._registry.unpublish(bundle)
-        if proxy is not None and proxy.alive:
-            proxy.leave_if_idle()
+        if (
+            proxy is not None
+            and proxy.alive
+            and proxy.leave_if_idle(send=untold is None)
+            and untold is not None
+        ):
+            untold.append(proxy)
         return True, proxy
 
     def _end_unload(self, bundle: Bundle, proxy: WorkerProxy | None) -> None:
@@ -720,3 +731,9 @@ class Runtime:
             self._on_reload(ReloadPhase(phase, bundle.id, bundle.name, reason))
         except Exception:
             _logger.exception("on_reload callback raised for bundle %r (ignored)", bundle.name)
+
+
+def _tell_to_unload(proxies: list[WorkerProxy]) -> None:
+    """Monitor thread: tells idle workers to unload (close())."""
+    for proxy in proxies:
+        proxy.send_unload()

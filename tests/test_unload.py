@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 from conftest import SLOW, as_u32, u32, wait_until
+from polyplug_isolated.bench._scale import copies  # the bench's own copies of a fixture
 
 from polyplug_isolated import BundleState, BundleUnavailable, Runtime, WorkerCrashed
 
@@ -96,3 +98,14 @@ def test_calls_on_a_draining_bundle_fail_at_once(rt, bundle_dir):
     assert outcomes["unload"] is None  # the unload itself succeeded
     assert slow.bundle.state is BundleState.UNLOADED
     assert worker.returncode == 0  # a drained worker exits cleanly
+
+
+def test_close_tells_every_idle_worker_to_unload_and_each_dlcloses_and_exits_0(bundle_dir, tmp_path):
+    """close() has the monitor tell the idle workers at once; one never told would hold close() for
+    its close_grace, then be sent SIGTERM."""
+    rt = Runtime(close_grace=5.0)
+    processes = [rt.load_bundle(path).proxy.process for path in copies(bundle_dir("adder"), tmp_path, 12)]
+    started = time.monotonic()
+    rt.close()
+    assert time.monotonic() - started < 4.0
+    assert [process.returncode for process in processes] == [0] * 12

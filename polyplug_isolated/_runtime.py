@@ -428,13 +428,10 @@ class Runtime:
                 proxy.channel.start_draining()  # before anyone can see DRAINING
             bundle.move(BundleState.DRAINING)
             self._registry.unpublish(bundle)
-        if (
-            proxy is not None
-            and proxy.alive
-            and proxy.leave_if_idle(send=untold is None)
-            and untold is not None
-        ):
-            untold.append(proxy)
+        if proxy is not None and proxy.alive:
+            left = proxy.leave_if_idle(send=untold is None)
+            if left and untold is not None:
+                untold.append(proxy)
         return True, proxy
 
     def _end_unload(self, bundle: Bundle, proxy: WorkerProxy | None) -> None:
@@ -509,13 +506,9 @@ class Runtime:
                 raise LoaderError(f"bundle {manifest.name!r}: the runtime is closed", bundle=manifest.name)
             self._starting.add(proxy)
         try:
-            proxy.start(
-                spawn,
-                self._channels.take(),
-                options,
-                bundle.fault_specs(bundle.start_faults),
-                Answerer(self._directory, bundle),
-            )
+            faults = bundle.fault_specs(bundle.start_faults)
+            answerer = Answerer(self._directory, bundle)
+            proxy.start(spawn, self._channels.take(), options, faults, answerer)  # start() closes its fd
         finally:
             with self._lock:
                 self._starting.discard(proxy)

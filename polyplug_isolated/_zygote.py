@@ -364,17 +364,19 @@ class Zygote:
         self._environment = environment
 
     def _stop(self) -> None:
-        """Kills and reaps the template: it holds nothing a kill could leak, healthy or hung."""
+        """Kills and reaps the template: it holds nothing a kill could leak, healthy or hung.
+
+        Killed before its socket is closed: the template takes EOF on that
+        socket for its host's death, and kills every worker it forked.
+        """
         popen, sock = self._popen, self._sock
         self._popen = self._sock = None
-        if sock is not None:
-            sock.close()
-        if popen is None:
-            return
-        if popen.poll() is None:
+        if popen is not None and popen.poll() is None:
             popen.kill()
             popen.wait()
-        if popen.stderr is not None:
+        if sock is not None:
+            sock.close()
+        if popen is not None and popen.stderr is not None:
             popen.stderr.close()
 
 

@@ -156,14 +156,63 @@ def test_the_zygote_its_spare_and_its_workers_die_with_a_sigkilled_host(bundle_d
     assert host.returncode == -signal.SIGKILL
     children = [int(pid) for pid in host.stdout.split()]
     assert len(children) == 3  # zygote, worker, spare
-
-    def gone(pid: int) -> bool:
-        try:
-            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-        except psutil.NoSuchProcess:
-            return True
-
     wait_until(lambda: all(map(gone, children)), timeout=5.0)
+
+
+def gone(pid: int) -> bool:
+    """Ended: a zombie counts (its new parent reaps it when it will)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+STOPPED_WORKER_HOST = textwrap.dedent(
+    """
+    import os, signal, sys
+    from polyplug_isolated import Runtime
+    from polyplug_isolated.worker._serve_ffi import lib
+    if sys.argv[2] == "subreaper":  # unshare() refused, as in some containers: a subreaper stands in
+        assert lib.ppw_sb_no_new_privs() == 0 and lib.ppw_sb_seccomp(0, 0) == 0
+    rt = Runtime(containment=sys.argv[2] != "uncontained")
+    bundle = rt.load_bundle(sys.argv[1])
+    report = rt.sandbox_report().get(bundle.name)
+    worker = report.pid if report else bundle.pid  # contained: not the stand-in, the worker itself
+    os.kill(worker, signal.SIGSTOP)  # its watchdog thread cannot see the host go
+    if sys.argv[3] == "zygote-dead":  # nobody but the stand-in can end it
+        os.kill(rt._zygote.pid, signal.SIGKILL)
+    print(worker, bundle.pid, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+    """
+)
+
+
+@pytest.mark.parametrize(
+    "containment, zygote",
+    [
+        ("contained", "zygote-alive"),
+        ("contained", "zygote-dead"),
+        ("subreaper", "zygote-alive"),
+        ("subreaper", "zygote-dead"),
+        ("uncontained", "zygote-alive"),  # no stand-in: only the zygote can wake it
+    ],
+)
+def test_a_stopped_worker_dies_with_a_sigkilled_host(bundle_dir, containment, zygote):
+    host = subprocess.run(
+        [sys.executable, "-c", STOPPED_WORKER_HOST, str(bundle_dir("adder")), containment, zygote],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert host.returncode == -signal.SIGKILL, host.stderr
+    worker, handle = map(int, host.stdout.split())
+    assert (worker != handle) == (containment != "uncontained")
+    try:
+        wait_until(lambda: gone(worker) and gone(handle), timeout=10.0)
+    finally:
+        for pid in (worker, handle):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)  # never left behind, whatever the test found
 
 
 # ---- the zygote's failures --------------------------------------------------------------------

@@ -24,9 +24,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <poll.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -187,7 +189,8 @@ static void note_code_still_run(libraries *libs)
         (void *)signal, (void *)setrlimit, (void *)_exit, (void *)read, (void *)write,
         (void *)open, (void *)close, (void *)lseek, (void *)syscall, (void *)snprintf,
         (void *)strtol, (void *)strchr, (void *)strlen, (void *)memmove, (void *)sscanf,
-        (void *)strcmp, (void *)madvise, (void *)munmap, (void *)__errno_location,
+        (void *)strcmp, (void *)madvise, (void *)munmap, (void *)__errno_location, (void *)poll,
+        (void *)signalfd,
     };
     for (unsigned i = 0; i < sizeof functions / sizeof *functions; i++)
         libs->code[libs->code_count++] = (uintptr_t)functions[i];
@@ -265,22 +268,55 @@ static int open_own_maps(void)
     return open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
 }
 
+/* The next signal for supervise(): read off `signals` (a signalfd, or -1 to
+ * take it with sigwaitinfo). With `*host_fd` open, also watches it: the
+ * worker's end of its control socket, which this process holds. When the
+ * host's end closes (the host died: a live host closes it only after
+ * reaping), returns SIGKILL, for `child`, and stops watching. */
+static int next_signal(int signals, int *host_fd)
+{
+    if (signals < 0) {
+        sigset_t all;
+        sigfillset(&all);
+        siginfo_t info;
+        return sigwaitinfo(&all, &info);
+    }
+    for (;;) {
+        struct pollfd ready[2] = {{signals, POLLIN, 0}, {*host_fd, POLLRDHUP, 0}};
+        if (poll(ready, *host_fd >= 0 ? 2 : 1, -1) < 0)
+            continue;
+        if (*host_fd >= 0 && ready[1].revents) {
+            *host_fd = -1;
+            return SIGKILL;
+        }
+        struct signalfd_siginfo info;
+        if (ready[0].revents && read(signals, &info, sizeof info) == sizeof info)
+            return (int)info.ssi_signo;
+    }
+}
+
 /* Waits for `child` with every signal blocked (they were blocked before the
  * fork, so none is lost): forwards the ones the host sends, reaps every
- * other child on the way (as init must), returns the child's wait status. */
-static int supervise(pid_t child)
+ * other child on the way (as init must), returns the child's wait status.
+ * `host_fd` (or -1): see next_signal. A worker that cannot see its host go
+ * (stopped by SIGSTOP, held by a debugger) is killed so, and with it all it
+ * left: its namespace, or the orphans this process reaps. */
+static int supervise(pid_t child, int host_fd)
 {
     sigset_t all;
     sigfillset(&all);
+    int signals = host_fd >= 0 ? signalfd(-1, &all, SFD_CLOEXEC) : -1;
     for (;;) {
-        siginfo_t info;
-        int sig = sigwaitinfo(&all, &info);
+        int sig = next_signal(signals, &host_fd);
         if (sig == SIGCHLD) {
             int status;
             pid_t pid;
             while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
-                if (pid == child)
+                if (pid == child) {
+                    if (signals >= 0)
+                        close(signals);
                     return status;
+                }
         } else if (sig != SIGINT && sig != SIGTSTP && sig != SIGTTIN && sig != SIGTTOU && sig != SIGWINCH) {
             /* Whatever the host (or a test) sends the worker's handle, SIGSEGV
              * and SIGABRT included, reaches the worker as sent. */
@@ -316,7 +352,7 @@ static _Noreturn void run_init(pid_t worker, int status_fd)
 {
     close_fds_except(status_fd, -1);
     shed_memory(open_own_maps());
-    int status = supervise(worker);
+    int status = supervise(worker, -1);
     (void)!write(status_fd, &status, sizeof status);
     if (WIFSIGNALED(status))
         _exit(128 + WTERMSIG(status)); /* init cannot die of a signal it sends itself */
@@ -368,7 +404,7 @@ static int split_as_subreaper(int hold_fd, int *outer_pid)
     if (worker > 0) {
         close_fds_except(-1, hold_fd);
         shed_memory(open_own_maps());
-        int status = supervise(worker);
+        int status = supervise(worker, hold_fd);
         kill_orphans();
         mirror(status);
     }
@@ -430,7 +466,7 @@ int ppw_sb_enter_namespaces(int hold_fd, int *error, int *outer_pid)
         close(status_pipe[1]);
         shed_memory(own_maps);
         close_fds_except(status_pipe[0], hold_fd);
-        int init_status = supervise(init);
+        int init_status = supervise(init, hold_fd);
         int worker_status;
         if (read(status_pipe[0], &worker_status, sizeof worker_status) == sizeof worker_status)
             mirror(worker_status);

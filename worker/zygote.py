@@ -35,18 +35,25 @@ Protocol (length-prefixed msgpack frames, _protocol.FrameReader)::
 
 ``contain`` (absent when the child execs) is the containment the child
 applies first thing, before it waits for its load frame (run_worker).
-EOF on the socket (the host closed it, or died) ends the zygote.
+EOF on the socket ends the zygote, and it means the host died: a host that
+ends a zygote kills it first and closes the socket after. So at EOF the
+zygote sends SIGCONT to its process group, which it leads and every worker
+it forked (or a contained worker's stand-in) is in: a worker stopped by
+SIGSTOP runs again, and its watchdog sees its socket hang up.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import gc
 import os
+import signal
 import socket
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 from polyplug_isolated import _protocol as proto
 
@@ -139,6 +146,7 @@ def serve_forks(zygote_fd: int, run_worker: Callable[..., int]) -> int:
             file=sys.stderr,
         )
         return 70
+    os.setpgid(0, 0)  # a group of its own, which its workers inherit: see _host_gone
     sock = socket.socket(fileno=zygote_fd)
     # Everything imported so far lives as long as the zygote: keep the
     # collector's hands off it, so a worker's first collection copies no page.
@@ -149,7 +157,7 @@ def serve_forks(zygote_fd: int, run_worker: Callable[..., int]) -> int:
     while True:
         data, fds, _, _ = socket.recv_fds(sock, 1 << 16, 2, socket.MSG_CMSG_CLOEXEC)
         if not data:
-            return 0
+            _host_gone()
         received += fds
         for request in reader.feed(data):
             worker_fds, received = received[:2], received[2:]
@@ -159,6 +167,21 @@ def serve_forks(zygote_fd: int, run_worker: Callable[..., int]) -> int:
                 _send(sock, "fork_failed", errno=errno.EINVAL, message="a fork request needs exactly two fds")
                 continue
             _fork(sock, request, worker_fds[0], worker_fds[1], run_worker)
+
+
+def _host_gone() -> NoReturn:
+    """The host died: every worker this zygote forked must see it, a stopped one too.
+
+    An uncontained worker is in this zygote's process group (see
+    serve_forks): SIGCONT lets a stopped one run, and its watchdog ends it.
+    A contained worker left the group (setsid), but its stand-in did not and
+    ends it by itself when the host's end of the control socket closes
+    (sandbox.c's supervise): a SIGKILL here would kill the stand-in before
+    it can end what the worker left behind.
+    """
+    with contextlib.suppress(OSError):
+        os.killpg(0, signal.SIGCONT)
+    os._exit(0)
 
 
 def _fork(

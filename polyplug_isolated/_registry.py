@@ -8,6 +8,7 @@ naming whatever takes the slot next. The runtime serialises access.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -41,44 +42,60 @@ class _Slot:
 
 
 class ContractRegistry:
-    """Slots of (contract, bundle) in registration order; ``changed`` runs before every change."""
+    """Slots of (contract, bundle) in registration order; ``changed`` runs before every change.
+
+    A publish or unpublish touches only the bundle's own slots and the lowest
+    free ones, whatever the number of bundles: a runtime of 1,000 bundles
+    scanned every slot at each load and unload (90 ms over a close()).
+    """
 
     def __init__(self, changed: Callable[[], None]) -> None:
         self._slots: list[_Slot] = []
+        self._held: dict[Bundle, list[int]] = {}  # the slots each bundle provides
+        self._free: list[int] = []  # vacated slots, a heap: the first in order is taken first
         self._changed = changed
 
     def publish(self, bundle: Bundle, contracts: Iterable[Mapping[str, Any]]) -> None:
         """Points the registry at the contracts ``bundle``'s worker provides now.
 
         A contract the bundle already provided keeps its slot and generation; a
-        contract it no longer provides is vacated; a new one takes a free slot.
+        contract it no longer provides is vacated; a new one takes the first free slot.
         """
         self._changed()
         fresh = {contract["contract_id"]: contract for contract in contracts}
-        for slot in self._slots:
-            if slot.bundle is bundle:
-                contract = fresh.pop(slot.contract_id, None)
-                if contract is None:
-                    slot.bundle = None
-                    slot.generation += 1
-                else:
-                    slot.major = contract["version"][0]
-        free = (s for s in self._slots if s.bundle is None)  # one pass, however many contracts
+        held = []
+        for index in self._held.pop(bundle, ()):
+            slot = self._slots[index]
+            contract = fresh.pop(slot.contract_id, None)
+            if contract is None:
+                self._vacate(index)
+            else:
+                slot.major = contract["version"][0]
+                held.append(index)
         for contract in fresh.values():
-            vacant = next(free, None)
-            if vacant is None:
-                vacant = _Slot(0, 0, None)
-                self._slots.append(vacant)
+            if self._free:
+                index = heapq.heappop(self._free)
+            else:
+                index = len(self._slots)
+                self._slots.append(_Slot(0, 0, None))
+            vacant = self._slots[index]
             vacant.contract_id = contract["contract_id"]
             vacant.major = contract["version"][0]
             vacant.bundle = bundle
+            held.append(index)
+        if held:
+            self._held[bundle] = held
 
     def unpublish(self, bundle: Bundle) -> None:
         self._changed()
-        for slot in self._slots:
-            if slot.bundle is bundle:
-                slot.bundle = None
-                slot.generation += 1
+        for index in self._held.pop(bundle, ()):
+            self._vacate(index)
+
+    def _vacate(self, index: int) -> None:
+        slot = self._slots[index]
+        slot.bundle = None
+        slot.generation += 1
+        heapq.heappush(self._free, index)
 
     def find_all(self, owner: str, contract_id: int, min_version: int) -> list[GuestContractHandle]:
         """Every provider of ``contract_id`` (major >= ``min_version``), in registration order."""

@@ -8,6 +8,7 @@ import struct
 import psutil
 import pytest
 from conftest import ADD, CRASH, MUL, SUB, as_u32, pair, u32
+from polyplug_isolated.bench._scale import copies  # the bench's own copies of a fixture
 
 from polyplug_isolated import (
     AbiErrorCode,
@@ -147,6 +148,20 @@ def test_loading_again_after_unload_gets_a_new_generation(rt, bundle_dir):
     assert second.index == first.index and second.generation == first.generation + 1
     with pytest.raises(StaleHandle):
         rt.resolve_guest_contract(first)
+
+
+def test_a_new_contract_takes_the_lowest_vacated_slot(rt, bundle_dir, tmp_path):
+    first, _, last, later, latest = (
+        rt.load_bundle(path) if index < 3 else path
+        for index, path in enumerate(copies(bundle_dir("adder"), tmp_path, 5))
+    )
+    assert [(h.index, h.generation) for h in rt.find_all_by_contract(ADD, 1)] == [(0, 0), (1, 0), (2, 0)]
+    rt.unload_bundle(first)
+    rt.unload_bundle(last)  # vacated last, yet not taken first
+    rt.load_bundle(later)
+    assert [(h.index, h.generation) for h in rt.find_all_by_contract(ADD, 1)] == [(0, 1), (1, 0)]
+    rt.load_bundle(latest)
+    assert [(h.index, h.generation) for h in rt.find_all_by_contract(ADD, 1)] == [(0, 1), (1, 0), (2, 1)]
 
 
 def test_unloading_an_unknown_bundle_is_a_loader_error(rt):

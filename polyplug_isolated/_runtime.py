@@ -47,6 +47,7 @@ from .errors import (
 )
 
 _logger = logging.getLogger("polyplug_isolated")
+SPARE_ANSWER_CHECKS = 20  # looks for the zygote's answer about a spare, one per Monitor.defer (~1 ms)
 _BUNDLE = 'load_bundle("fixtures/build/adder")'
 _OPTIONS = ("on_reload", "on_event", *(f.name for f in dataclasses.fields(RuntimeConfig)))
 
@@ -521,6 +522,12 @@ class Runtime:
         """Monitor thread, after a start: the next start's spare worker and channel."""
         self._zygote.fork_ahead()
         self._channels.refill()
+        self._monitor.defer(functools.partial(weakly(self._adopt_spare), SPARE_ANSWER_CHECKS))
+
+    def _adopt_spare(self, checks: int) -> None:
+        """Monitor thread: the zygote's answer about the spare, read off the next start's path."""
+        if self._zygote.adopt_spare() and checks > 1:  # not come yet: look again a little later
+            self._monitor.defer(functools.partial(weakly(self._adopt_spare), checks - 1))
 
     def _on_death(self, bundle: Bundle, proxy: WorkerProxy) -> None:
         """Monitor thread: a worker of the bundle died unasked.

@@ -30,6 +30,7 @@ import contextlib
 import errno
 import os
 import resource
+import select
 import signal
 import socket
 import subprocess
@@ -145,6 +146,28 @@ class Zygote:
                 self._ask_for_spare()
         except OSError:  # no new zygote could be started: the next load tries again, and says why
             pass
+        finally:
+            self._lock.release()
+
+    def adopt_spare(self) -> bool:
+        """Reads the zygote's answer about the spare asked for, if it has come; never waits.
+
+        The monitor thread calls it after ``fork_ahead``, so that the next
+        load finds the spare adopted instead of reading that answer on its
+        own path (~0.15 ms here). Returns True while the answer is still to
+        come: the caller may ask again later. A fork in progress (the lock is
+        held) reads it itself.
+        """
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            if self._pending is None or self._sock is None:
+                return False
+            if not _readable(self._sock):
+                return True
+            with contextlib.suppress(WorkerStartFailed):  # the next load finds a new zygote, and says why
+                self._collect_spare()
+            return False
         finally:
             self._lock.release()
 
@@ -378,6 +401,13 @@ class Zygote:
             sock.close()
         if popen is not None and popen.stderr is not None:
             popen.stderr.close()
+
+
+def _readable(sock: socket.socket) -> bool:
+    """Whether ``sock`` has something to read now (poll: its fd may be past select's 1,024)."""
+    ready = select.poll()
+    ready.register(sock, select.POLLIN)
+    return bool(ready.poll(0))
 
 
 def _startup_part(environment: dict[str, str]) -> dict[str, str]:

@@ -224,7 +224,7 @@ def test_a_killed_zygote_is_replaced_and_its_workers_serve_on(bundle_dir, spare)
         rt.load_bundle(bundle_dir("adder"))
         adder = rt.resolve_guest_contract(rt.find_guest_contract(ADD, 1))
         if spare:
-            spare_worker(rt)  # forked: the zygote is killed with a spare's answer still unread
+            spare_worker(rt)  # forked: the zygote is killed with the spare adopted, or its answer unread
         old = zygote_of(rt)
         old.kill()
         wait_until(lambda: old.status() == psutil.STATUS_ZOMBIE)  # dead, and the host's to reap
@@ -422,6 +422,16 @@ def test_a_start_takes_the_channel_made_ahead_and_spare_worker_false_makes_none(
         assert rt._channels._ready is None
 
 
+def test_the_monitor_adopts_the_spare_before_the_next_load_needs_it(bundle_dir):
+    """The zygote's answer about a spare is read off the next start's path."""
+    with Runtime() as rt:
+        rt.load_bundle(bundle_dir("adder"))
+        spare = spare_worker(rt)
+        wait_until(lambda: rt._zygote._pending is None)  # nothing but the monitor read it
+        assert rt._zygote._spare is not None and rt._zygote._spare[0].pid == spare
+        assert rt.load_bundle(bundle_dir("environ")).pid == spare
+
+
 def test_a_spare_is_contained_before_a_load_takes_it(bundle_dir):
     with Runtime(prestart=True) as rt:
         rt.load_bundle(bundle_dir("adder"))
@@ -453,12 +463,14 @@ def test_a_spare_contained_otherwise_than_its_load_asks_refuses_it(bundle_dir):
         rt.load_bundle(bundle_dir("adder"))
         strict = Sandbox(network=False)
         spare_worker(rt)  # asked for, with the default policy
-        # The next spare is recorded as contained with the strict policy; it applies the default one.
-        rt._zygote._spare_policy = worker_policy(True, strict, bundle_dir("wellbehaved"), None)
-        rt.load_bundle(bundle_dir("environ"))
+        wait_until(lambda: rt._zygote._spare is not None)  # adopted by the monitor
+        # The spare is recorded as contained with the strict policy; it applied the default one.
+        process, environment, _ = rt._zygote._spare
+        recorded = worker_policy(True, strict, bundle_dir("wellbehaved"), None)
+        rt._zygote._spare = (process, environment, recorded)
         with pytest.raises(InitFailed, match=r"bundle 'wellbehaved': .*was contained as .*must fork a new"):
             rt.load_bundle(bundle_dir("wellbehaved"), sandbox=strict)
-        assert [b.name for b in rt.bundles] == ["adder", "environ"]
+        assert [b.name for b in rt.bundles] == ["adder"]
 
 
 def test_a_reload_returns_while_the_old_worker_unloads_and_loses_no_call(bundle_dir):

@@ -47,7 +47,7 @@ from .errors import (
 )
 
 _logger = logging.getLogger("polyplug_isolated")
-SPARE_ANSWER_CHECKS = 20  # looks for the zygote's answer about a spare, one per Monitor.defer (~1 ms)
+SPARE_ANSWER_CHECKS = 250  # looks for the zygote's answer about a spare, one per Monitor.defer (~1 ms)
 _BUNDLE = 'load_bundle("fixtures/build/adder")'
 _OPTIONS = ("on_reload", "on_event", *(f.name for f in dataclasses.fields(RuntimeConfig)))
 

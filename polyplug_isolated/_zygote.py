@@ -30,7 +30,6 @@ import contextlib
 import errno
 import os
 import resource
-import select
 import signal
 import socket
 import subprocess
@@ -150,23 +149,28 @@ class Zygote:
             self._lock.release()
 
     def adopt_spare(self) -> bool:
-        """Reads the zygote's answer about the spare asked for, if it has come; never waits.
+        """Adopts the spare asked for if the zygote's answer has come; never waits for it.
 
         The monitor thread calls it after ``fork_ahead``, so that the next
         load finds the spare adopted instead of reading that answer on its
         own path (~0.15 ms here). Returns True while the answer is still to
-        come: the caller may ask again later. A fork in progress (the lock is
-        held) reads it itself.
+        come: the caller may look again later. A fork in progress (the lock is
+        held) reads it itself, and so does the next fork when the socket
+        failed: it finds out why and replaces the zygote.
         """
         if not self._lock.acquire(blocking=False):
             return False
         try:
             if self._pending is None or self._sock is None:
                 return False
-            if not _readable(self._sock):
+            try:
+                reply = self._reply_if_come()
+            except proto.FrameError:
+                return False
+            if reply is None:
                 return True
             with contextlib.suppress(WorkerStartFailed):  # the next load finds a new zygote, and says why
-                self._collect_spare()
+                self._settle_spare(lambda: self._forked_pid(reply))
             return False
         finally:
             self._lock.release()
@@ -228,18 +232,29 @@ class Zygote:
         return process
 
     def _collect_spare(self) -> None:
-        """Reads the zygote's answer about the spare asked for last."""
-        if self._pending is None:
-            return
+        """Reads (waiting for it) the zygote's answer about the spare asked for last."""
+        if self._pending is not None:
+            self._settle_spare(self._answer)
+
+    def _settle_spare(self, answer: Callable[[], int]) -> None:
+        """Adopts the pending spare as the PID ``answer()`` gives, or drops it if that raises.
+
+        The pending fds stay in ``_pending`` until they are the spare's, so that
+        a fork() of the host meanwhile finds them (forget_after_fork).
+        """
+        assert self._pending is not None
         control, output_read = self._pending
-        self._pending = None
         try:
-            pid = self._answer()
-            self._spare = (_adopt(pid, control, output_read), self._environment, self._spare_policy)
+            pid = answer()
         except BaseException:
+            self._pending = None
             control.close()
             os.close(output_read)
             raise
+        try:
+            self._spare = (_adopt(pid, control, output_read), self._environment, self._spare_policy)
+        finally:
+            self._pending = None  # its fds are the spare's now, or _adopt closed them
 
     def _ask_for_spare(self) -> None:
         """Asks for the next spare without waiting: it forks while this load goes on."""
@@ -312,6 +327,10 @@ class Zygote:
         """The PID of the worker the last request forked."""
         with self._replaced_on_failure():
             reply = self._await("forked", "fork_failed")
+        return self._forked_pid(reply)
+
+    def _forked_pid(self, reply: dict[str, Any]) -> int:
+        """The PID a ``forked`` answer names; raises for any other (and replaces the zygote)."""
         if reply["t"] == "forked":
             pid = int(reply["pid"])
             self._reported.append(pid)
@@ -342,11 +361,37 @@ class Zygote:
                 why = self._died_or("closed its socket")
                 raise WorkerStartFailed(f"the worker zygote {why}; a new one is started for the next load")
             for message in self._reader.feed(data):
-                if message.get("t") == "forked" and message.get("pid") in self._reported:
-                    continue  # the second report of a fork already answered
+                if self._reported_before(message):
+                    continue
                 if message.get("t") not in tags:
                     raise WorkerStartFailed(f"the worker zygote sent {message!r:.200} instead of {tags}")
                 return message
+
+    def _reply_if_come(self) -> dict[str, Any] | None:
+        """The zygote's next answer if it has come whole; None when it has not, never waiting.
+
+        None too at EOF or a socket error: the next ``_await`` meets them again
+        and says why. What was read of an answer stays in the reader for it.
+        """
+        assert self._sock is not None
+        self._sock.setblocking(False)  # a timeout would make recv poll for that long first
+        try:
+            while True:
+                try:
+                    data = self._sock.recv(1 << 16)
+                except OSError:  # BlockingIOError: nothing more now
+                    return None
+                if not data:
+                    return None
+                for message in self._reader.feed(data):
+                    if not self._reported_before(message):
+                        return message
+        finally:
+            self._sock.settimeout(self._timeout)
+
+    def _reported_before(self, message: dict[str, Any]) -> bool:
+        """The second report of a fork already answered (each fork is reported twice)."""
+        return message.get("t") == "forked" and message.get("pid") in self._reported
 
     def _died_or(self, otherwise: str) -> str:
         assert self._popen is not None
@@ -401,13 +446,6 @@ class Zygote:
             sock.close()
         if popen is not None and popen.stderr is not None:
             popen.stderr.close()
-
-
-def _readable(sock: socket.socket) -> bool:
-    """Whether ``sock`` has something to read now (poll: its fd may be past select's 1,024)."""
-    ready = select.poll()
-    ready.register(sock, select.POLLIN)
-    return bool(ready.poll(0))
 
 
 def _startup_part(environment: dict[str, str]) -> dict[str, str]:

@@ -32,6 +32,7 @@ from polyplug_isolated import (
     guest_contract_id,
 )
 from polyplug_isolated._sandbox import worker_policy
+from polyplug_isolated._zygote import Zygote
 
 ENV = guest_contract_id("test.env", 1)
 PIDS_CGROUP = Path("/sys/fs/cgroup/pids")
@@ -187,6 +188,22 @@ STOPPED_WORKER_HOST = textwrap.dedent(
 )
 
 
+# The host's parent: a subreaper, so that the processes the host leaves come to a parent in the
+# same session, as under a service manager or a container's init. Else their process group
+# would be orphaned with a stopped member, and the kernel itself would send it SIGHUP and
+# SIGCONT (POSIX), which would hide whether the zygote and the stand-in do their part.
+HOST_PARENT = textwrap.dedent(
+    """
+    import ctypes, subprocess, sys
+    PR_SET_CHILD_SUBREAPER = 36
+    assert ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    host = subprocess.run([sys.executable, "-c", *sys.argv[1:]], capture_output=True, text=True)
+    print(host.returncode, host.stdout.strip(), flush=True)
+    sys.stdin.read()  # stays the orphans' parent until the test has looked
+    """
+)
+
+
 @pytest.mark.parametrize(
     "containment, zygote",
     [
@@ -198,21 +215,26 @@ STOPPED_WORKER_HOST = textwrap.dedent(
     ],
 )
 def test_a_stopped_worker_dies_with_a_sigkilled_host(bundle_dir, containment, zygote):
-    host = subprocess.run(
-        [sys.executable, "-c", STOPPED_WORKER_HOST, str(bundle_dir("adder")), containment, zygote],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert host.returncode == -signal.SIGKILL, host.stderr
-    worker, handle = map(int, host.stdout.split())
-    assert (worker != handle) == (containment != "uncontained")
-    try:
-        wait_until(lambda: gone(worker) and gone(handle), timeout=10.0)
-    finally:
-        for pid in (worker, handle):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)  # never left behind, whatever the test found
+    command = [
+        sys.executable,
+        "-c",
+        HOST_PARENT,
+        STOPPED_WORKER_HOST,
+        str(bundle_dir("adder")),
+        containment,
+        zygote,
+    ]
+    with subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as parent:
+        returncode, worker, handle = map(int, parent.stdout.readline().split())
+        assert returncode == -signal.SIGKILL
+        assert (worker != handle) == (containment != "uncontained")
+        try:
+            wait_until(lambda: gone(worker) and gone(handle), timeout=10.0)
+        finally:
+            for pid in (worker, handle):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)  # never left behind, whatever the test found
+            parent.communicate("", timeout=60)
 
 
 # ---- the zygote's failures --------------------------------------------------------------------
@@ -430,6 +452,30 @@ def test_the_monitor_adopts_the_spare_before_the_next_load_needs_it(bundle_dir):
         wait_until(lambda: rt._zygote._pending is None)  # nothing but the monitor read it
         assert rt._zygote._spare is not None and rt._zygote._spare[0].pid == spare
         assert rt.load_bundle(bundle_dir("environ")).pid == spare
+
+
+def test_a_zygote_hanging_before_its_answer_holds_the_monitor_back_for_nothing(bundle_dir, monkeypatch):
+    """The monitor only looks for the spare's answer: a zygote stopped as it is asked for the next
+    spare neither delays a crash's detection nor makes the monitor wait out load_timeout."""
+    stopped: list[int] = []
+    ask = Zygote.fork_ahead
+
+    def stop_then_ask(zygote: Zygote) -> None:
+        if zygote.pid is not None and not stopped:
+            os.kill(zygote.pid, signal.SIGSTOP)
+            stopped.append(zygote.pid)
+        ask(zygote)
+
+    with Runtime(load_timeout=30.0) as rt:
+        bundle = rt.load_bundle(bundle_dir("adder"))
+        monkeypatch.setattr(Zygote, "fork_ahead", stop_then_ask)
+        rt.load_bundle(bundle_dir("environ"))  # takes the spare; the monitor then asks the stopped zygote
+        wait_until(lambda: stopped and rt._zygote._pending is not None)
+        monitor_caught_up(rt)  # it has looked for the answer at least once
+        os.kill(bundle.pid, signal.SIGKILL)
+        wait_until(lambda: bundle.state is BundleState.CRASHED, timeout=5.0)  # a blocked monitor: 30 s
+        assert rt._zygote._pending is not None  # still asked for, never waited for
+        os.kill(stopped[0], signal.SIGCONT)
 
 
 def test_a_spare_is_contained_before_a_load_takes_it(bundle_dir):

@@ -95,7 +95,7 @@ typedef struct file_id {
 typedef struct libraries {
     unsigned count, kept_count, code_count, found;
     file_id seen[MAX_FILES], kept[MAX_FILES];
-    uintptr_t code[32];
+    uintptr_t code[48];
 } libraries;
 
 typedef struct mapping {
@@ -192,6 +192,8 @@ static void note_code_still_run(libraries *libs)
         (void *)strcmp, (void *)madvise, (void *)munmap, (void *)__errno_location, (void *)poll,
         (void *)signalfd,
     };
+    _Static_assert(sizeof functions / sizeof *functions < sizeof libs->code / sizeof *libs->code,
+                   "libraries.code holds every function listed here and the loader");
     for (unsigned i = 0; i < sizeof functions / sizeof *functions; i++)
         libs->code[libs->code_count++] = (uintptr_t)functions[i];
     uintptr_t loader = (uintptr_t)getauxval(AT_BASE);
@@ -272,19 +274,20 @@ static int open_own_maps(void)
  * take it with sigwaitinfo). With `*host_fd` open, also watches it: the
  * worker's end of its control socket, which this process holds. When the
  * host's end closes (the host died: a live host closes it only after
- * reaping), returns SIGKILL, for `child`, and stops watching. */
+ * reaping), returns SIGKILL, for `child`, and stops watching. Without a
+ * signalfd (signalfd failed: no memory) nothing is watched. */
 static int next_signal(int signals, int *host_fd)
 {
-    if (signals < 0) {
-        sigset_t all;
-        sigfillset(&all);
-        siginfo_t info;
-        return sigwaitinfo(&all, &info);
-    }
     for (;;) {
         struct pollfd ready[2] = {{signals, POLLIN, 0}, {*host_fd, POLLRDHUP, 0}};
-        if (poll(ready, *host_fd >= 0 ? 2 : 1, -1) < 0)
-            continue;
+        if (signals < 0 || poll(ready, *host_fd >= 0 ? 2 : 1, -1) < 0) {
+            /* No signalfd, or poll failed (no memory; EINTR cannot happen,
+             * every signal is blocked): wait for the signal alone. */
+            sigset_t all;
+            sigfillset(&all);
+            siginfo_t info;
+            return sigwaitinfo(&all, &info);
+        }
         if (*host_fd >= 0 && ready[1].revents) {
             *host_fd = -1;
             return SIGKILL;

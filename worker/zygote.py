@@ -151,13 +151,20 @@ def serve_forks(zygote_fd: int, run_worker: Callable[..., int]) -> int:
     # Everything imported so far lives as long as the zygote: keep the
     # collector's hands off it, so a worker's first collection copies no page.
     gc.freeze()
+    with contextlib.suppress(ConnectionError):  # reset (it died with reports unread) or a broken pipe
+        _serve(sock, run_worker)
+    _host_gone()
+
+
+def _serve(sock: socket.socket, run_worker: Callable[..., int]) -> None:
+    """Forks a worker per request; returns at EOF, when the host has gone."""
     _send(sock, "ready", pid=os.getpid())
     reader = proto.FrameReader()
     received: list[int] = []  # fds that came before their request was complete
     while True:
         data, fds, _, _ = socket.recv_fds(sock, 1 << 16, 2, socket.MSG_CMSG_CLOEXEC)
         if not data:
-            _host_gone()
+            return
         received += fds
         for request in reader.feed(data):
             worker_fds, received = received[:2], received[2:]

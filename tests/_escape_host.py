@@ -59,7 +59,9 @@ def run(
         if from_spare:  # the first load has the next worker forked and contained ahead
             rt.load_bundle(fixtures / "adder")
             deadline = time.monotonic() + 10
-            while rt._zygote._pending is None and time.monotonic() < deadline:  # asked by the monitor
+            while rt._zygote._pending is None and rt._zygote._spare is None:  # asked (adopted) by the monitor
+                if time.monotonic() > deadline:
+                    break
                 time.sleep(0.001)
             with rt._zygote._lock:
                 rt._zygote._collect_spare()

@@ -51,6 +51,13 @@ def wait_until(predicate, timeout: float = 10.0) -> None:
         time.sleep(0.001)
 
 
+def settled(runtime) -> None:
+    """Waits until the work a runtime's monitor does after each start is done: the next spare
+    worker adopted and the next channel made. A runtime that outlives one test (a module
+    fixture) must settle before the test's leak check counts its fds."""
+    wait_until(lambda: runtime._zygote._spare is not None and runtime._channels._ready is not None)
+
+
 @pytest.fixture(scope="session")
 def fixtures_root() -> Path:
     """All fixture bundles, compiled once per session."""

@@ -28,7 +28,7 @@ from types import SimpleNamespace
 
 import psutil
 import pytest
-from conftest import wait_until
+from conftest import settled, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -194,6 +194,7 @@ def kitchen_runtime(fixtures_root):
     """One kitchen_sink worker for the module's property tests (they only call stateless functions)."""
     with Runtime(load_timeout=5.0, drain_timeout=5.0) as runtime:
         runtime.load_bundle(fixtures_root / "kitchen_sink")
+        settled(runtime)  # before the first test's leak check looks
         yield runtime
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import ADD, CRASH, as_u32, pair, wait_until
+from conftest import ADD, CRASH, as_u32, pair, settled, wait_until
 from polyplug_isolated.bench._scale import copies  # the bench's own copies of a fixture
 
 from polyplug_isolated import (
@@ -468,6 +468,7 @@ def test_a_zygote_hanging_before_its_answer_holds_the_monitor_back_for_nothing(b
 
     with Runtime(load_timeout=30.0) as rt:
         bundle = rt.load_bundle(bundle_dir("adder"))
+        settled(rt)  # the spare the next load takes is adopted: only the one after it is asked for stopped
         monkeypatch.setattr(Zygote, "fork_ahead", stop_then_ask)
         rt.load_bundle(bundle_dir("environ"))  # takes the spare; the monitor then asks the stopped zygote
         wait_until(lambda: stopped and rt._zygote._pending is not None)

@@ -435,7 +435,8 @@ class Zygote:
         """Kills and reaps the template: it holds nothing a kill could leak, healthy or hung.
 
         Killed before its socket is closed: the template takes EOF on that
-        socket for its host's death, and kills every worker it forked.
+        socket for its host's death, and wakes every worker it forked
+        (SIGCONT to its process group) to see that death.
         """
         popen, sock = self._popen, self._sock
         self._popen = self._sock = None

@@ -59,10 +59,8 @@ def run(
         if from_spare:  # the first load has the next worker forked and contained ahead
             rt.load_bundle(fixtures / "adder")
             deadline = time.monotonic() + 10
-            while rt._zygote._pending is None and rt._zygote._spare is None:  # asked (adopted) by the monitor
-                if time.monotonic() > deadline:
-                    break
-                time.sleep(0.001)
+            while rt._zygote._pending is None and rt._zygote._spare is None and time.monotonic() < deadline:
+                time.sleep(0.001)  # asked for (or already adopted) by the monitor
             with rt._zygote._lock:
                 rt._zygote._collect_spare()
                 result["spare"] = rt._zygote._spare[0].pid if rt._zygote._spare else None

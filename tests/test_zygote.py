@@ -510,7 +510,7 @@ def test_a_spare_contained_otherwise_than_its_load_asks_refuses_it(bundle_dir):
         rt.load_bundle(bundle_dir("adder"))
         strict = Sandbox(network=False)
         spare_worker(rt)  # asked for, with the default policy
-        wait_until(lambda: rt._zygote._spare is not None)  # adopted by the monitor
+        settled(rt)  # the spare adopted by the monitor
         # The spare is recorded as contained with the strict policy; it applied the default one.
         process, environment, _ = rt._zygote._spare
         recorded = worker_policy(True, strict, bundle_dir("wellbehaved"), None)
